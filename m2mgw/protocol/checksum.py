@@ -1,0 +1,44 @@
+"""CRC16 and CRC32 as used by the terminal protocol (spec 6.5, PD-08).
+
+Both functions take an optional running value so that large files can be
+checksummed block by block: ``crc16(b, crc16(a)) == crc16(a + b)`` and likewise
+for :func:`crc32`.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+CRC16_INIT = 0xFFFF
+_CRC16_POLY = 0xA001  # reflected 0x8005 (CRC-16/MODBUS)
+
+
+def _crc16_table() -> tuple[int, ...]:
+    """Precompute the byte-at-a-time table so each byte costs one lookup, not 8 shifts."""
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ _CRC16_POLY if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16_TABLE = _crc16_table()
+
+
+def crc16(data: bytes, crc: int = CRC16_INIT) -> int:
+    """CRC-16/MODBUS of ``data`` (check value 0x4B37); sent big-endian on the wire.
+
+    ``crc`` is the running value of the preceding data (there is no final XOR, so
+    the result of one call is the start value of the next).
+    """
+    table = _CRC16_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def crc32(data: bytes, crc: int = 0) -> int:
+    """CRC-32 of zlib/ISO-HDLC (check value 0xCBF43926); ``crc`` chains blocks."""
+    return zlib.crc32(data, crc)
