@@ -1,15 +1,17 @@
 """Whole messages: header checks, digest split, containers, typed bodies (spec 2, 6, 7).
 
 Receiving runs in the order of spec 6.4.4: :func:`parse_frame` (header checks and
-the digest TLV's form), the caller verifies the digest (it knows the credentials),
-then :func:`open_body` opens an ``E042`` container and :func:`decode_message` types
-the body. A ``4008`` container is a fragment for :mod:`m2mgw.protocol.fragment`.
+the digest TLV's form), the caller verifies the digest with :func:`verify_frame` (it
+knows the credentials), then :func:`open_body` opens an ``E042`` container and
+:func:`decode_message` types the body. A ``4008`` container is a fragment for
+:mod:`m2mgw.protocol.fragment`.
 Sending is :func:`build_frame` / :func:`encode_message`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from typing import NamedTuple
 
 from m2mgw.protocol import messages
 from m2mgw.protocol.constants import (
@@ -19,9 +21,15 @@ from m2mgw.protocol.constants import (
     MAX_LENGTH,
     Flag,
 )
-from m2mgw.protocol.errors import BodyError, DigestError, HeaderError
-from m2mgw.protocol.header import HEADER, Header, check_header, serial_field
-from m2mgw.protocol.security import Cipher, DigestKey, decrypt_body, encrypt_body, sign
+from m2mgw.protocol.errors import BodyError, DigestError, HeaderError, ProtocolError
+from m2mgw.protocol.header import Header, check_header, pack_header
+from m2mgw.protocol.security import (
+    Cipher,
+    DigestKey,
+    compute_digest,
+    decrypt_body,
+    encrypt_body,
+)
 
 DIGEST_PREFIX = b"\xe0\x21\x00\x10"
 TAG_ENCRYPTED = 0xE042
@@ -29,9 +37,16 @@ TAG_FRAGMENT = 0x4008
 ENCRYPTED_FLAG = Flag.AUTH | Flag.KEY_REQUEST | Flag.DIGEST | Flag.CONTAINER  # 0xF0, PD-24
 FRAGMENT_FLAG = Flag.DIGEST | Flag.CONTAINER  # 0x30
 
+# Plain ints for the per-message hot paths (IntFlag arithmetic is slow).
+_DIGEST = int(Flag.DIGEST)
+_CONTAINER = int(Flag.CONTAINER)
+_ENCRYPTED_FLAG = int(ENCRYPTED_FLAG)
+_PREFIX_AT = -DIGEST_TLV_SIZE
+_DIGEST_AT = -DIGEST_TLV_SIZE + len(DIGEST_PREFIX)
+_new_tuple = tuple.__new__
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+
+class Frame(NamedTuple):
     """A received message that passed the header checks; ``body`` excludes the digest."""
 
     header: Header
@@ -42,9 +57,10 @@ class Frame:
     @property
     def container_tag(self) -> int | None:
         """``0xE042`` or ``0x4008`` when the flag says container (spec 6.1), else None."""
-        if not self.header.is_container or len(self.body) < 4:
+        body = self.body
+        if not self.header.flag & _CONTAINER or len(body) < 4:
             return None
-        return (self.body[0] << 8) | self.body[1]
+        return (body[0] << 8) | body[1]
 
     def container_value(self) -> bytes:
         """The value of the single container TLV that makes up the body."""
@@ -59,13 +75,31 @@ def parse_frame(
     raw: bytes, accepted_versions: frozenset[int] | tuple[int, ...] = DEFAULT_ACCEPTED_VERSIONS
 ) -> Frame:
     """Apply receiver checks 1-4 of spec 2.2 (the digest's form, not its value)."""
+    if type(raw) is not bytes:
+        raw = bytes(raw)
     header = Header.unpack(raw)
     check_header(header, len(raw), accepted_versions)
-    if header.has_digest:
-        if raw[-DIGEST_TLV_SIZE : -DIGEST_TLV_SIZE + 4] != DIGEST_PREFIX:
+    if header.flag & _DIGEST:
+        if raw[_PREFIX_AT:_DIGEST_AT] != DIGEST_PREFIX:
             raise DigestError("digest flag set but the message does not end with TLV E021")
-        return Frame(header, raw, raw[HEADER_SIZE:-DIGEST_TLV_SIZE], raw[-16:])
-    return Frame(header, raw, raw[HEADER_SIZE:], None)
+        return _new_tuple(Frame, (header, raw, raw[HEADER_SIZE:_PREFIX_AT], raw[_DIGEST_AT:]))
+    return _new_tuple(Frame, (header, raw, raw[HEADER_SIZE:], None))
+
+
+def verify_frame(frame: Frame, timestamp: int, key: DigestKey) -> bool:
+    """Whether a parsed frame's digest verifies (spec 6.2 "Receiving" step 3).
+
+    :func:`parse_frame` has already checked the digest TLV's form, so this is one
+    MD5 and a constant-time comparison; a frame without a digest never verifies.
+    """
+    digest = frame.digest
+    if digest is None:
+        return False
+    try:
+        expected = compute_digest(frame.raw[:_PREFIX_AT], timestamp, key)
+    except (ProtocolError, TypeError, ValueError):
+        return False
+    return hmac.compare_digest(expected, digest)
 
 
 def open_body(frame: Frame, cipher: Cipher | None) -> tuple[bytes, bool]:
@@ -84,7 +118,10 @@ def open_body(frame: Frame, cipher: Cipher | None) -> tuple[bytes, bool]:
 
 def decode_frame(frame: Frame, cipher: Cipher | None = None) -> messages.Message:
     """Typed message of a complete (unfragmented) frame."""
-    body, padded = open_body(frame, cipher)
+    if frame.header.flag & _CONTAINER:
+        body, padded = open_body(frame, cipher)
+    else:
+        body, padded = frame.body, False
     return messages.decode_message(frame.header.command_id, body, padded=padded)
 
 
@@ -99,22 +136,24 @@ def build_frame(
     key: DigestKey | None = None,
     timestamp: int = 0,
 ) -> bytes:
-    """Header + body, signed with ``key`` when given (which sets flag 0x20)."""
-    length = HEADER_SIZE + len(body) + (DIGEST_TLV_SIZE if key is not None else 0)
+    """Header + body, signed with ``key`` when given (which sets flag 0x20).
+
+    Signing follows spec 6.2 "Sending": Total_Length and the flag already count the
+    digest TLV when the MD5 over header and body is taken.
+    """
+    if key is None:
+        if flag & _DIGEST:
+            raise HeaderError("digest flag without a key to sign with")
+        length = HEADER_SIZE + len(body)
+    else:
+        flag |= _DIGEST
+        length = HEADER_SIZE + len(body) + DIGEST_TLV_SIZE
     if length > MAX_LENGTH:
         raise BodyError(f"message of {length} bytes exceeds {MAX_LENGTH}")
-    if key is not None:
-        flag |= Flag.DIGEST
-    elif flag & Flag.DIGEST:
-        raise HeaderError("digest flag without a key to sign with")
-    frame = (
-        HEADER.pack(length - (DIGEST_TLV_SIZE if key else 0), command_id, sequence_id, version,
-                    flag, 0, serial_field(serial))
-        + body
-    )  # fmt: skip
+    frame = pack_header(length, command_id, sequence_id, version, flag, serial) + body
     if key is None:
         return frame
-    return sign(frame, timestamp, key)
+    return frame + DIGEST_PREFIX + compute_digest(frame, timestamp, key)
 
 
 def encrypted_container(cipher: Cipher, body: bytes) -> bytes:
@@ -134,12 +173,19 @@ def encode_message(
     timestamp: int = 0,
     cipher: Cipher | None = None,
 ) -> bytes:
-    """One complete message; with ``cipher`` the body goes into ``E042`` (flag 0xF0)."""
+    """One complete message; with ``cipher`` the body goes into ``E042`` (flag 0xF0,
+    or 0xD0 in the unsigned form that only tests and tools build)."""
     body = message.encode_body()
     if cipher is not None:
         body = encrypted_container(cipher, body)
-        flag = ENCRYPTED_FLAG
+        flag = _ENCRYPTED_FLAG & ~_DIGEST  # build_frame sets 0x20 again when it signs
     return build_frame(
-        message.COMMAND, sequence_id, serial, body,
-        version=version, flag=flag, key=key, timestamp=timestamp,
-    )  # fmt: skip
+        message.COMMAND,
+        sequence_id,
+        serial,
+        body,
+        version=version,
+        flag=flag,
+        key=key,
+        timestamp=timestamp,
+    )

@@ -46,41 +46,54 @@ class Message:
     FIXED_FIELDS: ClassVar[tuple[str, ...]] = ()
     TEXT_FIELDS: ClassVar[dict[str, int]] = {}
     HAS_TLVS: ClassVar[bool] = True
+    # Derived from TEXT_FIELDS once per class: positions of the text fields in FIXED.
+    _TEXT_AT: ClassVar[tuple[int, ...]] = ()
 
     tlvs: list[Tlv] = field(default_factory=list, kw_only=True)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super(Message, cls).__init_subclass__(**kwargs)  # no zero-arg super: slots dataclass
+        cls._TEXT_AT = tuple(i for i, n in enumerate(cls.FIXED_FIELDS) if n in cls.TEXT_FIELDS)
 
     @property
     def name(self) -> str:
         return MESSAGE_NAMES[self.COMMAND]
 
     def encode_body(self) -> bytes:
-        values = []
-        for name in self.FIXED_FIELDS:
-            value = getattr(self, name)
-            if name in self.TEXT_FIELDS:
-                value = _text_field(name, value, self.TEXT_FIELDS[name])
-            values.append(value)
+        values = [getattr(self, name) for name in self.FIXED_FIELDS]
+        for i in self._TEXT_AT:
+            name = self.FIXED_FIELDS[i]
+            values[i] = _text_field(name, values[i], self.TEXT_FIELDS[name])
         try:
             fixed = self.FIXED.pack(*values)
         except struct.error as exc:
             raise BodyError(f"{self.name}: bad fixed field: {exc}") from None
-        return fixed + encode_tlvs(self.tlvs) if self.tlvs else fixed
+        if not self.tlvs:
+            return fixed
+        if not self.HAS_TLVS:
+            raise BodyError(f"{self.name} carries no TLVs")
+        return fixed + encode_tlvs(self.tlvs)
 
     @classmethod
     def decode_body(cls, body: bytes, *, padded: bool = False) -> Self:
-        size = cls.FIXED.size
-        if len(body) < size:
-            raise BodyError(f"{MESSAGE_NAMES[cls.COMMAND]}: body of {len(body)} bytes, need {size}")
-        values: list[Any] = list(cls.FIXED.unpack_from(body))
-        for i, name in enumerate(cls.FIXED_FIELDS):
-            if name in cls.TEXT_FIELDS:
+        fixed = cls.FIXED
+        size = fixed.size
+        end = len(body)
+        if end < size:
+            raise BodyError(f"{MESSAGE_NAMES[cls.COMMAND]}: body of {end} bytes, need {size}")
+        values: Any = fixed.unpack_from(body) if size else ()
+        if cls._TEXT_AT:
+            values = list(values)
+            for i in cls._TEXT_AT:
                 values[i] = values[i].rstrip(b"\x00 ").decode("latin-1")
-        if cls.HAS_TLVS:
+        if end == size:
+            tlvs: list[Tlv] = []
+        elif cls.HAS_TLVS:
             tlvs = decode_tlvs(body, size, padded=padded)
-        else:
-            if len(body) > size and not (padded and _only_padding(body, size)):
-                raise BodyError(f"{MESSAGE_NAMES[cls.COMMAND]}: {len(body) - size} extra bytes")
+        elif padded and _only_padding(body, size):
             tlvs = []
+        else:
+            raise BodyError(f"{MESSAGE_NAMES[cls.COMMAND]}: {end - size} extra bytes")
         return cls(*values, tlvs=tlvs)
 
     def fields_dict(self) -> dict[str, Any]:
@@ -88,8 +101,22 @@ class Message:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tlvs"}
 
 
+def _latin1(name: str, value: str) -> bytes:
+    """Text fields are single-byte on the wire; other characters are a caller error."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BodyError(f"{name}: {value!r} is not single-byte text") from None
+
+
+def _u8(name: str, value: int) -> bytes:
+    if not isinstance(value, int) or not 0 <= value <= 0xFF:
+        raise BodyError(f"{name}: {value!r} is not a u8")
+    return bytes((value,))
+
+
 def _text_field(name: str, value: str | bytes, size: int) -> bytes:
-    raw = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+    raw = _latin1(name, value) if isinstance(value, str) else bytes(value)
     if len(raw) > size:
         raise BodyError(f"{name}: {len(raw)} bytes do not fit {size}")
     return raw
@@ -120,12 +147,13 @@ class RegisterAck(Message):
     serial: str | None = None
 
     def encode_body(self) -> bytes:
+        result = _u8("REGISTER_ACK result", self.result)
         if self.serial is None:
-            return bytes((self.result,))
-        raw = self.serial.encode("latin-1")
+            return result
+        raw = _latin1("REGISTER_ACK serial", self.serial)
         if len(raw) != 16:
             raise BodyError(f"REGISTER_ACK serial {self.serial!r} is not 16 characters")
-        return bytes((self.result,)) + raw
+        return result + raw
 
     @classmethod
     def decode_body(cls, body: bytes, *, padded: bool = False) -> Self:
@@ -329,7 +357,10 @@ class ConfigTrapAck(Message):
 
     def encode_body(self) -> bytes:
         if self.bad_tag is None:
-            return bytes((self.ret,))
+            return _u8("CONFIG_TRAP_ACK ret", self.ret)
+        if self.ret != 1 or not 0 <= self.bad_tag <= 0xFFFF:
+            # A receiver reads the tag only after ret 1, so anything else would not parse.
+            raise BodyError(f"CONFIG_TRAP_ACK: bad_tag {self.bad_tag!r} needs ret 1 and a u16")
         return struct.pack(">BH", self.ret, self.bad_tag)
 
     @classmethod
@@ -483,13 +514,36 @@ class SecurityConfigAck(Message):
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.COMMAND: cls
     for cls in (
-        Register, RegisterAck, Login, LoginAck, Logout, LogoutAck, HeartBeat, HeartBeatAck,
-        TransparentData, TransparentDataAck, TransparentCmd, TransparentCmdAck,
-        ConfigGet, ConfigGetAck, ConfigSet, ConfigSetAck, ConfigTrap, ConfigTrapAck,
-        ConfigReq, ConfigReqAck, RemoteCtrl, RemoteCtrlAck, DownloadInfo, DownloadInfoAck,
-        FileReq, FileReqAck, SecurityConfig, SecurityConfigAck,
+        Register,
+        RegisterAck,
+        Login,
+        LoginAck,
+        Logout,
+        LogoutAck,
+        HeartBeat,
+        HeartBeatAck,
+        TransparentData,
+        TransparentDataAck,
+        TransparentCmd,
+        TransparentCmdAck,
+        ConfigGet,
+        ConfigGetAck,
+        ConfigSet,
+        ConfigSetAck,
+        ConfigTrap,
+        ConfigTrapAck,
+        ConfigReq,
+        ConfigReqAck,
+        RemoteCtrl,
+        RemoteCtrlAck,
+        DownloadInfo,
+        DownloadInfoAck,
+        FileReq,
+        FileReqAck,
+        SecurityConfig,
+        SecurityConfigAck,
     )
-}  # fmt: skip
+}
 
 MESSAGE_NAMES: dict[int, str] = {
     int(c) | ack: c.name + ("_ACK" if ack else "") for c in Command for ack in (0, ACK_BIT)

@@ -6,13 +6,17 @@ unknown and vendor tags included, gives back the same bytes.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from m2mgw.protocol import tags
 from m2mgw.protocol.errors import BodyError
 
-_MAX_VALUE = 0xFFFF
+_HEAD = struct.Struct(">HH")
+_pack_head = _HEAD.pack
+_unpack_head = _HEAD.unpack_from
+_new_tuple = tuple.__new__
 
 
 class Tlv(NamedTuple):
@@ -45,15 +49,16 @@ class Tlv(NamedTuple):
 
 
 def encode_tlv(tag: int, raw: bytes) -> bytes:
-    if not 0 <= tag <= 0xFFFF:
-        raise BodyError(f"tag {tag} out of range")
-    if len(raw) > _MAX_VALUE:
-        raise BodyError(f"tag 0x{tag:04X}: value of {len(raw)} bytes is too long")
-    return tag.to_bytes(2, "big") + len(raw).to_bytes(2, "big") + raw
+    try:
+        return _pack_head(tag, len(raw)) + raw
+    except struct.error:
+        if not 0 <= tag <= 0xFFFF:
+            raise BodyError(f"tag {tag} out of range") from None
+        raise BodyError(f"tag 0x{tag:04X}: value of {len(raw)} bytes is too long") from None
 
 
 def encode_tlvs(tlvs: Iterable[Tlv]) -> bytes:
-    return b"".join(encode_tlv(t.tag, t.raw) for t in tlvs)
+    return b"".join([encode_tlv(tag, raw) for tag, raw in tlvs])
 
 
 def decode_tlvs(data: bytes, offset: int = 0, *, padded: bool = False) -> list[Tlv]:
@@ -63,21 +68,23 @@ def decode_tlvs(data: bytes, offset: int = 0, *, padded: bool = False) -> list[T
     ``padded`` (a decrypted ``legacy`` body, spec 6.4.1) up to 7 trailing 0x00 bytes
     after the last complete TLV are padding.
     """
+    if type(data) is not bytes:
+        data = bytes(data)
     out: list[Tlv] = []
+    append = out.append
     end = len(data)
     pos = offset
     while pos < end:
+        start = pos + 4
         if padded and end - pos < 8 and not any(data[pos:]):
             break
-        if end - pos < 4:
+        if start > end:
             raise BodyError(f"truncated TLV header at body offset {pos}")
-        tag = (data[pos] << 8) | data[pos + 1]
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        start = pos + 4
+        tag, length = _unpack_head(data, pos)
         pos = start + length
         if pos > end:
             raise BodyError(f"TLV 0x{tag:04X} of length {length} overruns the body")
-        out.append(Tlv(tag, bytes(data[start:pos])))
+        append(_new_tuple(Tlv, (tag, data[start:pos])))
     return out
 
 
