@@ -1,0 +1,476 @@
+"""Typed gateway configuration loaded from an ini file.
+
+Each ini section maps to a frozen dataclass whose fields carry their own parser in the
+field metadata, so adding a key is one line: the default, the type and the validation
+live together. Every problem is reported as a one-line :class:`ConfigError` naming the
+file, section and key, because a gateway that starts with a typo'd key silently on its
+default is worse than one that refuses to start.
+
+Relative paths (``[registry] database``, ``[http] files_dir``) are kept as written and
+therefore resolve against the gateway's working directory (as with ``twistd --rundir``),
+not against the directory of the ini file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.logger import InvalidLogLevelError, LogLevel
+
+from m2mgw.protocol.constants import DEFAULT_ACCEPTED_VERSIONS
+
+Parser = Callable[[str], Any]
+
+U32_MAX = 0xFFFFFFFF
+_DAY = 86_400.0
+
+
+class ConfigError(Exception):
+    """A configuration file or value is unusable; the message is one line."""
+
+
+class _Invalid(ValueError):
+    """A raw value does not parse; the text says what was expected."""
+
+
+def _setting(default: Any, parse: Parser) -> Any:
+    """A dataclass field whose raw ini value is converted and checked by ``parse``."""
+    return field(default=default, metadata={"parse": parse})
+
+
+# --- value parsers ---------------------------------------------------------------------
+
+
+def _integer(lo: int, hi: int) -> Parser:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise _Invalid(f"an integer {lo}-{hi}")
+        return value
+
+    return parse
+
+
+def _number(lo: float, hi: float) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise _Invalid(f"a number {lo:g}-{hi:g}")
+        return value
+
+    return parse
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": _DAY}
+
+
+def parse_duration(raw: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``24h`` or ``7d``; ``ValueError`` otherwise."""
+    match = _DURATION_RE.fullmatch(raw.strip())
+    if match is None:
+        raise _Invalid("a duration in seconds, or with a suffix s/m/h/d (e.g. 90s, 5m, 24h)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _seconds(value: float) -> str:
+    return f"{int(value)}s" if value == int(value) else f"{value:g}s"
+
+
+def _duration(lo: float = 0.0, hi: float = float(U32_MAX), *, never: bool = False) -> Parser:
+    """A duration within [lo, hi]; with ``never`` the word ``never`` gives ``None``."""
+    span = f"{_seconds(lo)}-{_seconds(hi)}" if hi < U32_MAX else f"of at least {_seconds(lo)}"
+    bounds = f"a duration {span} (plain seconds or 90s/5m/24h/7d)"
+    if never:
+        bounds += " or 'never'"
+
+    def parse(raw: str) -> float | None:
+        if never and raw.strip().lower() == "never":
+            return None
+        try:
+            value = parse_duration(raw)
+        except _Invalid:
+            raise _Invalid(bounds) from None
+        if not lo <= value <= hi:
+            raise _Invalid(bounds)
+        return value
+
+    return parse
+
+
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+def _boolean(raw: str) -> bool:
+    try:
+        return _BOOLEANS[raw.strip().lower()]
+    except KeyError:
+        raise _Invalid("a boolean (yes/no, true/false, on/off, 1/0)") from None
+
+
+def _hex_list(*, allow_empty: bool) -> Parser:
+    """A comma list of u16 values in hex (``0x0300, 0x0301``)."""
+
+    def parse(raw: str) -> tuple[int, ...]:
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        try:
+            values = tuple(int(item, 16) for item in items)
+        except ValueError:
+            values = None
+        if values is None or any(v > 0xFFFF for v in values) or not (values or allow_empty):
+            raise _Invalid("a comma list of 16-bit hex values like 0x0300, 0x0301")
+        return values
+
+    return parse
+
+
+def _text(*, allow_empty: bool) -> Parser:
+    def parse(raw: str) -> str:
+        if not raw and not allow_empty:
+            raise _Invalid("a non-empty value")
+        return raw
+
+    return parse
+
+
+def _fixed_length(length: int) -> Parser:
+    def parse(raw: str) -> str:
+        if len(raw) != length or not raw.isascii() or not raw.isprintable():
+            raise _Invalid(f"exactly {length} printable ASCII characters")
+        return raw
+
+    return parse
+
+
+_PHONE_RE = re.compile(r"\+?\d{3,20}")
+
+
+def _phone_number(raw: str) -> str:
+    """Empty, or digits with an optional leading ``+`` (stored as written)."""
+    if raw and not _PHONE_RE.fullmatch(raw):
+        raise _Invalid("a phone number (digits, optional leading +) or empty")
+    return raw
+
+
+def _log_level(raw: str) -> LogLevel:
+    try:
+        return LogLevel.levelWithName(raw.strip().lower())
+    except InvalidLogLevelError:
+        raise _Invalid("one of debug, info, warn, error, critical") from None
+
+
+# --- endpoint descriptions ---------------------------------------------------------------
+
+_ENDPOINT_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
+_PORT_KINDS = ("tcp", "tcp6", "ssl")
+_TCP_KEYWORDS = frozenset({"port", "interface", "backlog"})
+_COLON_RE = re.compile(r"(?<!\\):")
+
+
+def endpoint_parts(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """Split a Twisted endpoint description into (kind, positional args, keyword args).
+
+    A light parse (escaped ``\\:`` honoured) that needs no reactor and touches no files,
+    unlike ``serverFromString``, which reads TLS keys and systemd's environment.
+    """
+    kind, *rest = [part.replace("\\:", ":") for part in _COLON_RE.split(description)]
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    for part in rest:
+        key, sep, value = part.partition("=")
+        if sep:
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return kind.lower(), args, kwargs
+
+
+def _endpoint(raw: str) -> str | None:
+    """A server endpoint description, or ``none`` (the listener is disabled)."""
+    expected = (
+        "'none' or a server endpoint like tcp:5236:interface=127.0.0.1 "
+        f"({'/'.join(_ENDPOINT_KINDS)})"
+    )
+    if raw.strip().lower() == "none":
+        return None
+    kind, args, kwargs = endpoint_parts(raw)
+    if kind not in _ENDPOINT_KINDS:
+        raise _Invalid(expected)
+    if kind in _PORT_KINDS:
+        port = args[0] if args else kwargs.get("port", "")
+        if not port.isdigit() or int(port) > 0xFFFF or len(args) > 1:
+            raise _Invalid(expected + " with a port 0-65535")
+        if kind != "ssl" and not _TCP_KEYWORDS.issuperset(kwargs):
+            raise _Invalid(expected + "; tcp takes only interface= and backlog=")
+    elif kind == "unix" and not (args or kwargs.get("address")):
+        raise _Invalid(expected + " with a socket path")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise _Invalid("an http:// base URL like http://192.0.2.10:8080")
+    return raw.rstrip("/")
+
+
+def derive_public_url(listen: str | None) -> str:
+    """The file-service base URL implied by ``[http] listen`` ('' when HTTP is off)."""
+    if listen is None:
+        return ""
+    kind, args, kwargs = endpoint_parts(listen)
+    host = kwargs.get("interface", "")
+    if kind not in ("tcp", "tcp6") or host in ("", "0.0.0.0", "::"):
+        raise _Invalid(
+            "an explicit value: it cannot be derived from [http] listen "
+            f"{listen!r} (no specific interface)"
+        )
+    port = args[0] if args else kwargs["port"]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+# --- sections --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """``[registry]``: the persistent terminal registry."""
+
+    database: str = _setting("m2mgw.db", _text(allow_empty=False))
+    serial_prefix: str = _setting("A9720300", _fixed_length(8))
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    """``[tcp]``: the terminal TCP bearer (spec 10.2)."""
+
+    listen: str | None = _setting("tcp:5236:interface=127.0.0.1", _endpoint)
+    max_connections: int = _setting(10_000, _integer(1, 1_000_000))
+    idle_timeout: float = _setting(600.0, _duration(1))
+    max_write_buffer: int = _setting(262_144, _integer(1024, 1 << 30))
+
+
+@dataclass(frozen=True)
+class UdpConfig:
+    """``[udp]``: the terminal UDP bearer (spec 10.3); port 0 picks a free port."""
+
+    port: int = _setting(5235, _integer(0, 65535))
+    interface: str = _setting("127.0.0.1", _text(allow_empty=True))
+    enabled: bool = _setting(True, _boolean)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the file service behind DOWNLOAD_INFO URLs (spec 4.14)."""
+
+    listen: str | None = _setting("tcp:8080:interface=127.0.0.1", _endpoint)
+    public_url: str = _setting("http://127.0.0.1:8080", _http_url)
+    files_dir: str = _setting("files", _text(allow_empty=False))
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the JSON admin API, loopback-only by default."""
+
+    listen: str | None = _setting("tcp:8081:interface=127.0.0.1", _endpoint)
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """``[protocol]``: the profile parameters of spec 1.5 (defaults are normative)."""
+
+    accepted_versions: tuple[int, ...] = _setting(
+        DEFAULT_ACCEPTED_VERSIONS, _hex_list(allow_empty=False)
+    )
+    answer_timeout_ip: float = _setting(15.0, _duration(0.1, _DAY))
+    udp_sends: int = _setting(3, _integer(1, 10))
+    answer_timeout_sms: float = _setting(180.0, _duration(1, _DAY))
+    heartbeat_interval_default: float = _setting(90.0, _duration(1, _DAY))
+    offline_after_intervals: int = _setting(3, _integer(1, 100))
+    response_cache_window: float = _setting(300.0, _duration(0, _DAY))
+    response_cache_entries: int = _setting(32, _integer(1, 4096))
+    fragment_threshold: int = _setting(900, _integer(64, 65_000))
+    reassembly_max_bytes: int = _setting(65_536, _integer(1024, 16 << 20))
+    reassembly_max_parts: int = _setting(128, _integer(1, 128))
+    reassembly_idle_timeout: float = _setting(60.0, _duration(1, _DAY))
+    tcp_login_timeout: float = _setting(60.0, _duration(1, _DAY))
+    sync_trap_wait: float = _setting(30.0, _duration(1, _DAY))
+    session_key_ttl: float = _setting(_DAY, _duration(60))
+    credential_ttl: float | None = _setting(None, _duration(60, never=True))
+    credential_renew_margin: float = _setting(7 * _DAY, _duration(0))
+    wakeup_min_interval: float = _setting(600.0, _duration(0))
+    file_block_max: int = _setting(887, _integer(1, 65_000))
+    register_op3_digest_optional: bool = _setting(False, _boolean)
+    default_sync_tags: tuple[int, ...] = _setting(
+        (0x0002, 0x0007, 0x0009, 0x000A, 0x0011), _hex_list(allow_empty=True)
+    )
+    config_confirm_wait: float = _setting(300.0, _duration(1))
+    credential_redeliver_interval: float = _setting(_DAY, _duration(60))
+    file_transaction_lifetime: float = _setting(7 * _DAY, _duration(60))
+    queue_ttl: float = _setting(_DAY, _duration(1))
+
+
+@dataclass(frozen=True)
+class SmsConfig:
+    """``[sms]``: the GSM modem bearer (spec 10.4); an empty device turns SMS off."""
+
+    device: str = _setting("", _text(allow_empty=True))
+    baudrate: int = _setting(115_200, _integer(300, 4_000_000))
+    smsc: str = _setting("", _phone_number)
+    platform_number: str = _setting("", _phone_number)
+    platform_port: int = _setting(2862, _integer(0, 65535))
+    terminal_port: int = _setting(2862, _integer(0, 65535))
+    max_parts: int = _setting(4, _integer(1, 255))
+    reassembly_timeout: float = _setting(300.0, _duration(1, _DAY))
+    send_rate: float = _setting(1.0, _number(0.001, 1000))
+    command_timeout: float = _setting(10.0, _duration(0.1, 3600))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.device)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """``[app]``: the application long-connection listener and callback policy."""
+
+    listen: str | None = _setting(None, _endpoint)
+    callback_timeout: float = _setting(30.0, _duration(0.1, 3600))
+    callback_retry_max: float = _setting(3600.0, _duration(1, _DAY))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: the minimum level of gateway log events."""
+
+    # _setting returns a dataclasses.Field; ruff cannot see that LogLevel is a constant.
+    level: LogLevel = _setting(LogLevel.info, _log_level)  # noqa: RUF009
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole configuration; ``source`` names the file it came from."""
+
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    udp: UdpConfig = field(default_factory=UdpConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    sms: SmsConfig = field(default_factory=SmsConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "<defaults>"
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: f.default_factory
+    for f in dataclasses.fields(GatewayConfig)
+    if f.name != "source"
+}
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def load_config(path: str) -> GatewayConfig:
+    """Read and validate the ini file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {_one_line(e)}") from None
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, source: str = "<string>") -> GatewayConfig:
+    """Validate ini ``text``; ``source`` is used in error messages."""
+    parser = configparser.ConfigParser(
+        interpolation=None, inline_comment_prefixes=("#", ";"), empty_lines_in_values=False
+    )
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as e:
+        raise ConfigError(f"{source}: {_describe_parse_error(e)}") from None
+    if parser.defaults():
+        raise ConfigError(f"{source}: [{parser.default_section}]: section not supported")
+    sections: dict[str, Any] = {}
+    for name in parser.sections():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"{source}: [{name}]: unknown section{_suggest(name, _SECTIONS)}"
+            )
+        sections[name] = _build_section(source, name, parser[name])
+    for name, cls in _SECTIONS.items():
+        sections.setdefault(name, cls())
+    config = GatewayConfig(source=source, **sections)
+    _check_consistency(config)
+    return config
+
+
+def _build_section(source: str, name: str, items: Mapping[str, str]) -> Any:
+    cls = _SECTIONS[name]
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in items.items():
+        if key not in known:
+            raise ConfigError(f"{source}: [{name}] {key}: unknown key{_suggest(key, known)}")
+        try:
+            values[key] = known[key].metadata["parse"](raw.strip())
+        except _Invalid as e:
+            raise ConfigError(f"{source}: [{name}] {key}: expected {e}, got {raw!r}") from None
+    if name == "http" and "public_url" not in values:
+        try:
+            values["public_url"] = derive_public_url(values.get("listen", HttpConfig.listen))
+        except _Invalid as e:
+            raise ConfigError(f"{source}: [http] public_url: expected {e}") from None
+    return cls(**values)
+
+
+def _check_consistency(config: GatewayConfig) -> None:
+    """Cross-key rules that a single value cannot express."""
+    limit = config.protocol.fragment_threshold - 13
+    if config.protocol.file_block_max > limit:
+        raise ConfigError(
+            f"{config.source}: [protocol] file_block_max: must be at most "
+            f"fragment_threshold - 13 = {limit} so a FILE_REQ_ACK is never fragmented "
+            f"(PD-36), got {config.protocol.file_block_max}"
+        )
+
+
+def _suggest(word: str, choices: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def _describe_parse_error(error: configparser.Error) -> str:
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return f"line {error.lineno}: {error.line.strip()!r} is outside any [section]"
+    if isinstance(error, configparser.ParsingError):
+        lineno, line = error.errors[0]
+        return f"line {lineno}: cannot parse {line.strip()!r}"
+    if isinstance(error, configparser.DuplicateOptionError):
+        return f"[{error.section}] {error.option}: duplicate key (line {error.lineno})"
+    if isinstance(error, configparser.DuplicateSectionError):
+        return f"[{error.section}]: duplicate section (line {error.lineno})"
+    return _one_line(error)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())

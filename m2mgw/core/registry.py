@@ -1,0 +1,202 @@
+"""The terminal registry contract: what the gateway may assume about persistence.
+
+The design follows from the hot path. Every message needs the terminal record, so
+**reads are synchronous** from an in-memory cache loaded by :meth:`open` (10k-100k
+terminals fit in memory). **Writes update the cache at once** and are persisted in
+submission order; each write returns a Deferred that fires once the change is
+committed. Callers that must not lose data (a queued request, a new registration) wait
+for it; hot-path writes (``touch``, ``log``) are fire-and-forget and batched.
+
+Objects returned by reads are the live cached instances: mutate them, then ``save`` /
+``update_request`` / ``update_file`` to persist. A registry belongs to one process.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class RegistryError(Exception):
+    """A registry operation is invalid (duplicate, unknown terminal, schema too new...)."""
+
+
+class ITerminalRegistry(Interface):
+    """Persistent store of terminals, their queues, configuration, alarms and log."""
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def open():
+        """Apply pending schema migrations and load the cache.
+
+        :return: Deferred[None]; fails with RegistryError when the database is newer
+            than the code.
+        """
+
+    def close():
+        """Flush batched writes, wait for every submitted write, then close.
+
+        :return: Deferred[None]
+        """
+
+    # --- terminals ----------------------------------------------------------------
+
+    def get(serial):
+        """The terminal with this 16-character serial, or None."""
+
+    def by_imei(imei):
+        """The terminal with this IMEI, or None."""
+
+    def by_msisdn(msisdn):
+        """The terminal with this MSISDN (compared normalised, PD-30), or None."""
+
+    def terminals():
+        """All terminals, as a new list."""
+
+    def add(terminal):
+        """Store a new terminal and assign its ``id``.
+
+        Raises RegistryError synchronously when the IMEI, serial or MSISDN is taken.
+
+        :return: Deferred[Terminal] firing once committed.
+        """
+
+    def save(terminal):
+        """Persist every field of ``terminal`` and re-index serial/IMEI/MSISDN changes.
+
+        Raises RegistryError synchronously on an unknown terminal or a taken key.
+
+        :return: Deferred[None]
+        """
+
+    def touch(serial, now, bearer, address):
+        """Record traffic: set last_seen/bearer/address in the cache at once.
+
+        Persisted coalesced, at most once per second per terminal, and on close.
+        Unknown serials are ignored (hot path).
+        """
+
+    def allocate_serial(prefix):
+        """A new unused serial: ``prefix`` (8 characters) + 8 decimal digits.
+
+        The counter behind it is monotonic and persisted; it is committed before any
+        later write, so a terminal saved with the serial never outlives its counter.
+        """
+
+    def remove(serial_or_imei):
+        """Delete a terminal and its stored configuration; cancel its queued requests.
+
+        Raises RegistryError synchronously when no such terminal exists.
+
+        :return: Deferred[None]
+        """
+
+    # --- configuration --------------------------------------------------------------
+
+    def config_values(serial):
+        """Last known TLV values of the terminal, ``{tag: value bytes}`` (a copy)."""
+
+    def store_config(serial, values, source):
+        """Merge ``{tag: value}`` into the stored configuration.
+
+        ``source`` is ``'reported'`` (from the terminal) or ``'set'`` (by the platform).
+
+        :return: Deferred[None]
+        """
+
+    # --- alarms and statistics ------------------------------------------------------
+
+    def record_alarm(alarm):
+        """Append an Alarm to the history and update the state per (serial, code).
+
+        Status 1 raises ``code``, status 0 clears it. Alarms without a serial (unknown
+        MSISDN) go to the history only.
+
+        :return: Deferred[None]
+        """
+
+    def alarms(serial=None, active_only=False, limit=100):
+        """Alarm history, newest first; with ``active_only`` the raised alarms instead.
+
+        :return: Deferred[list[Alarm]]
+        """
+
+    def record_statistics(serial, values, now):
+        """Append statistics TLVs ``{tag: value}`` reported at ``now``.
+
+        :return: Deferred[None]
+        """
+
+    def statistics(serial, limit=100):
+        """Recorded statistics of a terminal, newest first.
+
+        :return: Deferred[list[tuple[float, int, bytes]]] of (time, tag, value).
+        """
+
+    # --- message log ----------------------------------------------------------------
+
+    def log(entry):
+        """Append a LogEntry; fire-and-forget, batched."""
+
+    def messages(serial, limit=100):
+        """The terminal's most recent log entries (including unflushed ones), newest
+        first.
+
+        :return: Deferred[list[LogEntry]]
+        """
+
+    # --- request queue --------------------------------------------------------------
+
+    def enqueue(request):
+        """Store a new Request and assign its ``id``.
+
+        :return: Deferred[Request] firing only once the request is durable.
+        """
+
+    def update_request(request):
+        """Persist a changed Request (state, sequence_id, attempts, result...).
+
+        :return: Deferred[None]
+        """
+
+    def queued(serial):
+        """The terminal's active requests (queued or sent), FIFO by id, from memory."""
+
+    def request(id):
+        """A Request by id from memory: every active one, and recently finished ones
+        (older history: ``requests``). None when not in memory.
+        """
+
+    def requests(serial=None, states=None, limit=100):
+        """Request history, newest first, optionally filtered by serial and states.
+
+        :return: Deferred[list[Request]]
+        """
+
+    def expire_requests(now):
+        """Mark queued requests whose ``expires_at`` <= ``now`` as 'expired'.
+
+        :return: Deferred[list[Request]] of the expired requests, once committed.
+        """
+
+    # --- file transactions ----------------------------------------------------------
+
+    def add_file(tx):
+        """Store a new FileTransaction; RegistryError if its trans_id/token is taken.
+
+        :return: Deferred[None]
+        """
+
+    def file_by_token(token):
+        """The FileTransaction with this URL token, or None."""
+
+    def file_by_trans_id(trans_id):
+        """The FileTransaction with this TransID, or None."""
+
+    def update_file(tx):
+        """Persist a changed FileTransaction (its state).
+
+        :return: Deferred[None]
+        """
+
+    def allocate_trans_id():
+        """A new unused u32 update TransID (persisted counter, from 1, skips 0)."""

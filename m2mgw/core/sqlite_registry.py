@@ -1,0 +1,734 @@
+"""SQLite implementation of :class:`~m2mgw.core.registry.ITerminalRegistry`.
+
+Durability model. The database runs in WAL mode with ``synchronous=NORMAL``: a commit
+is written to the WAL file before its Deferred fires, so committed data (a queued
+request) survives the process being killed, even by SIGKILL. Only an operating-system
+crash or power loss can lose the last few transactions, which ``synchronous=FULL``
+would prevent at the cost of an fsync per commit.
+
+Ordering. All SQL runs on exactly ONE connection in one pool thread (more connections
+give "database is locked"). adbapi queues interactions FIFO on that thread, so writes
+are committed in submission order, and a read sees every write submitted before it.
+Row values are snapshotted in the reactor thread when a write is submitted, so later
+mutations of the cached objects cannot race with the pool thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import re
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from twisted.enterprise.adbapi import ConnectionPool
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from m2mgw.core.model import (
+    U32_MAX,
+    Alarm,
+    CredentialSet,
+    FileState,
+    FileTransaction,
+    LogEntry,
+    Request,
+    RequestState,
+    Terminal,
+    TerminalState,
+    advance_counter,
+    normalize_msisdn,
+)
+from m2mgw.core.registry import ITerminalRegistry, RegistryError
+
+_log = Logger()
+
+#: Seconds between flushes of coalesced ``touch`` updates and batched log entries.
+FLUSH_INTERVAL = 1.0
+#: A log buffer this long is flushed at once instead of waiting for the next tick.
+LOG_FLUSH_SIZE = 1000
+#: Finished requests kept in memory for ``request(id)``.
+FINISHED_CACHE_SIZE = 10_000
+SERIAL_DIGITS_MAX = 99_999_999
+
+Row = tuple[Any, ...]
+Batch = list[tuple[str, list[Row]]]
+Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+
+
+# --- migrations ------------------------------------------------------------------------
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+
+
+_MIGRATION_RE = re.compile(r"(\d+)_\w+\.sql")
+
+
+def load_migrations(package: str = "m2mgw.core.schema") -> list[Migration]:
+    """The ``NNN_name.sql`` files of ``package``, checked to be numbered 1..N."""
+    found = []
+    for entry in importlib.resources.files(package).iterdir():
+        match = _MIGRATION_RE.fullmatch(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    return _checked(found)
+
+
+def _checked(migrations: Iterable[Migration]) -> list[Migration]:
+    """Migrations sorted, and numbered 1..N without gaps (``user_version`` indexes them)."""
+    ordered = sorted(migrations)
+    versions = [m.version for m in ordered]
+    if versions != list(range(1, len(ordered) + 1)):
+        raise RegistryError(f"schema migrations must be numbered 1..N, found {versions}")
+    return ordered
+
+
+def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
+    """Bring the schema to the newest version; each migration in its own transaction."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = len(migrations)
+    if current > latest:
+        raise RegistryError(
+            f"{path}: database schema version {current} is newer than this m2mgw "
+            f"supports ({latest}); upgrade m2mgw or use another database"
+        )
+    applied = []
+    for migration in migrations[current:]:
+        # executescript() commits any open transaction first, so the BEGIN/COMMIT
+        # pair lives inside the script; user_version is transactional too.
+        script = (
+            f"BEGIN IMMEDIATE;\n{migration.sql}\n;\n"
+            f"PRAGMA user_version = {migration.version};\nCOMMIT;"
+        )
+        try:
+            conn.executescript(script)
+        except sqlite3.Error as e:
+            conn.rollback()
+            raise RegistryError(f"{path}: schema migration {migration.name} failed: {e}") from e
+        applied.append(migration.name)
+    return applied
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    """Per-connection settings (cp_openfun): WAL, foreign keys, lock wait."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+
+
+def _apply(txn: Any, batch: Batch) -> None:
+    """Run one write batch as a single transaction (adbapi commits after it)."""
+    txn.execute("BEGIN IMMEDIATE")
+    for sql, rows in batch:
+        txn.executemany(sql, rows)
+
+
+def _barrier(txn: Any) -> None:
+    """A no-op interaction: when it completes, every earlier one has."""
+
+
+# --- row mapping -----------------------------------------------------------------------
+
+
+def _optional(encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Codec:
+    return (
+        lambda v: None if v is None else encode(v),
+        lambda v: None if v is None else decode(v),
+    )
+
+
+_BOOL: Codec = (int, bool)
+_STR_SET: Codec = (lambda v: json.dumps(sorted(v)), lambda v: set(json.loads(v)))
+_JSON_LIST = _optional(json.dumps, json.loads)
+_CREDENTIALS = _optional(
+    lambda c: json.dumps(dataclasses.asdict(c)), lambda v: CredentialSet(**json.loads(v))
+)
+
+
+def _enum(cls: type) -> Codec:
+    """Stores the value; validates on the way in so a typo fails in the caller."""
+    return (lambda v: cls(v).value, cls)
+
+
+class _Table:
+    """Maps a dataclass to a table: columns are the dataclass fields, in order."""
+
+    def __init__(
+        self, name: str, cls: type, key: str | None = None,
+        codecs: Mapping[str, Codec] | None = None,
+    ) -> None:
+        self.name = name
+        self.cls = cls
+        self.key = key
+        self.columns = tuple(f.name for f in dataclasses.fields(cls))
+        self.codecs = codecs or {}
+        names = ", ".join(f'"{c}"' for c in self.columns)
+        values = ", ".join("?" * len(self.columns))
+        self.insert = f"INSERT INTO {name} ({names}) VALUES ({values})"
+        self.replace = f"INSERT OR REPLACE INTO {name} ({names}) VALUES ({values})"
+        self.select = f"SELECT {names} FROM {name}"
+        if key is not None:
+            sets = ", ".join(f'"{c}" = ?' for c in self.columns if c != key)
+            self.update = f'UPDATE {name} SET {sets} WHERE "{key}" = ?'
+
+    def row(self, obj: Any) -> Row:
+        return tuple(
+            self.codecs[c][0](getattr(obj, c)) if c in self.codecs else getattr(obj, c)
+            for c in self.columns
+        )
+
+    def update_row(self, obj: Any) -> Row:
+        """Parameters of ``update``: the non-key columns, then the key."""
+        row = self.row(obj)
+        index = self.columns.index(self.key)
+        return row[:index] + row[index + 1 :] + (row[index],)
+
+    def load(self, row: Row) -> Any:
+        return self.cls(
+            **{
+                c: self.codecs[c][1](v) if c in self.codecs else v
+                for c, v in zip(self.columns, row, strict=True)
+            }
+        )
+
+
+_TERMINALS = _Table(
+    "terminals",
+    Terminal,
+    key="id",
+    codecs={
+        "state": _enum(TerminalState),
+        "enabled": _BOOL,
+        "require_encryption": _BOOL,
+        "sms_wakeup": _BOOL,
+        "allowed_imsis": _optional(*_STR_SET),
+        "current": _CREDENTIALS,
+        "pending": _CREDENTIALS,
+        "sync_tags": _JSON_LIST,
+        "apps": _STR_SET,
+        "config_unverified": _BOOL,
+    },
+)
+_REQUESTS = _Table("requests", Request, key="id", codecs={"state": _enum(RequestState)})
+_FILES = _Table("file_transactions", FileTransaction, key="trans_id",
+                codecs={"state": _enum(FileState)})
+_MESSAGES = _Table("messages", LogEntry)
+_ALARM_HISTORY = _Table("alarm_history", Alarm)
+_ALARM_STATE = _Table("alarm_state", Alarm)
+
+_TOUCH = 'UPDATE terminals SET last_seen = ?, bearer = ?, address = ? WHERE id = ?'
+_SET_COUNTER = "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)"
+_STORE_CONFIG = (
+    "INSERT OR REPLACE INTO terminal_config (terminal_id, tag, value, source, updated_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_CONFIG_SOURCES = ("reported", "set")
+_ACTIVE_STATES_SQL = "('queued', 'sent')"
+
+
+def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
+    """Everything the cache holds, read in one interaction at open."""
+
+    def rows(sql: str, *params: Any) -> list[Row]:
+        txn.execute(sql, params)
+        return txn.fetchall()
+
+    return {
+        "terminals": rows(_TERMINALS.select),
+        "config": rows("SELECT terminal_id, tag, value FROM terminal_config"),
+        "active": rows(f"{_REQUESTS.select} WHERE state IN {_ACTIVE_STATES_SQL} ORDER BY id"),
+        "finished": rows(
+            f"{_REQUESTS.select} WHERE state NOT IN {_ACTIVE_STATES_SQL} "
+            "ORDER BY id DESC LIMIT ?",
+            FINISHED_CACHE_SIZE,
+        ),
+        "files": rows(f"{_FILES.select} WHERE expires_at > ?", now),
+        "counters": rows("SELECT name, value FROM counters"),
+        "sequences": rows("SELECT name, seq FROM sqlite_sequence"),
+    }
+
+
+# --- the registry ----------------------------------------------------------------------
+
+
+@implementer(ITerminalRegistry)
+class SqliteRegistry:
+    """Terminal registry on one SQLite file; see :class:`ITerminalRegistry`.
+
+    One process owns a database: ids and counters are allocated in memory.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        reactor: Any = None,
+        migrations: Sequence[Migration] | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._path = path
+        self._reactor = reactor
+        self._migrations = load_migrations() if migrations is None else _checked(migrations)
+        self._pool: ConnectionPool | None = None
+        self._flusher = LoopingCall(self._flush_tick)
+        self._flusher.clock = reactor
+        self._shutdown_trigger: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty caches, so that a registry can be opened again after ``close``."""
+        self._terminals: dict[int, Terminal] = {}
+        self._index: dict[str, dict[str, Terminal]] = {"serial": {}, "imei": {}, "msisdn": {}}
+        self._indexed: dict[int, dict[str, str]] = {}
+        self._config: dict[int, dict[int, bytes]] = {}
+        self._active: dict[int, Request] = {}
+        self._queues: dict[str, dict[int, Request]] = {}
+        self._finished: OrderedDict[int, Request] = OrderedDict()
+        self._files_by_token: dict[str, FileTransaction] = {}
+        self._files_by_trans_id: dict[int, FileTransaction] = {}
+        self._counters: dict[str, int] = {}
+        self._next_id: dict[str, int] = {}
+        self._touched: set[int] = set()
+        self._log_rows: list[Row] = []
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def open(self) -> Deferred[None]:
+        if self._pool is not None:
+            raise RegistryError(f"{self._path}: registry already open")
+        pool = self._pool = ConnectionPool(
+            "sqlite3",
+            self._path,
+            cp_min=1,
+            cp_max=1,
+            cp_reactor=self._reactor,
+            cp_openfun=_configure,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+        d = pool.runWithConnection(_migrate, self._migrations, self._path)
+        d.addCallback(self._migrated)
+        d.addCallback(lambda _: pool.runInteraction(_load_all, self._reactor.seconds()))
+        d.addCallback(self._install)
+        d.addErrback(self._open_failed)
+        return d
+
+    def _migrated(self, applied: list[str]) -> None:
+        for name in applied:
+            _log.info("registry {path}: applied schema migration {name}",
+                      path=self._path, name=name)
+
+    def _open_failed(self, failure: Failure) -> Failure:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if failure.check(sqlite3.Error):
+            raise RegistryError(f"{self._path}: cannot open database: {failure.value}")
+        return failure
+
+    def _install(self, loaded: dict[str, list[Row]]) -> None:
+        self._reset()
+        for row in loaded["terminals"]:
+            terminal = _TERMINALS.load(row)
+            self._terminals[terminal.id] = terminal
+            self._reindex(terminal, self._keys(terminal))
+        for terminal_id, tag, value in loaded["config"]:
+            self._config.setdefault(terminal_id, {})[tag] = value
+        for row in loaded["active"]:
+            self._track(_REQUESTS.load(row))
+        for row in reversed(loaded["finished"]):
+            self._track(_REQUESTS.load(row))
+        for row in loaded["files"]:
+            self._index_file(_FILES.load(row))
+        self._counters = dict(loaded["counters"])
+        sequences = dict(loaded["sequences"])
+        self._next_id = {table: sequences.get(table, 0) + 1 for table in ("terminals", "requests")}
+        self._flusher.start(FLUSH_INTERVAL, now=False)
+        # A reactor stopped without close() would drop batched writes; "before"
+        # triggers may return a Deferred, which shutdown waits for.
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+            "before", "shutdown", self.close
+        )
+        _log.info(
+            "registry {path} open: {terminals} terminals, {active} active requests",
+            path=self._path, terminals=len(self._terminals), active=len(self._active),
+        )
+
+    def close(self) -> Deferred[None]:
+        pool = self._pool
+        if pool is None:
+            return succeed(None)
+        if self._flusher.running:
+            self._flusher.stop()
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._flush_tick()
+        self._pool = None
+        done: Deferred[None] = pool.runInteraction(_barrier)
+
+        def closed(result: Any) -> Any:
+            pool.close()
+            return result
+
+        return done.addBoth(closed)
+
+    def _write(self, batch: Batch) -> Deferred[None]:
+        if self._pool is None:
+            raise RegistryError(f"{self._path}: registry is not open")
+        d: Deferred[None] = self._pool.runInteraction(_apply, batch)
+        return d.addErrback(self._write_failed)
+
+    def _write_failed(self, failure: Failure) -> Failure:
+        """Log here too: hot-path callers often do not wait for the Deferred."""
+        _log.failure("registry {path}: write failed; memory and database may disagree",
+                     failure, path=self._path)
+        return failure
+
+    def _query(self, sql: str, *params: Any) -> Deferred[list[Row]]:
+        if self._pool is None:
+            raise RegistryError(f"{self._path}: registry is not open")
+        return self._pool.runQuery(sql, params)
+
+    @staticmethod
+    def _background(d: Deferred[Any]) -> None:
+        """A fire-and-forget write: its failure was logged by ``_write_failed``."""
+        d.addErrback(lambda _: None)
+
+    # --- terminals ----------------------------------------------------------------
+
+    def get(self, serial: str) -> Terminal | None:
+        return self._index["serial"].get(serial)
+
+    def by_imei(self, imei: str) -> Terminal | None:
+        return self._index["imei"].get(imei)
+
+    def by_msisdn(self, msisdn: str) -> Terminal | None:
+        return self._index["msisdn"].get(normalize_msisdn(msisdn))
+
+    def terminals(self) -> list[Terminal]:
+        return list(self._terminals.values())
+
+    def add(self, terminal: Terminal) -> Deferred[Terminal]:
+        if terminal.id is not None:
+            raise RegistryError(f"terminal IMEI {terminal.imei} already has id {terminal.id}")
+        keys = self._keys(terminal)
+        self._check_unique(terminal, keys)
+        now = self._reactor.seconds()
+        terminal.created_at = terminal.created_at or now
+        terminal.updated_at = now
+        row = self._new_row(terminal, _TERMINALS)
+        self._terminals[terminal.id] = terminal
+        self._reindex(terminal, keys)
+        return self._write([(_TERMINALS.insert, [row])]).addCallback(lambda _: terminal)
+
+    def save(self, terminal: Terminal) -> Deferred[None]:
+        if terminal.id not in self._terminals:
+            raise RegistryError(f"terminal IMEI {terminal.imei} is not in the registry")
+        keys = self._keys(terminal)
+        self._check_unique(terminal, keys)
+        terminal.updated_at = self._reactor.seconds()
+        row = _TERMINALS.update_row(terminal)
+        self._terminals[terminal.id] = terminal
+        self._reindex(terminal, keys)
+        self._touched.discard(terminal.id)
+        return self._write([(_TERMINALS.update, [row])])
+
+    def touch(self, serial: str, now: float, bearer: str | None, address: str | None) -> None:
+        terminal = self._index["serial"].get(serial)
+        if terminal is None:
+            return
+        terminal.last_seen, terminal.bearer, terminal.address = now, bearer, address
+        self._touched.add(terminal.id)
+
+    def allocate_serial(self, prefix: str) -> str:
+        if len(prefix) != 8:
+            raise RegistryError(f"serial prefix must be 8 characters, got {prefix!r}")
+        value = self._counters.get("serial", 0)
+        while True:
+            value += 1
+            if value > SERIAL_DIGITS_MAX:
+                raise RegistryError("serial numbers exhausted (8 decimal digits)")
+            serial = f"{prefix}{value:08d}"
+            if serial not in self._index["serial"]:
+                break
+        self._set_counter("serial", value)
+        return serial
+
+    def remove(self, serial_or_imei: str) -> Deferred[None]:
+        terminal = self.get(serial_or_imei) or self.by_imei(serial_or_imei)
+        if terminal is None:
+            raise RegistryError(f"no terminal with serial or IMEI {serial_or_imei!r}")
+        terminal_id = terminal.id
+        del self._terminals[terminal_id]
+        self._reindex(terminal, {})
+        del self._indexed[terminal_id]
+        self._config.pop(terminal_id, None)
+        self._touched.discard(terminal_id)
+        cancelled = self.queued(terminal.serial) if terminal.serial else []
+        for request in cancelled:
+            request.state = RequestState.CANCELLED
+            request.outcome = "terminal removed"
+        _log.info("registry: removed terminal {serial} (IMEI {imei})",
+                  serial=terminal.serial, imei=terminal.imei)
+        delete = ("DELETE FROM terminals WHERE id = ?", [(terminal_id,)])
+        return self._write([delete, *self._request_updates(cancelled)])
+
+    def _keys(self, terminal: Terminal) -> dict[str, str]:
+        """The unique index keys of a terminal (MSISDN normalised, PD-30)."""
+        keys = {"serial": terminal.serial, "imei": terminal.imei,
+                "msisdn": normalize_msisdn(terminal.msisdn) if terminal.msisdn else None}
+        return {name: key for name, key in keys.items() if key}
+
+    def _check_unique(self, terminal: Terminal, keys: dict[str, str]) -> None:
+        for name, key in keys.items():
+            other = self._index[name].get(key)
+            if other is not None and other.id != terminal.id:
+                raise RegistryError(f"{name} {key} is already used by terminal id {other.id}")
+
+    def _reindex(self, terminal: Terminal, keys: dict[str, str]) -> None:
+        for name, key in self._indexed.get(terminal.id, {}).items():
+            holder = self._index[name].get(key)
+            if holder is not None and holder.id == terminal.id:
+                del self._index[name][key]
+        for name, key in keys.items():
+            self._index[name][key] = terminal
+        self._indexed[terminal.id] = keys
+
+    def _new_row(self, obj: Terminal | Request, table: _Table) -> Row:
+        """Give ``obj`` the table's next id and encode it; no change if encoding fails."""
+        obj.id = self._next_id[table.name]
+        try:
+            row = table.row(obj)
+        except ValueError:
+            obj.id = None
+            raise
+        self._next_id[table.name] += 1
+        return row
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._counters[name] = value
+        self._background(self._write([(_SET_COUNTER, [(name, value)])]))
+
+    def _require(self, serial: str) -> Terminal:
+        terminal = self.get(serial)
+        if terminal is None:
+            raise RegistryError(f"no terminal with serial {serial!r}")
+        return terminal
+
+    # --- configuration --------------------------------------------------------------
+
+    def config_values(self, serial: str) -> dict[int, bytes]:
+        terminal = self.get(serial)
+        return dict(self._config.get(terminal.id, {})) if terminal else {}
+
+    def store_config(self, serial: str, values: dict[int, bytes], source: str) -> Deferred[None]:
+        if source not in _CONFIG_SOURCES:
+            raise RegistryError(f"config source must be one of {_CONFIG_SOURCES}, got {source!r}")
+        terminal_id = self._require(serial).id
+        now = self._reactor.seconds()
+        rows = [(terminal_id, tag, bytes(value), source, now) for tag, value in values.items()]
+        self._config.setdefault(terminal_id, {}).update(
+            (tag, bytes(value)) for tag, value in values.items()
+        )
+        return self._write([(_STORE_CONFIG, rows)])
+
+    # --- alarms and statistics ------------------------------------------------------
+
+    def record_alarm(self, alarm: Alarm) -> Deferred[None]:
+        row = _ALARM_HISTORY.row(alarm)
+        batch: Batch = [(_ALARM_HISTORY.insert, [row])]
+        if alarm.serial is not None:
+            batch.append((_ALARM_STATE.replace, [row]))
+        return self._write(batch)
+
+    def alarms(
+        self, serial: str | None = None, active_only: bool = False, limit: int = 100
+    ) -> Deferred[list[Alarm]]:
+        table = _ALARM_STATE if active_only else _ALARM_HISTORY
+        where = ["status = 1"] if active_only else []
+        params: list[Any] = []
+        if serial is not None:
+            where.append("serial = ?")
+            params.append(serial)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        order = "time DESC" if active_only else "id DESC"
+        sql = f"{table.select}{clause} ORDER BY {order} LIMIT ?"
+        return self._query(sql, *params, limit).addCallback(
+            lambda rows: [table.load(row) for row in rows]
+        )
+
+    def record_statistics(
+        self, serial: str, values: dict[int, bytes], now: float
+    ) -> Deferred[None]:
+        rows = [(serial, now, tag, bytes(value)) for tag, value in values.items()]
+        sql = "INSERT INTO statistics (serial, time, tag, value) VALUES (?, ?, ?, ?)"
+        return self._write([(sql, rows)])
+
+    def statistics(self, serial: str, limit: int = 100) -> Deferred[list[tuple[float, int, bytes]]]:
+        sql = "SELECT time, tag, value FROM statistics WHERE serial = ? ORDER BY id DESC LIMIT ?"
+        return self._query(sql, serial, limit).addCallback(
+            lambda rows: [tuple(row) for row in rows]
+        )
+
+    # --- message log ----------------------------------------------------------------
+
+    def log(self, entry: LogEntry) -> None:
+        self._log_rows.append(_MESSAGES.row(entry))
+        if len(self._log_rows) >= LOG_FLUSH_SIZE:
+            self._flush_tick()
+
+    def messages(self, serial: str, limit: int = 100) -> Deferred[list[LogEntry]]:
+        self._flush_tick()
+        sql = f"{_MESSAGES.select} WHERE serial = ? ORDER BY id DESC LIMIT ?"
+        return self._query(sql, serial, limit).addCallback(
+            lambda rows: [_MESSAGES.load(row) for row in rows]
+        )
+
+    def _flush_tick(self) -> None:
+        """Persist coalesced touches and buffered log entries in one transaction."""
+        if self._pool is None:
+            return
+        batch: Batch = []
+        if self._touched:
+            touched = [self._terminals[i] for i in sorted(self._touched)]
+            batch.append((_TOUCH, [(t.last_seen, t.bearer, t.address, t.id) for t in touched]))
+            self._touched.clear()
+        if self._log_rows:
+            batch.append((_MESSAGES.insert, self._log_rows))
+            self._log_rows = []
+        if batch:
+            self._background(self._write(batch))
+
+    # --- request queue --------------------------------------------------------------
+
+    def enqueue(self, request: Request) -> Deferred[Request]:
+        if request.id is not None:
+            raise RegistryError(f"request {request.id} is already enqueued")
+        request.updated_at = self._reactor.seconds()
+        row = self._new_row(request, _REQUESTS)
+        self._track(request)
+        return self._write([(_REQUESTS.insert, [row])]).addCallback(lambda _: request)
+
+    def update_request(self, request: Request) -> Deferred[None]:
+        if request.id is None:
+            raise RegistryError("update of a request that was never enqueued")
+        return self._write(self._request_updates([request]))
+
+    def queued(self, serial: str) -> list[Request]:
+        return sorted(self._queues.get(serial, {}).values(), key=lambda r: r.id or 0)
+
+    def request(self, id: int) -> Request | None:
+        return self._active.get(id) or self._finished.get(id)
+
+    def requests(
+        self,
+        serial: str | None = None,
+        states: Iterable[str] | None = None,
+        limit: int = 100,
+    ) -> Deferred[list[Request]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if serial is not None:
+            where.append("serial = ?")
+            params.append(serial)
+        if states is not None:
+            values = [RequestState(s).value for s in states]
+            where.append(f"state IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{_REQUESTS.select}{clause} ORDER BY id DESC LIMIT ?"
+
+        def load(rows: list[Row]) -> list[Request]:
+            loaded = [_REQUESTS.load(row) for row in rows]
+            return [self.request(r.id) or r for r in loaded]
+
+        return self._query(sql, *params, limit).addCallback(load)
+
+    def expire_requests(self, now: float) -> Deferred[list[Request]]:
+        expired = [
+            r for r in self._active.values()
+            if r.state == RequestState.QUEUED and r.expires_at <= now
+        ]
+        if not expired:
+            return succeed([])
+        for request in expired:
+            request.state = RequestState.EXPIRED
+            request.outcome = "TTL expired while queued"
+        return self._write(self._request_updates(expired)).addCallback(lambda _: expired)
+
+    def _request_updates(self, requests: list[Request]) -> Batch:
+        """Stamp, re-file in the cache and build the UPDATE batch for ``requests``."""
+        now = self._reactor.seconds()
+        rows = []
+        for request in requests:
+            request.updated_at = now
+            rows.append(_REQUESTS.update_row(request))
+            self._track(request)
+        return [(_REQUESTS.update, rows)] if rows else []
+
+    def _track(self, request: Request) -> None:
+        """File a request in the active queue or the finished cache by its state."""
+        request_id = request.id
+        queue = self._queues.setdefault(request.serial, {})
+        if request.active:
+            self._finished.pop(request_id, None)
+            self._active[request_id] = queue[request_id] = request
+            return
+        self._active.pop(request_id, None)
+        queue.pop(request_id, None)
+        if not queue:
+            del self._queues[request.serial]
+        self._finished[request_id] = request
+        self._finished.move_to_end(request_id)
+        if len(self._finished) > FINISHED_CACHE_SIZE:
+            self._finished.popitem(last=False)
+
+    # --- file transactions ----------------------------------------------------------
+
+    def add_file(self, tx: FileTransaction) -> Deferred[None]:
+        if tx.trans_id in self._files_by_trans_id or tx.token in self._files_by_token:
+            raise RegistryError(f"file transaction {tx.trans_id:08X} or its token is taken")
+        row = _FILES.row(tx)
+        self._index_file(tx)
+        return self._write([(_FILES.insert, [row])])
+
+    def file_by_token(self, token: str) -> FileTransaction | None:
+        return self._files_by_token.get(token)
+
+    def file_by_trans_id(self, trans_id: int) -> FileTransaction | None:
+        return self._files_by_trans_id.get(trans_id)
+
+    def update_file(self, tx: FileTransaction) -> Deferred[None]:
+        known = self._files_by_trans_id.get(tx.trans_id)
+        if known is None or known.token != tx.token:
+            raise RegistryError(f"unknown file transaction {tx.trans_id:08X}")
+        row = _FILES.update_row(tx)
+        self._index_file(tx)
+        return self._write([(_FILES.update, [row])])
+
+    def allocate_trans_id(self) -> int:
+        value = self._counters.get("trans_id", 0)
+        while True:
+            value = advance_counter(value, U32_MAX)
+            if value not in self._files_by_trans_id:
+                break
+        self._set_counter("trans_id", value)
+        return value
+
+    def _index_file(self, tx: FileTransaction) -> None:
+        self._files_by_token[tx.token] = tx
+        self._files_by_trans_id[tx.trans_id] = tx

@@ -1,0 +1,180 @@
+"""Config loading: the shipped ini, typed values, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from twisted.logger import LogLevel
+
+from m2mgw.config import (
+    ConfigError,
+    GatewayConfig,
+    ProtocolConfig,
+    derive_public_url,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+
+SHIPPED_INI = Path(__file__).resolve().parents[2] / "etc" / "m2mgw.ini"
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="etc/m2mgw.ini")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("etc/m2mgw.ini: ")
+    return message
+
+
+def test_shipped_ini_loads_and_equals_defaults() -> None:
+    config = load_config(str(SHIPPED_INI))
+    assert config == GatewayConfig(source=str(SHIPPED_INI))
+    assert config.sms.enabled is False
+    assert config.registry.database == "m2mgw.db"
+    assert config.app.listen is None
+
+
+def test_shipped_ini_documents_every_key() -> None:
+    """Each key of each section appears in the shipped file, preceded by a comment."""
+    lines = SHIPPED_INI.read_text().splitlines()
+    for section in fields(GatewayConfig):
+        if section.name == "source":
+            continue
+        for key in fields(section.default_factory):
+            index = next(
+                (i for i, line in enumerate(lines) if line.split("=")[0].strip() == key.name),
+                None,
+            )
+            assert index is not None, f"[{section.name}] {key.name} missing"
+            assert lines[index - 1].startswith("#"), f"[{section.name}] {key.name} uncommented"
+
+
+def test_defaults_match_the_profile_parameters() -> None:
+    protocol = ProtocolConfig()
+    assert protocol.accepted_versions == (0x0300, 0x0301)
+    assert protocol.answer_timeout_ip == 15
+    assert protocol.udp_sends == 3
+    assert protocol.answer_timeout_sms == 180
+    assert protocol.response_cache_entries == 32
+    assert protocol.fragment_threshold == 900
+    assert protocol.file_block_max == 887
+    assert protocol.credential_ttl is None
+    assert protocol.credential_renew_margin == 7 * 86400
+    assert protocol.default_sync_tags == (0x0002, 0x0007, 0x0009, 0x000A, 0x0011)
+    assert protocol.queue_ttl == 86400
+
+
+def test_typed_values() -> None:
+    config = parse_config(
+        """
+        [udp]
+        port = 0
+        enabled = off
+        [protocol]
+        accepted_versions = 0x0301
+        queue_ttl = 2d
+        credential_ttl = 90d   ; inline comment
+        register_op3_digest_optional = yes
+        default_sync_tags =
+        [app]
+        listen = tcp:5300:interface=127.0.0.1
+        [sms]
+        device = /dev/ttyUSB0
+        send_rate = 0.5
+        [log]
+        level = DEBUG
+        """.replace("\n        ", "\n")
+    )
+    assert (config.udp.port, config.udp.enabled) == (0, False)
+    assert config.protocol.accepted_versions == (0x0301,)
+    assert config.protocol.queue_ttl == 2 * 86400
+    assert config.protocol.credential_ttl == 90 * 86400
+    assert config.protocol.register_op3_digest_optional is True
+    assert config.protocol.default_sync_tags == ()
+    assert config.app.listen == "tcp:5300:interface=127.0.0.1"
+    assert config.sms.enabled and config.sms.send_rate == 0.5
+    assert config.log.level is LogLevel.debug
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("5m", 300), ("24h", 86400), ("7d", 604800), ("1.5s", 1.5),
+     ("2 H", 7200)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("yes", True), ("True", True), ("on", True), ("1", True),
+     ("no", False), ("FALSE", False), ("off", False), ("0", False)],
+)
+def test_booleans(text: str, value: bool) -> None:
+    assert parse_config(f"[udp]\nenabled = {text}\n").udp.enabled is value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[udp]\nport = abc", "[udp] port: expected an integer 0-65535, got 'abc'"),
+        ("[udp]\nport = 70000", "[udp] port: expected an integer 0-65535, got '70000'"),
+        ("[udp]\nenabled = maybe", "[udp] enabled: expected a boolean"),
+        ("[protocol]\nqueue_ttl = 5x", "[protocol] queue_ttl: expected a duration"),
+        ("[protocol]\nanswer_timeout_ip = 2d", "[protocol] answer_timeout_ip: expected a duration"),
+        ("[protocol]\ncredential_ttl = forever", "credential_ttl: expected a duration"),
+        ("[protocol]\naccepted_versions = 0x0300, zz",
+         "[protocol] accepted_versions: expected a comma list"),
+        ("[protocol]\naccepted_versions =", "[protocol] accepted_versions: expected a comma"),
+        ("[protocol]\ndefault_sync_tags = 0x10000", "[protocol] default_sync_tags: expected"),
+        ("[protocol]\nreassembly_max_parts = 129", "reassembly_max_parts: expected an integer"),
+        ("[registry]\nserial_prefix = A972", "[registry] serial_prefix: expected exactly 8"),
+        ("[registry]\ndatabase =", "[registry] database: expected a non-empty value"),
+        ("[tcp]\nlisten = bogus:1", "[tcp] listen: expected 'none' or a server endpoint"),
+        ("[tcp]\nlisten = tcp:http", "[tcp] listen: expected"),
+        ("[tcp]\nlisten = tcp:5236:iface=1.2.3.4", "[tcp] listen: expected"),
+        ("[tcp]\nlisten =", "[tcp] listen: expected"),
+        ("[http]\npublic_url = ftp://x", "[http] public_url: expected an http:// base URL"),
+        ("[http]\nlisten = tcp:8080", "[http] public_url: expected an explicit value"),
+        ("[sms]\nplatform_number = 1380abc", "[sms] platform_number: expected a phone number"),
+        ("[sms]\nsend_rate = 0", "[sms] send_rate: expected a number"),
+        ("[log]\nlevel = loud", "[log] level: expected one of debug"),
+        ("[protocol]\nfile_block_max = 900", "[protocol] file_block_max: must be at most"),
+    ],
+)
+def test_bad_values_name_section_and_key(text: str, expected: str) -> None:
+    assert expected in error_of(text)
+
+
+def test_unknown_key_and_section_are_errors() -> None:
+    assert error_of("[udp]\nprot = 1") == (
+        "etc/m2mgw.ini: [udp] prot: unknown key (did you mean 'port'?)"
+    )
+    assert "[smss]: unknown section (did you mean 'sms'?)" in error_of("[smss]\n")
+    assert "[DEFAULT]: section not supported" in error_of("[DEFAULT]\nport = 1\n")
+
+
+def test_syntax_errors_are_one_line() -> None:
+    assert "line 1" in error_of("port = 1\n")
+    assert "[udp] port: duplicate key" in error_of("[udp]\nport = 1\nport = 2\n")
+    assert "[udp]: duplicate section" in error_of("[udp]\n[udp]\n")
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.ini"
+    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read"):
+        load_config(str(missing))
+
+
+def test_public_url_is_derived_from_listen() -> None:
+    assert parse_config("[http]\nlisten = tcp:9000:interface=192.0.2.1").http.public_url == (
+        "http://192.0.2.1:9000"
+    )
+    assert derive_public_url(r"tcp6:80:interface=\:\:1") == "http://[::1]:80"
+    assert parse_config("[http]\nlisten = none").http.public_url == ""
+    explicit = parse_config("[http]\nlisten = tcp:80\npublic_url = http://gw.example:80/")
+    assert explicit.http.public_url == "http://gw.example:80"
