@@ -3,11 +3,9 @@
 # Usage: scripts/test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${M2MGW_VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+source scripts/bootstrap.sh
+if [ -x scripts/system-deps.sh ]; then
+    scripts/system-deps.sh
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e '.[test]'
-"$VENV/bin/ruff" check m2mgw tests bench twisted
-exec "$VENV/bin/python" -m pytest "$@"
+ruff check m2mgw tests bench twisted
+exec python -m pytest "$@"

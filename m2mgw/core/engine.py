@@ -1,0 +1,1415 @@
+"""The platform side of the terminal protocol: what to do with each received message.
+
+:class:`PlatformEngine` applies spec sections 4, 6, 7, 8 and 9 to complete messages
+handed in by the transports, answers on the bearer each request came from, and
+keeps the logical connections. It does no I/O of its own: bytes go out through the
+:class:`~m2mgw.core.session.Bearer` they belong to, records through the registry,
+and time comes from the injected clock, so it is tested with fake bearers and
+``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from m2mgw.config import ProtocolConfig
+from m2mgw.core.model import (
+    Alarm,
+    CredentialSet,
+    LogEntry,
+    Terminal,
+    TerminalState,
+    normalize_msisdn,
+)
+from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.session import Bearer, Session, digest_keys
+from m2mgw.core.uplink import UplinkSink
+from m2mgw.protocol import messages as m
+from m2mgw.protocol import tags
+from m2mgw.protocol.checksum import crc16, crc32
+from m2mgw.protocol.codec import (
+    FRAGMENT_FLAG,
+    TAG_ENCRYPTED,
+    TAG_FRAGMENT,
+    Frame,
+    build_frame,
+    encrypted_container,
+    parse_frame,
+    verify_frame,
+)
+from m2mgw.protocol.constants import (
+    ACK_BIT,
+    GENERIC_ERROR_RESULT,
+    Command,
+    Flag,
+    LoginResult,
+    LogoutReason,
+    RegisterOp,
+    RegisterResult,
+    SecurityOp,
+    TransparentResult,
+)
+from m2mgw.protocol.dupcache import CacheHit, CacheKey, InProgress, ResponseCache
+from m2mgw.protocol.errors import BodyError, ProtocolError
+from m2mgw.protocol.fragment import (
+    Abort,
+    Complete,
+    Duplicate,
+    Ended,
+    FragmentLimits,
+    FragmentOp,
+    FragmentPart,
+    NeedPart,
+    ReassemblyTable,
+)
+from m2mgw.protocol.header import VersionError
+from m2mgw.protocol.security import (
+    NEVER,
+    DigestKey,
+    base_key_proof,
+    decrypt_body,
+    downlink_proof,
+    encode_session_key,
+    generate_base_key,
+    generate_password,
+    generate_session_key,
+    make_cipher,
+    proofs_equal,
+    uplink_proof,
+)
+from m2mgw.protocol.tlv import Tlv, decode_tlvs, encode_tlvs, find, tlv_dict
+
+if TYPE_CHECKING:
+    from m2mgw.core.router import Router
+
+log = Logger()
+
+TAG_SYNC_LIST = 0x0025
+TAG_HEARTBEAT = 0x0011
+TAG_PERIOD_CTRL = 0x4004
+TAG_CONNECT_MODE = 0x4002
+TAG_EXEC_REPORT = 0x4010
+TAG_CONFIG_CRC = 0x4017
+TAG_LOCAL_CONFIG = 0x4011
+TAG_ALARM_STATUS = 0x300B
+TAG_ALARM_TYPE = 0x300C
+TAG_ALARM_CODE = 0x300D
+TAG_ALARM_RESTORE = 0x300E
+TAG_CURRENT_VERSION = 0x100C
+TAG_BASE_KEY_PROOF = 0xE03A
+TAG_UPLINK_PROOF = 0xE026
+TAG_DOWNLINK_PROOF = 0xE029
+
+# Requests a terminal that is not logged in may send (9.3); the rest are discarded.
+_PRE_LOGIN = frozenset({Command.REGISTER, Command.LOGIN, Command.LOGOUT})
+# Requests only the platform initiates: a terminal sending one is discarded.
+_PLATFORM_ONLY = frozenset(
+    {Command.CONFIG_GET, Command.CONFIG_SET, Command.REMOTE_CTRL, Command.DOWNLOAD_INFO}
+)
+# Answers never encrypted (6.4.3).
+_NEVER_ENCRYPTED = frozenset(
+    {Command.REGISTER | ACK_BIT, Command.LOGIN | ACK_BIT, Command.HEART_BEAT | ACK_BIT}
+)
+_STATISTICS = range(0x2000, 0x3000)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One received request being answered."""
+
+    frame: Frame
+    bearer: Bearer
+    now: float
+    terminal: Terminal | None = None
+    session: Session | None = None
+    #: Key and timestamp to sign the answer with; None: unsigned (PD-05).
+    key: DigestKey | None = None
+    timestamp: int = 0
+    cache_key: CacheKey | None = None
+
+    @property
+    def header(self):
+        return self.frame.header
+
+    @property
+    def sms(self) -> bool:
+        return self.bearer.kind == "sms"
+
+
+class PlatformEngine:
+    """Receives complete messages from any bearer and acts on them (spec 4, 9)."""
+
+    def __init__(
+        self,
+        registry: ITerminalRegistry,
+        config: ProtocolConfig,
+        clock: IReactorTime,
+        *,
+        serial_prefix: str,
+        uplink: UplinkSink,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.serial_prefix = serial_prefix
+        self.uplink = uplink
+        self.router: Router | None = None
+        self.sessions: dict[str, Session] = {}
+        self.accepted_versions = frozenset(config.accepted_versions)
+        self.cache = ResponseCache(config.response_cache_window, config.response_cache_entries)
+        self.reassembly = ReassemblyTable(
+            FragmentLimits(
+                config.reassembly_max_bytes,
+                config.reassembly_max_parts,
+                config.reassembly_idle_timeout,
+            ),
+            max_entries=100_000,
+            max_total_bytes=256 * 1024 * 1024,
+        )
+        self._random_bytes = random_bytes
+        #: Observers of state changes: called with (terminal, old_state, new_state).
+        self.state_observers: list[Callable[[Terminal, str, str], None]] = []
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, data: bytes, bearer: Bearer) -> None:
+        """Handle one complete message; never raises on bad input."""
+        now = self.clock.seconds()
+        try:
+            frame = parse_frame(data, self.accepted_versions)
+        except VersionError as exc:
+            self._bad_version(exc, data, bearer, now)
+            return
+        except ProtocolError as exc:
+            log.info(
+                "Discarded message from {address}: {reason}",
+                address=bearer.address,
+                reason=exc.reason,
+            )
+            return
+        try:
+            if frame.header.is_answer:
+                self._on_answer(frame, bearer, now)
+            else:
+                self._on_request(frame, bearer, now)
+        except ProtocolError as exc:
+            log.info(
+                "Discarded {command} seq {sequence_id} from {serial} at {address}: {reason}",
+                command=frame.header.command_name,
+                sequence_id=frame.header.sequence_id,
+                serial=frame.header.serial,
+                address=bearer.address,
+                reason=exc.reason,
+            )
+
+    def _bad_version(self, exc: VersionError, data: bytes, bearer: Bearer, now: float) -> None:
+        header = exc.header
+        log.info(
+            "Protocol version {version:#06x} from {serial} not accepted",
+            version=header.version,
+            serial=header.serial,
+        )
+        if header.command_id == Command.LOGIN and len(data) == header.length:
+            ex = _Exchange(Frame(header, data, b"", None), bearer, now)
+            self._answer(ex, m.LoginAck(LoginResult.BAD_VERSION, 0), flag=Flag.AUTH)
+
+    def _on_request(self, frame: Frame, bearer: Bearer, now: float) -> None:
+        header = frame.header
+        command = header.command_id
+        ex = _Exchange(frame, bearer, now)
+        if command == Command.HEART_BEAT:
+            self._on_heartbeat(ex)
+            return
+        part = self._fragment_part(frame)
+        if part is not None and part.op in (FragmentOp.RECEIVER_ABORT, FragmentOp.SENDER_ABORT):
+            cache_key = None
+        else:
+            cache_key = (header.serial, command, header.sequence_id, part.part if part else 0)
+            hit = self.cache.lookup(cache_key, frame.raw, now)
+            if isinstance(hit, CacheHit):
+                log.debug(
+                    "Duplicate {command} seq {sequence_id} from {serial}: replayed",
+                    command=header.command_name,
+                    sequence_id=header.sequence_id,
+                    serial=header.serial,
+                )
+                for answer in hit.answers:
+                    bearer.send(answer)
+                return
+            if isinstance(hit, InProgress):
+                return
+        ex.cache_key = cache_key
+        if command == Command.REGISTER:
+            self._on_register(ex)
+        elif command == Command.LOGIN:
+            self._on_login(ex)
+        elif command == Command.LOGOUT:
+            self._on_logout(ex)
+        else:
+            self._on_session_request(ex, part)
+
+    @staticmethod
+    def _fragment_part(frame: Frame) -> FragmentPart | None:
+        if frame.container_tag != TAG_FRAGMENT:
+            return None
+        return FragmentPart.decode(frame.container_value())
+
+    # ------------------------------------------------------------------ answering
+
+    def _answer(
+        self, ex: _Exchange, message: m.Message, *, flag: int | None = None, encrypt: bool = True
+    ) -> None:
+        """Send the answer on the request's bearer, signed and encrypted per 6.1-6.4."""
+        header = ex.header
+        body = message.encode_body()
+        if flag is None:
+            flag = self._default_flag(message.COMMAND, ex.sms)
+        key = None if ex.sms else ex.key
+        session = ex.session
+        if (
+            encrypt
+            and not ex.sms
+            and session is not None
+            and session.cipher is not None
+            and body
+            and message.COMMAND not in _NEVER_ENCRYPTED
+        ):
+            body = encrypted_container(session.cipher, body)
+            flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
+        frames = self._frames(
+            message.COMMAND,
+            header.sequence_id,
+            header.serial,
+            body,
+            header.version,
+            flag,
+            key,
+            ex.timestamp,
+            session,
+        )
+        for frame in frames[:1]:
+            ex.bearer.send(frame)
+        if ex.cache_key is not None:
+            self.cache.store(ex.cache_key, ex.frame.raw, frames[:1], ex.now)
+        self._log(
+            ex.terminal,
+            header.serial,
+            "out",
+            ex.bearer,
+            message.COMMAND,
+            header.sequence_id,
+            "answer",
+            _summary(message),
+        )
+
+    def _frames(
+        self,
+        command_id: int,
+        sequence_id: int,
+        serial: str,
+        body: bytes,
+        version: int,
+        flag: int,
+        key: DigestKey | None,
+        timestamp: int,
+        session: Session | None,
+    ) -> list[bytes]:
+        """One frame, or the parts of a body above the fragment threshold (7.1)."""
+        if len(body) <= self.config.fragment_threshold or key is None:
+            return [
+                build_frame(
+                    command_id,
+                    sequence_id,
+                    serial,
+                    body,
+                    version=version,
+                    flag=flag,
+                    key=key,
+                    timestamp=timestamp,
+                )
+            ]
+        raise BodyError(f"answer body of {len(body)} bytes needs fragmenting")
+
+    @staticmethod
+    def _default_flag(command_id: int, sms: bool) -> int:
+        """The flag values of the table in spec 6.1."""
+        if command_id in (Command.REGISTER | ACK_BIT, Command.LOGIN | ACK_BIT):
+            return Flag.AUTH
+        if command_id & ~ACK_BIT == Command.SECURITY_CONFIG:
+            return Flag.AUTH
+        return Flag.NONE
+
+    # ------------------------------------------------------------------ REGISTER
+
+    def _on_register(self, ex: _Exchange) -> None:
+        frame = ex.frame
+        try:
+            msg = m.Register.decode_body(frame.body)
+        except ProtocolError as exc:
+            raise BodyError(f"REGISTER body: {exc.reason}") from None
+        try:
+            op = RegisterOp(msg.op)
+        except ValueError:
+            raise BodyError(f"unknown REGISTER op {msg.op}") from None
+        terminal = self.registry.by_imei(msg.imei)
+        ex.terminal = terminal
+        if terminal is None or not terminal.enabled:
+            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            return
+        if op != RegisterOp.NEW and terminal.serial != frame.header.serial:
+            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            return
+        msisdn = normalize_msisdn(ex.bearer.address) if ex.sms else terminal.msisdn
+        if ex.sms and terminal.msisdn and terminal.msisdn != msisdn and op != RegisterOp.REBIND:
+            log.warn(
+                "REGISTER by SMS from {msisdn} for {imei} bound to another number",
+                msisdn=msisdn,
+                imei=msg.imei,
+            )
+        if op == RegisterOp.REBIND:
+            self._register_rebind(ex, terminal, msg, msisdn)
+        elif op == RegisterOp.PRESET_CREDENTIALS:
+            self._register_preset(ex, terminal, msg, msisdn)
+        else:
+            self._register_deliver(ex, terminal, msg, msisdn, fresh=op == RegisterOp.CLEARED)
+
+    def _register_ack(self, ex: _Exchange, result: int, serial: str | None) -> None:
+        flag = Flag.AUTH
+        self._answer(ex, m.RegisterAck(result, serial), flag=flag)
+
+    def _register_verify(self, ex: _Exchange, imei: str, imsi: str, creds: CredentialSet) -> bool:
+        """Digest of REGISTER ops 2/3: timestamp 0, uplink password (4.3, PD-37)."""
+        if ex.sms:
+            return True
+        if ex.frame.digest is None:
+            return False
+        up = DigestKey.make(imei, imsi, creds.uplink_password)
+        if not verify_frame(ex.frame, 0, up):
+            return False
+        ex.key = DigestKey.make(imei, imsi, creds.downlink_password)
+        ex.timestamp = 0
+        return True
+
+    def _register_rebind(
+        self, ex: _Exchange, terminal: Terminal, msg: m.Register, msisdn: str | None
+    ) -> None:
+        creds = terminal.current
+        if creds is None or terminal.imsi is None:
+            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            return
+        if not self._register_verify(ex, msg.imei, terminal.imsi, creds):
+            self._auth_failure(ex, terminal, "REGISTER op 2 digest does not verify")
+            return
+        if terminal.allowed_imsis is not None and msg.imsi not in terminal.allowed_imsis:
+            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            return
+        terminal.imsi = msg.imsi
+        if msisdn:
+            terminal.msisdn = msisdn
+        self.registry.save(terminal)
+        self._register_ack(ex, RegisterResult.OK, terminal.serial)
+
+    def _register_preset(
+        self, ex: _Exchange, terminal: Terminal, msg: m.Register, msisdn: str | None
+    ) -> None:
+        creds = terminal.current
+        if creds is None:
+            self._register_deliver(ex, terminal, msg, msisdn, fresh=False)
+            return
+        has_digest = ex.frame.digest is not None
+        if not ex.sms and (has_digest or not self.config.register_op3_digest_optional):
+            if not self._register_verify(ex, msg.imei, msg.imsi, creds):
+                self._auth_failure(ex, terminal, "REGISTER op 3 digest does not verify")
+                return
+        given = tlv_dict(msg.tlvs)
+        expected = {
+            TAG_UPLINK_PROOF: uplink_proof(creds.uplink_password, creds.uplink_expiry),
+            TAG_DOWNLINK_PROOF: downlink_proof(creds.downlink_password, creds.downlink_expiry),
+            TAG_BASE_KEY_PROOF: base_key_proof(creds.base_key, creds.base_key_expiry),
+        }
+        if not all(proofs_equal(given.get(tag, b""), proof) for tag, proof in expected.items()):
+            log.info(
+                "REGISTER op 3 proofs of {serial} differ: delivering credentials",
+                serial=terminal.serial,
+            )
+            ex.key = None
+            self._register_deliver(ex, terminal, msg, msisdn, fresh=False)
+            return
+        same = terminal.imsi == msg.imsi and terminal.state != TerminalState.UNREGISTERED
+        if not same:
+            terminal.imsi = msg.imsi
+            if msisdn:
+                terminal.msisdn = msisdn
+            self._end_session_for_register(terminal, ex.now)
+            self._set_state(terminal, TerminalState.REGISTERED)
+            self.registry.save(terminal)
+        self._register_ack(
+            ex, RegisterResult.ALREADY_REGISTERED if same else RegisterResult.OK, terminal.serial
+        )
+
+    def _register_deliver(
+        self,
+        ex: _Exchange,
+        terminal: Terminal,
+        msg: m.Register,
+        msisdn: str | None,
+        *,
+        fresh: bool,
+    ) -> None:
+        """Ops 0, 1 and 4: bind, choose a credential set, deliver it by SMS (4.3)."""
+        if terminal.serial is None:
+            terminal.serial = self.registry.allocate_serial(self.serial_prefix)
+        if not msisdn:
+            self._register_ack(ex, RegisterResult.RETRY_BY_SMS, None)
+            return
+        creds = self._credentials_to_deliver(terminal, fresh=fresh, now=ex.now)
+        terminal.imsi = msg.imsi
+        terminal.msisdn = msisdn
+        self._end_session_for_register(terminal, ex.now)
+        self._set_state(terminal, TerminalState.REGISTERED)
+        self.registry.save(terminal)
+        self._register_ack(ex, RegisterResult.OK_SMS, terminal.serial)
+        if self.router is not None:
+            self.router.deliver_credentials(terminal, creds)
+
+    def _credentials_to_deliver(
+        self, terminal: Terminal, *, fresh: bool, now: float
+    ) -> CredentialSet:
+        """The pending set; else an unexpired current set; else a new pending set (4.3)."""
+        if terminal.pending is not None:
+            return terminal.pending
+        if not fresh and terminal.current is not None and not _expired(terminal.current, now):
+            return terminal.current
+        terminal.pending = self.new_credentials(terminal.cipher, now)
+        return terminal.pending
+
+    def new_credentials(self, cipher: str, now: float) -> CredentialSet:
+        """A freshly generated set (6.3.2, PD-39)."""
+        ttl = self.config.credential_ttl
+        expiry = NEVER if ttl is None else min(NEVER - 1, int(now + ttl))
+        return CredentialSet(
+            uplink_password=generate_password(),
+            uplink_expiry=expiry,
+            downlink_password=generate_password(),
+            downlink_expiry=expiry,
+            base_key=generate_base_key("aes" if cipher == "aes" else "legacy"),
+            base_key_expiry=expiry,
+        )
+
+    def _end_session_for_register(self, terminal: Terminal, now: float) -> None:
+        """A REGISTER accepted while logged in ends the session first (9.8)."""
+        if terminal.serial in self.sessions:
+            self.end_session(terminal, LogoutReason.NORMAL, TerminalState.LOGGED_OUT, now)
+
+    # ------------------------------------------------------------------ LOGIN
+
+    def _on_login(self, ex: _Exchange) -> None:
+        frame = ex.frame
+        header = frame.header
+        terminal = self.registry.get(header.serial)
+        ex.terminal = terminal
+        if (
+            terminal is None
+            or terminal.imsi is None
+            or (terminal.current is None and terminal.pending is None)
+        ):
+            self._answer(ex, m.LoginAck(LoginResult.UNKNOWN_SERIAL, 0), flag=Flag.AUTH)
+            return
+        msg = m.Login.decode_body(frame.body)
+        if ex.sms:
+            if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
+                raise ProtocolError("LOGIN by SMS from a number not bound to the serial")
+            creds = terminal.current or terminal.pending
+            assert creds is not None
+        else:
+            verified = self._login_credentials(ex, terminal)
+            if verified is None:
+                self._auth_failure(ex, terminal, "LOGIN digest does not verify")
+                self._answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0), flag=Flag.AUTH)
+                return
+            creds = verified
+        if not terminal.enabled:
+            self._answer(ex, m.LoginAck(LoginResult.DISABLED, 0))
+            return
+        if creds.uplink_expiry < ex.now or creds.downlink_expiry < ex.now:
+            self._answer(ex, m.LoginAck(LoginResult.EXPIRED, 0))
+            return
+        wants_key = bool(header.flag & Flag.KEY_REQUEST) and not ex.sms
+        if wants_key:
+            proof = find(msg.tlvs, TAG_BASE_KEY_PROOF) or b""
+            if not proofs_equal(proof, base_key_proof(creds.base_key, creds.base_key_expiry)):
+                self._answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0))
+                return
+        if creds is terminal.pending:
+            terminal.current, terminal.pending = terminal.pending, None
+            log.info("Credential set of {serial} committed", serial=terminal.serial)
+        result = (
+            LoginResult.OK if self._sync_consistent(terminal, msg.sync_crc) else LoginResult.OK_SYNC
+        )
+        timestamp = max(int(ex.now), terminal.last_session_timestamp + 1)
+        if terminal.session_timestamp is not None:
+            timestamp = max(timestamp, terminal.session_timestamp + 1)
+        ack = m.LoginAck(result, timestamp)
+        terminal.session_key = None
+        terminal.session_key_expiry = None
+        if wants_key and terminal.cipher != "none":
+            key = generate_session_key()
+            expiry = min(NEVER, timestamp + int(self.config.session_key_ttl))
+            box = encode_session_key(make_cipher(terminal.cipher, creds.base_key), key, expiry)
+            ack.tlvs.append(Tlv(0xE040, box))
+            terminal.session_key, terminal.session_key_expiry = key, expiry
+        session = self._start_session(terminal, ex, timestamp, msg)
+        ex.session = session
+        ex.timestamp = timestamp
+        flag = Flag.AUTH | (Flag.KEY_REQUEST if ack.tlvs else 0)
+        if ex.cache_key is not None:
+            self.cache.clear_terminal(header.serial)
+        self._answer(ex, ack, flag=flag)
+        session.sync_deadline = ex.now + self.config.sync_trap_wait
+        session.extra["login_result"] = result
+        if self.router is not None:
+            self.router.on_login(terminal)
+
+    def _login_credentials(self, ex: _Exchange, terminal: Terminal) -> CredentialSet | None:
+        """The set whose uplink password verifies the LOGIN digest: current, then pending."""
+        if ex.frame.digest is None:
+            return None
+        for creds in (terminal.current, terminal.pending):
+            if creds is None:
+                continue
+            up, down = digest_keys(terminal, creds)
+            if verify_frame(ex.frame, 0, up):
+                ex.key = down
+                return creds
+        return None
+
+    def _sync_consistent(self, terminal: Terminal, sync_crc: int) -> bool:
+        """Step 7 of 4.4: CRC32 over the stored sync values equals the terminal's."""
+        values = self.registry.config_values(terminal.serial or "")
+        sync_tags = terminal.sync_tags or list(self.config.default_sync_tags)
+        stream = []
+        for tag in sync_tags:
+            raw = values.get(tag)
+            if raw is None:
+                return False
+            stream.append(Tlv(tag, raw))
+        return crc32(encode_tlvs(stream)) == sync_crc
+
+    def _start_session(
+        self, terminal: Terminal, ex: _Exchange, timestamp: int, msg: m.Login
+    ) -> Session:
+        """Step 8 of 4.4: replace any session, bind the bearer, persist (PD-19)."""
+        serial = terminal.serial or ""
+        old = self.sessions.pop(serial, None)
+        if old is not None:
+            if old.tcp is not None and not old.tcp.same_path(ex.bearer):
+                old.tcp.close()
+            if self.router is not None:
+                self.router.on_session_ended(terminal, "session replaced by a new LOGIN")
+        version = ex.header.version
+        session = Session.start(terminal, timestamp, version, self._interval(terminal), ex.now)
+        self.sessions[serial] = session
+        self._bind(session, ex.bearer)
+        terminal.session_timestamp = timestamp
+        terminal.protocol_version = version
+        terminal.software_version = msg.software_version
+        terminal.last_seen = ex.now
+        self._set_state(terminal, TerminalState.LOGGED_IN)
+        self.registry.save(terminal)
+        log.info(
+            "Terminal {serial} logged in over {bearer} from {address}",
+            serial=serial,
+            bearer=ex.bearer.kind,
+            address=ex.bearer.address,
+        )
+        return session
+
+    def _interval(self, terminal: Terminal) -> float:
+        return float(terminal.heartbeat_interval or self.config.heartbeat_interval_default)
+
+    def _bind(self, session: Session, bearer: Bearer) -> None:
+        """Make ``bearer`` the session's current bearer (9.6, 10.2)."""
+        session.bearer = bearer
+        if bearer.kind == "tcp":
+            if session.tcp is not None and not session.tcp.same_path(bearer):
+                previous = session.tcp
+                session.tcp = bearer
+                _bound_serial(previous, None)
+            session.tcp = bearer
+            _bound_serial(bearer, session.serial)
+        if bearer.kind != "sms":
+            session.auth_host = bearer.host
+
+    # ------------------------------------------------------------------ LOGOUT
+
+    def _on_logout(self, ex: _Exchange) -> None:
+        frame = ex.frame
+        serial = frame.header.serial
+        terminal = self.registry.get(serial)
+        if terminal is None:
+            raise ProtocolError("LOGOUT from an unknown serial")
+        ex.terminal = terminal
+        msg = m.Logout.decode_body(frame.body, padded=True)
+        session = self.sessions.get(serial)
+        timestamp = session.timestamp if session else terminal.last_session_timestamp
+        if not self._authenticate(ex, terminal, timestamp):
+            return
+        ex.session = session
+        self._answer(ex, m.LogoutAck(), encrypt=False)
+        if session is None:
+            return
+        reason = msg.reason
+        state = (
+            TerminalState.OFFLINE
+            if reason == LogoutReason.COMM_FAILURE
+            else TerminalState.LOGGED_OUT
+        )
+        self._log(
+            terminal,
+            serial,
+            "in",
+            ex.bearer,
+            Command.LOGOUT,
+            frame.header.sequence_id,
+            "logout",
+            f"reason {reason}",
+        )
+        self.end_session(terminal, reason, state, ex.now)
+
+    def _authenticate(self, ex: _Exchange, terminal: Terminal, timestamp: int) -> bool:
+        """Digest (IP) or MSISDN (SMS) check of a request; sets the answer's key (6.2)."""
+        if ex.sms:
+            if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
+                log.info(
+                    "{command} by SMS from {msisdn} not bound to {serial}: discarded",
+                    command=ex.header.command_name,
+                    msisdn=ex.bearer.address,
+                    serial=terminal.serial,
+                )
+                return False
+            return True
+        if ex.frame.digest is None:
+            log.info(
+                "{command} from {serial} without the required digest: discarded",
+                command=ex.header.command_name,
+                serial=terminal.serial,
+            )
+            return False
+        session = self.sessions.get(terminal.serial or "")
+        if session is not None:
+            up, down = session.up, session.down
+        else:
+            try:
+                up, down = digest_keys(terminal)
+            except LookupError:
+                return False
+        if not verify_frame(ex.frame, timestamp, up):
+            self._auth_failure(ex, terminal, f"{ex.header.command_name} digest does not verify")
+            return False
+        ex.key = down
+        ex.timestamp = timestamp
+        return True
+
+    def end_session(self, terminal: Terminal, reason: int, state: str, now: float) -> None:
+        """Release a logical connection (9.4, 9.5)."""
+        serial = terminal.serial or ""
+        session = self.sessions.pop(serial, None)
+        if session is not None:
+            terminal.last_session_timestamp = session.timestamp
+            if state == TerminalState.OFFLINE and session.tcp is not None:
+                session.tcp.close()
+            if session.tcp is not None:
+                _bound_serial(session.tcp, None)
+        elif terminal.session_timestamp:
+            terminal.last_session_timestamp = terminal.session_timestamp
+        terminal.session_timestamp = None
+        terminal.session_key = None
+        terminal.session_key_expiry = None
+        self.cache.clear_terminal(serial)
+        self._set_state(terminal, state)
+        self.registry.save(terminal)
+        log.info(
+            "Session of {serial} ended (reason {reason}): {state}",
+            serial=serial,
+            reason=reason,
+            state=state,
+        )
+        if self.router is not None:
+            self.router.on_session_ended(terminal, f"session ended (logout reason {reason})")
+
+    # ------------------------------------------------------------------ HEART_BEAT
+
+    def _on_heartbeat(self, ex: _Exchange) -> None:
+        header = ex.header
+        session = self.sessions.get(header.serial)
+        if session is None:
+            log.debug("HEART_BEAT from {serial}, not logged in: discarded", serial=header.serial)
+            return
+        bearer = ex.bearer
+        if not (
+            (session.tcp is not None and session.tcp.same_path(bearer))
+            or (bearer.kind == "udp" and bearer.host == session.auth_host)
+        ):
+            log.info(
+                "HEART_BEAT for {serial} from {address} fails the bearer check (PD-25)",
+                serial=header.serial,
+                address=bearer.address,
+            )
+            return
+        session.last_valid = ex.now
+        if bearer.kind == "udp":
+            session.bearer = bearer
+        self.registry.touch(header.serial, ex.now, bearer.kind, bearer.address)
+        bearer.send(
+            build_frame(
+                Command.HEART_BEAT | ACK_BIT,
+                header.sequence_id,
+                header.serial,
+                b"",
+                version=header.version,
+            )
+        )
+        if ex.frame.body:
+            try:
+                values = tlv_dict(decode_tlvs(ex.frame.body))
+            except ProtocolError:
+                return
+            self.registry.store_config(header.serial, values, "reported")
+
+    # ------------------------------------------------------------------ session requests
+
+    def _on_session_request(self, ex: _Exchange, part: FragmentPart | None) -> None:
+        """Every request but REGISTER, LOGIN, LOGOUT and HEART_BEAT (9.3, 9.6)."""
+        header = ex.header
+        command = header.command_id
+        terminal = self.registry.get(header.serial)
+        ex.terminal = terminal
+        session = self.sessions.get(header.serial)
+        if terminal is None:
+            raise ProtocolError("request from an unknown serial")
+        if session is None:
+            if ex.sms and command == Command.CONFIG_TRAP:
+                self._alarm_without_login(ex, terminal)
+                return
+            log.info(
+                "{command} from {serial}, not logged in: discarded (PD-20)",
+                command=header.command_name,
+                serial=header.serial,
+            )
+            return
+        ex.session = session
+        if not self._authenticate(ex, terminal, session.timestamp):
+            return
+        self._accepted(ex, session, terminal)
+        if command in _PLATFORM_ONLY:
+            raise ProtocolError(f"{header.command_name} is sent by the platform only")
+        if ex.sms and command == Command.FILE_REQ:
+            raise ProtocolError("FILE_REQ is not carried by SMS")
+        if part is not None:
+            body = self._reassemble(ex, part)
+            if body is None:
+                return
+            ex.cache_key = (header.serial, command, header.sequence_id, 0)
+        else:
+            body = ex.frame.body
+        encrypted = ex.frame.container_tag == TAG_ENCRYPTED or (
+            part is not None and body[:2] == TAG_ENCRYPTED.to_bytes(2, "big")
+        )
+        padded = False
+        if encrypted:
+            if session.cipher is None:
+                raise ProtocolError("encrypted body but the session has no key")
+            body = decrypt_body(session.cipher, _single_tlv(body, TAG_ENCRYPTED))
+            padded = session.cipher.name == "legacy"
+        elif terminal.require_encryption and session.cipher is not None:
+            raise ProtocolError("plaintext request from a terminal that requires encryption")
+        try:
+            msg = m.decode_message(command, body, padded=padded)
+        except BodyError as exc:
+            self._unparseable(ex, command, exc)
+            return
+        self._log(
+            terminal,
+            header.serial,
+            "in",
+            ex.bearer,
+            command,
+            header.sequence_id,
+            "request",
+            _summary(msg),
+        )
+        handler = self._handlers[command]
+        handler(self, ex, terminal, session, msg)
+
+    def _accepted(self, ex: _Exchange, session: Session, terminal: Terminal) -> None:
+        """A valid message: traffic for offline detection, current bearer (9.4, 9.6)."""
+        session.last_valid = ex.now
+        self._bind(session, ex.bearer)
+        self.registry.touch(terminal.serial or "", ex.now, ex.bearer.kind, ex.bearer.address)
+
+    def _unparseable(self, ex: _Exchange, command: int, exc: BodyError) -> None:
+        """Spec 4.2 rule 4: the generic error answer, or a discard."""
+        log.info(
+            "Unparseable {command} from {serial}: {reason}",
+            command=ex.header.command_name,
+            serial=ex.header.serial,
+            reason=exc.reason,
+        )
+        result = GENERIC_ERROR_RESULT.get(command)
+        if result is None:
+            return
+        cls = m.MESSAGE_TYPES[command | ACK_BIT]
+        if cls is m.FileReqAck:
+            self._answer(ex, m.FileReqAck(0, result, 0, 0))
+        else:
+            self._answer(ex, cls(result))  # type: ignore[call-arg]
+
+    def _reassemble(self, ex: _Exchange, part: FragmentPart) -> bytes | None:
+        """Feed a part of a fragmented request; the body once complete (7.4)."""
+        header = ex.header
+        key = (header.serial, header.command_id, "in", part.trans_id)
+        event = self.reassembly.feed(key[:3], part, ex.now)  # type: ignore[arg-type]
+        if isinstance(event, Complete):
+            return event.body
+        if isinstance(event, NeedPart):
+            self._answer_part(ex, event.reply)
+        elif isinstance(event, Abort):
+            self._answer_part(ex, event.abort_part, cache=False)
+        elif isinstance(event, Duplicate | Ended):
+            pass
+        return None
+
+    def _answer_part(self, ex: _Exchange, reply: FragmentPart, *, cache: bool = True) -> None:
+        header = ex.header
+        frame = build_frame(
+            header.command_id | ACK_BIT,
+            header.sequence_id,
+            header.serial,
+            reply.encode_tlv(),
+            version=header.version,
+            flag=FRAGMENT_FLAG & ~Flag.DIGEST,
+            key=ex.key,
+            timestamp=ex.timestamp,
+        )
+        ex.bearer.send(frame)
+        if cache and ex.cache_key is not None:
+            self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _h_transparent(
+        self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
+    ) -> None:
+        """TRANSPARENT_DATA / TRANSPARENT_CMD from a terminal (4.7, 4.16, PD-27)."""
+        assert isinstance(msg, m.TransparentData | m.TransparentCmd)
+        ack = m.MESSAGE_TYPES[msg.COMMAND | ACK_BIT]
+        if isinstance(msg, m.TransparentData) and not msg.crc_ok:
+            self._answer(ex, ack(TransparentResult.CRC_MISMATCH))  # type: ignore[call-arg]
+            return
+        result = self.route_transparent(terminal, msg)
+        if isinstance(result, Deferred):
+            # Answer once the message is stored; duplicates meanwhile are ignored (8.2).
+            if ex.cache_key is not None:
+                self.cache.begin(ex.cache_key, ex.frame.raw, ex.now)
+
+            def answer(code: int) -> None:
+                self._answer(ex, ack(code))  # type: ignore[call-arg]
+
+            def failed(failure: Failure) -> None:
+                log.failure("Could not store data from {serial}", failure, serial=terminal.serial)
+                if ex.cache_key is not None:
+                    self.cache.cancel(ex.cache_key)
+
+            result.addCallbacks(answer, failed)
+            return
+        self._answer(ex, ack(result))  # type: ignore[call-arg]
+
+    def route_transparent(
+        self, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
+    ) -> int | Deferred[int]:
+        """Deliver uplink data to an application or another terminal; the ACK result."""
+        destination = msg.destination
+        if destination is None:
+            if not terminal.default_app:
+                return TransparentResult.UNKNOWN_DESTINATION
+            destination = ("application", terminal.default_app)
+        kind, target = destination
+        serial = terminal.serial or ""
+        if kind == "application":
+            if not self.uplink.exists(target):
+                return TransparentResult.UNKNOWN_DESTINATION
+            if target not in terminal.apps and target != terminal.default_app:
+                return TransparentResult.REJECTED
+            return self.uplink.deliver(target, serial, msg)
+        other = self.registry.get(target)
+        if other is None:
+            return TransparentResult.UNKNOWN_DESTINATION
+        if not (terminal.apps | {terminal.default_app}) & (other.apps | {other.default_app}) - {
+            None
+        }:
+            return TransparentResult.REJECTED
+        if self.router is None:
+            return TransparentResult.UNKNOWN_DESTINATION
+        return self.router.relay(terminal, other, msg)
+
+    def _h_config_trap(
+        self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
+    ) -> None:
+        """CONFIG_TRAP (4.9): validate all, store all, then act on the special tags."""
+        tlvs = msg.tlvs
+        for tlv in tlvs:
+            if not tags.length_fits(tlv.tag, len(tlv.raw)):
+                self._answer(ex, m.ConfigTrapAck(1, tlv.tag))
+                return
+        self._answer(ex, m.ConfigTrapAck(0))
+        self.apply_trap(terminal, tlvs, ex.now, session)
+
+    def apply_trap(
+        self, terminal: Terminal, tlvs: list[Tlv], now: float, session: Session | None
+    ) -> None:
+        """Store a valid trap's TLVs and act on sync, execution, alarm and stats tags."""
+        serial = terminal.serial or ""
+        values = tlv_dict(tlvs)
+        changed = False
+        if values:
+            self.registry.store_config(serial, values, "reported")
+        if TAG_SYNC_LIST in values:
+            terminal.sync_tags = tags.decode_value(TAG_SYNC_LIST, values[TAG_SYNC_LIST])
+            changed = True
+        for tag in (TAG_HEARTBEAT, TAG_PERIOD_CTRL):
+            if tag in values and len(values[tag]) in (1, 2, 4):
+                terminal.heartbeat_interval = tags.decode_int(values[tag]) or None
+                if session is not None:
+                    session.interval = self._interval(terminal)
+                changed = True
+        if TAG_CONNECT_MODE in values and len(values[TAG_CONNECT_MODE]) == 1:
+            terminal.connect_mode = values[TAG_CONNECT_MODE][0]
+            changed = True
+        if TAG_CURRENT_VERSION in values and self.router is not None:
+            self.router.version_reported(terminal, values[TAG_CURRENT_VERSION].decode("latin-1"))
+        if TAG_EXEC_REPORT in values and self.router is not None:
+            result, sequence_id = struct.unpack(">BI", values[TAG_EXEC_REPORT])
+            self.router.execution_report(terminal, sequence_id, result)
+        if TAG_CONFIG_CRC in values and self.router is not None:
+            ok = self.router.config_crc_matches(terminal, tags.decode_int(values[TAG_CONFIG_CRC]))
+            if terminal.config_unverified == ok:
+                terminal.config_unverified = not ok
+                changed = True
+        if TAG_ALARM_STATUS in values:
+            self._record_alarm(serial, terminal.msisdn, values, now)
+        stats = {tag: raw for tag, raw in values.items() if tag in _STATISTICS}
+        if stats:
+            self.registry.record_statistics(serial, stats, now)
+        if changed:
+            self.registry.save(terminal)
+        if TAG_LOCAL_CONFIG in values:
+            log.info("Terminal {serial} applied a local manual configuration", serial=serial)
+        self.uplink.notify_trap(terminal, values)
+        if session is not None and not session.synced:
+            session.synced = True
+            session.sync_deadline = None
+            if self.router is not None:
+                self.router.kick(terminal)
+
+    def _record_alarm(
+        self, serial: str | None, msisdn: str | None, values: dict[int, bytes], now: float
+    ) -> None:
+        def num(tag: int) -> int:
+            raw = values.get(tag)
+            return tags.decode_int(raw) if raw and len(raw) in (1, 2, 4) else 0
+
+        restore = values.get(TAG_ALARM_RESTORE)
+        alarm = Alarm(
+            serial=serial,
+            msisdn=msisdn,
+            code=num(TAG_ALARM_CODE),
+            type=num(TAG_ALARM_TYPE),
+            status=num(TAG_ALARM_STATUS),
+            cleared_code=None if restore is None else restore.decode("latin-1"),
+            time=now,
+        )
+        self.registry.record_alarm(alarm)
+        log.warn(
+            "Alarm {code:#06x} status {status} from {serial}",
+            code=alarm.code,
+            status=alarm.status,
+            serial=serial or f"unattributed {msisdn}",
+        )
+
+    def _alarm_without_login(self, ex: _Exchange, terminal: Terminal) -> None:
+        """An alarm CONFIG_TRAP by SMS from a terminal not logged in (10.4.6)."""
+        try:
+            msg = m.ConfigTrap.decode_body(ex.frame.body)
+        except BodyError as exc:
+            self._unparseable(ex, Command.CONFIG_TRAP, exc)
+            return
+        values = tlv_dict(msg.tlvs)
+        if TAG_ALARM_STATUS not in values:
+            log.info(
+                "CONFIG_TRAP by SMS from {serial}, not logged in and not an alarm",
+                serial=ex.header.serial,
+            )
+            return
+        msisdn = normalize_msisdn(ex.bearer.address)
+        owner = terminal if terminal.msisdn == msisdn else self.registry.by_msisdn(msisdn)
+        self._answer(ex, m.ConfigTrapAck(0))
+        if owner is None:
+            self._record_alarm(None, msisdn, values, ex.now)
+        else:
+            self.apply_trap(owner, msg.tlvs, ex.now, None)
+
+    def _h_config_req(
+        self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
+    ) -> None:
+        """CONFIG_REQ (4.11): all requested values, or ret 1 naming the missing ones."""
+        values = self.registry.config_values(terminal.serial or "")
+        missing = [t.tag for t in msg.tlvs if not _requestable(t.tag, values)]
+        if missing or not msg.tlvs:
+            self._answer(ex, m.ConfigReqAck(1, tlvs=[Tlv.query(tag) for tag in missing]))
+            return
+        answer = [Tlv(t.tag, values[t.tag]) for t in msg.tlvs]
+        self._answer(ex, m.ConfigReqAck(0, tlvs=answer))
+        if self.router is not None:
+            self.router.config_sent(terminal, ex.header.sequence_id, answer)
+
+    def _h_file_req(
+        self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
+    ) -> None:
+        """FILE_REQ (4.15, PD-36): one block of the offered file."""
+        assert isinstance(msg, m.FileReq)
+        tx = self.registry.file_by_trans_id(msg.trans_id)
+        if tx is None or tx.serial != terminal.serial or tx.expires_at < ex.now:
+            self._answer(ex, m.FileReqAck(msg.trans_id, 1, 0, msg.offset))
+            return
+        if msg.status in (2, 3):
+            tx.state = "downloaded" if msg.status == 2 else "aborted"
+            self.registry.update_file(tx)
+            self._answer(ex, m.FileReqAck(msg.trans_id, 0, 0, msg.offset))
+            return
+        if msg.offset > tx.size:
+            self._answer(ex, m.FileReqAck(msg.trans_id, 2, 0, msg.offset))
+            return
+        n = min(msg.size, tx.size - msg.offset, self.config.file_block_max)
+        try:
+            with open(tx.path, "rb") as fh:
+                fh.seek(msg.offset)
+                data = fh.read(n)
+        except OSError as exc:
+            log.error("Cannot read {path} for FILE_REQ: {error}", path=tx.path, error=exc)
+            self._answer(ex, m.FileReqAck(msg.trans_id, 3, 0, msg.offset))
+            return
+        self._answer(
+            ex, m.FileReqAck(msg.trans_id, 0, crc16(data) if data else 0, msg.offset, data)
+        )
+
+    def _h_security_config(
+        self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
+    ) -> None:
+        """SECURITY_CONFIG from a terminal: op 4 report, op 6 renewal (4.13, PD-26)."""
+        assert isinstance(msg, m.SecurityConfig)
+        if msg.op == SecurityOp.REPORT:
+            self.registry.store_config(terminal.serial or "", tlv_dict(msg.tlvs), "reported")
+            self._answer(ex, m.SecurityConfigAck(0))
+        elif msg.op == SecurityOp.RENEW:
+            self._answer(ex, m.SecurityConfigAck(0))
+            creds = self._credentials_to_deliver(terminal, fresh=True, now=ex.now)
+            self.registry.save(terminal)
+            if self.router is not None:
+                self.router.deliver_credentials(terminal, creds)
+        else:
+            self._answer(ex, m.SecurityConfigAck(2))
+
+    _handlers: ClassVar[dict[int, Callable[..., None]]] = {
+        Command.TRANSPARENT_DATA: _h_transparent,
+        Command.TRANSPARENT_CMD: _h_transparent,
+        Command.CONFIG_TRAP: _h_config_trap,
+        Command.CONFIG_REQ: _h_config_req,
+        Command.FILE_REQ: _h_file_req,
+        Command.SECURITY_CONFIG: _h_security_config,
+    }
+
+    # ------------------------------------------------------------------ answers from terminals
+
+    def _on_answer(self, frame: Frame, bearer: Bearer, now: float) -> None:
+        header = frame.header
+        terminal = self.registry.get(header.serial)
+        if terminal is None or self.router is None:
+            raise ProtocolError("answer from an unknown serial")
+        session = self.sessions.get(header.serial)
+        ex = _Exchange(frame, bearer, now, terminal, session)
+        timestamp = session.timestamp if session else terminal.last_session_timestamp
+        if not ex.sms or frame.digest is not None:
+            if not self._authenticate(ex, terminal, timestamp):
+                return
+        if session is not None:
+            self._accepted(ex, session, terminal)
+        cipher = session.cipher if session else None
+        part = self._fragment_part(frame)
+        if part is not None:
+            self.router.on_answer_part(terminal, header, part, bearer)
+            return
+        message: m.Message | None
+        try:
+            body, padded = frame.body, False
+            if frame.container_tag == TAG_ENCRYPTED:
+                if cipher is None:
+                    raise BodyError("encrypted answer but no session key")
+                body = decrypt_body(cipher, frame.container_value())
+                padded = cipher.name == "legacy"
+            message = m.decode_message(header.command_id, body, padded=padded)
+        except ProtocolError as exc:
+            log.info(
+                "Unparseable {command} from {serial}: {reason}",
+                command=header.command_name,
+                serial=header.serial,
+                reason=exc.reason,
+            )
+            message = None
+        self.router.on_answer(terminal, header, message, bearer)
+
+    # ------------------------------------------------------------------ platform requests
+
+    def request_frames(
+        self, terminal: Terminal, command: int, sequence_id: int, body: bytes, bearer: Bearer
+    ) -> list[bytes]:
+        """The frame(s) of a platform-initiated request on ``bearer`` (6.1, 6.4, 7).
+
+        More than one frame means the body is fragmented: the caller sends the first
+        and the router hands out the others as the terminal asks for them.
+        """
+        serial = terminal.serial or ""
+        session = self.sessions.get(serial)
+        version = session.version if session else terminal.protocol_version or 0x0300
+        if bearer.kind == "sms":
+            flag = Flag.AUTH if command == Command.SECURITY_CONFIG else Flag.NONE
+            return [build_frame(command, sequence_id, serial, body, version=version, flag=flag)]
+        if session is None:
+            raise ProtocolError(f"no session for {serial} to sign a request in")
+        flag = Flag.AUTH if command == Command.SECURITY_CONFIG else Flag.NONE
+        if session.cipher is not None and body:
+            body = encrypted_container(session.cipher, body)
+            flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
+        return [
+            build_frame(
+                command,
+                sequence_id,
+                serial,
+                body,
+                version=version,
+                flag=flag,
+                key=session.down,
+                timestamp=session.timestamp,
+            )
+        ]
+
+    def reachable(self, terminal: Terminal) -> Bearer | None:
+        """The bearer for a platform request, in the order of spec 9.6."""
+        session = self.sessions.get(terminal.serial or "")
+        if session is None:
+            return None
+        if session.tcp is not None and session.tcp.is_open:
+            return session.tcp
+        if session.bearer is not None and session.bearer.kind == "udp":
+            return session.bearer
+        if session.bearer is not None and session.bearer.kind == "sms":
+            return session.bearer
+        return None
+
+    # ------------------------------------------------------------------ time
+
+    def tick(self) -> None:
+        """Offline detection, sync-trap wait and reassembly expiry (9.4, PD-29, 7.4)."""
+        now = self.clock.seconds()
+        limit = self.config.offline_after_intervals
+        for serial, session in list(self.sessions.items()):
+            terminal = self.registry.get(serial)
+            if terminal is None:
+                self.sessions.pop(serial, None)
+                continue
+            if session.release_at is not None:
+                if now >= session.release_at:
+                    self.end_session(
+                        terminal,
+                        session.release_reason or 0,
+                        _release_state(session.release_reason),
+                        now,
+                    )
+                continue
+            if now - session.last_valid > limit * session.interval:
+                self._communication_failure(terminal, session, now)
+                continue
+            if session.sync_deadline is not None and now >= session.sync_deadline:
+                session.sync_deadline = None
+                session.synced = True
+                if self.router is not None:
+                    if session.extra.get("login_result") == LoginResult.OK_SYNC:
+                        self.router.sync_trap_missing(terminal)
+                    self.router.kick(terminal)
+        self.reassembly.expire(now)
+
+    def _communication_failure(self, terminal: Terminal, session: Session, now: float) -> None:
+        """Spec 9.4: LOGOUT reason 2 once on the IP bearer, then release OFFLINE."""
+        log.info(
+            "Terminal {serial} silent for {seconds:.0f} s: communication failure",
+            serial=session.serial,
+            seconds=now - session.last_valid,
+        )
+        if self.router is not None and self.platform_logout(terminal, LogoutReason.COMM_FAILURE):
+            return
+        self.end_session(terminal, LogoutReason.COMM_FAILURE, TerminalState.OFFLINE, now)
+
+    def platform_logout(self, terminal: Terminal, reason: int) -> bool:
+        """Send LOGOUT(reason) once on an IP bearer; release on the ACK or timeout (4.5).
+
+        Returns False when there is no IP path (the caller releases at once).
+        """
+        session = self.sessions.get(terminal.serial or "")
+        bearer = self.reachable(terminal)
+        if session is None or bearer is None or bearer.kind == "sms" or self.router is None:
+            return False
+        session.release_at = self.clock.seconds() + self.config.answer_timeout_ip
+        session.release_reason = reason
+        self.router.send_logout(terminal, reason, bearer)
+        return True
+
+    def logout_answered(self, terminal: Terminal) -> None:
+        """The terminal acknowledged the platform's LOGOUT: release now."""
+        session = self.sessions.get(terminal.serial or "")
+        if session is not None and session.release_at is not None:
+            reason = session.release_reason or 0
+            self.end_session(terminal, reason, _release_state(reason), self.clock.seconds())
+
+    def bearer_lost(self, bearer: Bearer) -> None:
+        """A TCP connection closed: the session survives it (10.2)."""
+        serial = getattr(bearer, "bound_serial", None)
+        session = self.sessions.get(serial) if serial else None
+        if session is None:
+            return
+        if session.tcp is bearer:
+            session.tcp = None
+        if session.bearer is bearer:
+            session.bearer = None
+        if self.router is not None:
+            terminal = self.registry.get(serial or "")
+            if terminal is not None:
+                self.router.bearer_lost(terminal, bearer)
+
+    def restore_sessions(self) -> None:
+        """After a restart, resume the sessions the registry says are open (9.1)."""
+        now = self.clock.seconds()
+        for terminal in self.registry.terminals():
+            if terminal.state != TerminalState.LOGGED_IN or terminal.session_timestamp is None:
+                continue
+            try:
+                session = Session.start(
+                    terminal,
+                    terminal.session_timestamp,
+                    terminal.protocol_version or 0x0300,
+                    self._interval(terminal),
+                    now,
+                )
+            except (LookupError, ProtocolError):
+                continue
+            session.synced = True
+            self.sessions[terminal.serial or ""] = session
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set_state(self, terminal: Terminal, state: str) -> None:
+        old = terminal.state
+        if old == state:
+            return
+        terminal.state = TerminalState(state)
+        for observer in self.state_observers:
+            observer(terminal, old, state)
+
+    def _auth_failure(self, ex: _Exchange, terminal: Terminal, reason: str) -> None:
+        terminal.auth_failures += 1
+        log.warn(
+            "Authentication failure for {serial} from {address}: {reason} ({count} so far)",
+            serial=terminal.serial,
+            address=ex.bearer.address,
+            reason=reason,
+            count=terminal.auth_failures,
+        )
+        self._log(
+            terminal,
+            ex.header.serial,
+            "in",
+            ex.bearer,
+            ex.header.command_id,
+            ex.header.sequence_id,
+            "auth-failure",
+            reason,
+        )
+
+    def _log(
+        self,
+        terminal: Terminal | None,
+        serial: str,
+        direction: str,
+        bearer: Bearer,
+        command_id: int,
+        sequence_id: int,
+        event: str,
+        detail: str,
+    ) -> None:
+        self.registry.log(
+            LogEntry(
+                time=self.clock.seconds(),
+                serial=terminal.serial if terminal else serial,
+                direction=direction,
+                bearer=bearer.kind,
+                command_id=command_id,
+                sequence_id=sequence_id,
+                event=event,
+                detail=detail,
+            )
+        )
+
+
+def _requestable(tag: int, values: dict[int, bytes]) -> bool:
+    """A CONFIG_REQ tag the platform can answer: known, not security, has a value (4.11)."""
+    spec = tags.TAGS.get(tag)
+    return spec is not None and not spec.is_security and tag in values
+
+
+def _release_state(reason: int | None) -> TerminalState:
+    return (
+        TerminalState.OFFLINE if reason == LogoutReason.COMM_FAILURE else TerminalState.LOGGED_OUT
+    )
+
+
+def _expired(creds: CredentialSet, now: float) -> bool:
+    return min(creds.uplink_expiry, creds.downlink_expiry, creds.base_key_expiry) < now
+
+
+def _bound_serial(bearer: Bearer, serial: str | None) -> None:
+    """Record on a TCP connection which session it is bound to (10.2)."""
+    try:
+        bearer.bound_serial = serial  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
+def _single_tlv(body: bytes, tag: int) -> bytes:
+    tlvs = decode_tlvs(body)
+    if len(tlvs) != 1 or tlvs[0].tag != tag:
+        raise BodyError(f"body is not a single 0x{tag:04X} container")
+    return tlvs[0].raw
+
+
+def _summary(message: m.Message) -> str:
+    fields = ", ".join(f"{k}={v!r}" for k, v in message.fields_dict().items())
+    names = ", ".join(t.name for t in message.tlvs[:8])
+    return f"{fields}; {names}" if names else fields

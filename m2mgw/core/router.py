@@ -1,0 +1,523 @@
+"""The command router: platform-initiated requests, store-and-forward (spec 8.3, 9.6, PD-34).
+
+Every request is written to the registry's durable queue before anything is sent,
+so a request for an offline terminal waits there (across restarts) and is delivered
+in order after the terminal's next login. At most one request per terminal is
+outstanding (window 1); its answer is matched by Command_ID and Sequence_ID, it
+times out after ``answer_timeout_ip`` and is retransmitted on UDP. Each outcome is
+recorded on the request and reported to the observers (the application side).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from m2mgw.config import ProtocolConfig
+from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
+from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.session import Bearer
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.checksum import crc32
+from m2mgw.protocol.codec import FRAGMENT_FLAG, build_frame
+from m2mgw.protocol.constants import ACK_BIT, Command, Flag, SecurityOp, TransparentResult
+from m2mgw.protocol.errors import ProtocolError
+from m2mgw.protocol.fragment import FragmentAbort, FragmentPart, FragmentSender
+from m2mgw.protocol.header import Header
+from m2mgw.protocol.tlv import Tlv, encode_tlvs
+
+log = Logger()
+
+#: Commands whose ACK only accepts the operation; the outcome follows (PD-35).
+ASYNC_COMMANDS = frozenset({Command.CONFIG_SET, Command.REMOTE_CTRL, Command.DOWNLOAD_INFO})
+#: The TLV tags of a credential delivery, in the order of 6.3.4.
+CREDENTIAL_TAGS = (0xE025, 0xE027, 0xE028, 0xE02A, 0xE036, 0xE038)
+ORIGIN_PLATFORM = "platform"
+ORIGIN_REGISTRATION = "registration"
+
+
+@dataclass(slots=True, eq=False)
+class _Outstanding:
+    request: Request
+    frames: list[bytes]
+    bearer: Bearer
+    sends: int = 1
+    timer: IDelayedCall | None = None
+    sender: FragmentSender | None = None
+
+
+@dataclass(slots=True)
+class _TerminalTraffic:
+    """Per-terminal router memory that need not survive a restart."""
+
+    #: Sequence_ID of requests whose outcome comes in a later 0x4010 (PD-35).
+    awaiting_report: dict[int, int] = field(default_factory=dict)
+    #: The TLVs last applied by CONFIG_SET / CONFIG_REQ_ACK, for the 0x4017 check.
+    applied: dict[int, bytes] = field(default_factory=dict)
+    #: Sequence_ID of a platform LOGOUT in flight.
+    logout_sequence: int | None = None
+
+
+class Router:
+    """Queues, sends and correlates the platform's requests to terminals."""
+
+    def __init__(
+        self,
+        engine: PlatformEngine,
+        registry: ITerminalRegistry,
+        clock: IReactorTime,
+        config: ProtocolConfig,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.clock = clock
+        self.config = config
+        engine.router = self
+        self._outstanding: dict[str, _Outstanding] = {}
+        self._traffic: dict[str, _TerminalTraffic] = {}
+        #: Called with each request that reached a final state or a new outcome.
+        self.result_observers: list[Callable[[Request], None]] = []
+        #: The SMS bearer factory, set when a modem is configured: MSISDN -> Bearer.
+        self.sms_bearer: Callable[[Terminal], Bearer | None] | None = None
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(
+        self,
+        serial: str,
+        command: int,
+        body: bytes,
+        *,
+        origin: str = "admin",
+        ttl: float | None = None,
+        msg_id: str | None = None,
+    ) -> Deferred[Request]:
+        """Queue a request durably; the Deferred fires once it is committed."""
+        if self.registry.get(serial) is None:
+            raise LookupError(f"unknown terminal {serial}")
+        if command & ACK_BIT or command not in {c.value for c in Command}:
+            raise ValueError(f"0x{command:04X} is not a request Command_ID")
+        now = self.clock.seconds()
+        request = Request(
+            serial=serial,
+            command=command,
+            body=body,
+            created_at=now,
+            expires_at=now + (self.config.queue_ttl if ttl is None else ttl),
+            origin=origin,
+            msg_id=msg_id,
+        )
+        d = self.registry.enqueue(request)
+
+        def queued(request: Request) -> Request:
+            log.info(
+                "Request {id} ({command}) for {serial} queued by {origin}",
+                id=request.id,
+                command=m.MESSAGE_NAMES[command],
+                serial=serial,
+                origin=origin,
+            )
+            terminal = self.registry.get(serial)
+            if terminal is not None:
+                self.kick(terminal)
+            return request
+
+        return d.addCallback(queued)
+
+    def deliver_credentials(self, terminal: Terminal, creds: CredentialSet) -> None:
+        """SECURITY_CONFIG op 0 with the six credential TLVs (6.3.4, PD-21)."""
+        values = (
+            creds.uplink_password,
+            creds.uplink_expiry,
+            creds.downlink_password,
+            creds.downlink_expiry,
+            creds.base_key,
+            creds.base_key_expiry,
+        )
+        tlvs = [Tlv.of(tag, value) for tag, value in zip(CREDENTIAL_TAGS, values, strict=True)]
+        body = m.SecurityConfig(SecurityOp.SET, tlvs=tlvs).encode_body()
+        for queued in self.registry.queued(terminal.serial or ""):
+            if queued.origin == ORIGIN_REGISTRATION and queued.body == body:
+                return  # the same set is already on its way (4.3 step 4)
+        self.submit(
+            terminal.serial or "", Command.SECURITY_CONFIG, body, origin=ORIGIN_REGISTRATION
+        ).addErrback(_log_failure)
+
+    def relay(
+        self, source: Terminal, target: Terminal, msg: m.TransparentData | m.TransparentCmd
+    ) -> Deferred[int]:
+        """Terminal-to-terminal data (4.7): queued durably, result 0 if reachable now."""
+        address = Tlv.of(m.TAG_SRC_SERIAL, source.serial or "")
+        if isinstance(msg, m.TransparentData):
+            out: m.Message = m.TransparentData.build(msg.user_data, address)
+        else:
+            kept = [t for t in msg.tlvs if t.tag in (m.TAG_CMD_FIXED, m.TAG_USER_DATA)]
+            out = m.TransparentCmd(tlvs=[address, *kept])
+        reachable = self.engine.reachable(target) is not None
+        d = self.submit(
+            target.serial or "", out.COMMAND, out.encode_body(), origin=f"terminal:{source.serial}"
+        )
+        return d.addCallback(
+            lambda _: TransparentResult.ACCEPTED if reachable else TransparentResult.QUEUED
+        )
+
+    # ------------------------------------------------------------------ sending
+
+    def kick(self, terminal: Terminal) -> None:
+        """Send the terminal's next queued request if the window and a bearer allow."""
+        serial = terminal.serial or ""
+        if serial in self._outstanding:
+            return
+        session = self.engine.sessions.get(serial)
+        for request in self.registry.queued(serial):
+            if request.state == RequestState.SENT:
+                # Sent before a restart or a lost session and never answered: send again.
+                request.state = RequestState.QUEUED
+            bearer = self._bearer_for(terminal, request)
+            if bearer is None:
+                return
+            if session is not None and not session.synced and bearer.kind != "sms":
+                return
+            self._send(terminal, request, bearer)
+            return
+
+    def _bearer_for(self, terminal: Terminal, request: Request) -> Bearer | None:
+        """9.6, with PD-21 for credentials and the SMS rules of PD-38."""
+        session = self.engine.sessions.get(terminal.serial or "")
+        if request.command == Command.SECURITY_CONFIG and request.body[:1] == b"\x00":
+            bearer = self.engine.reachable(terminal)
+            if bearer is not None and session is not None and session.cipher is not None:
+                return bearer
+            return self.sms_bearer(terminal) if self.sms_bearer is not None else None
+        bearer = self.engine.reachable(terminal)
+        if bearer is None and terminal.connect_mode == 4 and self.sms_bearer is not None:
+            return self.sms_bearer(terminal)
+        return bearer
+
+    def _send(self, terminal: Terminal, request: Request, bearer: Bearer) -> None:
+        serial = terminal.serial or ""
+        sequence_id = terminal.next_sequence()
+        try:
+            frames = self.engine.request_frames(
+                terminal, request.command, sequence_id, request.body, bearer
+            )
+        except ProtocolError as exc:
+            self._finish(request, RequestState.FAILED, None, f"cannot be sent: {exc.reason}")
+            return
+        sender = None
+        if len(request.body) > self.config.fragment_threshold and bearer.kind != "sms":
+            sender = FragmentSender(
+                request.body, terminal.next_trans(), self.config.fragment_threshold
+            )
+            frames = [self._part_frame(terminal, request.command, sequence_id, sender.first())]
+        request.sequence_id = sequence_id
+        request.state = RequestState.SENT
+        request.attempts += 1
+        request.updated_at = self.clock.seconds()
+        self.registry.update_request(request)
+        self.registry.save(terminal)
+        out = _Outstanding(request, frames, bearer, sender=sender)
+        self._outstanding[serial] = out
+        if request.command in ASYNC_COMMANDS or request.command == Command.CONFIG_SET:
+            self._traffic_of(serial).awaiting_report[sequence_id] = request.id or 0
+        bearer.send(frames[0])
+        self._arm(serial, out)
+        log.info(
+            "Request {id} ({command}) sent to {serial} seq {sequence_id} over {bearer}",
+            id=request.id,
+            command=m.MESSAGE_NAMES[request.command],
+            serial=serial,
+            sequence_id=sequence_id,
+            bearer=bearer.kind,
+        )
+
+    def _part_frame(
+        self, terminal: Terminal, command: int, sequence_id: int, part: FragmentPart
+    ) -> bytes:
+        session = self.engine.sessions[terminal.serial or ""]
+        flag = FRAGMENT_FLAG & ~Flag.DIGEST
+        return build_frame(
+            command,
+            sequence_id,
+            terminal.serial or "",
+            part.encode_tlv(),
+            version=session.version,
+            flag=flag,
+            key=session.down,
+            timestamp=session.timestamp,
+        )
+
+    def _arm(self, serial: str, out: _Outstanding) -> None:
+        timeout = (
+            self.config.answer_timeout_sms
+            if out.bearer.kind == "sms"
+            else self.config.answer_timeout_ip
+        )
+        if out.timer is not None and out.timer.active():
+            out.timer.cancel()
+        out.timer = self.clock.callLater(timeout, self._timeout, serial, out)
+
+    def _timeout(self, serial: str, out: _Outstanding) -> None:
+        if self._outstanding.get(serial) is not out:
+            return
+        if out.bearer.kind == "udp" and out.sends < self.config.udp_sends:
+            out.sends += 1
+            out.bearer.send(out.frames[-1])
+            self._arm(serial, out)
+            log.debug(
+                "Request {id} to {serial} retransmitted ({sends})",
+                id=out.request.id,
+                serial=serial,
+                sends=out.sends,
+            )
+            return
+        self._complete(serial, RequestState.FAILED, None, "no answer (timeout)")
+
+    # ------------------------------------------------------------------ answers
+
+    def on_answer(
+        self, terminal: Terminal, header: Header, message: m.Message | None, bearer: Bearer
+    ) -> None:
+        """An answer from a terminal: complete the matching request (4.2 rule 5)."""
+        serial = terminal.serial or ""
+        traffic = self._traffic_of(serial)
+        if (
+            header.command_id == Command.LOGOUT | ACK_BIT
+            and header.sequence_id == traffic.logout_sequence
+        ):
+            traffic.logout_sequence = None
+            self.engine.logout_answered(terminal)
+            return
+        out = self._outstanding.get(serial)
+        request = out.request if out else None
+        if (
+            out is None
+            or request is None
+            or header.command_id != request.command | ACK_BIT
+            or header.sequence_id != request.sequence_id
+        ):
+            log.info(
+                "Unmatched {command} seq {sequence_id} from {serial}: discarded",
+                command=header.command_name,
+                sequence_id=header.sequence_id,
+                serial=serial,
+            )
+            return
+        if message is None:
+            self._complete(serial, RequestState.FAILED, None, "unparseable answer")
+            return
+        result = _result_of(message)
+        self._after_answer(terminal, request, message, result)
+        ok = _answer_ok(request.command, result)
+        outcome = "acknowledged" if ok and request.command in ASYNC_COMMANDS else "ok"
+        request.answer_body = message.encode_body()
+        self._complete(
+            serial,
+            RequestState.SUCCEEDED if ok else RequestState.FAILED,
+            result,
+            outcome if ok else f"result {result}",
+        )
+
+    def on_answer_part(
+        self, terminal: Terminal, header: Header, part: FragmentPart, bearer: Bearer
+    ) -> None:
+        """The terminal asks for the next part of a fragmented request (7.3)."""
+        serial = terminal.serial or ""
+        out = self._outstanding.get(serial)
+        if out is None or out.sender is None or header.sequence_id != out.request.sequence_id:
+            return
+        try:
+            nxt = out.sender.on_answer(part)
+        except FragmentAbort as exc:
+            if exc.reply is not None:
+                bearer.send(
+                    self._part_frame(terminal, out.request.command, header.sequence_id, exc.reply)
+                )
+            self._complete(serial, RequestState.FAILED, None, f"part exchange ended: {exc.reason}")
+            return
+        frame = self._part_frame(terminal, out.request.command, header.sequence_id, nxt)
+        out.frames = [frame]
+        out.sends = 1
+        bearer.send(frame)
+        self._arm(serial, out)
+
+    def _after_answer(
+        self, terminal: Terminal, request: Request, message: m.Message, result: int | None
+    ) -> None:
+        """Command-specific effects of a successful answer."""
+        serial = terminal.serial or ""
+        if request.command == Command.CONFIG_GET and result == 0:
+            self.registry.store_config(serial, {t.tag: t.raw for t in message.tlvs}, "reported")
+        elif request.command == Command.CONFIG_SET and result == 0:
+            sent = m.ConfigSet.decode_body(request.body).tlvs
+            self.config_sent(terminal, request.sequence_id or 0, sent)
+            self.registry.store_config(serial, {t.tag: t.raw for t in sent}, "set")
+        elif request.command == Command.SECURITY_CONFIG and request.body[:1] == b"\x00":
+            if result == 0 and terminal.pending is not None:
+                terminal.pending.delivered_at = self.clock.seconds()
+            elif result != 0:
+                log.warn("Terminal {serial} rejected its credential set", serial=serial)
+                terminal.pending = None
+            self.registry.save(terminal)
+
+    def _complete(self, serial: str, state: str, result: int | None, outcome: str) -> None:
+        out = self._outstanding.pop(serial, None)
+        if out is None:
+            return
+        if out.timer is not None and out.timer.active():
+            out.timer.cancel()
+        self._finish(out.request, state, result, outcome)
+        terminal = self.registry.get(serial)
+        if terminal is not None:
+            self.kick(terminal)
+
+    def _finish(self, request: Request, state: str, result: int | None, outcome: str) -> None:
+        request.state = state
+        request.result = result
+        request.outcome = outcome
+        request.updated_at = self.clock.seconds()
+        self.registry.update_request(request)
+        log.info(
+            "Request {id} for {serial}: {state} ({outcome})",
+            id=request.id,
+            serial=request.serial,
+            state=state,
+            outcome=outcome,
+        )
+        for observer in self.result_observers:
+            observer(request)
+
+    # ------------------------------------------------------------------ outcomes that come later
+
+    def execution_report(self, terminal: Terminal, sequence_id: int, result: int) -> None:
+        """TLV 0x4010 in a CONFIG_TRAP: the outcome of an asynchronous request (4.9)."""
+        traffic = self._traffic_of(terminal.serial or "")
+        request_id = traffic.awaiting_report.pop(sequence_id, None)
+        request = self.registry.request(request_id) if request_id else None
+        if request is None:
+            log.info(
+                "Execution report for unknown seq {sequence_id} from {serial}",
+                sequence_id=sequence_id,
+                serial=terminal.serial,
+            )
+            return
+        request.outcome = "applied" if result == 0 else f"not applied (report {result})"
+        if result != 0:
+            request.state = RequestState.FAILED
+        request.updated_at = self.clock.seconds()
+        self.registry.update_request(request)
+        for observer in self.result_observers:
+            observer(request)
+
+    def config_sent(self, terminal: Terminal, sequence_id: int, tlvs: list[Tlv]) -> None:
+        """Remember applied TLVs for the 0x4017 check (6.5)."""
+        del sequence_id
+        self._traffic_of(terminal.serial or "").applied = {
+            t.tag: t.raw for t in tlvs if t.tag != 0x4009
+        }
+
+    def config_crc_matches(self, terminal: Terminal, crc: int) -> bool:
+        applied = self._traffic_of(terminal.serial or "").applied
+        if not applied:
+            return True
+        stream = encode_tlvs(Tlv(tag, raw) for tag, raw in sorted(applied.items()))
+        return crc32(stream) == crc
+
+    def version_reported(self, terminal: Terminal, version: str) -> None:
+        log.info(
+            "Terminal {serial} reports software version {version}",
+            serial=terminal.serial,
+            version=version,
+        )
+
+    # ------------------------------------------------------------------ session events
+
+    def on_login(self, terminal: Terminal) -> None:
+        """Queued requests wait for the first CONFIG_TRAP or sync_trap_wait (4.4)."""
+        self.kick(terminal)
+
+    def sync_trap_missing(self, terminal: Terminal) -> None:
+        """PD-29: no sync trap after LOGIN_ACK 1; read the sync tags with CONFIG_GET."""
+        sync_tags = terminal.sync_tags or list(self.config.default_sync_tags)
+        body = m.ConfigGet(tlvs=[Tlv.query(tag) for tag in sync_tags]).encode_body()
+        self.submit(
+            terminal.serial or "", Command.CONFIG_GET, body, origin=ORIGIN_PLATFORM
+        ).addErrback(_log_failure)
+
+    def on_session_ended(self, terminal: Terminal, why: str) -> None:
+        """The outstanding request fails; queued ones stay queued (9.5)."""
+        serial = terminal.serial or ""
+        self._traffic_of(serial).logout_sequence = None
+        if serial in self._outstanding:
+            self._complete(serial, RequestState.FAILED, None, why)
+
+    def bearer_lost(self, terminal: Terminal, bearer: Bearer) -> None:
+        """A TCP connection closed while a request waited on it: it fails at once (8.3)."""
+        out = self._outstanding.get(terminal.serial or "")
+        if out is not None and out.bearer is bearer:
+            self._complete(
+                terminal.serial or "",
+                RequestState.FAILED,
+                None,
+                "connection closed before the answer",
+            )
+
+    def send_logout(self, terminal: Terminal, reason: int, bearer: Bearer) -> None:
+        """A platform LOGOUT, sent once outside the queue (4.5, 9.4)."""
+        sequence_id = terminal.next_sequence()
+        self._traffic_of(terminal.serial or "").logout_sequence = sequence_id
+        frames = self.engine.request_frames(
+            terminal, Command.LOGOUT, sequence_id, m.Logout(reason).encode_body(), bearer
+        )
+        bearer.send(frames[0])
+        self.registry.save(terminal)
+
+    def expire(self) -> Deferred[list[Request]]:
+        """Fail queued requests whose TTL has passed with "expired" (9.6)."""
+
+        def report(requests: list[Request]) -> list[Request]:
+            for request in requests:
+                log.info("Request {id} for {serial} expired", id=request.id, serial=request.serial)
+                for observer in self.result_observers:
+                    observer(request)
+            return requests
+
+        return self.registry.expire_requests(self.clock.seconds()).addCallback(report)
+
+    def outstanding(self, serial: str) -> Request | None:
+        out = self._outstanding.get(serial)
+        return out.request if out else None
+
+    def _traffic_of(self, serial: str) -> _TerminalTraffic:
+        traffic = self._traffic.get(serial)
+        if traffic is None:
+            traffic = self._traffic[serial] = _TerminalTraffic()
+        return traffic
+
+
+def _result_of(message: m.Message) -> int | None:
+    """The answer's result/ret field (4.2 rule 3), None for answers without one."""
+    for name in ("ret", "result", "status"):
+        if hasattr(message, name):
+            return int(getattr(message, name))
+    return None
+
+
+def _answer_ok(command: int, result: int | None) -> bool:
+    """Success codes per answer (5.4-5.8, PD-14)."""
+    if result is None:
+        return True
+    if command in (Command.TRANSPARENT_DATA, Command.TRANSPARENT_CMD):
+        return result in (0, 5)
+    if command == Command.DOWNLOAD_INFO:
+        return result == 1
+    return result == 0
+
+
+def _log_failure(failure: object) -> None:
+    log.failure("Could not queue a platform request", failure)  # type: ignore[arg-type]

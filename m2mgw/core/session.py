@@ -1,0 +1,95 @@
+"""Bearers and the runtime state of a logical connection (spec 9.1, 9.6, 10).
+
+A :class:`Bearer` is where a message came from and where its answer goes: a TCP
+connection, a UDP source address or an MSISDN. Transports implement it; the
+engine never touches sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from m2mgw.core.model import Terminal
+from m2mgw.protocol.security import Cipher, DigestKey, make_cipher
+
+
+class Bearer(Protocol):
+    """One path to a terminal; ``kind`` is ``tcp``, ``udp`` or ``sms``."""
+
+    kind: str
+    #: ``host:port`` for IP bearers, the normalised MSISDN for SMS.
+    address: str
+    #: Source IP (PD-25); the MSISDN for SMS.
+    host: str
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def same_path(self, other: Bearer) -> bool:
+        """Whether ``other`` reaches the same peer (same connection or address)."""
+        ...
+
+
+def digest_keys(
+    terminal: Terminal, credentials: object | None = None
+) -> tuple[DigestKey, DigestKey]:
+    """(uplink, downlink) digest keys of the terminal's binding and a credential set."""
+    creds = credentials or terminal.current
+    if creds is None or terminal.imsi is None:
+        raise LookupError(f"terminal {terminal.serial} has no credentials or binding")
+    up = DigestKey.make(terminal.imei, terminal.imsi, creds.uplink_password)  # type: ignore[attr-defined]
+    down = DigestKey.make(terminal.imei, terminal.imsi, creds.downlink_password)  # type: ignore[attr-defined]
+    return up, down
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """A logical connection: from an accepted LOGIN to LOGOUT or offline (9.1)."""
+
+    serial: str
+    timestamp: int
+    up: DigestKey
+    down: DigestKey
+    version: int
+    interval: float
+    last_valid: float
+    cipher: Cipher | None = None
+    #: The bearer of the last authenticated message: where platform requests go.
+    bearer: Bearer | None = None
+    #: The TCP connection bound to the session (10.2), if any.
+    tcp: Bearer | None = None
+    #: Source IP of the last authenticated IP message (PD-25).
+    auth_host: str | None = None
+    #: Set once the first CONFIG_TRAP after login was answered, or sync_trap_wait passed.
+    synced: bool = False
+    sync_deadline: float | None = None
+    #: Sync tags the platform asked for with CONFIG_GET after a silent LOGIN_ACK 1.
+    sync_requested: bool = False
+    #: A platform LOGOUT is under way: release at this time at the latest.
+    release_at: float | None = None
+    release_reason: int | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls, terminal: Terminal, timestamp: int, version: int, interval: float, now: float
+    ) -> Session:
+        up, down = digest_keys(terminal)
+        cipher = None
+        if terminal.session_key and terminal.cipher != "none":
+            cipher = make_cipher(terminal.cipher, terminal.session_key)
+        return cls(
+            serial=terminal.serial or "",
+            timestamp=timestamp,
+            up=up,
+            down=down,
+            version=version,
+            interval=interval,
+            last_valid=now,
+            cipher=cipher,
+        )

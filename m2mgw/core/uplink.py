@@ -1,0 +1,71 @@
+"""Where terminal data for applications goes (spec 4.7, 4.9, PD-27).
+
+The application side (SOAP, long connections, callbacks) implements
+:class:`UplinkSink`; until an application is connected, :class:`StoredUplink`
+keeps every uplink message in the registry's message log so nothing is lost.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from twisted.internet.defer import Deferred
+
+from m2mgw.core.model import LogEntry, Terminal
+from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.protocol.constants import TransparentResult
+
+if TYPE_CHECKING:
+    from m2mgw.protocol.messages import TransparentCmd, TransparentData
+
+
+class UplinkSink(Protocol):
+    """The application side as the terminal engine sees it."""
+
+    def exists(self, app_id: str) -> bool:
+        """Whether an application with this EC code is known."""
+        ...
+
+    def deliver(
+        self, app_id: str, serial: str, message: TransparentData | TransparentCmd
+    ) -> int | Deferred[int]:
+        """Hand uplink data to an application: 0 delivered/connected, 1 queued (5.4)."""
+        ...
+
+    def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
+        """A configuration, alarm or statistics report, for the terminal's applications."""
+        ...
+
+
+class StoredUplink:
+    """Applications are the EC codes terminals are bound to; data waits in the log.
+
+    Each delivery is a durable ``uplink`` log entry, so the answer is result 1
+    ("queued") only after the registry committed it.
+    """
+
+    def __init__(self, registry: ITerminalRegistry, clock_seconds: object) -> None:
+        self.registry = registry
+        self._seconds = clock_seconds
+
+    def exists(self, app_id: str) -> bool:
+        return any(app_id in t.apps or app_id == t.default_app for t in self.registry.terminals())
+
+    def deliver(
+        self, app_id: str, serial: str, message: TransparentData | TransparentCmd
+    ) -> int | Deferred[int]:
+        kind = "data" if message.COMMAND == 0x0004 else "command"
+        self.registry.log(
+            LogEntry(
+                time=self._seconds(),  # type: ignore[operator]
+                serial=serial,
+                direction="in",
+                command_id=message.COMMAND,
+                event=f"uplink-{kind}",
+                detail=f"to={app_id} data={message.user_data.hex()}",
+            )
+        )
+        return TransparentResult.QUEUED
+
+    def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
+        del terminal, values

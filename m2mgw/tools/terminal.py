@@ -1,0 +1,648 @@
+"""``m2mgw-terminal``: simulated WMMP terminals over TCP or UDP (spec 9.4, 10.2, 10.3).
+
+Each terminal is a :class:`~m2mgw.core.terminal.TerminalClient` driven by thin Twisted
+adapters: a TCP connection per terminal (long or short), or one shared UDP socket for
+all terminals, demultiplexed by the header serial. One process runs thousands of
+terminals: no threads, staggered starts, one timer per terminal. With
+``--json-events`` every event is one JSON line on stdout, for tests and the quick
+start. The exit code is 0 when every terminal logged in and out cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, readBody
+
+from m2mgw.core import terminal as core
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.constants import Command, LogoutReason, command_name
+from m2mgw.protocol.errors import ProtocolError
+from m2mgw.protocol.framing import StreamFramer, parse_datagram
+from m2mgw.protocol.tags import BY_NAME, encode_value
+from m2mgw.protocol.tlv import Tlv
+
+log = Logger()
+
+MODES = ("tcp-long", "tcp-short", "udp")
+
+
+class Reactor(TypingProtocol):
+    """What the simulator needs from a reactor: time, TCP clients and UDP."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, f: Callable[..., object], *a: object) -> IDelayedCall: ...
+
+    def connectTCP(
+        self, host: str, port: int, factory: ClientFactory, timeout: float
+    ) -> object: ...
+
+    def listenUDP(self, port: int, protocol: DatagramProtocol) -> Any: ...
+
+
+# --- identities ------------------------------------------------------------------------
+
+
+def derive(value: str, index: int) -> str:
+    """``value`` with ``index`` added to its trailing digits, keeping the width."""
+    stem = value.rstrip("0123456789")
+    digits = value[len(stem) :]
+    if not digits:
+        raise ValueError(f"{value!r} has no trailing digits to number terminals with")
+    number = str(int(digits) + index)
+    if len(number) > len(digits):
+        raise ValueError(f"{value!r} + {index} overflows its {len(digits)} digits")
+    return stem + number.zfill(len(digits))
+
+
+def parse_trap(text: str) -> Tlv:
+    """``TAG=VALUE``: TAG is hex (``0x3007``) or a registry name; VALUE typed by the tag,
+    or raw bytes as ``hex:0A0B``."""
+    tag_text, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"trap {text!r} is not TAG=VALUE")
+    spec = BY_NAME.get(tag_text.upper())
+    try:
+        tag = spec.tag if spec else int(tag_text, 0)
+        if value.startswith("hex:"):
+            return Tlv(tag, bytes.fromhex(value[4:]))
+        raw = encode_value(tag, int(value, 0) if _is_int(value) else value)
+    except (ValueError, ProtocolError) as exc:
+        raise argparse.ArgumentTypeError(f"trap {text!r}: {exc}") from None
+    return Tlv(tag, raw)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
+
+
+_CREDENTIAL_KEYS = (
+    "uplink_password", "downlink_password", "uplink_expiry", "downlink_expiry",
+    "base_key", "base_key_expiry",
+)  # fmt: skip
+
+
+def load_credentials(stream: IO[str]) -> list[dict[str, Any]]:
+    """JSON lines as printed by ``m2mgw provision --json``; blank lines are skipped."""
+    records = [json.loads(line) for line in stream if line.strip()]
+    if not all(isinstance(record, dict) for record in records):
+        raise ValueError("every credentials line must be a JSON object")
+    return records
+
+
+def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
+    """``--count`` identities: numbered from the given ones, credentials per line or shared."""
+    records: list[dict[str, Any]] = []
+    if args.credentials_file:
+        with open(args.credentials_file, encoding="utf-8") as stream:
+            records = load_credentials(stream)
+        if len(records) < args.count:
+            raise ValueError(f"{args.credentials_file} has {len(records)} lines, need {args.count}")
+    shared = {
+        "uplink_password": args.uplink_password,
+        "downlink_password": args.downlink_password,
+        "base_key": args.base_key,
+    }
+    identities = []
+    for index in range(args.count):
+        record = {k: v for k, v in shared.items() if v is not None}
+        record.update(records[index] if records else {})
+        if "uplink_password" not in record or "downlink_password" not in record:
+            raise ValueError("credentials needed: --uplink-password/--downlink-password or a file")
+        credentials = core.Credentials(
+            **{k: record[k] for k in _CREDENTIAL_KEYS if record.get(k) is not None}
+        )
+        cipher = record.get("cipher", args.cipher)
+        identities.append(
+            core.TerminalIdentity(
+                serial=record.get("serial") or derive(args.serial, index),
+                imei=record.get("imei") or derive(args.imei, index),
+                imsi=record.get("imsi") or derive(args.imsi, index),
+                credentials=credentials,
+                cipher=None if cipher in (None, "none") else cipher,
+                software_version=args.software_version,
+                config=dict(EXAMPLE_SYNC_VALUES),
+            )
+        )
+    return identities
+
+
+EXAMPLE_SYNC_VALUES: dict[int, bytes] = {
+    0x0002: b"CMNET",
+    0x0007: b"1065840436",
+    0x0009: bytes.fromhex("C000020A"),
+    0x000A: bytes.fromhex("14731474"),
+    0x0011: (90).to_bytes(4, "big"),
+}
+"""The sync values of the spec's example identity (11), used by every simulated terminal."""
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+def event_record(event: core.Event) -> dict[str, Any]:
+    """The JSON form of an event: ``{"event": name, ...fields}``."""
+    if isinstance(event, core.LoggedIn):
+        return {"event": "logged_in", "result": event.result, "timestamp": event.timestamp,
+                "session_key": event.session_key is not None}  # fmt: skip
+    if isinstance(event, core.LoginFailed):
+        return {"event": "login_failed", "result": event.result}
+    if isinstance(event, core.Registered):
+        return {"event": "registered", "result": event.result, "new_serial": event.serial}
+    if isinstance(event, core.LoggedOut):
+        return {"event": "logged_out", "reason": event.reason, "by_platform": event.by_platform}
+    if isinstance(event, core.Answer):
+        return _answer_record(event)
+    if isinstance(event, core.PlatformRequest):
+        return {"event": "platform_request", "command": event.name,
+                "sequence_id": event.sequence_id, "result": event.result,
+                **_message_fields(event.message)}  # fmt: skip
+    if isinstance(event, core.CredentialsChanged):
+        return {"event": "credentials_changed"}
+    if isinstance(event, core.DownloadOffered):
+        return {"event": "download_offered", "url": event.offer.url}
+    if isinstance(event, core.FileDownloaded):
+        return {"event": "download", "ok": event.ok, "size": len(event.data)}
+    if isinstance(event, core.RequestTimedOut):
+        return {"event": "error", "kind": "timeout", "command": command_name(event.command),
+                "sequence_id": event.sequence_id}  # fmt: skip
+    if isinstance(event, core.RequestFailed):
+        return {"event": "error", "kind": "failed", "command": command_name(event.command),
+                "reason": event.reason}  # fmt: skip
+    if isinstance(event, core.Discarded):
+        return {"event": "error", "kind": "discarded", "reason": event.reason}
+    return {"event": "error", "kind": "protocol", "reason": event.reason}
+
+
+_ANSWER_EVENTS = {
+    Command.HEART_BEAT: "heartbeat_ack",
+    Command.TRANSPARENT_DATA: "data_ack",
+    Command.TRANSPARENT_CMD: "cmd_ack",
+    Command.CONFIG_TRAP: "trap_ack",
+}
+
+
+def _answer_record(event: core.Answer) -> dict[str, Any]:
+    name = _ANSWER_EVENTS.get(event.command & 0x7FFF, "answer")
+    return {"event": name, "command": event.name, "sequence_id": event.sequence_id,
+            **_message_fields(event.message)}  # fmt: skip
+
+
+def _message_fields(message: m.Message) -> dict[str, Any]:
+    fields = {k: v for k, v in message.fields_dict().items() if isinstance(v, int | str)}
+    if isinstance(message, m.TransparentData | m.TransparentCmd):
+        fields["data"] = message.user_data.hex()
+        fields["source"] = message.source[1] if message.source else None
+    return fields
+
+
+class EventSink:
+    """Writes events as JSON lines (``--json-events``) or as log lines."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        self._stream = stream
+
+    def emit(self, serial: str, record: dict[str, Any]) -> None:
+        if self._stream is None:
+            log.info("{serial}: {record}", serial=serial, record=record)
+            return
+        self._stream.write(json.dumps({"serial": serial, **record}) + "\n")
+        self._stream.flush()
+
+
+# --- one simulated terminal ------------------------------------------------------------
+
+
+class SimulatedTerminal:
+    """Drives one TerminalClient through connect → (register) → login → work → logout.
+
+    ``send`` is bound by the bearer adapter; every client interaction ends with
+    :meth:`_flush`, which sends what the client queued and re-arms the one timer.
+    """
+
+    def __init__(self, client: core.TerminalClient, fleet: Fleet, *, mode: str) -> None:
+        self.client = client
+        self.fleet = fleet
+        self.mode = mode
+        self.send: Callable[[bytes], None] | None = None
+        self.ok: bool | None = None
+        self.done: Deferred[bool] = Deferred()
+        self._outstanding: set[int] = set()
+        self._worked = False
+        self._finishing = False
+        self._timer: IDelayedCall | None = None
+        self._heartbeat: IDelayedCall | None = None
+        self._last_sent = 0.0
+        self.disconnect: Callable[[], None] = lambda: None
+
+    @property
+    def serial(self) -> str:
+        return self.client.serial
+
+    @property
+    def _reactor(self) -> Reactor:
+        return self.fleet.reactor
+
+    # -- bearer callbacks ------------------------------------------------------------
+
+    def connected(self, send: Callable[[bytes], None], disconnect: Callable[[], None]) -> None:
+        self.send, self.disconnect = send, disconnect
+        args = self.fleet.args
+        if args.register_op is not None:
+            self._transmit(self.client.register(args.register_op))
+        else:
+            self._login()
+
+    def frame_received(self, data: bytes) -> None:
+        events = self.client.receive(data, self._reactor.seconds())
+        for event in events:
+            self._on_event(event)
+        self._flush()
+
+    def connection_lost(self, reason: str) -> None:
+        self.send = None
+        if self.ok is None:
+            self.emit({"event": "error", "kind": "connection", "reason": reason})
+            self._end(False)
+
+    def connection_failed(self, reason: str) -> None:
+        self.emit({"event": "error", "kind": "connect", "reason": reason})
+        self._end(False)
+
+    # -- the life cycle --------------------------------------------------------------
+
+    def _login(self) -> None:
+        self._transmit(self.client.login(request_session_key=self.fleet.args.session_key))
+
+    def _on_event(self, event: core.Event) -> None:
+        self.emit(event_record(event))
+        if isinstance(event, core.Registered):
+            self.fleet.renamed(self)
+            if event.result in (0, 1, 6):
+                self._login()
+            else:
+                self._end(False)
+        elif isinstance(event, core.LoggedIn):
+            if not self._worked:
+                self._worked = True
+                self._work()
+        elif isinstance(event, core.LoginFailed):
+            self._end(False)
+        elif isinstance(event, core.LoggedOut):
+            self._on_logged_out(event)
+        elif isinstance(event, core.Answer | core.RequestFailed | core.RequestTimedOut):
+            self._on_completed(event)
+        elif isinstance(event, core.DownloadOffered) and self.fleet.args.fetch == "http":
+            self.fleet.fetch(self, event.offer)
+
+    def _on_logged_out(self, event: core.LoggedOut) -> None:
+        if self._finishing:
+            self._end(True)
+        elif event.by_platform and event.reason == LogoutReason.EXPIRED:
+            self._login()
+        elif event.by_platform:
+            self._end(False)
+
+    def _on_completed(self, event: core.Answer | core.RequestFailed | core.RequestTimedOut) -> None:
+        if isinstance(event, core.RequestTimedOut) and event.command == Command.LOGIN:
+            self._end(False)
+            return
+        self._outstanding.discard(event.sequence_id)
+        if not self._outstanding and self._worked and self.mode == "tcp-short":
+            self.finish()
+
+    def _work(self) -> None:
+        """The exchange after the first login: traps and data, then heartbeats or logout."""
+        args = self.fleet.args
+        frames = []
+        if args.trap:
+            frames.append(self.client.trap(args.trap))
+        if args.send_data is not None:
+            frames.append(self.client.transparent_data(args.send_data, args.dest_ec))
+        for frame in frames:
+            self._outstanding.add(int.from_bytes(frame[4:8], "big"))
+            self._transmit(frame)
+        if self.mode == "tcp-short":
+            if not self._outstanding:
+                self.finish()
+            return
+        self._schedule_heartbeat()
+
+    def finish(self) -> None:
+        """Log out with reason 0; the terminal ends when LOGOUT_ACK (or its timeout) comes."""
+        if self._finishing or self.ok is not None:
+            return
+        self._finishing = True
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        if self.send is None or not self.client.logged_in:
+            self._end(False)
+            return
+        self._transmit(self.client.logout(LogoutReason.NORMAL))
+
+    def _end(self, ok: bool) -> None:
+        if self.ok is not None:
+            return
+        self.ok = ok and self._worked
+        for call in (self._timer, self._heartbeat):
+            if call is not None and call.active():
+                call.cancel()
+        self.disconnect()
+        self.done.callback(self.ok)
+
+    # -- sending and timers ----------------------------------------------------------
+
+    def _transmit(self, frame: bytes) -> None:
+        if self.send is None:
+            return
+        self.send(frame)
+        self._last_sent = self._reactor.seconds()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what the client queued, surface timer events, re-arm the timer."""
+        for event in self.client.pop_events():
+            self._on_event(event)
+        for frame in self.client.data_to_send():
+            self._transmit(frame)
+        if self.ok is not None:
+            return
+        deadline = self.client.next_deadline()
+        if self._timer is not None and self._timer.active():
+            if deadline is not None and self._timer.getTime() == deadline:
+                return
+            self._timer.cancel()
+        self._timer = None
+        if deadline is not None:
+            delay = max(0.0, deadline - self._reactor.seconds())
+            self._timer = self._reactor.callLater(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        frames = self.client.timeouts(self._reactor.seconds())
+        if self.send is not None:
+            for frame in frames:
+                self.send(frame)
+        self._flush()
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self.fleet.args.heartbeat or self.client.heartbeat_interval
+        due = self._last_sent + interval
+        self._heartbeat = self._reactor.callLater(
+            max(0.0, due - self._reactor.seconds()), self._on_heartbeat
+        )
+
+    def _on_heartbeat(self) -> None:
+        interval = self.fleet.args.heartbeat or self.client.heartbeat_interval
+        if self._reactor.seconds() - self._last_sent >= interval and self.client.logged_in:
+            self._transmit(self.client.heartbeat())
+        self._schedule_heartbeat()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.fleet.sink.emit(self.serial, record)
+
+
+# --- bearer adapters -------------------------------------------------------------------
+
+
+class TerminalTcpProtocol(Protocol):
+    """One terminal's TCP connection: frames by Total_Length (10.2)."""
+
+    def __init__(self, terminal: SimulatedTerminal) -> None:
+        self.terminal = terminal
+        self.framer = StreamFramer()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        transport = self.transport
+        self.terminal.connected(transport.write, transport.loseConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            frames = self.framer.feed(data)
+        except ProtocolError as exc:
+            assert self.transport is not None
+            self.terminal.connection_lost(f"framing error: {exc.reason}")
+            self.transport.loseConnection()
+            return
+        for frame in frames:
+            self.terminal.frame_received(frame)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.terminal.connection_lost(reason.getErrorMessage() if reason else "closed")
+
+
+class _TcpFactory(ClientFactory):
+    def __init__(self, terminal: SimulatedTerminal) -> None:
+        self.terminal = terminal
+
+    def buildProtocol(self, addr: object) -> TerminalTcpProtocol:
+        return TerminalTcpProtocol(self.terminal)
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self.terminal.connection_failed(reason.getErrorMessage())
+
+
+class SharedUdpProtocol(DatagramProtocol):
+    """One UDP socket for all terminals; datagrams go to the terminal of their serial."""
+
+    def __init__(self, platform: tuple[str, int]) -> None:
+        self.platform = platform
+        self.terminals: dict[str, SimulatedTerminal] = {}
+        self._serials: dict[SimulatedTerminal, str] = {}
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(frame, self.platform)
+
+    def add(self, terminal: SimulatedTerminal) -> None:
+        """Route datagrams with ``terminal``'s (current) serial to it."""
+        self.forget(terminal)
+        self._serials[terminal] = terminal.serial
+        self.terminals[terminal.serial] = terminal
+
+    def forget(self, terminal: SimulatedTerminal) -> None:
+        serial = self._serials.pop(terminal, None)
+        if serial is not None:
+            self.terminals.pop(serial, None)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            frame = parse_datagram(datagram)
+        except ProtocolError:
+            return
+        terminal = self.terminals.get(frame[12:28].decode("latin-1"))
+        if terminal is not None:
+            terminal.frame_received(frame)
+
+
+# --- the fleet -------------------------------------------------------------------------
+
+
+class Fleet:
+    """All simulated terminals of one run; ``run()`` fires with the exit code."""
+
+    def __init__(
+        self, reactor: Reactor, args: argparse.Namespace, sink: EventSink,
+        identities: Sequence[core.TerminalIdentity],
+    ) -> None:  # fmt: skip
+        self.reactor = reactor
+        self.args = args
+        self.sink = sink
+        bearer = "udp" if args.mode == "udp" else "tcp"
+        self.terminals = [
+            SimulatedTerminal(
+                core.TerminalClient(
+                    identity, bearer, clock=reactor.seconds, encrypt_bodies=args.encrypt,
+                    download="file" if args.fetch == "file" else "none",
+                    want_session_key=args.session_key,
+                ),
+                self,
+                mode=args.mode,
+            )
+            for identity in identities
+        ]  # fmt: skip
+        self._udp: SharedUdpProtocol | None = None
+        self._udp_port: Any = None
+
+    def run(self) -> Deferred[int]:
+        """Start every terminal (staggered) and fire with 0 when all ended cleanly."""
+        result: Deferred[int] = Deferred()
+        if self.args.mode == "udp":
+            self._udp = SharedUdpProtocol((self.args.host, self.args.udp_port))
+            self._udp_port = self.reactor.listenUDP(0, self._udp)
+        remaining = len(self.terminals)
+        failures = 0
+
+        def ended(ok: bool) -> None:
+            nonlocal remaining, failures
+            remaining -= 1
+            failures += not ok
+            if remaining == 0:
+                self._stop()
+                self.sink.emit("*", {"event": "summary", "terminals": len(self.terminals),
+                                     "failed": failures})  # fmt: skip
+                result.callback(1 if failures else 0)
+
+        for index, terminal in enumerate(self.terminals):
+            terminal.done.addCallback(ended)
+            self.reactor.callLater(index * self.args.stagger, self._start, terminal)
+        if self.args.duration is not None:
+            self.reactor.callLater(self.args.duration, self.finish_all)
+        return result
+
+    def finish_all(self) -> None:
+        for terminal in self.terminals:
+            terminal.finish()
+
+    def _start(self, terminal: SimulatedTerminal) -> None:
+        if terminal.ok is not None:
+            return
+        udp = self._udp
+        if udp is not None:
+            udp.add(terminal)
+            terminal.connected(udp.send, lambda: udp.forget(terminal))
+            return
+        self.reactor.connectTCP(self.args.host, self.args.tcp_port, _TcpFactory(terminal), 30)
+
+    def renamed(self, terminal: SimulatedTerminal) -> None:
+        """A REGISTER_ACK gave ``terminal`` a new serial: route its datagrams by it."""
+        if self._udp is not None:
+            self._udp.add(terminal)
+
+    def fetch(self, terminal: SimulatedTerminal, offer: core.DownloadInfoOffer) -> None:
+        """Download an offered file over HTTP and check it (4.14)."""
+        agent = Agent(self.reactor)  # type: ignore[arg-type]
+
+        def check(body: bytes) -> None:
+            terminal.emit({"event": "download", "ok": core.verify_download(body, offer),
+                            "size": len(body)})  # fmt: skip
+
+        def failed(reason: Failure) -> None:
+            terminal.emit({"event": "download", "ok": False, "reason": reason.getErrorMessage()})
+
+        d = agent.request(b"GET", offer.url.encode("ascii"))
+        d.addCallback(readBody).addCallbacks(check, failed)
+
+    def _stop(self) -> None:
+        if self._udp_port is not None:
+            self._udp_port.stopListening()
+            self._udp_port = None
+
+
+# --- command line ----------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="m2mgw-terminal", description=__doc__.splitlines()[0].replace("``", "")
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tcp-port", type=int, default=5236)
+    p.add_argument("--udp-port", type=int, default=5235)
+    p.add_argument("--mode", choices=MODES, default="tcp-long")
+    p.add_argument("--serial", default="A972030000001234")
+    p.add_argument("--imei", default="860000000000001")
+    p.add_argument("--imsi", default="460000000000001")
+    p.add_argument("--uplink-password")
+    p.add_argument("--downlink-password")
+    p.add_argument("--base-key")
+    p.add_argument("--cipher", choices=("none", "legacy", "aes"), default="none")
+    p.add_argument("--session-key", action="store_true", help="request a session key at login")
+    p.add_argument("--encrypt", action="store_true", help="send E042 bodies with a session key")
+    p.add_argument("--software-version", default="1.01")
+    p.add_argument("--heartbeat", type=float, help="seconds; default TLV 0x0011 (90)")
+    p.add_argument("--register-op", type=int, choices=range(5), help="REGISTER first")
+    p.add_argument("--send-data", type=bytes.fromhex, metavar="HEX")
+    p.add_argument("--dest-ec", help="EC code of the data's destination application")
+    p.add_argument("--trap", type=parse_trap, action="append", metavar="TAG=VALUE")
+    p.add_argument("--fetch", choices=("none", "http", "file"), default="none",
+                   help="on DOWNLOAD_INFO: nothing, an HTTP GET, or FILE_REQ")  # fmt: skip
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--credentials-file", help="JSON lines: serial, imei, imsi, passwords, ...")
+    p.add_argument("--stagger", type=float, default=0.005, help="seconds between starts")
+    p.add_argument("--duration", type=float, help="seconds until every terminal logs out")
+    p.add_argument("--json-events", action="store_true", help="one JSON line per event")
+    return p
+
+
+def run(reactor: Reactor, argv: Sequence[str] | None, stdout: IO[str]) -> Deferred[int]:
+    """Parse ``argv`` and run the fleet on ``reactor``; fires with the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        identities = build_identities(args)
+    except (ValueError, OSError, ProtocolError) as exc:
+        parser().error(str(exc))
+    sink = EventSink(stdout if args.json_events else None)
+    return Fleet(reactor, args, sink, identities).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``m2mgw-terminal``."""
+    from twisted.internet.task import react
+
+    def exit_with(code: int) -> None:
+        raise SystemExit(code)  # react() exits with a SystemExit's code
+
+    react(lambda reactor: run(reactor, argv, sys.stdout).addCallback(exit_with))
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["Fleet", "SimulatedTerminal", "build_identities", "derive", "main", "run"]

@@ -1,0 +1,180 @@
+"""TCP bearer (spec 10.2): long and short connections, framing by Total_Length.
+
+A thin adapter: bytes in are framed and handed to the engine; the connection is
+itself the :class:`~m2mgw.core.session.Bearer` its answers go back on.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from m2mgw.config import TcpConfig
+from m2mgw.core.engine import PlatformEngine
+from m2mgw.protocol.errors import FramingError
+from m2mgw.protocol.framing import StreamFramer
+
+log = Logger()
+
+
+@implementer(IPushProducer)
+class TerminalConnection(protocol.Protocol):
+    """One terminal TCP connection; many messages per connection (10.2)."""
+
+    kind = "tcp"
+    factory: TerminalTcpFactory
+
+    def __init__(self) -> None:
+        self.framer = StreamFramer()
+        self.address = ""
+        self.host = ""
+        self.bound_serial: str | None = None
+        self.accepted = False
+        self._open = False
+        self._paused = False
+        self._pending_bytes = 0
+        self._login_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
+
+    # Bearer -----------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def send(self, data: bytes) -> None:
+        if not self._open:
+            return
+        self.accepted = True
+        if self._paused:
+            self._pending_bytes += len(data)
+            if self._pending_bytes > self.factory.config.max_write_buffer:
+                log.warn(
+                    "Write buffer of {address} above {limit} bytes: closing",
+                    address=self.address,
+                    limit=self.factory.config.max_write_buffer,
+                )
+                self.transport.abortConnection()  # type: ignore[union-attr]
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self._open:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def same_path(self, other: object) -> bool:
+        return other is self
+
+    # IPushProducer: the transport tells us when its buffer fills ---------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pending_bytes = 0
+
+    def stopProducing(self) -> None:
+        self._open = False
+
+    # Protocol ---------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        peer: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
+        self.host = getattr(peer, "host", str(peer))
+        self.address = f"{self.host}:{getattr(peer, 'port', '')}"
+        if len(factory.connections) >= factory.config.max_connections:
+            log.warn(
+                "Connection cap {cap} reached: refusing {address}",
+                cap=factory.config.max_connections,
+                address=self.address,
+            )
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        self._open = True
+        factory.connections.add(self)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        clock = factory.clock
+        self._login_timer = clock.callLater(factory.login_timeout, self._no_login)
+        self._idle_timer = clock.callLater(factory.config.idle_timeout, self._idle)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._open:
+            return
+        try:
+            frames = self.framer.feed(data)
+        except FramingError as exc:
+            log.info(
+                "Framing error from {address} ({serial}): {reason}; closing",
+                address=self.address,
+                serial=self.bound_serial,
+                reason=exc.reason,
+            )
+            self._open = False
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.factory.config.idle_timeout)
+        engine = self.factory.engine
+        for frame in frames:
+            if not self._open:
+                break
+            engine.receive(frame, self)
+        if self.accepted and self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+
+    def _no_login(self) -> None:
+        if not self.accepted:
+            log.info(
+                "No accepted message from {address} within {seconds} s: closing",
+                address=self.address,
+                seconds=self.factory.login_timeout,
+            )
+            self.close()
+
+    def _idle(self) -> None:
+        log.info(
+            "Connection from {address} ({serial}) idle: closing",
+            address=self.address,
+            serial=self.bound_serial,
+        )
+        self.close()
+
+    def connectionLost(self, reason: object = None) -> None:
+        was_open = self._open
+        self._open = False
+        for timer in (self._login_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.factory.connections.discard(self)
+        if self.framer.buffered:
+            log.info(
+                "Connection from {address} closed with a half frame of {size} bytes",
+                address=self.address,
+                size=self.framer.buffered,
+            )
+        if was_open or self.bound_serial:
+            self.factory.engine.bearer_lost(self)
+
+
+class TerminalTcpFactory(protocol.Factory):
+    """Accepts terminal connections for one engine (10.2)."""
+
+    protocol = TerminalConnection
+    noisy = False
+
+    def __init__(
+        self, engine: PlatformEngine, clock: IReactorTime, config: TcpConfig, login_timeout: float
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.config = config
+        self.login_timeout = login_timeout
+        self.connections: set[TerminalConnection] = set()
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            connection.close()

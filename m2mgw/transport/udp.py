@@ -1,0 +1,61 @@
+"""UDP bearer (spec 10.3): one message per datagram, answers to the source address."""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from m2mgw.core.engine import PlatformEngine
+from m2mgw.protocol.errors import FramingError
+from m2mgw.protocol.framing import parse_datagram
+
+log = Logger()
+
+
+class UdpBearer:
+    """A terminal's UDP source address; sending goes out of the listening port."""
+
+    kind = "udp"
+    is_open = True
+    __slots__ = ("_transport", "addr", "address", "host")
+
+    def __init__(self, transport: IUDPTransport, addr: tuple[str, int]) -> None:
+        self._transport = transport
+        self.addr = addr
+        self.host = addr[0]
+        self.address = f"{addr[0]}:{addr[1]}"
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._transport.write(data, self.addr)
+        except OSError as exc:
+            log.info("UDP send to {address} failed: {error}", address=self.address, error=exc)
+
+    def close(self) -> None:
+        """Nothing to close on UDP."""
+
+    def same_path(self, other: object) -> bool:
+        return isinstance(other, UdpBearer) and other.addr == self.addr
+
+
+class TerminalDatagramProtocol(DatagramProtocol):
+    """Hands each datagram's message to the engine (10.3)."""
+
+    noisy = False
+
+    def __init__(self, engine: PlatformEngine) -> None:
+        self.engine = engine
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        try:
+            frame = parse_datagram(datagram)
+        except FramingError as exc:
+            log.info(
+                "Discarded datagram from {host}:{port}: {reason}",
+                host=addr[0],
+                port=addr[1],
+                reason=exc.reason,
+            )
+            return
+        self.engine.receive(frame, UdpBearer(self.transport, addr))  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""Shared pieces for engine tests: the spec's example identity and a fake bearer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
+
+from m2mgw.config import ProtocolConfig
+from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.model import CredentialSet, Terminal, TerminalState
+from m2mgw.core.router import Router
+from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.uplink import StoredUplink
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
+from m2mgw.protocol.security import DigestKey
+
+SERIAL = "A972030000001234"
+IMEI = "860000000000001"
+IMSI = "460000000000001"
+UPLINK = "12345678"
+DOWNLINK = "87654321"
+BASE_KEY = "112233445566778899001234"
+SYNC_CRC = 0xABFED4CF
+UP = DigestKey.make(IMEI, IMSI, UPLINK)
+DOWN = DigestKey.make(IMEI, IMSI, DOWNLINK)
+#: The example's sync values (spec 11 identity), stored so LOGIN answers result 0.
+SYNC_VALUES = {
+    0x0002: b"CMNET",
+    0x0007: b"1065840436",
+    0x0009: bytes.fromhex("C000020A"),
+    0x000A: bytes.fromhex("14731474"),
+    0x0011: (90).to_bytes(4, "big"),
+}
+
+
+@dataclass(eq=False)
+class FakeBearer:
+    """Collects what the engine sends; ``kind`` tcp, udp or sms."""
+
+    kind: str = "udp"
+    address: str = "127.0.0.1:40000"
+    sent: list[bytes] = field(default_factory=list)
+    is_open: bool = True
+    bound_serial: str | None = None
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0] if self.kind != "sms" else self.address
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def same_path(self, other: object) -> bool:
+        if self.kind == "tcp":
+            return other is self
+        return isinstance(other, FakeBearer) and other.address == self.address
+
+    def take(self) -> list[m.Message]:
+        """Decode and clear what was sent (plaintext answers only)."""
+        out = [decode_frame(parse_frame(raw)) for raw in self.sent]
+        self.sent.clear()
+        return out
+
+
+def terminal_message(
+    message: m.Message, seq: int, *, key: DigestKey | None = UP, timestamp: int = 0, flag: int = 0
+) -> bytes:
+    return encode_message(
+        message, sequence_id=seq, serial=SERIAL, key=key, timestamp=timestamp, flag=flag
+    )
+
+
+def login_bytes(seq: int = 1, key: DigestKey = UP) -> bytes:
+    return terminal_message(m.Login("1.01", SYNC_CRC), seq, key=key, flag=0x80)
+
+
+class EngineFixture:
+    """A real SQLite registry, an engine on a Clock, and the example terminal."""
+
+    def __init__(self, path: str, **protocol: object) -> None:
+        self.clock = Clock()
+        self.clock.advance(0x67000000)
+        self.registry = SqliteRegistry(path, reactor)
+        config = ProtocolConfig(**protocol)  # type: ignore[arg-type]
+        self.engine = PlatformEngine(
+            self.registry, config, self.clock, serial_prefix="A9720300",
+            uplink=StoredUplink(self.registry, self.clock.seconds),
+        )
+        self.router = Router(self.engine, self.registry, self.clock, config)
+
+    @inlineCallbacks
+    def start(self, *, provision: bool = True):  # type: ignore[no-untyped-def]
+        yield self.registry.open()
+        if provision:
+            terminal = Terminal(
+                imei=IMEI, imsi=IMSI, serial=SERIAL, state=TerminalState.REGISTERED,
+                current=CredentialSet(
+                    uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY,
+                    base_key_expiry=0xAAAAAAAA,
+                ),
+                apps={"EC0001"}, default_app="EC0001", cipher="legacy",
+            )
+            yield self.registry.add(terminal)
+            yield self.registry.store_config(SERIAL, SYNC_VALUES, "reported")
+
+    def stop(self):  # type: ignore[no-untyped-def]
+        return self.registry.close()
+
+    @property
+    def terminal(self) -> Terminal:
+        terminal = self.registry.get(SERIAL)
+        assert terminal is not None
+        return terminal

@@ -1,0 +1,221 @@
+"""The platform engine against the spec's example terminal: fake bearers, a Clock,
+and a real SQLite registry file."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from m2mgw.core.model import RequestState, TerminalState
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.codec import parse_frame
+from m2mgw.protocol.constants import Command
+from m2mgw.protocol.security import DigestKey, verify
+from m2mgw.protocol.tlv import Tlv
+
+from .engine_support import (
+    DOWN,
+    IMEI,
+    IMSI,
+    SERIAL,
+    UP,
+    EngineFixture,
+    FakeBearer,
+    login_bytes,
+    terminal_message,
+)
+
+# Spec 11.2: the LOGIN, and 11.4: the HEART_BEAT, as sent by the example terminal.
+LOGIN_11_2 = bytes.fromhex(
+    "003C0001000000010300A00041393732303330303030303031323334312E3031"
+    "00000000ABFED4CFE0210010D38359452DA7F6D53965EECA90F8A2C4"
+)
+HEART_BEAT_11_4 = bytes.fromhex(
+    "001C0003000000020300000041393732303330303030303031323334"
+)
+# Spec 11.3: the LOGIN_ACK of 11.2 with timestamp 0x67000000.
+LOGIN_ACK_11_3 = bytes.fromhex(
+    "003580010000000103" "00A00041393732303330303030303031323334"
+    "0067000000E02100101EE7CBC8C7587F1531933D97927C15A5"
+)
+
+
+class EngineTest(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+
+    def login(self, bearer: FakeBearer | None = None) -> FakeBearer:
+        bearer = bearer or FakeBearer()
+        self.fx.engine.receive(login_bytes(), bearer)
+        return bearer
+
+    def test_login_answer_is_the_spec_example(self) -> None:
+        """11.2 in, 11.3 out, byte for byte; the terminal is logged in."""
+        bearer = FakeBearer()
+        self.fx.engine.receive(LOGIN_11_2, bearer)
+        self.assertEqual(bearer.sent, [LOGIN_ACK_11_3])
+        self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_IN)
+        self.assertEqual(self.fx.terminal.session_timestamp, 0x67000000)
+
+    def test_wrong_digest_is_result_2_without_state_change(self) -> None:
+        bearer = FakeBearer()
+        wrong = DigestKey.make(IMEI, IMSI, "00000000")
+        self.fx.engine.receive(login_bytes(key=wrong), bearer)
+        [raw] = bearer.sent
+        self.assertIsNone(parse_frame(raw).digest, "no digest on an unverified LOGIN's answer")
+        [ack] = bearer.take()
+        self.assertIsInstance(ack, m.LoginAck)
+        self.assertEqual((ack.result, ack.timestamp), (2, 0))
+        self.assertEqual(self.fx.terminal.state, TerminalState.REGISTERED)
+        self.assertEqual(self.fx.terminal.auth_failures, 1)
+
+    def test_unknown_serial_is_result_3(self) -> None:
+        bearer = FakeBearer()
+        raw = m.Login("1.01", 0).encode_body()
+        from m2mgw.protocol.codec import build_frame
+
+        self.fx.engine.receive(
+            build_frame(Command.LOGIN, 9, "A972039999999999", raw, flag=0x80, key=UP), bearer
+        )
+        [ack] = bearer.take()
+        self.assertEqual(ack.result, 3)
+
+    def test_bad_version_login_is_result_5(self) -> None:
+        bearer = FakeBearer()
+        raw = bytearray(LOGIN_11_2)
+        raw[8:10] = b"\x04\x00"
+        self.fx.engine.receive(bytes(raw), bearer)
+        [answer] = bearer.sent
+        # PD-02: the answer carries the request's version; result 5, timestamp 0.
+        frame = parse_frame(answer, accepted_versions=(0x0400,))
+        self.assertEqual(frame.header.command_id, Command.LOGIN | 0x8000)
+        self.assertEqual(m.LoginAck.decode_body(frame.body), m.LoginAck(5, 0))
+        self.assertEqual(self.fx.terminal.state, TerminalState.REGISTERED)
+
+    def test_message_before_login_is_discarded(self) -> None:
+        bearer = FakeBearer()
+        data = terminal_message(m.TransparentData.build(b"\x01"), 3, timestamp=0x67000000)
+        self.fx.engine.receive(data, bearer)
+        self.fx.engine.receive(HEART_BEAT_11_4, bearer)
+        self.assertEqual(bearer.sent, [])
+
+    def test_heartbeat_answered_and_checked_against_the_bearer(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        self.fx.engine.receive(HEART_BEAT_11_4, bearer)
+        self.assertEqual(bearer.sent[0][2:4], b"\x80\x03")
+        stranger = FakeBearer(address="127.0.0.2:40000")
+        self.fx.engine.receive(HEART_BEAT_11_4, stranger)
+        self.assertEqual(stranger.sent, [], "PD-25: heartbeat from another address")
+
+    def test_transparent_data_to_application_is_stored(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        msg = m.TransparentData.build(b"\x01\x02\x03\x04", Tlv.of(0x4014, "EC0001"))
+        self.fx.engine.receive(terminal_message(msg, 3, timestamp=0x67000000), bearer)
+        [ack] = bearer.take()
+        self.assertEqual(ack.result, 1)  # queued for the application
+        bad = m.TransparentData(0x1234, tlvs=[Tlv(0x4007, b"\x01")])
+        self.fx.engine.receive(terminal_message(bad, 4, timestamp=0x67000000), bearer)
+        self.assertEqual(bearer.take()[0].result, 4)
+        other = m.TransparentData.build(b"\x01", Tlv.of(0x4014, "EC9999"))
+        self.fx.engine.receive(terminal_message(other, 5, timestamp=0x67000000), bearer)
+        self.assertEqual(bearer.take()[0].result, 2)
+
+    def test_answer_to_the_spec_transparent_data(self) -> None:
+        """11.5: the platform's answer is byte-exact."""
+        bearer = self.login()
+        bearer.sent.clear()
+        request = bytes.fromhex(
+            "004400040000000303002000413937323033303030303030313233342BA14014"
+            "00064543303030314007000401020304E021001080C9620667CA0C9E7CEE1C256969AFC6"
+        )
+        # The stored uplink answers "queued" (1) where the spec's platform answered 0:
+        # the header and the digest rule are the same.
+        self.fx.engine.receive(request, bearer)
+        [raw] = bearer.sent
+        self.assertEqual(raw[:28], bytes.fromhex("003180040000000303002000") + SERIAL.encode())
+        self.assertTrue(verify(raw, 0x67000000, DOWN))
+
+    def test_duplicate_udp_request_is_answered_from_the_cache_once(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        trap = terminal_message(m.ConfigTrap(tlvs=[Tlv.of(0x3007, 20)]), 7, timestamp=0x67000000)
+        self.fx.engine.receive(trap, bearer)
+        self.fx.engine.receive(trap, bearer)
+        self.assertEqual(len(bearer.sent), 2)
+        self.assertEqual(bearer.sent[0], bearer.sent[1])
+        self.assertEqual(self.fx.registry.config_values(SERIAL)[0x3007], b"\x14")
+
+    def test_invalid_trap_is_rejected_whole(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        trap = m.ConfigTrap(tlvs=[Tlv.of(0x3007, 21), Tlv(0x3006, b"\x01")])
+        self.fx.engine.receive(terminal_message(trap, 8, timestamp=0x67000000), bearer)
+        [ack] = bearer.take()
+        self.assertEqual((ack.ret, ack.bad_tag), (1, 0x3006))
+        self.assertNotIn(0x3007, self.fx.registry.config_values(SERIAL))
+
+    def test_logout_from_the_terminal(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        self.fx.engine.receive(terminal_message(m.Logout(0), 9, timestamp=0x67000000), bearer)
+        [ack] = bearer.take()
+        self.assertIsInstance(ack, m.LogoutAck)
+        self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_OUT)
+        # Idempotent: the same logout again, after the session ended, is answered.
+        self.fx.engine.receive(terminal_message(m.Logout(0), 10, timestamp=0x67000000), bearer)
+        self.assertEqual(len(bearer.sent), 1)
+        self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_OUT)
+
+    def test_heartbeat_loss_sends_logout_2_then_offline(self) -> None:
+        bearer = self.login()
+        bearer.sent.clear()
+        self.fx.clock.advance(3 * 90 + 1)
+        self.fx.engine.tick()
+        [logout] = bearer.take()
+        self.assertEqual((logout.COMMAND, logout.reason), (Command.LOGOUT, 2))
+        self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_IN)
+        self.fx.clock.advance(16)
+        self.fx.engine.tick()
+        self.assertEqual(self.fx.terminal.state, TerminalState.OFFLINE)
+
+    @inlineCallbacks
+    def test_request_for_offline_terminal_waits_for_login(self):  # type: ignore[no-untyped-def]
+        body = m.ConfigGet(tlvs=[Tlv.query(0x0011)]).encode_body()
+        request = yield self.fx.router.submit(SERIAL, Command.CONFIG_GET, body)
+        self.assertEqual(request.state, RequestState.QUEUED)
+        bearer = self.login()
+        bearer.sent.clear()
+        # Queued requests wait for the first trap after login (spec 4.4).
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), bearer)
+        trap_ack, get = bearer.sent
+        frame = parse_frame(get)
+        self.assertEqual(frame.header.command_id, Command.CONFIG_GET)
+        self.assertTrue(verify(get, 0x67000000, DOWN))
+        self.assertEqual(request.state, RequestState.SENT)
+        answer = m.ConfigGetAck(0, tlvs=[Tlv.of(0x0011, 60)])
+        self.fx.engine.receive(
+            terminal_message(answer, frame.header.sequence_id, timestamp=0x67000000), bearer
+        )
+        self.assertEqual(request.state, RequestState.SUCCEEDED)
+        self.assertEqual(self.fx.registry.config_values(SERIAL)[0x0011], (60).to_bytes(4, "big"))
+
+    @inlineCallbacks
+    def test_udp_request_is_retransmitted_then_fails(self):  # type: ignore[no-untyped-def]
+        bearer = self.login()
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), bearer)
+        bearer.sent.clear()
+        body = m.RemoteCtrl.build(4).encode_body()
+        request = yield self.fx.router.submit(SERIAL, Command.REMOTE_CTRL, body)
+        self.assertEqual(len(bearer.sent), 1)
+        self.fx.clock.advance(15)
+        self.fx.clock.advance(15)
+        self.assertEqual(len(bearer.sent), 3)
+        self.assertEqual(len(set(bearer.sent)), 1, "retransmissions repeat the same bytes")
+        self.fx.clock.advance(15)
+        self.assertEqual(request.state, RequestState.FAILED)
+        self.assertIn("timeout", request.outcome)
