@@ -1148,9 +1148,9 @@ class PlatformEngine:
         session = self.sessions.get(header.serial)
         ex = _Exchange(frame, bearer, now, terminal, session)
         timestamp = session.timestamp if session else terminal.last_session_timestamp
-        if not ex.sms or frame.digest is not None:
-            if not self._authenticate(ex, terminal, timestamp):
-                return
+        # On SMS this is the MSISDN identification of 10.4.4 (no digest).
+        if not self._authenticate(ex, terminal, timestamp):
+            return
         if session is not None:
             self._accepted(ex, session, terminal)
         cipher = session.cipher if session else None

@@ -61,6 +61,9 @@ class _TerminalTraffic:
     applied: dict[int, bytes] = field(default_factory=dict)
     #: Sequence_ID of a platform LOGOUT in flight.
     logout_sequence: int | None = None
+    #: Sequence_ID of the last SMS wake-up and when it was sent (9.6).
+    wakeup_sequence: int | None = None
+    wakeup_at: float | None = None
 
 
 class Router:
@@ -180,6 +183,7 @@ class Router:
                 request.state = RequestState.QUEUED
             bearer = self._bearer_for(terminal, request)
             if bearer is None:
+                self.wake_up(terminal)
                 return
             if session is not None and not session.synced and bearer.kind != "sms":
                 return
@@ -189,11 +193,15 @@ class Router:
     def _bearer_for(self, terminal: Terminal, request: Request) -> Bearer | None:
         """9.6, with PD-21 for credentials and the SMS rules of PD-38."""
         session = self.engine.sessions.get(terminal.serial or "")
-        if request.command == Command.SECURITY_CONFIG and request.body[:1] == b"\x00":
+        if request.command == Command.SECURITY_CONFIG and request.body[:1] in (b"\x00", b"\x01"):
+            # Credentials and plaintext reads travel only encrypted or by SMS (PD-21);
+            # op 1 is never sent by SMS (4.13).
             bearer = self.engine.reachable(terminal)
             if bearer is not None and session is not None and session.cipher is not None:
                 return bearer
-            return self.sms_bearer(terminal) if self.sms_bearer is not None else None
+            if request.body[:1] == b"\x01" or self.sms_bearer is None:
+                return None
+            return self.sms_bearer(terminal)
         bearer = self.engine.reachable(terminal)
         if bearer is None and terminal.connect_mode == 4 and self.sms_bearer is not None:
             return self.sms_bearer(terminal)
@@ -223,7 +231,7 @@ class Router:
         self.registry.save(terminal)
         out = _Outstanding(request, frames, bearer, sender=sender)
         self._outstanding[serial] = out
-        if request.command in ASYNC_COMMANDS or request.command == Command.CONFIG_SET:
+        if request.command in ASYNC_COMMANDS:
             self._traffic_of(serial).awaiting_report[sequence_id] = request.id or 0
         bearer.send(frames[0])
         self._arm(serial, out)
@@ -292,6 +300,8 @@ class Router:
         ):
             traffic.logout_sequence = None
             self.engine.logout_answered(terminal)
+            return
+        if self._wakeup_answered(terminal, header, message):
             return
         out = self._outstanding.get(serial)
         request = out.request if out else None
@@ -469,13 +479,65 @@ class Router:
 
     def send_logout(self, terminal: Terminal, reason: int, bearer: Bearer) -> None:
         """A platform LOGOUT, sent once outside the queue (4.5, 9.4)."""
+        traffic = self._traffic_of(terminal.serial or "")
+        traffic.logout_sequence = self._send_unqueued(terminal, m.Logout(reason), bearer)
+
+    # ------------------------------------------------------------------ SMS wake-up
+
+    def wake_up(self, terminal: Terminal) -> None:
+        """REMOTE_CTRL code 3 by SMS for a terminal with queued requests (9.6, 10.4.7).
+
+        Sent outside the queue, at most once per ``wakeup_min_interval``, and only to a
+        terminal with an MSISDN and SMS wake-up enabled, when a modem is configured.
+        """
+        traffic = self._traffic_of(terminal.serial or "")
+        now = self.clock.seconds()
+        recent = (
+            traffic.wakeup_at is not None
+            and now - traffic.wakeup_at < self.config.wakeup_min_interval
+        )
+        if self.sms_bearer is None or not terminal.msisdn or not terminal.sms_wakeup or recent:
+            return
+        bearer = self.sms_bearer(terminal)
+        if bearer is None:
+            return
+        traffic.wakeup_at = now
+        traffic.wakeup_sequence = self._send_unqueued(terminal, m.RemoteCtrl.build(3), bearer)
+        log.info(
+            "Wake-up SMS sent to {serial} at {msisdn} seq {sequence_id}",
+            serial=terminal.serial,
+            msisdn=terminal.msisdn,
+            sequence_id=traffic.wakeup_sequence,
+        )
+
+    def _wakeup_answered(
+        self, terminal: Terminal, header: Header, message: m.Message | None
+    ) -> bool:
+        """The REMOTE_CTRL_ACK of a wake-up: logged; the LOGIN that follows drains the queue."""
+        traffic = self._traffic_of(terminal.serial or "")
+        if (
+            header.command_id != Command.REMOTE_CTRL | ACK_BIT
+            or header.sequence_id != traffic.wakeup_sequence
+        ):
+            return False
+        traffic.wakeup_sequence = None
+        log.info(
+            "Terminal {serial} answered the wake-up seq {sequence_id}: ret {ret}",
+            serial=terminal.serial,
+            sequence_id=header.sequence_id,
+            ret=None if message is None else _result_of(message),
+        )
+        return True
+
+    def _send_unqueued(self, terminal: Terminal, message: m.Message, bearer: Bearer) -> int:
+        """Send a request once outside the window-1 queue; returns its Sequence_ID."""
         sequence_id = terminal.next_sequence()
-        self._traffic_of(terminal.serial or "").logout_sequence = sequence_id
         frames = self.engine.request_frames(
-            terminal, Command.LOGOUT, sequence_id, m.Logout(reason).encode_body(), bearer
+            terminal, message.COMMAND, sequence_id, message.encode_body(), bearer
         )
         bearer.send(frames[0])
         self.registry.save(terminal)
+        return sequence_id
 
     def expire(self) -> Deferred[list[Request]]:
         """Fail queued requests whose TTL has passed with "expired" (9.6)."""

@@ -90,7 +90,10 @@ class EngineFixture:
         self.registry = SqliteRegistry(path, reactor)
         config = ProtocolConfig(**protocol)  # type: ignore[arg-type]
         self.engine = PlatformEngine(
-            self.registry, config, self.clock, serial_prefix="A9720300",
+            self.registry,
+            config,
+            self.clock,
+            serial_prefix="A9720300",
             uplink=StoredUplink(self.registry, self.clock.seconds),
         )
         self.router = Router(self.engine, self.registry, self.clock, config)
@@ -100,12 +103,19 @@ class EngineFixture:
         yield self.registry.open()
         if provision:
             terminal = Terminal(
-                imei=IMEI, imsi=IMSI, serial=SERIAL, state=TerminalState.REGISTERED,
+                imei=IMEI,
+                imsi=IMSI,
+                serial=SERIAL,
+                state=TerminalState.REGISTERED,
                 current=CredentialSet(
-                    uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY,
+                    uplink_password=UPLINK,
+                    downlink_password=DOWNLINK,
+                    base_key=BASE_KEY,
                     base_key_expiry=0xAAAAAAAA,
                 ),
-                apps={"EC0001"}, default_app="EC0001", cipher="legacy",
+                apps={"EC0001"},
+                default_app="EC0001",
+                cipher="legacy",
             )
             yield self.registry.add(terminal)
             yield self.registry.store_config(SERIAL, SYNC_VALUES, "reported")

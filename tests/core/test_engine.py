@@ -30,12 +30,11 @@ LOGIN_11_2 = bytes.fromhex(
     "003C0001000000010300A00041393732303330303030303031323334312E3031"
     "00000000ABFED4CFE0210010D38359452DA7F6D53965EECA90F8A2C4"
 )
-HEART_BEAT_11_4 = bytes.fromhex(
-    "001C0003000000020300000041393732303330303030303031323334"
-)
+HEART_BEAT_11_4 = bytes.fromhex("001C0003000000020300000041393732303330303030303031323334")
 # Spec 11.3: the LOGIN_ACK of 11.2 with timestamp 0x67000000.
 LOGIN_ACK_11_3 = bytes.fromhex(
-    "003580010000000103" "00A00041393732303330303030303031323334"
+    "003580010000000103"
+    "00A00041393732303330303030303031323334"
     "0067000000E02100101EE7CBC8C7587F1531933D97927C15A5"
 )
 
@@ -192,7 +191,7 @@ class EngineTest(unittest.TestCase):
         bearer.sent.clear()
         # Queued requests wait for the first trap after login (spec 4.4).
         self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), bearer)
-        trap_ack, get = bearer.sent
+        _trap_ack, get = bearer.sent
         frame = parse_frame(get)
         self.assertEqual(frame.header.command_id, Command.CONFIG_GET)
         self.assertTrue(verify(get, 0x67000000, DOWN))

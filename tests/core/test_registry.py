@@ -404,23 +404,28 @@ class RegistryTestCase(unittest.TestCase):
         registry = await self.open()
         await registry.add(make_terminal(serial=SERIAL))
         await registry.close()
-        extra = Migration(2, "002_outbox.sql", "CREATE TABLE outbox (id INTEGER PRIMARY KEY);")
-        upgraded = await self.open(migrations=[*load_migrations(), extra])
+        shipped = load_migrations()
+        n = len(shipped) + 1
+        extra = Migration(n, f"{n:03d}_extra.sql", "CREATE TABLE extra (id INTEGER PRIMARY KEY);")
+        upgraded = await self.open(migrations=[*shipped, extra])
         self.assertIsNotNone(upgraded.get(SERIAL))
-        self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(2,)])
+        self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(n,)])
         await upgraded.close()
         await self.open(migrations=[*load_migrations(), extra])  # no re-application error
 
     async def test_failed_migration_rolls_back(self) -> None:
         await (await self.open()).close()
-        broken = Migration(2, "002_broken.sql", "CREATE TABLE a (x);\nNOT SQL;")
-        with self.assertRaisesRegex(RegistryError, "002_broken.sql failed"):
+        shipped = load_migrations()
+        n = len(shipped) + 1
+        broken = Migration(n, f"{n:03d}_broken.sql", "CREATE TABLE a (x);\nNOT SQL;")
+        with self.assertRaisesRegex(RegistryError, f"{n:03d}_broken.sql failed"):
             await SqliteRegistry(self.path, reactor=reactor,
-                                 migrations=[*load_migrations(), broken]).open()
-        self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(1,)])
+                                 migrations=[*shipped, broken]).open()
+        self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(n - 1,)])
         self.assertEqual(db_rows(self.path, "SELECT name FROM sqlite_master WHERE name='a'"), [])
 
     def test_migration_numbering_is_checked(self) -> None:
-        gap = Migration(3, "003_x.sql", "")
+        n = len(load_migrations()) + 2
+        gap = Migration(n, f"{n:03d}_x.sql", "")
         self.assertRaises(RegistryError, SqliteRegistry, self.path, reactor,
                           [*load_migrations(), gap])

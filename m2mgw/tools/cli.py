@@ -1,0 +1,466 @@
+"""``m2mgw``: the operator's command line for provisioning and inspecting terminals.
+
+While the gateway runs, every command goes through its admin API (the gateway owns
+its registry, so nobody else may write to the database). When the API does not
+answer, ``provision``, ``terminals``, ``show`` and ``requests`` open the SQLite
+registry directly instead, so terminals can be provisioned before the first start;
+``send`` needs the running gateway. The API is called with blocking ``urllib``: this
+is a short-lived command and needs no reactor except for the direct database path.
+
+Exit status: 0 success, 1 runtime failure (gateway not running, request refused or
+failed), 2 usage or configuration error; the reason is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode
+
+from twisted.internet import task
+from twisted.internet.defer import ensureDeferred, maybeDeferred
+
+from m2mgw.config import ConfigError, GatewayConfig, endpoint_parts, load_config
+from m2mgw.core import requests as build
+from m2mgw.core.registry import RegistryError
+from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.protocol import tags
+
+DEFAULT_CONFIG = "etc/m2mgw.ini"
+API_TIMEOUT = 10.0
+PROBE_TIMEOUT = 3.0
+POLL_INTERVAL = 0.5
+FINAL_STATES = frozenset({"succeeded", "failed", "expired", "cancelled"})
+LIST_COLUMNS = ("serial", "imei", "imsi", "msisdn", "state", "bearer", "last_seen")
+REQUEST_COLUMNS = ("id", "serial", "command", "state", "outcome", "created_at")
+
+
+class CliError(Exception):
+    """Ends the command: ``code`` is the exit status, the message goes to stderr."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as a one-line CliError instead of argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(2, f"{message} (see {self.prog} --help)")
+
+
+# --- the admin API -----------------------------------------------------------------------
+
+
+def admin_url(config: GatewayConfig) -> str | None:
+    """The admin API base URL from ``[admin] listen``; None when not reachable by TCP."""
+    listen = config.admin.listen
+    if listen is None:
+        return None
+    kind, args, kwargs = endpoint_parts(listen)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    port = args[0] if args else kwargs.get("port", "")
+    host = kwargs.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = "::1" if kind == "tcp6" else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}"
+
+
+class AdminClient:
+    """Blocking JSON calls to the admin API."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def running(self) -> bool:
+        """Whether the gateway answers; False only when nothing listens."""
+        try:
+            self.call("GET", "/health", timeout=PROBE_TIMEOUT)
+        except _Unreachable:
+            return False
+        return True
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, timeout: float = API_TIMEOUT
+    ) -> Any:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method,
+            headers={"content-type": "application/json", "accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise CliError(1, f"gateway refused: {_api_error(exc)}") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                raise _Unreachable(self.base) from None
+            raise CliError(1, f"admin API at {self.base} failed: {exc.reason}") from None
+        except (OSError, ValueError) as exc:
+            raise CliError(1, f"admin API at {self.base} failed: {exc}") from None
+
+
+class _Unreachable(CliError):
+    def __init__(self, base: str) -> None:
+        super().__init__(1, f"gateway not running (admin API at {base} unreachable)")
+
+
+def _api_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"HTTP {exc.code}"
+
+
+# --- the direct database path ------------------------------------------------------------
+
+
+def with_registry(
+    config: GatewayConfig, action: Callable[[SqliteRegistry], Any], *, create: bool
+) -> Any:
+    """Run ``action`` on the opened SQLite registry (for when the gateway is stopped)."""
+    path = config.registry.database
+    if not create and not os.path.exists(path):
+        raise CliError(1, f"{path}: no such database, and the gateway is not running")
+    outcome: dict[str, Any] = {}
+
+    async def run(reactor: Any) -> None:
+        registry = SqliteRegistry(path, reactor)
+        try:
+            await registry.open()
+            try:
+                outcome["value"] = await maybeDeferred(action, registry)
+            finally:
+                await registry.close()
+        except Exception as exc:  # reported below, after the reactor stopped
+            outcome["error"] = exc
+
+    try:
+        task.react(lambda reactor: ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass
+    error = outcome.get("error")
+    if isinstance(error, CliError):
+        raise error
+    if isinstance(error, build.RequestError):
+        raise CliError(2, str(error))
+    if isinstance(error, RegistryError | OSError):
+        raise CliError(1, str(error))
+    if error is not None:
+        raise CliError(1, f"{type(error).__name__}: {error}")
+    return outcome.get("value")
+
+
+def _find(registry: SqliteRegistry, key: str) -> Any:
+    terminal = registry.get(key) or registry.by_imei(key)
+    if terminal is None:
+        raise CliError(1, f"unknown terminal {key}")
+    return terminal
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+class Context:
+    """The loaded configuration, and the admin API if the gateway answers."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        base = admin_url(config)
+        self.api = AdminClient(base) if base else None
+        self._running: bool | None = None
+
+    def live(self) -> AdminClient | None:
+        """The API client when the gateway is running, else None (probed once)."""
+        if self.api is None:
+            return None
+        if self._running is None:
+            self._running = self.api.running()
+        return self.api if self._running else None
+
+    def require_live(self) -> AdminClient:
+        api = self.live()
+        if api is None:
+            where = f" (admin API at {self.api.base} unreachable)" if self.api else ""
+            raise CliError(1, f"gateway not running{where}")
+        return api
+
+
+def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("imei", args.imei), ("imsi", args.imsi), ("msisdn", args.msisdn),
+            ("cipher", args.cipher), ("serial", args.serial),
+            ("uplink_password", args.uplink_password),
+            ("downlink_password", args.downlink_password), ("base_key", args.base_key),
+            ("apps", args.app), ("default_app", args.default_app),
+        )
+        if value is not None
+    }
+    if args.serial and not args.imsi:
+        raise CliError(2, "--serial needs --imsi: a pre-registered terminal is bound to its SIM")
+    if args.serial and not any(params.get(name) for name in build.CREDENTIAL_FIELDS):
+        params.update(build.generate_credentials(args.cipher or "none"))
+    api = ctx.live()
+    if api is not None:
+        record = api.call("POST", "/terminals", params)
+    else:
+        expiry = build.credential_expiry(time.time(), ctx.config.protocol.credential_ttl)
+        try:
+            terminal = build.terminal_from_json(params, expiry=expiry)
+        except build.RequestError as exc:
+            raise CliError(2, str(exc)) from None
+
+        def add(registry: SqliteRegistry) -> Any:
+            return registry.add(terminal).addCallback(build.describe_provisioned)
+
+        record = with_registry(ctx.config, add, create=True)
+    _print(record, args.json)
+    return 0
+
+
+def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
+    api = ctx.live()
+    if api is not None:
+        listing = api.call("GET", "/terminals")
+    else:
+        listing = with_registry(
+            ctx.config,
+            lambda r: [build.describe_terminal(t) for t in r.terminals()],
+            create=False,
+        )
+    if args.json:
+        _print(listing, True)
+    else:
+        _table(listing, LIST_COLUMNS)
+    return 0
+
+
+def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
+    api = ctx.live()
+    if api is not None:
+        record = api.call("GET", f"/terminals/{quote(args.terminal, safe='')}")
+    else:
+
+        def show(registry: SqliteRegistry) -> dict[str, Any]:
+            terminal = _find(registry, args.terminal)
+            serial = terminal.serial or ""
+            view = build.describe_terminal(terminal, detail=True)
+            view["config"] = build.describe_config(registry.config_values(serial))
+            view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
+            return view
+
+        record = with_registry(ctx.config, show, create=False)
+    _print(record, args.json)
+    return 0
+
+
+def cmd_requests(ctx: Context, args: argparse.Namespace) -> int:
+    api = ctx.live()
+    if api is not None:
+        query = [("limit", args.limit)] + [("state", s) for s in args.state or []]
+        if args.serial:
+            query.append(("serial", args.serial))
+        listing = api.call("GET", f"/requests?{urlencode(query)}")
+    else:
+
+        def history(registry: SqliteRegistry) -> Any:
+            d = registry.requests(args.serial, args.state or None, args.limit)
+            return d.addCallback(lambda rs: [build.describe_request(r) for r in rs])
+
+        listing = with_registry(ctx.config, history, create=False)
+    if args.json:
+        _print(listing, True)
+    else:
+        _table(listing, REQUEST_COLUMNS)
+    return 0
+
+
+def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
+    body = send_body(args)
+    api = ctx.require_live()
+    serial = quote(args.serial, safe="")
+    answer = api.call("POST", f"/terminals/{serial}/requests", body)
+    if args.wait is None or "id" not in answer:
+        _print(answer, args.json)
+        return 0
+    deadline = time.monotonic() + args.wait
+    while answer["state"] not in FINAL_STATES and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        answer = api.call("GET", f"/requests/{answer['id']}")
+    _print(answer, args.json)
+    if answer["state"] not in FINAL_STATES:
+        raise CliError(1, f"request {answer['id']} still {answer['state']} after {args.wait:g} s")
+    if answer["state"] != "succeeded":
+        raise CliError(1, f"request {answer['id']} {answer['state']}: {answer['outcome']}")
+    return 0
+
+
+def send_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The API request body from the ``send`` options; only the options given."""
+    body: dict[str, Any] = {"command": args.command.upper()}
+    if args.tag:
+        body["tags"] = [_tag_arg(t) for t in args.tag]
+    if args.set:
+        body["values"] = dict(_setting(item) for item in args.set)
+    if args.param:
+        body["params"] = [
+            {"tag": _tag_arg(tag), "hex": value}
+            for tag, value in (_pair(p, "--param") for p in args.param)
+        ]
+    if args.file is not None:
+        body["path"] = os.path.abspath(args.file)  # the gateway's working directory differs
+    options = {
+        "code": args.code, "op": args.op, "reason": args.reason, "version": args.version,
+        "data": args.data, "fixed": args.fixed, "source_ec": args.source_ec, "ttl": args.ttl,
+    }
+    body.update({name: value for name, value in options.items() if value is not None})
+    if args.force:
+        body["force"] = True
+    return body
+
+
+def _tag_arg(text: str) -> str:
+    """Tags as the API reads them: decimal digits become ``0xNNNN`` (JSON keys are text)."""
+    return f"0x{int(text):04X}" if text.isdigit() else text
+
+
+def _pair(item: str, option: str) -> tuple[str, str]:
+    tag, sep, value = item.partition("=")
+    if not sep or not tag:
+        raise CliError(2, f"{option} takes TAG=VALUE, got {item!r}")
+    return tag, value
+
+
+def _setting(item: str) -> tuple[str, Any]:
+    """``--set TAG=VALUE``: typed by the tag's registry type; ``hex:...`` is raw bytes."""
+    key, text = _pair(item, "--set")
+    key = _tag_arg(key)
+    if text.lower().startswith("hex:"):
+        return key, {"hex": text[4:]}
+    try:
+        spec = tags.TAGS.get(build.parse_tag(key))
+        if spec is None or spec.kind in (tags.Kind.BYTES, tags.Kind.RECORDS):
+            return key, {"hex": text}
+        if spec.kind in tags.INTEGER_KINDS:
+            return key, int(text, 0)
+        if spec.kind in (tags.Kind.U16_LIST, tags.Kind.STRUCT):
+            return key, [int(v, 0) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise CliError(2, f"--set {item!r}: {exc}") from None
+    return key, text
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def _print(value: Any, compact: bool) -> None:
+    print(json.dumps(value) if compact else json.dumps(value, indent=2))
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    for line in [[c.upper() for c in columns], *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    return str(value)
+
+
+# --- parser -------------------------------------------------------------------------
+
+
+def make_parser() -> _Parser:
+    parser = _Parser(prog="m2mgw", description="Provision and inspect m2mgw terminals.")
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="the gateway's ini file")
+    sub = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("provision", help="add a terminal")
+    p.add_argument("--imei", required=True)
+    p.add_argument("--imsi")
+    p.add_argument("--msisdn")
+    p.add_argument("--cipher", choices=build.CIPHERS)
+    p.add_argument("--serial", help="preset serial (credentials are generated if not given)")
+    p.add_argument("--uplink-password")
+    p.add_argument("--downlink-password")
+    p.add_argument("--base-key")
+    p.add_argument("--app", action="append", help="bound application EC code (repeatable)")
+    p.add_argument("--default-app")
+    p.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    p.set_defaults(run=cmd_provision)
+
+    p = sub.add_parser("terminals", help="list terminals")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_terminals)
+
+    p = sub.add_parser("show", help="one terminal in detail")
+    p.add_argument("terminal", metavar="SERIAL", help="serial (or IMEI if unregistered)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("requests", help="request history")
+    p.add_argument("serial", nargs="?", metavar="SERIAL")
+    p.add_argument("--state", action="append", help="queued, sent, succeeded... (repeatable)")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_requests)
+
+    p = sub.add_parser("send", help="queue a platform request (gateway must be running)")
+    p.add_argument("serial", metavar="SERIAL")
+    p.add_argument("command", metavar="COMMAND", help="CONFIG_GET, CONFIG_SET, REMOTE_CTRL, ...")
+    p.add_argument("--tag", action="append", help="CONFIG_GET/SECURITY_CONFIG tag")
+    p.add_argument("--set", action="append", metavar="TAG=VALUE", help="CONFIG_SET value")
+    p.add_argument("--code", type=lambda v: int(v, 0), help="REMOTE_CTRL code")
+    p.add_argument("--param", action="append", metavar="TAG=HEX", help="REMOTE_CTRL param")
+    p.add_argument("--op", type=int, help="SECURITY_CONFIG op (1 or 2)")
+    p.add_argument("--reason", type=int, help="LOGOUT reason")
+    p.add_argument("--file", help="DOWNLOAD_INFO file")
+    p.add_argument("--version", help="DOWNLOAD_INFO version")
+    p.add_argument("--force", action="store_true", help="DOWNLOAD_INFO force flag")
+    p.add_argument("--data", help="TRANSPARENT_* data in hex")
+    p.add_argument("--fixed", help="TRANSPARENT_CMD fixed part in hex")
+    p.add_argument("--source-ec", help="TRANSPARENT_* source EC code")
+    p.add_argument("--ttl", type=float, help="queue lifetime in seconds")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the outcome")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_send)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``m2mgw``."""
+    try:
+        args = make_parser().parse_args(argv)
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            raise CliError(2, str(exc)) from None
+        return int(args.run(Context(config), args))
+    except CliError as exc:
+        print(f"m2mgw: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Helpers for tests of the admin API and the file service against a real gateway."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.trial import unittest
+
+from m2mgw.config import parse_config
+from m2mgw.service import GatewayService
+
+SERIAL = "A972030012345678"
+IMEI = "860000000000001"
+IMSI = "460001234567890"
+CREDENTIALS = {
+    "uplink_password": "Up123456",
+    "downlink_password": "Dn654321",
+    "base_key": "0123456789ABCDEFGHIJKLMN",
+}
+
+CONFIG = """
+[registry]
+database = {root}/m2mgw.db
+[tcp]
+listen = none
+[udp]
+enabled = {udp}
+port = 0
+[http]
+listen = tcp:0:interface=127.0.0.1
+public_url = http://192.0.2.10:8080
+files_dir = {root}/files
+[admin]
+listen = tcp:0:interface=127.0.0.1
+"""
+
+
+@dataclass
+class Running:
+    """A started gateway and the base URLs of its HTTP listeners."""
+
+    gateway: GatewayService
+    root: Path
+    admin: str
+    http: str
+
+
+async def start_gateway(case: unittest.TestCase, *, udp: bool = False) -> Running:
+    """A GatewayService on a temporary SQLite file, stopped at the end of the test."""
+    root = Path(case.mktemp()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    text = CONFIG.format(root=root, udp="yes" if udp else "no")
+    config = parse_config(text, source="test.ini")
+    gateway = GatewayService(config, reactor)
+    gateway.startService()
+    case.addCleanup(gateway.stopService)
+    assert gateway.ready is not None
+    await gateway.ready
+    return Running(
+        gateway,
+        root,
+        f"http://127.0.0.1:{gateway.port_of('admin')}",
+        f"http://127.0.0.1:{gateway.port_of('http')}",
+    )
+
+
+async def call(
+    method: str, url: str, body: Any = None, *, raw: bytes | None = None, **kw: Any
+) -> tuple[int, Any, Any]:
+    """One HTTP request on a fresh connection: (status, JSON or bytes, response).
+
+    The client keeps Content-Length out of ``response.headers``: read ``response.length``.
+    """
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    response = await treq.request(method, url, data=data, persistent=False, **kw)
+    content = await treq.content(response)
+    kind = response.headers.getRawHeaders(b"content-type", [b""])[0]
+    parsed = json.loads(content) if kind == b"application/json" else content
+    return response.code, parsed, response
+
+
+def header(response: Any, name: str) -> list[bytes] | None:
+    """The raw values of one response header."""
+    return response.headers.getRawHeaders(name.encode("ascii"))
