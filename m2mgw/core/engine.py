@@ -37,6 +37,7 @@ from m2mgw.protocol import messages as m
 from m2mgw.protocol import tags
 from m2mgw.protocol.checksum import crc16, crc32
 from m2mgw.protocol.codec import (
+    ENCRYPTED_FLAG,
     FRAGMENT_FLAG,
     TAG_ENCRYPTED,
     TAG_FRAGMENT,
@@ -65,9 +66,11 @@ from m2mgw.protocol.fragment import (
     Complete,
     Duplicate,
     Ended,
+    FragmentAbort,
     FragmentLimits,
     FragmentOp,
     FragmentPart,
+    FragmentSender,
     NeedPart,
     ReassemblyTable,
 )
@@ -145,6 +148,30 @@ class _Exchange:
         return self.bearer.kind == "sms"
 
 
+@dataclass(slots=True)
+class _AnswerParts:
+    """A fragmented answer being handed out part by part."""
+
+    sender: FragmentSender
+    command_id: int
+    version: int
+    flag: int
+
+    def frame(
+        self, part: FragmentPart, sequence_id: int, serial: str, key: DigestKey, timestamp: int
+    ) -> bytes:
+        return build_frame(
+            self.command_id,
+            sequence_id,
+            serial,
+            part.encode_tlv(),
+            version=self.version,
+            flag=self.flag,
+            key=key,
+            timestamp=timestamp,
+        )
+
+
 class PlatformEngine:
     """Receives complete messages from any bearer and acts on them (spec 4, 9)."""
 
@@ -177,6 +204,8 @@ class PlatformEngine:
             max_total_bytes=256 * 1024 * 1024,
         )
         self._random_bytes = random_bytes
+        #: Fragmented answers in progress, by (serial, request Command_ID) (7.3).
+        self._answer_parts: dict[tuple[str, int], _AnswerParts] = {}
         #: Observers of state changes: called with (terminal, old_state, new_state).
         self.state_observers: list[Callable[[Terminal, str, str], None]] = []
 
@@ -286,21 +315,22 @@ class PlatformEngine:
         ):
             body = encrypted_container(session.cipher, body)
             flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
-        frames = self._frames(
-            message.COMMAND,
-            header.sequence_id,
-            header.serial,
-            body,
-            header.version,
-            flag,
-            key,
-            ex.timestamp,
-            session,
-        )
-        for frame in frames[:1]:
-            ex.bearer.send(frame)
+        if len(body) > self.config.fragment_threshold and key is not None:
+            frame = self._first_answer_part(ex, message.COMMAND, body, flag, key)
+        else:
+            frame = build_frame(
+                message.COMMAND,
+                header.sequence_id,
+                header.serial,
+                body,
+                version=header.version,
+                flag=flag,
+                key=key,
+                timestamp=ex.timestamp,
+            )
+        ex.bearer.send(frame)
         if ex.cache_key is not None:
-            self.cache.store(ex.cache_key, ex.frame.raw, frames[:1], ex.now)
+            self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
         self._log(
             ex.terminal,
             header.serial,
@@ -312,33 +342,51 @@ class PlatformEngine:
             _summary(message),
         )
 
-    def _frames(
-        self,
-        command_id: int,
-        sequence_id: int,
-        serial: str,
-        body: bytes,
-        version: int,
-        flag: int,
-        key: DigestKey | None,
-        timestamp: int,
-        session: Session | None,
-    ) -> list[bytes]:
-        """One frame, or the parts of a body above the fragment threshold (7.1)."""
-        if len(body) <= self.config.fragment_threshold or key is None:
-            return [
-                build_frame(
-                    command_id,
-                    sequence_id,
-                    serial,
-                    body,
-                    version=version,
-                    flag=flag,
-                    key=key,
-                    timestamp=timestamp,
-                )
-            ]
-        raise BodyError(f"answer body of {len(body)} bytes needs fragmenting")
+    def _first_answer_part(
+        self, ex: _Exchange, command_id: int, body: bytes, flag: int, key: DigestKey
+    ) -> bytes:
+        """Start a fragmented answer (7.3): part 1 now, the rest as the terminal asks."""
+        header = ex.header
+        terminal = ex.terminal
+        trans_id = terminal.next_trans() if terminal is not None else 1
+        sender = FragmentSender(body, trans_id, self.config.fragment_threshold)
+        encrypted = bool(flag & Flag.CONTAINER)
+        parts = _AnswerParts(
+            sender=sender,
+            command_id=command_id,
+            version=header.version,
+            flag=(ENCRYPTED_FLAG if encrypted else FRAGMENT_FLAG) & ~Flag.DIGEST,
+        )
+        self._answer_parts[(header.serial, command_id & ~ACK_BIT)] = parts
+        return parts.frame(sender.first(), header.sequence_id, header.serial, key, ex.timestamp)
+
+    def _next_answer_part(self, ex: _Exchange, part: FragmentPart) -> None:
+        """The terminal asks for part k of a fragmented answer, or abandons it (7.3)."""
+        header = ex.header
+        key = (header.serial, header.command_id)
+        parts = self._answer_parts.get(key)
+        if parts is None or ex.key is None:
+            log.info(
+                "Part request from {serial} for no fragmented answer: discarded",
+                serial=header.serial,
+            )
+            return
+        try:
+            reply = parts.sender.on_answer(part)
+        except FragmentAbort as exc:
+            del self._answer_parts[key]
+            log.info(
+                "Fragmented answer to {serial} ended: {reason}",
+                serial=header.serial,
+                reason=exc.reason,
+            )
+            if exc.reply is None:
+                return
+            reply = exc.reply
+        frame = parts.frame(reply, header.sequence_id, header.serial, ex.key, ex.timestamp)
+        ex.bearer.send(frame)
+        if ex.cache_key is not None:
+            self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
 
     @staticmethod
     def _default_flag(command_id: int, sms: bool) -> int:
@@ -736,6 +784,8 @@ class PlatformEngine:
         terminal.session_key = None
         terminal.session_key_expiry = None
         self.cache.clear_terminal(serial)
+        for key in [k for k in self._answer_parts if k[0] == serial]:
+            del self._answer_parts[key]
         self._set_state(terminal, state)
         self.registry.save(terminal)
         log.info(
@@ -815,6 +865,9 @@ class PlatformEngine:
             raise ProtocolError(f"{header.command_name} is sent by the platform only")
         if ex.sms and command == Command.FILE_REQ:
             raise ProtocolError("FILE_REQ is not carried by SMS")
+        if part is not None and part.op in (FragmentOp.NEXT, FragmentOp.RECEIVER_ABORT):
+            self._next_answer_part(ex, part)
+            return
         if part is not None:
             body = self._reassemble(ex, part)
             if body is None:

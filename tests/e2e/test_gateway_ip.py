@@ -292,3 +292,62 @@ class GarbageTest(GatewayTestCase):
         self.assertEqual(noise.received, [])
         noise.transport.loseConnection()
         yield noise.lost
+
+
+class TransferTest(GatewayTestCase):
+    @defer.inlineCallbacks
+    def test_fragmented_answer_to_config_req(self):  # type: ignore[no-untyped-def]
+        """A CONFIG_REQ_ACK above 900 bytes goes out in 0x4008 parts (7.3)."""
+        record = yield self.add_terminal()
+        url = "http://platform.example/" + "x" * 1500
+        yield self.registry.store_config(record.serial, {0x0008: url.encode()}, "set")
+        term = yield self.open_terminal(record, "tcp")
+        yield self.log_in(term)
+        term.send(term.client.config_req([0x0008, 0x0002]))
+        ack = yield term.answer_to(Command.CONFIG_REQ)
+        self.assertEqual(ack.message.ret, 0)
+        values = {t.tag: t.raw for t in ack.message.tlvs}
+        self.assertEqual(values[0x0008], url.encode())
+        self.assertEqual(values[0x0002], b"CMNET")
+
+    @defer.inlineCallbacks
+    def test_download_by_file_req(self):  # type: ignore[no-untyped-def]
+        """DOWNLOAD_INFO from the admin side; the terminal fetches blocks by FILE_REQ."""
+        record = yield self.add_terminal()
+        firmware = bytes(range(256)) * 20 + b"end"
+        path = self.mktemp()
+        with open(path, "wb") as fh:
+            fh.write(firmware)
+        term = yield self.open_terminal(record, "udp", download="file")
+        yield self.log_in(term)
+        tx = yield self.gateway.files.offer(record.serial, path, "2.0")
+        from m2mgw.core.requests import download_info
+
+        command, body = download_info(tx, self.gateway.config.http.public_url)
+        request = yield self.gateway.router.submit(record.serial, command, body)
+        done = yield term.wait_type(core.FileDownloaded, timeout=10)
+        self.assertTrue(done.ok)
+        self.assertEqual(done.data, firmware)
+        self.assertEqual(request.result, 1)  # DOWNLOAD_INFO_ACK: URL accepted
+        yield sleep(0.3)  # the terminal's closing FILE_REQ (status 2) follows the last block
+        self.assertEqual(self.registry.file_by_trans_id(tx.trans_id).state, "downloaded")
+
+    @defer.inlineCallbacks
+    def test_terminal_to_terminal_relay(self):  # type: ignore[no-untyped-def]
+        """TRANSPARENT_DATA to another terminal of the same application (4.7, PD-27)."""
+        sender_record = yield self.add_terminal(0)
+        receiver_record = yield self.add_terminal(1)
+        stranger_record = yield self.add_terminal(2, apps={"EC0002"}, default_app="EC0002")
+        sender = yield self.open_terminal(sender_record, "tcp")
+        receiver = yield self.open_terminal(receiver_record, "udp")
+        yield self.log_in(sender)
+        yield self.log_in(receiver)
+        sender.send(sender.client.transparent_data(b"hello", to_terminal=receiver_record.serial))
+        ack = yield sender.answer_to(Command.TRANSPARENT_DATA)
+        self.assertEqual(ack.message.result, 0)  # forwarded to a reachable terminal
+        got = yield receiver.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        self.assertEqual(got.message.user_data, b"hello")
+        self.assertEqual(got.message.source, ("terminal", sender_record.serial))
+        sender.send(sender.client.transparent_data(b"no", to_terminal=stranger_record.serial))
+        ack = yield sender.answer_to(Command.TRANSPARENT_DATA)
+        self.assertEqual(ack.message.result, 3)  # no common application
