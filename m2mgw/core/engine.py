@@ -114,6 +114,8 @@ TAG_DOWNLINK_PROOF = 0xE029
 
 # Requests a terminal that is not logged in may send (9.3); the rest are discarded.
 _PRE_LOGIN = frozenset({Command.REGISTER, Command.LOGIN, Command.LOGOUT})
+# Requests accepted on a TCP connection bound to another serial (10.2).
+_REBINDING = frozenset({Command.REGISTER, Command.LOGIN})
 # Requests only the platform initiates: a terminal sending one is discarded.
 _PLATFORM_ONLY = frozenset(
     {Command.CONFIG_GET, Command.CONFIG_SET, Command.REMOTE_CTRL, Command.DOWNLOAD_INFO}
@@ -123,6 +125,8 @@ _NEVER_ENCRYPTED = frozenset(
     {Command.REGISTER | ACK_BIT, Command.LOGIN | ACK_BIT, Command.HEART_BEAT | ACK_BIT}
 )
 _STATISTICS = range(0x2000, 0x3000)
+#: Seconds after session-key expiry before the platform logs the terminal out (6.4.2).
+KEY_GRACE = 300
 
 
 @dataclass(slots=True)
@@ -256,6 +260,15 @@ class PlatformEngine:
         header = frame.header
         command = header.command_id
         ex = _Exchange(frame, bearer, now)
+        bound = getattr(bearer, "bound_serial", None)
+        if bound and bound != header.serial and command not in _REBINDING:
+            log.info(
+                "{command} for {serial} on a connection bound to {bound}: discarded",
+                command=header.command_name,
+                serial=header.serial,
+                bound=bound,
+            )
+            return
         if command == Command.HEART_BEAT:
             self._on_heartbeat(ex)
             return
@@ -732,6 +745,8 @@ class PlatformEngine:
             "logout",
             f"reason {reason}",
         )
+        if reason == LogoutReason.RECONFIGURED and self.router is not None:
+            self.router.reconfigured(terminal)
         self.end_session(terminal, reason, state, ex.now)
 
     def _authenticate(self, ex: _Exchange, terminal: Terminal, timestamp: int) -> bool:
@@ -1300,6 +1315,12 @@ class PlatformEngine:
                 continue
             if now - session.last_valid > limit * session.interval:
                 self._communication_failure(terminal, session, now)
+                continue
+            expiry = terminal.session_key_expiry
+            if session.cipher is not None and expiry is not None and now > expiry + KEY_GRACE:
+                # The terminal should have logged out with reason 8 at expiry (6.4.2).
+                if not self.platform_logout(terminal, LogoutReason.EXPIRED):
+                    self.end_session(terminal, LogoutReason.EXPIRED, TerminalState.LOGGED_OUT, now)
                 continue
             if session.sync_deadline is not None and now >= session.sync_deadline:
                 session.sync_deadline = None

@@ -59,6 +59,8 @@ class _TerminalTraffic:
     awaiting_report: dict[int, int] = field(default_factory=dict)
     #: The TLVs last applied by CONFIG_SET / CONFIG_REQ_ACK, for the 0x4017 check.
     applied: dict[int, bytes] = field(default_factory=dict)
+    #: A LOGOUT reason 7 was received; the next LOGIN confirms pending CONFIG_SETs.
+    reconfigured: bool = False
     #: Sequence_ID of a platform LOGOUT in flight.
     logout_sequence: int | None = None
     #: Sequence_ID of the last SMS wake-up and when it was sent (9.6).
@@ -323,6 +325,10 @@ class Router:
             return
         result = _result_of(message)
         self._after_answer(terminal, request, message, result)
+        if request.command == Command.CONFIG_SET and result == 0:
+            self.clock.callLater(
+                self.config.config_confirm_wait, self._unconfirmed, serial, request.sequence_id
+            )
         ok = _answer_ok(request.command, result)
         outcome = "acknowledged" if ok and request.command in ASYNC_COMMANDS else "ok"
         request.answer_body = message.encode_body()
@@ -424,6 +430,18 @@ class Router:
         for observer in self.result_observers:
             observer(request)
 
+    def _unconfirmed(self, serial: str, sequence_id: int) -> None:
+        """No 0x4010 within config_confirm_wait of a CONFIG_SET's ACK (4.10)."""
+        request_id = self._traffic_of(serial).awaiting_report.pop(sequence_id, None)
+        request = self.registry.request(request_id) if request_id else None
+        if request is None:
+            return
+        request.outcome = "unconfirmed"
+        request.updated_at = self.clock.seconds()
+        self.registry.update_request(request)
+        for observer in self.result_observers:
+            observer(request)
+
     def config_sent(self, terminal: Terminal, sequence_id: int, tlvs: list[Tlv]) -> None:
         """Remember applied TLVs for the 0x4017 check (6.5)."""
         del sequence_id
@@ -448,8 +466,23 @@ class Router:
     # ------------------------------------------------------------------ session events
 
     def on_login(self, terminal: Terminal) -> None:
-        """Queued requests wait for the first CONFIG_TRAP or sync_trap_wait (4.4)."""
+        """Queued requests wait for the first CONFIG_TRAP or sync_trap_wait (4.4).
+
+        A LOGIN after a LOGOUT reason 7 confirms the CONFIG_SETs awaiting their
+        outcome: the terminal reconnected to apply them (4.10).
+        """
+        traffic = self._traffic_of(terminal.serial or "")
+        if traffic.reconfigured:
+            traffic.reconfigured = False
+            for sequence_id, request_id in list(traffic.awaiting_report.items()):
+                request = self.registry.request(request_id)
+                if request is not None and request.command == Command.CONFIG_SET:
+                    self.execution_report(terminal, sequence_id, 0)
         self.kick(terminal)
+
+    def reconfigured(self, terminal: Terminal) -> None:
+        """The terminal logged out with reason 7 to apply a new configuration."""
+        self._traffic_of(terminal.serial or "").reconfigured = True
 
     def sync_trap_missing(self, terminal: Terminal) -> None:
         """PD-29: no sync trap after LOGIN_ACK 1; read the sync tags with CONFIG_GET."""

@@ -218,3 +218,100 @@ class EngineTest(unittest.TestCase):
         self.fx.clock.advance(15)
         self.assertEqual(request.state, RequestState.FAILED)
         self.assertIn("timeout", request.outcome)
+
+
+class AsyncOutcomeTest(unittest.TestCase):
+    """Outcomes that arrive after the ACK, and the timers around them."""
+
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+        self.bearer = FakeBearer()
+        self.fx.engine.receive(login_bytes(), self.bearer)
+        self.fx.engine.receive(
+            terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), self.bearer
+        )
+        self.bearer.sent.clear()
+
+    @inlineCallbacks
+    def config_set(self):  # type: ignore[no-untyped-def]
+        body = m.ConfigSet(tlvs=[Tlv.of(0x0011, 60)]).encode_body()
+        request = yield self.fx.router.submit(SERIAL, Command.CONFIG_SET, body)
+        [sent] = self.bearer.sent
+        seq = parse_frame(sent).header.sequence_id
+        ack = terminal_message(m.ConfigSetAck(0), seq, timestamp=0x67000000)
+        self.fx.engine.receive(ack, self.bearer)
+        self.assertEqual((request.state, request.outcome), (RequestState.SUCCEEDED, "acknowledged"))
+        return request, seq
+
+    @inlineCallbacks
+    def test_execution_report_marks_applied(self):  # type: ignore[no-untyped-def]
+        request, seq = yield self.config_set()
+        report = m.ConfigTrap(tlvs=[Tlv.of(0x4010, (0, seq))])
+        self.fx.engine.receive(terminal_message(report, 9, timestamp=0x67000000), self.bearer)
+        self.assertEqual(request.outcome, "applied")
+
+    @inlineCallbacks
+    def test_no_report_is_unconfirmed(self):  # type: ignore[no-untyped-def]
+        request, _ = yield self.config_set()
+        self.fx.clock.advance(300)
+        self.assertEqual(request.outcome, "unconfirmed")
+
+    @inlineCallbacks
+    def test_logout_7_then_login_is_applied(self):  # type: ignore[no-untyped-def]
+        request, _ = yield self.config_set()
+        self.fx.engine.receive(terminal_message(m.Logout(7), 10, timestamp=0x67000000), self.bearer)
+        self.fx.clock.advance(5)
+        self.fx.engine.receive(login_bytes(seq=11), self.bearer)
+        self.assertEqual(request.outcome, "applied")
+
+
+class BindingTest(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+
+    def test_other_serial_on_a_bound_connection_is_discarded(self) -> None:
+        """10.2: only REGISTER and LOGIN may rebind a bound TCP connection."""
+        connection = FakeBearer(kind="tcp")
+        self.fx.engine.receive(login_bytes(), connection)
+        self.assertEqual(connection.bound_serial, SERIAL)
+        connection.sent.clear()
+        other = bytearray(HEART_BEAT_11_4)
+        other[12:28] = b"A972039999999999"
+        self.fx.engine.receive(bytes(other), connection)
+        self.assertEqual(connection.sent, [])
+        self.fx.engine.receive(HEART_BEAT_11_4, connection)
+        self.assertEqual(len(connection.sent), 1)
+
+    def test_expired_session_key_gets_logout_8(self) -> None:
+        """6.4.2: 300 s after the session key expired, the platform logs out (reason 8)."""
+        bearer = FakeBearer()
+        self.fx.engine.receive(LOGIN_11_9, bearer)
+        terminal = self.fx.terminal
+        self.assertIsNotNone(terminal.session_key)
+        expiry = terminal.session_key_expiry
+        session = self.fx.engine.sessions[SERIAL]
+        session.interval = 10**6  # keep the heartbeat watchdog out of the way
+        bearer.sent.clear()
+        self.fx.clock.advance(expiry + 300 - self.fx.clock.seconds())
+        self.fx.engine.tick()
+        self.assertEqual(bearer.sent, [])
+        self.fx.clock.advance(1)
+        self.fx.engine.tick()
+        [logout] = bearer.sent
+        frame = parse_frame(logout)
+        self.assertEqual(frame.header.command_id, Command.LOGOUT)
+
+
+# Spec 11.9: LOGIN with flag 0xE0 and the base-key proof (base key expiry AAAAAAAA).
+LOGIN_11_9 = bytes.fromhex(
+    "0050000100000005030"
+    "0E00041393732303330303030303031323334312E3031"
+    "00000000ABFED4CFE03A0010CBC098D8C6D343AC5F4123A9E963C7A7E0210010"
+    "623B56FFAA0A5478148871AB54536936"
+)
