@@ -3,6 +3,7 @@ and a real SQLite registry file."""
 
 from __future__ import annotations
 
+from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -315,3 +316,115 @@ LOGIN_11_9 = bytes.fromhex(
     "00000000ABFED4CFE03A0010CBC098D8C6D343AC5F4123A9E963C7A7E0210010"
     "623B56FFAA0A5478148871AB54536936"
 )
+
+
+class RegistrationTest(unittest.TestCase):
+    """REGISTER operations 0-4 (spec 4.3, 9.2)."""
+
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start(provision=False)
+        self.addCleanup(self.fx.stop)
+        self.bearer = FakeBearer()
+
+    def register(self, op, serial="A972030000000000", *, tlvs=(), key=None, seq=1):  # type: ignore[no-untyped-def]
+        from m2mgw.protocol.codec import encode_message
+
+        msg = m.Register(op, IMEI, IMSI, tlvs=list(tlvs))
+        raw = encode_message(msg, sequence_id=seq, serial=serial, flag=0x80, key=key)
+        self.fx.engine.receive(raw, self.bearer)
+        [ack] = self.bearer.take()
+        return ack
+
+    def test_unprovisioned_device_is_refused(self) -> None:
+        self.assertEqual(self.register(0), m.RegisterAck(3, None))
+
+    @inlineCallbacks
+    def test_op0_allocates_a_serial_and_queues_credentials_by_sms(self):  # type: ignore[no-untyped-def]
+        from m2mgw.core.model import Terminal
+
+        yield self.fx.registry.add(Terminal(imei=IMEI, msisdn="8613900000001"))
+        ack = self.register(0)
+        self.assertEqual(ack.result, 0)
+        self.assertTrue(ack.serial.startswith("A9720300"))
+        terminal = self.fx.registry.by_imei(IMEI)
+        self.assertEqual((terminal.serial, terminal.imsi), (ack.serial, IMSI))
+        self.assertEqual(terminal.state, TerminalState.REGISTERED)
+        self.assertIsNotNone(terminal.pending)
+        self.assertEqual(len(terminal.pending.uplink_password), 8)
+        yield task.deferLater(reactor, 0.05, lambda: None)  # the enqueue commits
+        [delivery] = self.fx.registry.queued(ack.serial)
+        self.assertEqual(delivery.command, Command.SECURITY_CONFIG)
+        self.assertEqual(delivery.body[0], 0)  # op 0, waiting for an SMS bearer (PD-21)
+        # A repeated REGISTER re-sends the same pending set (4.3 step 4).
+        pending = terminal.pending
+        self.assertEqual(self.register(0, seq=2).result, 0)
+        self.assertIs(self.fx.registry.by_imei(IMEI).pending, pending)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.fx.registry.queued(ack.serial)), 1, "no second delivery")
+
+    @inlineCallbacks
+    def test_op0_over_ip_without_msisdn_asks_for_sms(self):  # type: ignore[no-untyped-def]
+        from m2mgw.core.model import Terminal
+
+        yield self.fx.registry.add(Terminal(imei=IMEI))
+        self.assertEqual(self.register(0), m.RegisterAck(2, None))
+
+    @inlineCallbacks
+    def test_op3_proofs_bind_and_answer_1_then_6(self):  # type: ignore[no-untyped-def]
+        from m2mgw.core.model import CredentialSet, Terminal
+        from m2mgw.protocol.security import base_key_proof, downlink_proof, uplink_proof
+
+        yield self.fx.registry.add(
+            Terminal(
+                imei=IMEI,
+                serial=SERIAL,
+                current=CredentialSet(
+                    uplink_password="12345678",
+                    downlink_password="87654321",
+                    base_key="112233445566778899001234",
+                ),
+            )
+        )
+        proofs = [
+            Tlv(0xE026, uplink_proof("12345678", 0xFFFFFFFF)),
+            Tlv(0xE029, downlink_proof("87654321", 0xFFFFFFFF)),
+            Tlv(0xE03A, base_key_proof("112233445566778899001234", None)),
+        ]
+        ack = self.register(3, SERIAL, tlvs=proofs, key=UP)
+        self.assertEqual(ack, m.RegisterAck(1, SERIAL))
+        self.assertEqual(self.fx.terminal.imsi, IMSI)
+        again = self.register(3, SERIAL, tlvs=proofs, key=UP, seq=2)
+        self.assertEqual(again, m.RegisterAck(6, SERIAL))
+        # Without a digest (PD-06 switch off) op 3 is discarded: no answer.
+        from m2mgw.protocol.codec import encode_message
+
+        raw = encode_message(
+            m.Register(3, IMEI, IMSI, tlvs=proofs), sequence_id=3, serial=SERIAL, flag=0x80
+        )
+        self.fx.engine.receive(raw, self.bearer)
+        self.assertEqual(self.bearer.sent, [])
+
+    @inlineCallbacks
+    def test_op2_rebinds_a_new_imsi(self):  # type: ignore[no-untyped-def]
+        from m2mgw.core.model import CredentialSet, Terminal
+
+        yield self.fx.registry.add(
+            Terminal(
+                imei=IMEI,
+                imsi="460000000000999",
+                serial=SERIAL,
+                state=TerminalState.REGISTERED,
+                current=CredentialSet(
+                    uplink_password="12345678",
+                    downlink_password="87654321",
+                    base_key="112233445566778899001234",
+                ),
+            )
+        )
+        # The digest uses the stored binding's IMSI (PD-37).
+        old_key = DigestKey.make(IMEI, "460000000000999", "12345678")
+        ack = self.register(2, SERIAL, key=old_key)
+        self.assertEqual(ack, m.RegisterAck(1, SERIAL))
+        self.assertEqual(self.fx.terminal.imsi, IMSI)
