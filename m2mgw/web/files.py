@@ -133,6 +133,9 @@ class _Branch(Resource):
     def render(self, request: Request) -> bytes:
         return _missing().render(request)
 
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return _missing()
+
 
 class _Tokens(Resource):
     """``<token>/<name>``: the file of an active transaction, else 404."""
