@@ -79,6 +79,8 @@ class Message:
         fixed = cls.FIXED
         size = fixed.size
         end = len(body)
+        if not end and not size:  # HEART_BEAT, LOGOUT_ACK...: the hot empty case
+            return cls()
         if end < size:
             raise BodyError(f"{MESSAGE_NAMES[cls.COMMAND]}: body of {end} bytes, need {size}")
         values: Any = fixed.unpack_from(body) if size else ()
