@@ -43,6 +43,7 @@ interface = 127.0.0.1
 [http]
 listen = tcp:0:interface=127.0.0.1
 public_url = http://127.0.0.1:1
+files_dir = {db}.files
 [admin]
 listen = tcp:0:interface=127.0.0.1
 {extra}
