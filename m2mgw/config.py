@@ -122,6 +122,23 @@ def _boolean(raw: str) -> bool:
         raise _Invalid("a boolean (yes/no, true/false, on/off, 1/0)") from None
 
 
+def _duration_list(lo: float, hi: float) -> Parser:
+    """A non-empty comma list of durations (``10s, 60s, 300s``)."""
+    single = _duration(lo, hi)
+
+    def parse(raw: str) -> tuple[float, ...]:
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        try:
+            values = tuple(single(item) for item in items)
+        except _Invalid:
+            values = ()
+        if not values:
+            raise _Invalid(f"a comma list of durations {_seconds(lo)}-{_seconds(hi)} (10s, 60s)")
+        return values
+
+    return parse
+
+
 def _hex_list(*, allow_empty: bool) -> Parser:
     """A comma list of u16 values in hex (``0x0300, 0x0301``)."""
 
@@ -352,7 +369,20 @@ class AppConfig:
 
     listen: str | None = _setting(None, _endpoint)
     callback_timeout: float = _setting(30.0, _duration(0.1, 3600))
-    callback_retry_max: float = _setting(3600.0, _duration(1, _DAY))
+    callback_retry_max: float = _setting(3600.0, _duration(0.1, _DAY))
+    notify_retry_schedule: tuple[float, ...] = _setting(
+        (10.0, 60.0, 300.0), _duration_list(0.01, _DAY)
+    )
+    notify_retention: float = _setting(_DAY, _duration(1))
+    fetch_lease: float = _setting(60.0, _duration(0.1, _DAY))
+    sync_wait: float = _setting(50.0, _duration(0.1, 3600))
+    soap_max_request: int = _setting(8 * 1024 * 1024, _integer(1024, 1 << 30))
+    soap_timestamp_window: float = _setting(300.0, _duration(1, _DAY))
+    soap_duplicate_window: float = _setting(600.0, _duration(0, _DAY))
+    soap_session_idle: float = _setting(1800.0, _duration(1, _DAY))
+    session_ttl: float = _setting(_DAY, _duration(60, 30 * _DAY))
+    max_soap_sessions: int = _setting(4, _integer(1, 1000))
+    max_app_connections: int = _setting(1, _integer(1, 100))
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.web import server
 
+from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
+from m2mgw.sms.service import SmsService
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
 from m2mgw.web.admin import AdminResource
@@ -89,8 +91,11 @@ class GatewayService(service.MultiService):
         )
         self.router = Router(self.engine, self.registry, clock, config.protocol)
         self.files = FileService(self.registry, config, clock)
+        self.apps = ApplicationService(self)
+        self.apps.setServiceParent(self)
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_server: UDPServer | None = None
+        self.sms: SmsService | None = None
         self._build_children(clock)
         self.ready: Deferred[None] | None = None
 
@@ -108,10 +113,13 @@ class GatewayService(service.MultiService):
                 interface=config.udp.interface,
             )
             self.udp_server.setServiceParent(self)
+        if config.sms.enabled:
+            self.sms = SmsService(self, clock)
+            self.sms.setServiceParent(self)
         if config.http.listen:
-            site = server.Site(self.files.resource())
-            site.displayTracebacks = False
-            self._listen("http", config.http.listen, site)
+            self._listen("http", config.http.listen, self.apps.http_site(self.files.resource()))
+        if config.app.listen:
+            self._listen("app", config.app.listen, self.apps.listener())
         if config.admin.listen:
             admin = AdminResource(self)
             site = server.Site(admin)
@@ -172,6 +180,7 @@ class GatewayService(service.MultiService):
             yield self.ready
         service.Service.stopService(self)
         yield DeferredList([d for child in reversed(list(self)) if (d := child.stopService())])
+        self.router.stop()
         if self.tcp_factory is not None:
             self.tcp_factory.close_all()
         yield self.registry.close()

@@ -55,6 +55,7 @@ __all__ = [
     "is_valid_biz_seq",
     "is_valid_session_id",
     "is_valid_terminal_id",
+    "make_response",
     "next_id",
     "parse_datetime",
     "parse_soap_timestamp",
@@ -622,6 +623,16 @@ for _op in OPERATIONS.values():
     _ELEMENTS[_op.response_name] = _op.response
 for _shared in (TlvItem, TerminalStatus, TerminalInfo, AlarmInfo, NotificationItem):
     _ELEMENTS[_shared.__name__] = _shared
+
+
+def make_response(cls: type, code: int, desc: str = "", **values: Any) -> Any:
+    """A response of ``cls`` with ``code``; values of fields ``cls`` lacks are dropped.
+
+    Lets one handler answer e.g. ``msg_id`` whatever the operation's response has.
+    """
+    names = {info.name for info in fields_of(cls)}
+    return cls(result_code=int(code), result_desc=desc or ("OK" if code == 0 else ""),
+               **{name: value for name, value in values.items() if name in names})
 
 
 def element_class(name: str) -> type | None:

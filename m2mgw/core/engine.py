@@ -861,6 +861,9 @@ class PlatformEngine:
         ex.terminal = terminal
         session = self.sessions.get(header.serial)
         if terminal is None:
+            if ex.sms and command == Command.CONFIG_TRAP:
+                self._alarm_without_login(ex, None)
+                return
             raise ProtocolError("request from an unknown serial")
         if session is None:
             if ex.sms and command == Command.CONFIG_TRAP:
@@ -1114,7 +1117,7 @@ class PlatformEngine:
             serial=serial or f"unattributed {msisdn}",
         )
 
-    def _alarm_without_login(self, ex: _Exchange, terminal: Terminal) -> None:
+    def _alarm_without_login(self, ex: _Exchange, terminal: Terminal | None) -> None:
         """An alarm CONFIG_TRAP by SMS from a terminal not logged in (10.4.6)."""
         try:
             msg = m.ConfigTrap.decode_body(ex.frame.body)
@@ -1129,9 +1132,23 @@ class PlatformEngine:
             )
             return
         msisdn = normalize_msisdn(ex.bearer.address)
-        owner = terminal if terminal.msisdn == msisdn else self.registry.by_msisdn(msisdn)
+        if terminal is not None and terminal.msisdn == msisdn:
+            owner: Terminal | None = terminal
+        else:
+            owner = self.registry.by_msisdn(msisdn)
         self._answer(ex, m.ConfigTrapAck(0))
         if owner is None:
+            # Unattributed (10.4.6): the log keeps the header serial beside the MSISDN.
+            self._log(
+                None,
+                ex.header.serial,
+                "in",
+                ex.bearer,
+                Command.CONFIG_TRAP,
+                ex.header.sequence_id,
+                "unattributed-alarm",
+                f"msisdn={msisdn} serial={ex.header.serial}",
+            )
             self._record_alarm(None, msisdn, values, ex.now)
         else:
             self.apply_trap(owner, msg.tlvs, ex.now, None)

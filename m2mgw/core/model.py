@@ -209,3 +209,85 @@ class Alarm:
     #: TLV 0x300E as received (the code of the alarm being cleared).
     cleared_code: str | None = None
     time: float
+
+
+#: Application permissions of spec 2.6.
+APP_PERMISSIONS = frozenset({"connectivity", "remote_control_all"})
+
+
+@dataclass(slots=True, kw_only=True)
+class Application:
+    """An M2M application system (application spec 7.1, 7.2, 2.6).
+
+    ``app_id`` is the user name; ``ec_code`` the EC code terminals address it by
+    (TLV 0x4014), the app id unless provisioned otherwise. The Base Key rotates to
+    ``next_base_key`` for logins from ``next_base_key_from`` (7.2).
+    """
+
+    app_id: str
+    password: str = field(repr=False)
+    ec_code: str
+    cipher: str = "legacy"
+    base_key: str = field(repr=False)
+    base_key_expiry: int | None = None
+    next_base_key: str | None = field(default=None, repr=False)
+    next_base_key_from: int | None = None
+    next_base_key_expiry: int | None = None
+    callback_url: str | None = None
+    terminals: set[str] = field(default_factory=set)
+    permissions: set[str] = field(default_factory=set)
+    require_session: bool = False
+    enabled: bool = True
+    #: Session timestamps only grow (application spec 6.5.1).
+    last_session_timestamp: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class NotificationState(StrEnum):
+    """An undelivered notification: being offered, or kept for ``FetchMessages`` (4.7)."""
+
+    PENDING = "pending"
+    KEPT = "kept"
+
+
+@dataclass(slots=True, kw_only=True)
+class AppNotification:
+    """One entry of an application's durable outbox; ``id`` is its ``notifyId`` (AD-24).
+
+    ``body`` is the notification element (``DeliverData``...) as XML: the one
+    representation both bindings decode. A delivered notification is deleted.
+    """
+
+    id: int | None = None
+    app_id: str
+    kind: str
+    body: bytes
+    state: str = NotificationState.PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    leased_until: float | None = None
+    created_at: float
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True, kw_only=True)
+class AppMessage:
+    """An application request that reaches a terminal; ``id`` is its ``msgId`` (2.1, 2.7).
+
+    ``state`` is a message state name of 2.7 (``QUEUED``...); the terminal request
+    carries ``msg_id = str(id)`` and origin ``app:<app_id>``.
+    """
+
+    id: int | None = None
+    app_id: str
+    operation: str
+    serial: str
+    request_id: int | None = None
+    biz_seq: str | None = None
+    need_ack: bool = True
+    state: str = "QUEUED"
+    op_result: int | None = None
+    terminal_result: int | None = None
+    created_at: float
+    updated_at: float = 0.0

@@ -13,11 +13,47 @@ Objects returned by reads are the live cached instances: mutate them, then ``sav
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+
 from zope.interface import Interface
 
 
 class RegistryError(Exception):
     """A registry operation is invalid (duplicate, unknown terminal, schema too new...)."""
+
+
+class SmsState(StrEnum):
+    """Life of an outgoing SMS message: pending until every segment left, or failed."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(slots=True, kw_only=True)
+class OutgoingSms:
+    """A WMMP message waiting in the durable SMS outbox (spec 10.4).
+
+    It is kept whole: the sender splits it (10.4.3) and records the reference and the
+    segments the modem confirmed, so a retry resends only the rest under that reference.
+    """
+
+    id: int | None = None
+    #: Destination MSISDN, normalised (PD-30).
+    msisdn: str
+    #: Destination application port: the terminal's ``sms_terminal_port``.
+    port: int
+    message: bytes
+    state: str = SmsState.PENDING
+    reference: int | None = None
+    parts_sent: int = 0
+    attempts: int = 0
+    #: Attempts after which the modem could not say whether the PDU went out.
+    uncertain: int = 0
+    error: str | None = None
+    created_at: float
+    updated_at: float = 0.0
 
 
 class ITerminalRegistry(Interface):
@@ -200,3 +236,88 @@ class ITerminalRegistry(Interface):
 
     def allocate_trans_id():
         """A new unused u32 update TransID (persisted counter, from 1, skips 0)."""
+
+    # --- SMS outbox -----------------------------------------------------------------
+
+    def enqueue_sms(sms):
+        """Store a new OutgoingSms (pending) and assign its ``id``.
+
+        It is listed by ``pending_sms`` at once; the row is committed in order with
+        the writes submitted before it.
+
+        :return: Deferred[OutgoingSms] firing once it is durable.
+        """
+
+    def update_sms(sms):
+        """Persist a changed OutgoingSms; one no longer pending leaves ``pending_sms``.
+
+        :return: Deferred[None]
+        """
+
+    def pending_sms():
+        """The pending outgoing SMS messages, FIFO by id, from memory."""
+
+    # --- applications (application spec 2.6, 4.7, 7.1) -------------------------------
+
+    def applications():
+        """All Applications, as a new list, from memory."""
+
+    def application(app_id):
+        """The Application with this app id, or None."""
+
+    def application_by_ec(ec_code):
+        """The Application terminals address by this EC code, or None."""
+
+    def add_application(app):
+        """Store a new Application; RegistryError when its app id or EC code is taken.
+
+        :return: Deferred[Application] firing once committed.
+        """
+
+    def save_application(app):
+        """Persist every field of a known Application (RegistryError if unknown).
+
+        :return: Deferred[None]
+        """
+
+    def enqueue_notification(notification):
+        """Store a new AppNotification and assign its ``id`` (the notifyId).
+
+        :return: Deferred[AppNotification] firing once it is durable.
+        """
+
+    def update_notification(notification):
+        """Persist a changed AppNotification (state, attempts, lease...).
+
+        :return: Deferred[None]
+        """
+
+    def delete_notifications(ids):
+        """Delete delivered or acknowledged notifications; unknown ids are ignored.
+
+        :return: Deferred[None]
+        """
+
+    def notifications(app_id):
+        """The application's undelivered notifications, FIFO by id, from memory."""
+
+    def add_app_message(message):
+        """Store a new AppMessage and assign its ``id`` (the msgId).
+
+        :return: Deferred[AppMessage] firing once committed.
+        """
+
+    def update_app_message(message):
+        """Persist a changed AppMessage.
+
+        :return: Deferred[None]
+        """
+
+    def app_message(msg_id):
+        """The AppMessage with this msgId: from memory if recent, else from the database.
+
+        :return: Deferred[AppMessage | None]
+        """
+
+    def app_message_by_biz_seq(app_id, biz_seq):
+        """The most recent in-memory AppMessage of ``app_id`` with this bizSeq, or None."""

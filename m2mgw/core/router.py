@@ -84,6 +84,7 @@ class Router:
         self.config = config
         engine.router = self
         self._outstanding: dict[str, _Outstanding] = {}
+        self._confirm_timers: dict[tuple[str, int], IDelayedCall] = {}
         self._traffic: dict[str, _TerminalTraffic] = {}
         #: Called with each request that reached a final state or a new outcome.
         self.result_observers: list[Callable[[Request], None]] = []
@@ -326,8 +327,9 @@ class Router:
         result = _result_of(message)
         self._after_answer(terminal, request, message, result)
         if request.command == Command.CONFIG_SET and result == 0:
-            self.clock.callLater(
-                self.config.config_confirm_wait, self._unconfirmed, serial, request.sequence_id
+            key = (serial, request.sequence_id or 0)
+            self._confirm_timers[key] = self.clock.callLater(
+                self.config.config_confirm_wait, self._unconfirmed, *key
             )
         ok = _answer_ok(request.command, result)
         outcome = "acknowledged" if ok and request.command in ASYNC_COMMANDS else "ok"
@@ -412,6 +414,9 @@ class Router:
 
     def execution_report(self, terminal: Terminal, sequence_id: int, result: int) -> None:
         """TLV 0x4010 in a CONFIG_TRAP: the outcome of an asynchronous request (4.9)."""
+        timer = self._confirm_timers.pop((terminal.serial or "", sequence_id), None)
+        if timer is not None and timer.active():
+            timer.cancel()
         traffic = self._traffic_of(terminal.serial or "")
         request_id = traffic.awaiting_report.pop(sequence_id, None)
         request = self.registry.request(request_id) if request_id else None
@@ -432,6 +437,7 @@ class Router:
 
     def _unconfirmed(self, serial: str, sequence_id: int) -> None:
         """No 0x4010 within config_confirm_wait of a CONFIG_SET's ACK (4.10)."""
+        self._confirm_timers.pop((serial, sequence_id), None)
         request_id = self._traffic_of(serial).awaiting_report.pop(sequence_id, None)
         request = self.registry.request(request_id) if request_id else None
         if request is None:
@@ -583,6 +589,18 @@ class Router:
             return requests
 
         return self.registry.expire_requests(self.clock.seconds()).addCallback(report)
+
+    def stop(self) -> None:
+        """Cancel every timer; outstanding requests stay ``sent`` in the registry and
+        are sent again after the terminal's next login (D-16)."""
+        for timer in self._confirm_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._confirm_timers.clear()
+        for out in self._outstanding.values():
+            if out.timer is not None and out.timer.active():
+                out.timer.cancel()
+        self._outstanding.clear()
 
     def outstanding(self, serial: str) -> Request | None:
         out = self._outstanding.get(serial)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import operator
 import re
 import sqlite3
 from collections import OrderedDict
@@ -34,10 +35,14 @@ from zope.interface import implementer
 from m2mgw.core.model import (
     U32_MAX,
     Alarm,
+    Application,
+    AppMessage,
+    AppNotification,
     CredentialSet,
     FileState,
     FileTransaction,
     LogEntry,
+    NotificationState,
     Request,
     RequestState,
     Terminal,
@@ -45,7 +50,7 @@ from m2mgw.core.model import (
     advance_counter,
     normalize_msisdn,
 )
-from m2mgw.core.registry import ITerminalRegistry, RegistryError
+from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, RegistryError, SmsState
 
 _log = Logger()
 
@@ -173,6 +178,12 @@ class _Table:
         self.key = key
         self.columns = tuple(f.name for f in dataclasses.fields(cls))
         self.codecs = codecs or {}
+        # attrgetter builds the row tuple in C: ``row`` runs for every logged message.
+        getter = operator.attrgetter(*self.columns)
+        self._values = getter if len(self.columns) > 1 else lambda obj: (getter(obj),)
+        self._encoders = tuple(
+            (i, self.codecs[c][0]) for i, c in enumerate(self.columns) if c in self.codecs
+        )
         names = ", ".join(f'"{c}"' for c in self.columns)
         values = ", ".join("?" * len(self.columns))
         self.insert = f"INSERT INTO {name} ({names}) VALUES ({values})"
@@ -183,10 +194,13 @@ class _Table:
             self.update = f'UPDATE {name} SET {sets} WHERE "{key}" = ?'
 
     def row(self, obj: Any) -> Row:
-        return tuple(
-            self.codecs[c][0](getattr(obj, c)) if c in self.codecs else getattr(obj, c)
-            for c in self.columns
-        )
+        values: Row = self._values(obj)
+        if not self._encoders:
+            return values
+        row = list(values)
+        for i, encode in self._encoders:
+            row[i] = encode(row[i])
+        return tuple(row)
 
     def update_row(self, obj: Any) -> Row:
         """Parameters of ``update``: the non-key columns, then the key."""
@@ -226,6 +240,23 @@ _FILES = _Table("file_transactions", FileTransaction, key="trans_id",
 _MESSAGES = _Table("messages", LogEntry)
 _ALARM_HISTORY = _Table("alarm_history", Alarm)
 _ALARM_STATE = _Table("alarm_state", Alarm)
+_SMS_OUTBOX = _Table("sms_outbox", OutgoingSms, key="id", codecs={"state": _enum(SmsState)})
+_APPLICATIONS = _Table(
+    "applications",
+    Application,
+    key="app_id",
+    codecs={
+        "terminals": _STR_SET,
+        "permissions": _STR_SET,
+        "require_session": _BOOL,
+        "enabled": _BOOL,
+    },
+)
+_NOTIFICATIONS = _Table("app_notifications", AppNotification, key="id",
+                        codecs={"state": _enum(NotificationState)})
+_APP_MESSAGES = _Table("app_messages", AppMessage, key="id", codecs={"need_ack": _BOOL})
+#: Application messages (msgId) kept in memory for status queries and bizSeq (AD-14).
+APP_MESSAGE_CACHE_SIZE = 100_000
 
 _TOUCH = 'UPDATE terminals SET last_seen = ?, bearer = ?, address = ? WHERE id = ?'
 _SET_COUNTER = "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)"
@@ -256,6 +287,12 @@ def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
         "files": rows(f"{_FILES.select} WHERE expires_at > ?", now),
         "counters": rows("SELECT name, value FROM counters"),
         "sequences": rows("SELECT name, seq FROM sqlite_sequence"),
+        "sms_pending": rows(f"{_SMS_OUTBOX.select} WHERE state = 'pending' ORDER BY id"),
+        "applications": rows(_APPLICATIONS.select),
+        "notifications": rows(f"{_NOTIFICATIONS.select} ORDER BY id"),
+        "app_messages": rows(
+            f"{_APP_MESSAGES.select} ORDER BY id DESC LIMIT ?", APP_MESSAGE_CACHE_SIZE
+        ),
     }
 
 
@@ -303,6 +340,12 @@ class SqliteRegistry:
         self._next_id: dict[str, int] = {}
         self._touched: set[int] = set()
         self._log_rows: list[Row] = []
+        self._sms_pending: dict[int, OutgoingSms] = {}
+        self._apps: dict[str, Application] = {}
+        self._apps_by_ec: dict[str, Application] = {}
+        self._outboxes: dict[str, dict[int, AppNotification]] = {}
+        self._app_messages: OrderedDict[int, AppMessage] = OrderedDict()
+        self._biz_seqs: dict[tuple[str, str], AppMessage] = {}
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -355,7 +398,15 @@ class SqliteRegistry:
             self._index_file(_FILES.load(row))
         self._counters = dict(loaded["counters"])
         sequences = dict(loaded["sequences"])
-        self._next_id = {table: sequences.get(table, 0) + 1 for table in ("terminals", "requests")}
+        self._next_id = {
+            table: sequences.get(table, 0) + 1
+            for table in ("terminals", "requests", "sms_outbox", "app_notifications",
+                          "app_messages")
+        }
+        for row in loaded["sms_pending"]:
+            sms = _SMS_OUTBOX.load(row)
+            self._sms_pending[sms.id] = sms
+        self._install_applications(loaded)
         self._flusher.start(FLUSH_INTERVAL, now=False)
         # A reactor stopped without close() would drop batched writes; "before"
         # triggers may return a Deferred, which shutdown waits for.
@@ -508,7 +559,9 @@ class SqliteRegistry:
             self._index[name][key] = terminal
         self._indexed[terminal.id] = keys
 
-    def _new_row(self, obj: Terminal | Request, table: _Table) -> Row:
+    def _new_row(
+        self, obj: Terminal | Request | OutgoingSms | AppNotification | AppMessage, table: _Table
+    ) -> Row:
         """Give ``obj`` the table's next id and encode it; no change if encoding fails."""
         obj.id = self._next_id[table.name]
         try:
@@ -732,3 +785,138 @@ class SqliteRegistry:
     def _index_file(self, tx: FileTransaction) -> None:
         self._files_by_token[tx.token] = tx
         self._files_by_trans_id[tx.trans_id] = tx
+
+    # --- SMS outbox -----------------------------------------------------------------
+
+    def enqueue_sms(self, sms: OutgoingSms) -> Deferred[OutgoingSms]:
+        if sms.id is not None:
+            raise RegistryError(f"outgoing SMS {sms.id} is already enqueued")
+        sms.updated_at = self._reactor.seconds()
+        row = self._new_row(sms, _SMS_OUTBOX)
+        self._sms_pending[sms.id] = sms
+        return self._write([(_SMS_OUTBOX.insert, [row])]).addCallback(lambda _: sms)
+
+    def update_sms(self, sms: OutgoingSms) -> Deferred[None]:
+        if sms.id is None:
+            raise RegistryError("update of an outgoing SMS that was never enqueued")
+        sms.updated_at = self._reactor.seconds()
+        row = _SMS_OUTBOX.update_row(sms)
+        if sms.state == SmsState.PENDING:
+            self._sms_pending[sms.id] = sms
+        else:
+            self._sms_pending.pop(sms.id, None)
+        return self._write([(_SMS_OUTBOX.update, [row])])
+
+    def pending_sms(self) -> list[OutgoingSms]:
+        return sorted(self._sms_pending.values(), key=lambda sms: sms.id or 0)
+
+    # --- applications ---------------------------------------------------------------
+
+    def _install_applications(self, loaded: dict[str, list[Row]]) -> None:
+        for row in loaded["applications"]:
+            self._index_application(_APPLICATIONS.load(row))
+        for row in loaded["notifications"]:
+            notification = _NOTIFICATIONS.load(row)
+            self._outboxes.setdefault(notification.app_id, {})[notification.id] = notification
+        for row in reversed(loaded["app_messages"]):
+            self._cache_app_message(_APP_MESSAGES.load(row))
+
+    def applications(self) -> list[Application]:
+        return list(self._apps.values())
+
+    def application(self, app_id: str) -> Application | None:
+        return self._apps.get(app_id)
+
+    def application_by_ec(self, ec_code: str) -> Application | None:
+        return self._apps_by_ec.get(ec_code)
+
+    def add_application(self, app: Application) -> Deferred[Application]:
+        for taken, key, what in ((self._apps, app.app_id, "app id"),
+                                 (self._apps_by_ec, app.ec_code, "EC code")):
+            if key in taken:
+                raise RegistryError(f"{what} {key} is already used by application "
+                                    f"{taken[key].app_id}")
+        now = self._reactor.seconds()
+        app.created_at = app.created_at or now
+        app.updated_at = now
+        row = _APPLICATIONS.row(app)
+        self._index_application(app)
+        return self._write([(_APPLICATIONS.insert, [row])]).addCallback(lambda _: app)
+
+    def save_application(self, app: Application) -> Deferred[None]:
+        known = self._apps.get(app.app_id)
+        if known is None:
+            raise RegistryError(f"application {app.app_id} is not in the registry")
+        other = self._apps_by_ec.get(app.ec_code)
+        if other is not None and other.app_id != app.app_id:
+            raise RegistryError(f"EC code {app.ec_code} is already used by {other.app_id}")
+        app.updated_at = self._reactor.seconds()
+        self._apps_by_ec.pop(known.ec_code, None)
+        self._index_application(app)
+        return self._write([(_APPLICATIONS.update, [_APPLICATIONS.update_row(app)])])
+
+    def _index_application(self, app: Application) -> None:
+        self._apps[app.app_id] = app
+        self._apps_by_ec[app.ec_code] = app
+
+    def enqueue_notification(self, notification: AppNotification) -> Deferred[AppNotification]:
+        if notification.id is not None:
+            raise RegistryError(f"notification {notification.id} is already enqueued")
+        notification.updated_at = self._reactor.seconds()
+        row = self._new_row(notification, _NOTIFICATIONS)
+        self._outboxes.setdefault(notification.app_id, {})[notification.id] = notification
+        return self._write([(_NOTIFICATIONS.insert, [row])]).addCallback(lambda _: notification)
+
+    def update_notification(self, notification: AppNotification) -> Deferred[None]:
+        if notification.id is None:
+            raise RegistryError("update of a notification that was never enqueued")
+        notification.updated_at = self._reactor.seconds()
+        row = _NOTIFICATIONS.update_row(notification)
+        return self._write([(_NOTIFICATIONS.update, [row])])
+
+    def delete_notifications(self, ids: Iterable[int]) -> Deferred[None]:
+        gone = []
+        for outbox in self._outboxes.values():
+            for notify_id in ids:
+                if outbox.pop(notify_id, None) is not None:
+                    gone.append((notify_id,))
+        if not gone:
+            return succeed(None)
+        return self._write([("DELETE FROM app_notifications WHERE id = ?", gone)])
+
+    def notifications(self, app_id: str) -> list[AppNotification]:
+        return sorted(self._outboxes.get(app_id, {}).values(), key=lambda n: n.id or 0)
+
+    def add_app_message(self, message: AppMessage) -> Deferred[AppMessage]:
+        if message.id is not None:
+            raise RegistryError(f"application message {message.id} is already stored")
+        message.updated_at = self._reactor.seconds()
+        row = self._new_row(message, _APP_MESSAGES)
+        self._cache_app_message(message)
+        return self._write([(_APP_MESSAGES.insert, [row])]).addCallback(lambda _: message)
+
+    def update_app_message(self, message: AppMessage) -> Deferred[None]:
+        if message.id is None:
+            raise RegistryError("update of an application message that was never stored")
+        message.updated_at = self._reactor.seconds()
+        return self._write([(_APP_MESSAGES.update, [_APP_MESSAGES.update_row(message)])])
+
+    def app_message(self, msg_id: int) -> Deferred[AppMessage | None]:
+        cached = self._app_messages.get(msg_id)
+        if cached is not None:
+            return succeed(cached)
+        d = self._query(f"{_APP_MESSAGES.select} WHERE id = ?", msg_id)
+        return d.addCallback(lambda rows: _APP_MESSAGES.load(rows[0]) if rows else None)
+
+    def app_message_by_biz_seq(self, app_id: str, biz_seq: str) -> AppMessage | None:
+        return self._biz_seqs.get((app_id, biz_seq))
+
+    def _cache_app_message(self, message: AppMessage) -> None:
+        self._app_messages[message.id] = message
+        if message.biz_seq is not None:
+            self._biz_seqs[(message.app_id, message.biz_seq)] = message
+        if len(self._app_messages) > APP_MESSAGE_CACHE_SIZE:
+            _, old = self._app_messages.popitem(last=False)
+            key = (old.app_id, old.biz_seq or "")
+            if self._biz_seqs.get(key) is old:
+                del self._biz_seqs[key]

@@ -47,9 +47,25 @@ class StoredUplink:
     def __init__(self, registry: ITerminalRegistry, clock_seconds: object) -> None:
         self.registry = registry
         self._seconds = clock_seconds
+        #: Per EC code, the terminal last seen bound to it: checked in O(1) per message.
+        self._witness: dict[str, Terminal] = {}
 
     def exists(self, app_id: str) -> bool:
-        return any(app_id in t.apps or app_id == t.default_app for t in self.registry.terminals())
+        """Whether some registered terminal is bound to ``app_id``.
+
+        Runs on every TRANSPARENT_DATA: the remembered witness terminal answers when it
+        is still registered and still bound, so only a miss scans all terminals.
+        """
+        witness = self._witness.get(app_id)
+        if witness is not None and _bound(witness, app_id):
+            if self.registry.by_imei(witness.imei) is witness:
+                return True
+        for terminal in self.registry.terminals():
+            if _bound(terminal, app_id):
+                self._witness[app_id] = terminal
+                return True
+        self._witness.pop(app_id, None)
+        return False
 
     def deliver(
         self, app_id: str, serial: str, message: TransparentData | TransparentCmd
@@ -69,3 +85,7 @@ class StoredUplink:
 
     def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
         del terminal, values
+
+
+def _bound(terminal: Terminal, app_id: str) -> bool:
+    return app_id in terminal.apps or app_id == terminal.default_app

@@ -16,6 +16,8 @@ from m2mgw.protocol.errors import BodyError
 from m2mgw.protocol.tlv import Tlv, decode_tlvs, encode_tlvs, find
 
 _EMPTY = struct.Struct(">")
+# Per message class, the dataclass field names but ``tlvs`` (``dataclasses.fields`` is slow).
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 # TLV tags the message helpers read.
 TAG_USER_DATA = 0x4007
@@ -99,8 +101,12 @@ class Message:
         return cls(*values, tlvs=tlvs)
 
     def fields_dict(self) -> dict[str, Any]:
-        """The fixed fields by name (for tools and logs)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "tlvs"}
+        """The fixed fields by name (for tools and logs: the engine logs every message)."""
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = tuple(f.name for f in fields(self) if f.name != "tlvs")
+            _FIELD_NAMES[type(self)] = names
+        return {name: getattr(self, name) for name in names}
 
 
 def _latin1(name: str, value: str) -> bytes:

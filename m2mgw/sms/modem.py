@@ -101,6 +101,8 @@ class ModemProtocol(Protocol):
         self.ready = False
         self._engine = at.AtEngine()
         self._waiting: dict[at.Command, Deferred[at.Response]] = {}
+        #: Storage slots being read or handed over, not yet deleted.
+        self._claimed: set[int] = set()
         self._timer: IDelayedCall | None = None
         self._retry: IDelayedCall | None = None
         self._settle: IDelayedCall | None = None
@@ -231,17 +233,34 @@ class ModemProtocol(Protocol):
 
     def _swept(self, response: at.Response) -> None:
         for index, stat, pdu in at.parse_cmgl(response):
-            if stat in (REC_UNREAD, REC_READ):
+            if stat in (REC_UNREAD, REC_READ) and self._claim(index):
                 self._take(index, pdu)
 
+    def _claim(self, index: int) -> bool:
+        """Whether storage slot ``index`` is free to handle: a +CMTI arriving during
+        the start-up sweep must not hand the same SMS over twice."""
+        if index in self._claimed:
+            return False
+        self._claimed.add(index)
+        return True
+
     def _read(self, index: int) -> None:
+        if not self._claim(index):
+            return
         d = self.command(at.read_command(index, self.command_timeout))
         d.addCallback(at.parse_cmgr)
         d.addCallback(self._read_done, index)
+        d.addErrback(self._release, index)
         d.addErrback(self._log_failure, f"reading SMS {index}")
 
+    def _release(self, failure: Failure, index: int) -> Failure:
+        self._claimed.discard(index)
+        return failure
+
     def _read_done(self, entry: tuple[int, bytes] | None, index: int) -> None:
-        if entry is not None:  # None: the slot was empty
+        if entry is None:  # the slot was empty
+            self._claimed.discard(index)
+        else:
             self._take(index, entry[1])
 
     def _take(self, index: int, pdu: bytes) -> None:
@@ -249,6 +268,7 @@ class ModemProtocol(Protocol):
         self._dispatch(pdu, f"stored SMS {index}")
         d = self.command(at.delete_command(index, self.command_timeout))
         d.addErrback(self._log_failure, f"deleting SMS {index}")
+        d.addBoth(lambda _: self._claimed.discard(index))
 
     def _dispatch(self, pdu: bytes, where: str) -> None:
         try:

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 
+from m2mgw.app import provision
 from m2mgw.config import ConfigError, GatewayConfig, endpoint_parts, load_config
 from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
@@ -40,6 +41,7 @@ POLL_INTERVAL = 0.5
 FINAL_STATES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 LIST_COLUMNS = ("serial", "imei", "imsi", "msisdn", "state", "bearer", "last_seen")
 REQUEST_COLUMNS = ("id", "serial", "command", "state", "outcome", "created_at")
+APP_COLUMNS = ("app_id", "ec_code", "cipher", "callback_url", "terminals")
 
 
 class CliError(Exception):
@@ -229,6 +231,45 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
 
         record = with_registry(ctx.config, add, create=True)
     _print(record, args.json)
+    return 0
+
+
+def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
+    """Provision an application (application spec 7.1) and bind its terminals."""
+    params: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("app_id", args.app_id), ("password", args.password), ("base_key", args.base_key),
+            ("ec_code", args.ec_code), ("callback_url", args.callback_url),
+            ("terminals", args.terminal), ("cipher", args.cipher),
+        )
+        if value is not None
+    }
+    api = ctx.live()
+    if api is not None:
+        record = api.call("POST", "/apps", params)
+    else:
+        record = with_registry(
+            ctx.config, lambda registry: provision.provision(registry, params), create=True
+        )
+    _print(record, args.json)
+    return 0
+
+
+def cmd_apps(ctx: Context, args: argparse.Namespace) -> int:
+    api = ctx.live()
+    if api is not None:
+        listing = api.call("GET", "/apps")
+    else:
+        listing = with_registry(
+            ctx.config,
+            lambda r: [provision.describe_application(a) for a in r.applications()],
+            create=False,
+        )
+    if args.json:
+        _print(listing, True)
+    else:
+        _table([{**a, "terminals": ",".join(a["terminals"])} for a in listing], APP_COLUMNS)
     return 0
 
 
@@ -443,6 +484,22 @@ def make_parser() -> _Parser:
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the outcome")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_send)
+
+    p = sub.add_parser("app-provision", help="add an M2M application")
+    p.add_argument("--app-id", required=True, help="user name, 1-16 of A-Z a-z 0-9 _ -")
+    p.add_argument("--password", required=True)
+    p.add_argument("--base-key", required=True, help="16 or 24 ASCII characters (aes: 16)")
+    p.add_argument("--ec-code", help="EC code terminals address it by (default: the app id)")
+    p.add_argument("--callback-url", help="its M2MAppNotifyService endpoint")
+    p.add_argument("--terminal", action="append", metavar="SERIAL",
+                   help="bound terminal (repeatable)")
+    p.add_argument("--cipher", choices=("legacy", "aes"))
+    p.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    p.set_defaults(run=cmd_app_provision)
+
+    p = sub.add_parser("apps", help="list applications")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_apps)
     return parser
 
 

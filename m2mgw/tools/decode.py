@@ -2,8 +2,9 @@
 
 The decoding itself is :func:`describe`, which returns a JSON-friendly dict; the text
 and ``--json`` outputs both render that dict. Input handling is separate
-(:func:`read_message`), so another input form (an SMS PDU carrying the message) only
-has to produce the WMMP bytes and call :func:`describe`.
+(:func:`read_message`). With ``--pdu`` the input is an SMS PDU (spec 10.4):
+:func:`describe_pdu` decodes it and, when it carries a whole WMMP message, that
+message with :func:`describe`, adding an ``sms`` object to the same dict.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
 from m2mgw.protocol import codec
@@ -23,6 +25,7 @@ from m2mgw.protocol.messages import LoginAck, Message, decode_message
 from m2mgw.protocol.security import Cipher, DigestKey, make_cipher
 from m2mgw.protocol.tags import tag_name
 from m2mgw.protocol.tlv import Tlv, decode_tlvs
+from m2mgw.sms import pdu
 
 PROG = "m2mgw-decode"
 
@@ -226,6 +229,123 @@ def render_text(info: dict[str, Any], out: TextIO) -> None:
         print(f"warning:  {warning}", file=out)
 
 
+def decode_pdu(data: bytes, smsc_prefix: bool | None = None) -> tuple[pdu.Sms, bool, list[str]]:
+    """The SMS in ``data``, whether it had the SMSC prefix, and warnings.
+
+    ``smsc_prefix`` None detects it: the decoder is strict, so normally only one
+    reading succeeds; if both do, the TPDU reading wins with a warning.
+    """
+    readings: list[tuple[pdu.Sms, bool]] = []
+    error: ProtocolError | None = None
+    for prefixed in (False, True) if smsc_prefix is None else (smsc_prefix,):
+        try:
+            readings.append((pdu.decode(data, smsc_prefix=prefixed), prefixed))
+        except ProtocolError as exc:
+            error = exc
+    if not readings:
+        assert error is not None
+        raise ProtocolError(f"not an SMS PDU: {error.reason}")
+    warnings = []
+    if len(readings) > 1:
+        warnings.append("the PDU also decodes with an SMSC prefix: give --smsc-prefix yes")
+    sms, prefixed = readings[0]
+    return sms, prefixed, warnings
+
+
+def describe_sms(sms: pdu.Sms, prefixed: bool) -> dict[str, Any]:
+    """The ``sms`` object: addresses, PID, DCS, UDH and the concatenation fields."""
+    deliver = isinstance(sms, pdu.SmsDeliver)
+    address = sms.originator if isinstance(sms, pdu.SmsDeliver) else sms.destination
+    udh = sms.udh
+    out: dict[str, Any] = {
+        "type": "SMS-DELIVER" if deliver else "SMS-SUBMIT",
+        "smsc_prefix": prefixed,
+        "smsc": None if sms.smsc is None else sms.smsc.number,
+        "originator" if deliver else "destination": address.number,
+        "toa": address.toa,
+        "pid": sms.pid,
+        "dcs": sms.dcs,
+    }
+    if isinstance(sms, pdu.SmsDeliver):
+        out["scts"] = sms.scts.isoformat()
+    else:
+        out["reference"] = sms.reference
+        validity = sms.validity
+        out["validity"] = (
+            validity.isoformat() if isinstance(validity, datetime) else _json_value(validity)
+        )
+    out["udh"] = None if udh is None else {
+        "dest_port": udh.dest_port,
+        "orig_port": udh.orig_port,
+        "port_bits": udh.port_bits if udh.dest_port is not None else None,
+        "other": [{"iei": iei, "data": data.hex().upper()} for iei, data in udh.other],
+    }  # fmt: skip
+    out["concat_ref"] = None if udh is None else udh.concat_ref
+    out["concat_total"] = None if udh is None else udh.concat_total
+    out["concat_seq"] = None if udh is None else udh.concat_seq
+    out["user_data_length"] = len(sms.user_data)
+    return out
+
+
+def describe_pdu(
+    data: bytes, *, smsc_prefix: bool | None = None, **options: Any
+) -> dict[str, Any]:
+    """An SMS PDU and, when it carries a whole WMMP message (10.4), that message.
+
+    ``options`` go to :func:`describe`. A WMMP SMS has 8-bit data and a port UDH (any
+    port: captured platforms use port 0, 11.7); one segment of several only gets the
+    ``sms`` object, as the message needs all of them.
+    """
+    sms, prefixed, warnings = decode_pdu(data, smsc_prefix)
+    info = describe_sms(sms, prefixed)
+    udh = sms.udh
+    if not isinstance(sms.user_data, bytes):
+        return {"sms": {**info, "text": sms.user_data}, "warnings": warnings}
+    if udh is None or udh.dest_port is None:
+        warnings.append("8-bit data without application ports: not a WMMP SMS (10.4.2)")
+    elif (udh.concat_total or 1) > 1:
+        warnings.append(
+            f"segment {udh.concat_seq}/{udh.concat_total} of a concatenated message: "
+            "its WMMP message needs every segment"
+        )
+    else:
+        described = describe(sms.user_data, **options)
+        described["sms"] = info
+        described["warnings"] = warnings + described["warnings"]
+        return described
+    return {"sms": {**info, "user_data": sms.user_data.hex().upper()}, "warnings": warnings}
+
+
+def render_pdu_text(info: dict[str, Any], out: TextIO) -> None:
+    """The human-readable form of :func:`describe_pdu`'s result."""
+    sms = info["sms"]
+    party = "from" if "originator" in sms else "to"
+    number = sms.get("originator", sms.get("destination"))
+    stamp = f" scts={sms['scts']}" if "scts" in sms else ""
+    print(
+        f"sms:      {sms['type']} {party} {number} (toa 0x{sms['toa']:02X})"
+        f" pid=0x{sms['pid']:02X} dcs=0x{sms['dcs']:02X}{stamp}"
+        f" smsc={sms['smsc'] or '-'}{' (prefixed)' if sms['smsc_prefix'] else ''}",
+        file=out,
+    )
+    udh = sms["udh"]
+    if udh is not None:
+        concat = (
+            f" concatenation ref={sms['concat_ref']} part {sms['concat_seq']}/{sms['concat_total']}"
+            if sms["concat_total"] is not None
+            else ""
+        )
+        print(f"udh:      ports {udh['dest_port']} <- {udh['orig_port']}{concat}", file=out)
+    for key in ("text", "user_data"):
+        if key in sms:
+            print(f"{key + ':':<10}{sms[key]}", file=out)
+    if "header" in info:
+        render_text(info, out)
+    else:
+        for warning in info["warnings"]:
+            print(f"warning:  {warning}", file=out)
+
+
 def parse_hex(text: str) -> bytes:
     """Plain hex digits with optional whitespace anywhere."""
     digits = "".join(text.split())
@@ -254,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Decode one WMMP terminal-protocol message given as hex."
     )
     parser.add_argument("hex", metavar="HEX", help="the message as hex digits; - reads stdin")
+    parser.add_argument(
+        "--pdu", action="store_true", help="HEX is an SMS PDU (SMS-DELIVER or SMS-SUBMIT)"
+    )
+    parser.add_argument(
+        "--smsc-prefix",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="whether the PDU starts with the SMSC address (default: detect)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--role",
@@ -284,15 +413,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         raw = read_message(args, sys.stdin)
         cipher = None if args.session_key is None else make_cipher(args.cipher, args.session_key)
-        info = describe(
-            raw, key=_credentials(args), timestamp=args.timestamp, role=args.role, cipher=cipher
-        )
+        options = dict(key=_credentials(args), timestamp=args.timestamp, role=args.role,
+                       cipher=cipher)  # fmt: skip
+        if args.pdu:
+            prefix = {"auto": None, "yes": True, "no": False}[args.smsc_prefix]
+            info = describe_pdu(raw, smsc_prefix=prefix, **options)
+        else:
+            info = describe(raw, **options)
     except (ProtocolError, UsageError) as exc:
         reason = " ".join(str(exc).split())  # always exactly one line
         print(f"{PROG}: error: {reason}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(info))
+    elif args.pdu:
+        render_pdu_text(info, sys.stdout)
     else:
         render_text(info, sys.stdout)
     return 0

@@ -1,8 +1,11 @@
-"""``m2mgw-terminal``: simulated WMMP terminals over TCP or UDP (spec 9.4, 10.2, 10.3).
+"""``m2mgw-terminal``: simulated WMMP terminals over TCP, UDP or SMS (spec 9.4, 10.2-10.4).
 
 Each terminal is a :class:`~m2mgw.core.terminal.TerminalClient` driven by thin Twisted
 adapters: a TCP connection per terminal (long or short), or one shared UDP socket for
-all terminals, demultiplexed by the header serial. One process runs thousands of
+all terminals, demultiplexed by the header serial. On SMS (``--mode sms``) the
+terminals reach the gateway's modem emulator through its control socket: their
+messages are injected with ``deliver``, and the SMS the gateway sent (``sent``, polled)
+are picked by destination MSISDN and reassembled. One process runs thousands of
 terminals: no threads, staggered starts, one timer per terminal. With
 ``--json-events`` every event is one JSON line on stdout, for tests and the quick
 start. The exit code is 0 when every terminal logged in and out cleanly.
@@ -13,28 +16,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
 from m2mgw.core import terminal as core
+from m2mgw.core.model import normalize_msisdn
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, LogoutReason, command_name
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.framing import StreamFramer, parse_datagram
 from m2mgw.protocol.tags import BY_NAME, encode_value
 from m2mgw.protocol.tlv import Tlv
+from m2mgw.sms.bearer import SMS_PLATFORM_PORT, SmsReassembler, WmmpSms
+from m2mgw.sms.pdu import SmsDeliver, decode_submit
 
 log = Logger()
 
-MODES = ("tcp-long", "tcp-short", "udp")
+MODES = ("tcp-long", "tcp-short", "udp", "sms")
 
 
 class Reactor(TypingProtocol):
@@ -293,6 +303,8 @@ class SimulatedTerminal:
         self.emit(event_record(event))
         if isinstance(event, core.Registered):
             self.fleet.renamed(self)
+            if event.result == 0 and self.mode == "sms":
+                return  # the credentials follow by SMS (6.3.4): log in once adopted
             if event.result in (0, 1, 6):
                 self._login()
             else:
@@ -307,6 +319,9 @@ class SimulatedTerminal:
             self._on_logged_out(event)
         elif isinstance(event, core.Answer | core.RequestFailed | core.RequestTimedOut):
             self._on_completed(event)
+        elif isinstance(event, core.CredentialsChanged) and self.mode == "sms":
+            if not self.client.logged_in and not self._worked:
+                self._login()
         elif isinstance(event, core.DownloadOffered) and self.fleet.args.fetch == "http":
             self.fleet.fetch(self, event.offer)
 
@@ -341,7 +356,8 @@ class SimulatedTerminal:
             if not self._outstanding:
                 self.finish()
             return
-        self._schedule_heartbeat()
+        if self.mode != "sms":  # HEART_BEAT is never sent by SMS (10.4.5)
+            self._schedule_heartbeat()
 
     def finish(self) -> None:
         """Log out with reason 0; the terminal ends when LOGOUT_ACK (or its timeout) comes."""
@@ -491,6 +507,121 @@ class SharedUdpProtocol(DatagramProtocol):
             terminal.frame_received(frame)
 
 
+class SubmittedSms:
+    """Reassembles the platform's SMS-SUBMITs per destination MSISDN, as terminals would."""
+
+    def __init__(self, port: int = SMS_PLATFORM_PORT) -> None:
+        self._reassembler = SmsReassembler(platform_port=port, max_parts=255)
+
+    def feed(self, tpdu: bytes, now: float) -> tuple[str, bytes] | None:
+        """One TPDU (no SMSC prefix); returns (normalised MSISDN, WMMP message) once complete."""
+        submit = decode_submit(tpdu)
+        deliver = SmsDeliver(
+            originator=submit.destination,
+            scts=datetime.now(UTC),
+            user_data=submit.user_data,
+            udh=submit.udh,
+            dcs=submit.dcs,
+        )
+        event = self._reassembler.feed(deliver, now)
+        return (event.originator, event.message) if isinstance(event, WmmpSms) else None
+
+
+class ModemControlClient(LineReceiver):
+    """The modem emulator's control socket: commands in order, each answered up to OK/ERROR."""
+
+    delimiter = b"\n"
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[str, Deferred[list[str]]]] = deque()
+        self._lines: list[str] = []
+
+    def command(self, line: str) -> Deferred[list[str]]:
+        """Run one control command; fires with its data lines (queued until connected)."""
+        d: Deferred[list[str]] = Deferred()
+        self._queue.append((line, d))
+        if len(self._queue) == 1 and self.transport is not None:
+            self.sendLine(line.encode())
+        return d
+
+    def connectionMade(self) -> None:
+        if self._queue:
+            self.sendLine(self._queue[0][0].encode())
+
+    def lineReceived(self, line: bytes) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if text != "OK" and not text.startswith("ERROR"):
+            self._lines.append(text)
+            return
+        command, d = self._queue.popleft()
+        lines, self._lines = self._lines, []
+        if self._queue:
+            self.sendLine(self._queue[0][0].encode())
+        if text == "OK":
+            d.callback(lines)
+        else:
+            d.errback(ProtocolError(f"modem control {command.split()[0]!r}: {text}"))
+
+
+class SmsModemLink:
+    """Terminals on the SMS bearer through the modem emulator, keyed by MSISDN (10.4)."""
+
+    def __init__(self, reactor: Reactor, control: ModemControlClient, poll: float) -> None:
+        self.reactor = reactor
+        self.control = control
+        self.terminals: dict[str, SimulatedTerminal] = {}
+        self._inbox = SubmittedSms()
+        self._seen = 0
+        self._poll = LoopingCall(self._fetch)
+        self._poll.clock = reactor  # type: ignore[assignment]
+        self._poll.start(poll, now=False)
+
+    def add(self, msisdn: str, terminal: SimulatedTerminal) -> None:
+        key = normalize_msisdn(msisdn)
+        self.terminals[key] = terminal
+        terminal.connected(
+            lambda frame: self._deliver(key, frame), lambda: self.terminals.pop(key, None)
+        )
+
+    def stop(self) -> None:
+        if self._poll.running:
+            self._poll.stop()
+
+    def _deliver(self, msisdn: str, frame: bytes) -> None:
+        d = self.control.command(f"deliver {msisdn} {frame.hex()}")
+        d.addErrback(lambda f: log.warn("SMS from {msisdn} not delivered: {e}", msisdn=msisdn,
+                                        e=f.getErrorMessage()))  # fmt: skip
+
+    def _fetch(self) -> Deferred[None]:
+        d = self.control.command("sent").addCallback(self._sent)
+        return d.addErrback(lambda f: log.warn("Modem control: {e}", e=f.getErrorMessage()))
+
+    def _sent(self, lines: list[str]) -> None:
+        fresh, self._seen = lines[self._seen :], len(lines)
+        for line in fresh:
+            try:
+                complete = self._inbox.feed(bytes.fromhex(json.loads(line)["tpdu"]),
+                                            self.reactor.seconds())  # fmt: skip
+            except (ValueError, KeyError, ProtocolError) as exc:
+                log.warn("Unreadable SMS from the modem: {e}", e=exc)
+                continue
+            if complete is not None and complete[0] in self.terminals:
+                self.terminals[complete[0]].frame_received(complete[1])
+
+
+class _ControlFactory(ClientFactory):
+    def __init__(self, control: ModemControlClient, fleet: Fleet) -> None:
+        self.control = control
+        self.fleet = fleet
+
+    def buildProtocol(self, addr: object) -> ModemControlClient:
+        return self.control
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        for terminal in self.fleet.terminals:
+            terminal.connection_failed(f"modem control: {reason.getErrorMessage()}")
+
+
 # --- the fleet -------------------------------------------------------------------------
 
 
@@ -504,7 +635,7 @@ class Fleet:
         self.reactor = reactor
         self.args = args
         self.sink = sink
-        bearer = "udp" if args.mode == "udp" else "tcp"
+        bearer = args.mode if args.mode in ("udp", "sms") else "tcp"
         self.terminals = [
             SimulatedTerminal(
                 core.TerminalClient(
@@ -519,6 +650,7 @@ class Fleet:
         ]  # fmt: skip
         self._udp: SharedUdpProtocol | None = None
         self._udp_port: Any = None
+        self._sms: SmsModemLink | None = None
 
     def run(self) -> Deferred[int]:
         """Start every terminal (staggered) and fire with 0 when all ended cleanly."""
@@ -526,6 +658,11 @@ class Fleet:
         if self.args.mode == "udp":
             self._udp = SharedUdpProtocol((self.args.host, self.args.udp_port))
             self._udp_port = self.reactor.listenUDP(0, self._udp)
+        if self.args.mode == "sms":
+            host, _, port = self.args.modem_control.rpartition(":")
+            control = ModemControlClient()
+            self._sms = SmsModemLink(self.reactor, control, self.args.sms_poll)
+            self.reactor.connectTCP(host, int(port), _ControlFactory(control, self), 30)
         remaining = len(self.terminals)
         failures = 0
 
@@ -558,6 +695,10 @@ class Fleet:
             udp.add(terminal)
             terminal.connected(udp.send, lambda: udp.forget(terminal))
             return
+        if self._sms is not None:
+            index = self.terminals.index(terminal)
+            self._sms.add(derive(self.args.msisdn, index), terminal)
+            return
         self.reactor.connectTCP(self.args.host, self.args.tcp_port, _TcpFactory(terminal), 30)
 
     def renamed(self, terminal: SimulatedTerminal) -> None:
@@ -583,6 +724,11 @@ class Fleet:
         if self._udp_port is not None:
             self._udp_port.stopListening()
             self._udp_port = None
+        if self._sms is not None:
+            self._sms.stop()
+            if self._sms.control.transport is not None:
+                self._sms.control.transport.loseConnection()
+            self._sms = None
 
 
 # --- command line ----------------------------------------------------------------------
@@ -618,12 +764,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stagger", type=float, default=0.005, help="seconds between starts")
     p.add_argument("--duration", type=float, help="seconds until every terminal logs out")
     p.add_argument("--json-events", action="store_true", help="one JSON line per event")
+    p.add_argument("--modem-control", metavar="HOST:PORT",
+                   help="--mode sms: the modem emulator's control socket")  # fmt: skip
+    p.add_argument("--msisdn", help="--mode sms: the (first) terminal's MSISDN")
+    p.add_argument("--sms-poll", type=float, default=0.5,
+                   help="--mode sms: seconds between polls for the gateway's SMS")  # fmt: skip
     return p
 
 
 def run(reactor: Reactor, argv: Sequence[str] | None, stdout: IO[str]) -> Deferred[int]:
     """Parse ``argv`` and run the fleet on ``reactor``; fires with the exit code."""
     args = parser().parse_args(argv)
+    if args.mode == "sms" and not (args.modem_control and args.msisdn):
+        parser().error("--mode sms needs --modem-control HOST:PORT and --msisdn")
     try:
         identities = build_identities(args)
     except (ValueError, OSError, ProtocolError) as exc:
@@ -645,4 +798,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["Fleet", "SimulatedTerminal", "build_identities", "derive", "main", "run"]
+__all__ = [
+    "Fleet",
+    "ModemControlClient",
+    "SimulatedTerminal",
+    "SubmittedSms",
+    "build_identities",
+    "derive",
+    "main",
+    "run",
+]

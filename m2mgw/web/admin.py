@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from m2mgw.app import provision
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.registry import RegistryError
@@ -201,9 +202,10 @@ class AdminResource(_Api):
         self.putChild(b"terminals", _Terminals(gateway))
         self.putChild(b"requests", _Requests(gateway))
         self.putChild(b"queue", _Queue(gateway))
+        self.putChild(b"apps", _Apps(gateway))
 
     def do_GET(self, request: Request) -> Result:
-        return 200, {"endpoints": ["/health", "/terminals", "/requests", "/queue"]}
+        return 200, {"endpoints": ["/health", "/terminals", "/requests", "/queue", "/apps"]}
 
 
 class _Health(_Api):
@@ -213,6 +215,18 @@ class _Health(_Api):
             "terminals": len(self.gateway.registry.terminals()),
             "sessions": len(self.gateway.engine.sessions),
         }
+
+
+class _Apps(_Api):
+    """``GET`` lists applications (no secrets), ``POST`` provisions one (application 7.1)."""
+
+    def do_GET(self, request: Request) -> Result:
+        apps = sorted(self.gateway.registry.applications(), key=lambda a: a.app_id)
+        return 200, [provision.describe_application(a) for a in apps]
+
+    def do_POST(self, request: Request) -> Deferred[Result]:
+        d = provision.provision(self.gateway.registry, _json_body(request))
+        return d.addCallback(lambda view: (201, view))
 
 
 class _Terminals(_Api):

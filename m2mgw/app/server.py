@@ -1,0 +1,185 @@
+"""The long-connection listener (spec 6): a thin Twisted adapter of :class:`PlatformSession`.
+
+The session decides everything about frames, digests, keys, heartbeats and the
+window; this module feeds it bytes and time, writes what it produces, turns its
+events into calls on the :class:`~m2mgw.app.gateway.ApplicationService`, and keeps
+one timer at the session's next deadline.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from m2mgw.app import longconn as lc
+from m2mgw.app import operations as ops
+from m2mgw.core.model import Application
+
+if TYPE_CHECKING:
+    from m2mgw.app.gateway import ApplicationService
+
+log = Logger()
+
+R = ops.ResultCode
+REPLACED = 3  # APP_LOGOUT reason: session replaced by a newer login (6.5.2)
+
+
+class AppConnection(Protocol):
+    """One application connection on the platform side."""
+
+    def __init__(self, apps: ApplicationService) -> None:
+        self.apps = apps
+        self.clock = apps.clock
+        self.session: lc.PlatformSession | None = None
+        self.app: Application | None = None
+        self.replaced = False
+        self._timer: IDelayedCall | None = None
+        self._offers: dict[int, Deferred[bool]] = {}
+
+    # --- transport --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.session = lc.PlatformSession(self._credentials, self.clock.seconds())
+        self._after([])
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.session is not None
+        self._after(self.session.receive_data(data, self.clock.seconds()))
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.session is not None:
+            self._after(self.session.connection_lost(self.clock.seconds()))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        if self.app is not None:
+            self.apps.connection_closed(self.app.app_id, self)
+
+    def _credentials(self, app_id: str) -> lc.AppCredentials | None:
+        app = self.apps.application(app_id)
+        if app is None:
+            return None
+        return lc.AppCredentials(app.app_id, app.password, app.base_key, app.cipher)
+
+    # --- the notification channel -------------------------------------------------------
+
+    def capacity(self, app_id: str | None = None) -> int:
+        """Free places in the window; -1 when the session cannot carry notifications."""
+        session = self.session
+        if session is None or session.state is not lc.State.ACTIVE or self.replaced:
+            return -1
+        return lc.WINDOW - session.outstanding
+
+    def offer(self, app: Application, notification: object) -> Deferred[bool]:
+        """Send a notification as a platform request (6.6); True on result 0 or 11."""
+        assert self.session is not None
+        try:
+            seq = self.session.send_request(notification, self.clock.seconds())
+        except lc.SessionError:
+            return succeed(False)
+        d: Deferred[bool] = Deferred()
+        self._offers[seq] = d
+        self._after([])
+        return d
+
+    # --- events -----------------------------------------------------------------------
+
+    def _after(self, events: list[Any]) -> None:
+        """Act on session events, then write its output and re-arm its timer."""
+        for event in events:
+            self._on_event(event)
+        session = self.session
+        if session is None or self.transport is None:
+            return
+        data = session.data_to_send()
+        if data:
+            self.transport.write(data)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        deadline = session.next_deadline()
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock.seconds())
+            self._timer = self.clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        assert self.session is not None
+        self._after(self.session.tick(self.clock.seconds()))
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, lc.LoginRequested):
+            self._login(event)
+        elif isinstance(event, lc.RequestReceived):
+            self._request(event)
+        elif isinstance(event, lc.AnswerReceived | lc.RequestFailed):
+            offer = self._offers.pop(event.sequence_id, None)
+            ok = isinstance(event, lc.AnswerReceived) and event.response.result_code in (
+                R.OK, R.DUPLICATE)
+            if offer is not None:
+                offer.callback(ok)
+        elif isinstance(event, lc.Closed):
+            log.info("Application connection of {app_id} closed: {reason}",
+                     app_id=self.app.app_id if self.app else None, reason=event.reason)
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+    def _login(self, event: lc.LoginRequested) -> None:
+        """Policy of APP_LOGIN: enabled app, Base Key, session limit (6.5.1, AD-20)."""
+        session = self.session
+        assert session is not None
+        now = self.clock.seconds()
+        app = self.apps.application(event.app_id)
+        if app is None:
+            session.reject_login(R.APP_UNKNOWN, now)
+            return
+        base_key = self.apps.base_key(app, now)
+        if base_key is None:
+            session.reject_login(R.AUTH_FAILED, now)
+            return
+        live = [c for c in self.apps.connections(app.app_id) if c.capacity() >= 0]
+        if len(live) >= self.apps.config.max_app_connections:
+            if event.request.login_type != 1:
+                session.reject_login(R.DUPLICATE, now)
+                return
+            live[0].replace(now)
+        session.accept_login(now, timestamp=self.apps.session_timestamp(app, now),
+                             session_ttl=int(self.apps.config.session_ttl), base_key=base_key)
+        self.app = app
+        self.apps.connection_opened(app.app_id, self)
+
+    def replace(self, now: float) -> None:
+        """A newer login took this application's place: APP_LOGOUT reason 3 (AD-20)."""
+        assert self.session is not None
+        self.replaced = True
+        self.session.logout(now, REPLACED)
+        self._after([])
+
+    def _request(self, event: lc.RequestReceived) -> None:
+        assert self.app is not None
+        seq = event.sequence_id
+
+        def answer(response: Any) -> None:
+            session = self.session
+            if session is None or session.closed:
+                return
+            try:
+                session.answer(seq, response, self.clock.seconds())
+            except lc.SessionError as exc:
+                log.info("Answer {seq} to {app_id} not sent: {why}", seq=seq,
+                         app_id=self.app.app_id if self.app else None, why=exc.reason)
+            self._after([])
+
+        self.apps.handle(self.app, event.payload).addCallback(answer)
+
+
+class AppFactory(Factory):
+    """Builds :class:`AppConnection` for the ``[app] listen`` endpoint."""
+
+    def __init__(self, apps: ApplicationService) -> None:
+        self.apps = apps
+
+    def buildProtocol(self, addr: Any) -> AppConnection:
+        return AppConnection(self.apps)

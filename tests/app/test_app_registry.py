@@ -1,0 +1,172 @@
+"""Applications in the registry, their provisioning (CLI, admin API) and their settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from treq.client import HTTPClient
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from m2mgw.app import provision
+from m2mgw.app.gateway import message_outcome, refused_read, refused_write
+from m2mgw.config import ConfigError, parse_config
+from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Request
+from m2mgw.core.registry import RegistryError
+from m2mgw.core.requests import RequestError
+from m2mgw.core.sqlite_registry import SqliteRegistry
+from tests.e2e.support import provisioned, start_gateway
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "AppBaseKey0123456789ABCD"
+
+
+class RegistryTest(unittest.TestCase):
+    @defer.inlineCallbacks
+    def open(self):  # type: ignore[no-untyped-def]
+        registry = SqliteRegistry(self.path, reactor)
+        yield registry.open()
+        return registry
+
+    @defer.inlineCallbacks
+    def test_applications_outbox_and_messages_survive_a_restart(self):  # type: ignore[no-untyped-def]
+        self.path = self.mktemp() + ".db"
+        registry = yield self.open()
+        terminal = provisioned(0, apps=set(), default_app=None)
+        yield registry.add(terminal)
+        view = yield provision.provision(registry, {
+            "app_id": "EC0001", "password": "s3cretPW", "base_key": KEY,
+            "callback_url": "http://127.0.0.1:9/notify", "terminals": [terminal.serial],
+            "permissions": ["connectivity"]})
+        self.assertEqual((view["password"], view["base_key"]), ("s3cretPW", KEY))
+        self.assertEqual(terminal.apps, {"EC0001"}, "binding adds the EC code (PD-27)")
+        with self.assertRaises(RequestError):
+            provision.provision(registry, {"app_id": "EC0001", "base_key": "short"})
+        with self.assertRaises(RegistryError):
+            provision.provision(registry, {"app_id": "EC0001"})
+        first = yield registry.enqueue_notification(AppNotification(
+            app_id="EC0001", kind="DeliverData", body=b"<x/>", created_at=1.0))
+        second = yield registry.enqueue_notification(AppNotification(
+            app_id="EC0001", kind="NotifyResult", body=b"<y/>", created_at=2.0))
+        second.state, second.attempts = NotificationState.KEPT, 4
+        yield registry.update_notification(second)
+        yield registry.delete_notifications([first.id, 999])
+        message = yield registry.add_app_message(AppMessage(
+            app_id="EC0001", operation="SendData", serial=terminal.serial, biz_seq="b-1",
+            created_at=3.0))
+        message.state, message.op_result = "ACKED", 0
+        yield registry.update_app_message(message)
+        yield registry.close()
+
+        registry = yield self.open()
+        app = registry.application("EC0001")
+        self.assertEqual((app.terminals, app.permissions, app.callback_url),
+                         ({terminal.serial}, {"connectivity"}, "http://127.0.0.1:9/notify"))
+        self.assertIs(registry.application_by_ec("EC0001"), app)
+        kept = registry.notifications("EC0001")
+        self.assertEqual([(n.id, n.kind, n.state, n.attempts) for n in kept],
+                         [(second.id, "NotifyResult", "kept", 4)])
+        loaded = yield registry.app_message(message.id)
+        self.assertEqual((loaded.state, loaded.op_result, loaded.biz_seq), ("ACKED", 0, "b-1"))
+        self.assertIs(registry.app_message_by_biz_seq("EC0001", "b-1"), loaded)
+        missing = yield registry.app_message(12345)
+        self.assertIsNone(missing)
+        newer = yield registry.enqueue_notification(AppNotification(
+            app_id="EC0001", kind="DeliverData", body=b"<z/>", created_at=4.0))
+        self.assertGreater(newer.id, second.id, "notifyIds are never reused")
+        yield registry.close()
+
+
+class AdminApiTest(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_post_and_get_apps(self):  # type: ignore[no-untyped-def]
+        gateway = yield start_gateway(self.mktemp() + ".db")
+        self.addCleanup(gateway.stopService)
+        terminal = provisioned(0, apps=set(), default_app=None)
+        yield gateway.registry.add(terminal)
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        base = f"http://127.0.0.1:{gateway.port_of('admin')}/apps"
+        body = {"app_id": "EC0009", "password": "p4ssw0rdp4ss", "base_key": "0123456789ABCDEF",
+                "cipher": "aes", "terminals": [terminal.serial]}
+        response = yield http.post(base, json=body)
+        created = yield response.json()
+        self.assertEqual((response.code, created["ec_code"], created["cipher"]),
+                         (201, "EC0009", "aes"))
+        response = yield http.post(base, json={**body, "base_key": "x" * 24})
+        self.assertEqual(response.code, 400, "a 24-character key is not an aes key")
+        yield response.content()
+        response = yield http.post(base, json=body)
+        self.assertEqual(response.code, 409, "taken app id")
+        yield response.content()
+        response = yield http.get(base)
+        listing = yield response.json()
+        self.assertEqual([(a["app_id"], a["terminals"]) for a in listing],
+                         [("EC0009", [terminal.serial])])
+        self.assertNotIn("password", listing[0], "secrets are shown only once")
+        self.assertIn("EC0009", terminal.apps)
+
+
+def run_cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+
+
+def test_cli_provisions_an_application_without_a_running_gateway(tmp_path: Path) -> None:
+    ini = tmp_path / "m2mgw.ini"
+    ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
+    done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
+                   "--base-key", KEY, "--callback-url", "http://127.0.0.1:9000/n", "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["app_id"], record["base_key"], record["cipher"]) == ("EC0001", KEY, "legacy")
+    refused = run_cli(ini, "app-provision", "--app-id", "EC0002", "--password", "pw",
+                      "--base-key", "short")
+    assert refused.returncode == 2 and "base_key must be" in refused.stderr
+    unknown = run_cli(ini, "app-provision", "--app-id", "EC0003", "--password", "pw",
+                      "--base-key", KEY, "--terminal", "A972030000009999")
+    assert unknown.returncode == 2 and "unknown terminal" in unknown.stderr
+    listing = run_cli(ini, "apps")
+    assert listing.returncode == 0
+    assert "EC0001" in listing.stdout and "http://127.0.0.1:9000/n" in listing.stdout
+    assert "s3cretPW" not in listing.stdout
+
+
+def test_app_settings() -> None:
+    config = parse_config("[app]\nnotify_retry_schedule = 1s, 2m\nsync_wait = 5s\n")
+    assert config.app.notify_retry_schedule == (1.0, 120.0)
+    assert (config.app.sync_wait, config.app.max_app_connections) == (5.0, 1)
+    with pytest.raises(ConfigError, match=r"\[app\] notify_retry_schedule: expected a comma"):
+        parse_config("[app]\nnotify_retry_schedule = soon\n")
+
+
+def test_authorisation_tables() -> None:
+    """2.6: reads never touch security tags; writes follow the table and permissions."""
+    assert refused_read(0xE025) and refused_read(0x5001) and not refused_read(0x0011)
+    assert not refused_write(0x0011, set())
+    assert refused_write(0x0002, set()) and not refused_write(0x0002, {"connectivity"})
+    assert not refused_write(0x2001, set()) and not refused_write(0x8001, set())
+    assert refused_write(0x3001, set()) and refused_write(0xE025, {"connectivity"})
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "outcome", "expected"),
+    [
+        ("succeeded", 0, "ok", ("ACKED", 0, 0)),
+        ("succeeded", 0, "applied", ("APPLIED", 0, 0)),
+        ("failed", 3, "result 3", ("FAILED", 7, 3)),
+        ("failed", None, "no answer (timeout)", ("FAILED", 6, None)),
+        ("expired", None, "TTL expired while queued", ("EXPIRED", 5, None)),
+        ("queued", None, None, ("QUEUED", 0, None)),
+    ],
+)
+def test_message_outcome(state: str, result: int | None, outcome: str | None,
+                         expected: tuple[str, int, int | None]) -> None:
+    request = Request(serial="A972030000001234", command=4, body=b"", state=state,
+                      created_at=0, expires_at=1, origin="app:EC0001", result=result,
+                      outcome=outcome)
+    assert message_outcome(request) == expected
