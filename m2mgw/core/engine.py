@@ -637,7 +637,7 @@ class PlatformEngine:
             self.cache.clear_terminal(header.serial)
         self._answer(ex, ack, flag=flag)
         session.sync_deadline = ex.now + self.config.sync_trap_wait
-        session.extra["login_result"] = result
+        session.login_result = result
         if self.router is not None:
             self.router.on_login(terminal)
 
@@ -1343,7 +1343,7 @@ class PlatformEngine:
                 session.sync_deadline = None
                 session.synced = True
                 if self.router is not None:
-                    if session.extra.get("login_result") == LoginResult.OK_SYNC:
+                    if session.login_result == LoginResult.OK_SYNC:
                         self.router.sync_trap_missing(terminal)
                     self.router.kick(terminal)
         self.reassembly.expire(now)

@@ -7,7 +7,7 @@ engine never touches sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from m2mgw.core.model import Terminal
@@ -68,12 +68,11 @@ class Session:
     #: Set once the first CONFIG_TRAP after login was answered, or sync_trap_wait passed.
     synced: bool = False
     sync_deadline: float | None = None
-    #: Sync tags the platform asked for with CONFIG_GET after a silent LOGIN_ACK 1.
-    sync_requested: bool = False
+    #: The LOGIN_ACK result that opened the session: 1 asks for the sync trap (PD-29).
+    login_result: int = 0
     #: A platform LOGOUT is under way: release at this time at the latest.
     release_at: float | None = None
     release_reason: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def start(
