@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from m2mgw.core.model import Terminal
+from m2mgw.core.model import CredentialSet, Terminal
 from m2mgw.protocol.security import Cipher, DigestKey, make_cipher
 
 
@@ -36,14 +36,14 @@ class Bearer(Protocol):
 
 
 def digest_keys(
-    terminal: Terminal, credentials: object | None = None
+    terminal: Terminal, credentials: CredentialSet | None = None
 ) -> tuple[DigestKey, DigestKey]:
     """(uplink, downlink) digest keys of the terminal's binding and a credential set."""
     creds = credentials or terminal.current
     if creds is None or terminal.imsi is None:
         raise LookupError(f"terminal {terminal.serial} has no credentials or binding")
-    up = DigestKey.make(terminal.imei, terminal.imsi, creds.uplink_password)  # type: ignore[attr-defined]
-    down = DigestKey.make(terminal.imei, terminal.imsi, creds.downlink_password)  # type: ignore[attr-defined]
+    up = DigestKey.make(terminal.imei, terminal.imsi, creds.uplink_password)
+    down = DigestKey.make(terminal.imei, terminal.imsi, creds.downlink_password)
     return up, down
 
 
