@@ -349,13 +349,16 @@ class ApplicationService(service.Service):
         for app in self._apps_of(terminal):
             self.notify(app, payload)
 
-    def _on_state(self, terminal: Terminal, old: str, new: str) -> None:
+    def _on_state(self, terminal: Terminal, old: str, new: str, reason: int | None) -> None:
         """NotifyTerminalState (3.3.5) to every application that sees the terminal."""
         event = _EVENTS.get(TerminalState(new))
         if event is None:
             return
+        if new not in (TerminalState.LOGGED_OUT, TerminalState.OFFLINE):
+            reason = None  # the reason belongs to LOGGED_OUT and OFFLINE only
         payload = ops.NotifyTerminalState(notify_id=0, terminal_id=terminal.serial or "",
-                                          event=event, time=int(self.clock.seconds()))
+                                          event=event, reason=reason,
+                                          time=int(self.clock.seconds()))
         for app in self._apps_of(terminal):
             self.notify(app, payload)
 

@@ -210,8 +210,9 @@ class PlatformEngine:
         self._random_bytes = random_bytes
         #: Fragmented answers in progress, by (serial, request Command_ID) (7.3).
         self._answer_parts: dict[tuple[str, int], _AnswerParts] = {}
-        #: Observers of state changes: called with (terminal, old_state, new_state).
-        self.state_observers: list[Callable[[Terminal, str, str], None]] = []
+        #: Observers of state changes: called with (terminal, old_state, new_state,
+        #: logout reason or None).
+        self.state_observers: list[Callable[[Terminal, str, str, int | None], None]] = []
 
     # ------------------------------------------------------------------ receiving
 
@@ -801,7 +802,7 @@ class PlatformEngine:
         self.cache.clear_terminal(serial)
         for key in [k for k in self._answer_parts if k[0] == serial]:
             del self._answer_parts[key]
-        self._set_state(terminal, state)
+        self._set_state(terminal, state, reason)
         self.registry.save(terminal)
         log.info(
             "Session of {serial} ended (reason {reason}): {state}",
@@ -1416,13 +1417,14 @@ class PlatformEngine:
 
     # ------------------------------------------------------------------ helpers
 
-    def _set_state(self, terminal: Terminal, state: str) -> None:
+    def _set_state(self, terminal: Terminal, state: str, reason: int | None = None) -> None:
+        """Change state and tell the observers; ``reason`` is the logout reason (5.3)."""
         old = terminal.state
         if old == state:
             return
         terminal.state = TerminalState(state)
         for observer in self.state_observers:
-            observer(terminal, old, state)
+            observer(terminal, old, state, reason)
 
     def _auth_failure(self, ex: _Exchange, terminal: Terminal, reason: str) -> None:
         terminal.auth_failures += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -59,6 +60,8 @@ class _TerminalTraffic:
     awaiting_report: dict[int, int] = field(default_factory=dict)
     #: The TLVs last applied by CONFIG_SET / CONFIG_REQ_ACK, for the 0x4017 check.
     applied: dict[int, bytes] = field(default_factory=dict)
+    #: DOWNLOAD_INFO requests accepted by the terminal, by offered version (4.14).
+    awaiting_version: dict[str, int] = field(default_factory=dict)
     #: A LOGOUT reason 7 was received; the next LOGIN confirms pending CONFIG_SETs.
     reconfigured: bool = False
     #: Sequence_ID of a platform LOGOUT in flight.
@@ -375,6 +378,10 @@ class Router:
             sent = m.ConfigSet.decode_body(request.body).tlvs
             self.config_sent(terminal, request.sequence_id or 0, sent)
             self.registry.store_config(serial, {t.tag: t.raw for t in sent}, "set")
+        elif request.command == Command.DOWNLOAD_INFO and result == 1:
+            version = _offered_version(request.body)
+            if version:
+                self._traffic_of(serial).awaiting_version[version] = request.id or 0
         elif request.command == Command.SECURITY_CONFIG and request.body[:1] == b"\x00":
             if result == 0 and terminal.pending is not None:
                 terminal.pending.delivered_at = self.clock.seconds()
@@ -463,11 +470,18 @@ class Router:
         return crc32(stream) == crc
 
     def version_reported(self, terminal: Terminal, version: str) -> None:
-        log.info(
-            "Terminal {serial} reports software version {version}",
-            serial=terminal.serial,
-            version=version,
-        )
+        """A LOGIN or 0x100C with the version a DOWNLOAD_INFO offered: applied (4.14)."""
+        request_id = self._traffic_of(terminal.serial or "").awaiting_version.pop(version, None)
+        request = self.registry.request(request_id) if request_id else None
+        if request is None:
+            return
+        log.info("Terminal {serial} runs the offered version {version}",
+                 serial=terminal.serial, version=version)
+        request.outcome = "applied"
+        request.updated_at = self.clock.seconds()
+        self.registry.update_request(request)
+        for observer in self.result_observers:
+            observer(request)
 
     # ------------------------------------------------------------------ session events
 
@@ -477,6 +491,8 @@ class Router:
         A LOGIN after a LOGOUT reason 7 confirms the CONFIG_SETs awaiting their
         outcome: the terminal reconnected to apply them (4.10).
         """
+        if terminal.software_version:
+            self.version_reported(terminal, terminal.software_version)
         traffic = self._traffic_of(terminal.serial or "")
         if traffic.reconfigured:
             traffic.reconfigured = False
@@ -611,6 +627,16 @@ class Router:
         if traffic is None:
             traffic = self._traffic[serial] = _TerminalTraffic()
         return traffic
+
+
+def _offered_version(body: bytes) -> str | None:
+    """VER_DSC of a DOWNLOAD_INFO body's URL (4.14), or None."""
+    try:
+        url = m.DownloadInfo.decode_body(body).url
+    except ProtocolError:
+        return None
+    values = parse_qs(urlsplit(url or "").query).get("VER_DSC")
+    return values[0] if values else None
 
 
 def _result_of(message: m.Message) -> int | None:

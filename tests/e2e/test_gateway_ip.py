@@ -331,6 +331,13 @@ class TransferTest(GatewayTestCase):
         self.assertEqual(request.result, 1)  # DOWNLOAD_INFO_ACK: URL accepted
         yield sleep(0.3)  # the terminal's closing FILE_REQ (status 2) follows the last block
         self.assertEqual(self.registry.file_by_trans_id(tx.trans_id).state, "downloaded")
+        self.assertEqual(request.outcome, "acknowledged")
+        # The update is complete when the terminal logs in with the offered version.
+        term.send(term.client.logout(0))
+        yield term.wait_type(core.LoggedOut)
+        term.client.identity.software_version = "2.0"
+        yield self.log_in(term)
+        self.assertEqual(request.outcome, "applied")
 
     @defer.inlineCallbacks
     def test_terminal_to_terminal_relay(self):  # type: ignore[no-untyped-def]
