@@ -1,4 +1,4 @@
-"""Shared pieces for engine tests: the spec's example identity and a fake bearer."""
+"""Shared pieces for engine tests: the spec's example terminal, provisioned, and a fake bearer."""
 
 from __future__ import annotations
 
@@ -17,24 +17,19 @@ from m2mgw.core.uplink import StoredUplink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
 from m2mgw.protocol.security import DigestKey
-
-SERIAL = "A972030000001234"
-IMEI = "860000000000001"
-IMSI = "460000000000001"
-UPLINK = "12345678"
-DOWNLINK = "87654321"
-BASE_KEY = "112233445566778899001234"
-SYNC_CRC = 0xABFED4CF
-UP = DigestKey.make(IMEI, IMSI, UPLINK)
-DOWN = DigestKey.make(IMEI, IMSI, DOWNLINK)
-#: The example's sync values (spec 11 identity), stored so LOGIN answers result 0.
-SYNC_VALUES = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    0x0011: (90).to_bytes(4, "big"),
-}
+from tests.spec_examples import (
+    BASE_KEY,
+    BASE_KEY_EXPIRY,
+    DOWNLINK_PASSWORD,
+    IMEI,
+    IMSI,
+    SERIAL,
+    SYNC_CRC,
+    SYNC_VALUES,
+    TS_11_3,
+    UPLINK,
+    UPLINK_PASSWORD,
+)
 
 
 @dataclass(eq=False)
@@ -70,15 +65,30 @@ class FakeBearer:
 
 
 def terminal_message(
-    message: m.Message, seq: int, *, key: DigestKey | None = UP, timestamp: int = 0, flag: int = 0
+    message: m.Message,
+    seq: int,
+    *,
+    key: DigestKey | None = UPLINK,
+    timestamp: int = 0,
+    flag: int = 0,
 ) -> bytes:
     return encode_message(
         message, sequence_id=seq, serial=SERIAL, key=key, timestamp=timestamp, flag=flag
     )
 
 
-def login_bytes(seq: int = 1, key: DigestKey = UP) -> bytes:
+def login_bytes(seq: int = 1, key: DigestKey = UPLINK) -> bytes:
     return terminal_message(m.Login("1.01", SYNC_CRC), seq, key=key, flag=0x80)
+
+
+def example_credentials(**expiries: int) -> CredentialSet:
+    """The example identity's secrets as the registry stores them; expiries default to U32_MAX."""
+    return CredentialSet(
+        uplink_password=UPLINK_PASSWORD,
+        downlink_password=DOWNLINK_PASSWORD,
+        base_key=BASE_KEY,
+        **expiries,
+    )
 
 
 class EngineFixture:
@@ -86,7 +96,7 @@ class EngineFixture:
 
     def __init__(self, path: str, **protocol: object) -> None:
         self.clock = Clock()
-        self.clock.advance(0x67000000)
+        self.clock.advance(TS_11_3)
         self.registry = SqliteRegistry(path, reactor)
         config = ProtocolConfig(**protocol)  # type: ignore[arg-type]
         self.engine = PlatformEngine(
@@ -107,17 +117,13 @@ class EngineFixture:
                 imsi=IMSI,
                 serial=SERIAL,
                 state=TerminalState.REGISTERED,
-                current=CredentialSet(
-                    uplink_password=UPLINK,
-                    downlink_password=DOWNLINK,
-                    base_key=BASE_KEY,
-                    base_key_expiry=0xAAAAAAAA,
-                ),
+                current=example_credentials(base_key_expiry=BASE_KEY_EXPIRY),
                 apps={"EC0001"},
                 default_app="EC0001",
                 cipher="legacy",
             )
             yield self.registry.add(terminal)
+            # The example's sync values, stored so that LOGIN answers result 0.
             yield self.registry.store_config(SERIAL, SYNC_VALUES, "reported")
 
     def stop(self):  # type: ignore[no-untyped-def]

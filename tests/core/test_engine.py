@@ -13,30 +13,25 @@ from m2mgw.protocol.codec import parse_frame
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.security import DigestKey, verify
 from m2mgw.protocol.tlv import Tlv
-
-from .engine_support import (
-    DOWN,
+from tests.spec_examples import (
+    BASE_KEY,
+    DOWNLINK,
+    DOWNLINK_PASSWORD,
     IMEI,
     IMSI,
     SERIAL,
-    UP,
-    EngineFixture,
-    FakeBearer,
-    login_bytes,
-    terminal_message,
+    TS_11_3,
+    UPLINK,
+    UPLINK_PASSWORD,
+    VECTORS,
 )
 
-# Spec 11.2: the LOGIN, and 11.4: the HEART_BEAT, as sent by the example terminal.
-LOGIN_11_2 = bytes.fromhex(
-    "003C0001000000010300A00041393732303330303030303031323334312E3031"
-    "00000000ABFED4CFE0210010D38359452DA7F6D53965EECA90F8A2C4"
-)
-HEART_BEAT_11_4 = bytes.fromhex("001C0003000000020300000041393732303330303030303031323334")
-# Spec 11.3: the LOGIN_ACK of 11.2 with timestamp 0x67000000.
-LOGIN_ACK_11_3 = bytes.fromhex(
-    "003580010000000103"
-    "00A00041393732303330303030303031323334"
-    "0067000000E02100101EE7CBC8C7587F1531933D97927C15A5"
+from .engine_support import (
+    EngineFixture,
+    FakeBearer,
+    example_credentials,
+    login_bytes,
+    terminal_message,
 )
 
 
@@ -55,10 +50,10 @@ class EngineTest(unittest.TestCase):
     def test_login_answer_is_the_spec_example(self) -> None:
         """11.2 in, 11.3 out, byte for byte; the terminal is logged in."""
         bearer = FakeBearer()
-        self.fx.engine.receive(LOGIN_11_2, bearer)
-        self.assertEqual(bearer.sent, [LOGIN_ACK_11_3])
+        self.fx.engine.receive(VECTORS["11.2 LOGIN"], bearer)
+        self.assertEqual(bearer.sent, [VECTORS["11.3 LOGIN_ACK"]])
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_IN)
-        self.assertEqual(self.fx.terminal.session_timestamp, 0x67000000)
+        self.assertEqual(self.fx.terminal.session_timestamp, TS_11_3)
 
     def test_wrong_digest_is_result_2_without_state_change(self) -> None:
         bearer = FakeBearer()
@@ -78,14 +73,14 @@ class EngineTest(unittest.TestCase):
         from m2mgw.protocol.codec import build_frame
 
         self.fx.engine.receive(
-            build_frame(Command.LOGIN, 9, "A972039999999999", raw, flag=0x80, key=UP), bearer
+            build_frame(Command.LOGIN, 9, "A972039999999999", raw, flag=0x80, key=UPLINK), bearer
         )
         [ack] = bearer.take()
         self.assertEqual(ack.result, 3)
 
     def test_bad_version_login_is_result_5(self) -> None:
         bearer = FakeBearer()
-        raw = bytearray(LOGIN_11_2)
+        raw = bytearray(VECTORS["11.2 LOGIN"])
         raw[8:10] = b"\x04\x00"
         self.fx.engine.receive(bytes(raw), bearer)
         [answer] = bearer.sent
@@ -97,32 +92,32 @@ class EngineTest(unittest.TestCase):
 
     def test_message_before_login_is_discarded(self) -> None:
         bearer = FakeBearer()
-        data = terminal_message(m.TransparentData.build(b"\x01"), 3, timestamp=0x67000000)
+        data = terminal_message(m.TransparentData.build(b"\x01"), 3, timestamp=TS_11_3)
         self.fx.engine.receive(data, bearer)
-        self.fx.engine.receive(HEART_BEAT_11_4, bearer)
+        self.fx.engine.receive(VECTORS["11.4 HEART_BEAT"], bearer)
         self.assertEqual(bearer.sent, [])
 
     def test_heartbeat_answered_and_checked_against_the_bearer(self) -> None:
         bearer = self.login()
         bearer.sent.clear()
-        self.fx.engine.receive(HEART_BEAT_11_4, bearer)
+        self.fx.engine.receive(VECTORS["11.4 HEART_BEAT"], bearer)
         self.assertEqual(bearer.sent[0][2:4], b"\x80\x03")
         stranger = FakeBearer(address="127.0.0.2:40000")
-        self.fx.engine.receive(HEART_BEAT_11_4, stranger)
+        self.fx.engine.receive(VECTORS["11.4 HEART_BEAT"], stranger)
         self.assertEqual(stranger.sent, [], "PD-25: heartbeat from another address")
 
     def test_transparent_data_to_application_is_stored(self) -> None:
         bearer = self.login()
         bearer.sent.clear()
         msg = m.TransparentData.build(b"\x01\x02\x03\x04", Tlv.of(0x4014, "EC0001"))
-        self.fx.engine.receive(terminal_message(msg, 3, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(msg, 3, timestamp=TS_11_3), bearer)
         [ack] = bearer.take()
         self.assertEqual(ack.result, 1)  # queued for the application
         bad = m.TransparentData(0x1234, tlvs=[Tlv(0x4007, b"\x01")])
-        self.fx.engine.receive(terminal_message(bad, 4, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(bad, 4, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 4)
         other = m.TransparentData.build(b"\x01", Tlv.of(0x4014, "EC9999"))
-        self.fx.engine.receive(terminal_message(other, 5, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(other, 5, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 2)
 
     def test_answer_to_the_spec_transparent_data(self) -> None:
@@ -138,12 +133,12 @@ class EngineTest(unittest.TestCase):
         self.fx.engine.receive(request, bearer)
         [raw] = bearer.sent
         self.assertEqual(raw[:28], bytes.fromhex("003180040000000303002000") + SERIAL.encode())
-        self.assertTrue(verify(raw, 0x67000000, DOWN))
+        self.assertTrue(verify(raw, TS_11_3, DOWNLINK))
 
     def test_duplicate_udp_request_is_answered_from_the_cache_once(self) -> None:
         bearer = self.login()
         bearer.sent.clear()
-        trap = terminal_message(m.ConfigTrap(tlvs=[Tlv.of(0x3007, 20)]), 7, timestamp=0x67000000)
+        trap = terminal_message(m.ConfigTrap(tlvs=[Tlv.of(0x3007, 20)]), 7, timestamp=TS_11_3)
         self.fx.engine.receive(trap, bearer)
         self.fx.engine.receive(trap, bearer)
         self.assertEqual(len(bearer.sent), 2)
@@ -154,7 +149,7 @@ class EngineTest(unittest.TestCase):
         bearer = self.login()
         bearer.sent.clear()
         trap = m.ConfigTrap(tlvs=[Tlv.of(0x3007, 21), Tlv(0x3006, b"\x01")])
-        self.fx.engine.receive(terminal_message(trap, 8, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(trap, 8, timestamp=TS_11_3), bearer)
         [ack] = bearer.take()
         self.assertEqual((ack.ret, ack.bad_tag), (1, 0x3006))
         self.assertNotIn(0x3007, self.fx.registry.config_values(SERIAL))
@@ -162,12 +157,12 @@ class EngineTest(unittest.TestCase):
     def test_logout_from_the_terminal(self) -> None:
         bearer = self.login()
         bearer.sent.clear()
-        self.fx.engine.receive(terminal_message(m.Logout(0), 9, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(m.Logout(0), 9, timestamp=TS_11_3), bearer)
         [ack] = bearer.take()
         self.assertIsInstance(ack, m.LogoutAck)
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_OUT)
         # Idempotent: the same logout again, after the session ended, is answered.
-        self.fx.engine.receive(terminal_message(m.Logout(0), 10, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(m.Logout(0), 10, timestamp=TS_11_3), bearer)
         self.assertEqual(len(bearer.sent), 1)
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_OUT)
 
@@ -191,15 +186,15 @@ class EngineTest(unittest.TestCase):
         bearer = self.login()
         bearer.sent.clear()
         # Queued requests wait for the first trap after login (spec 4.4).
-        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=TS_11_3), bearer)
         _trap_ack, get = bearer.sent
         frame = parse_frame(get)
         self.assertEqual(frame.header.command_id, Command.CONFIG_GET)
-        self.assertTrue(verify(get, 0x67000000, DOWN))
+        self.assertTrue(verify(get, TS_11_3, DOWNLINK))
         self.assertEqual(request.state, RequestState.SENT)
         answer = m.ConfigGetAck(0, tlvs=[Tlv.of(0x0011, 60)])
         self.fx.engine.receive(
-            terminal_message(answer, frame.header.sequence_id, timestamp=0x67000000), bearer
+            terminal_message(answer, frame.header.sequence_id, timestamp=TS_11_3), bearer
         )
         self.assertEqual(request.state, RequestState.SUCCEEDED)
         self.assertEqual(self.fx.registry.config_values(SERIAL)[0x0011], (60).to_bytes(4, "big"))
@@ -207,7 +202,7 @@ class EngineTest(unittest.TestCase):
     @inlineCallbacks
     def test_udp_request_is_retransmitted_then_fails(self):  # type: ignore[no-untyped-def]
         bearer = self.login()
-        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), bearer)
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=TS_11_3), bearer)
         bearer.sent.clear()
         body = m.RemoteCtrl.build(4).encode_body()
         request = yield self.fx.router.submit(SERIAL, Command.REMOTE_CTRL, body)
@@ -231,9 +226,7 @@ class AsyncOutcomeTest(unittest.TestCase):
         self.addCleanup(self.fx.stop)
         self.bearer = FakeBearer()
         self.fx.engine.receive(login_bytes(), self.bearer)
-        self.fx.engine.receive(
-            terminal_message(m.ConfigTrap(), 2, timestamp=0x67000000), self.bearer
-        )
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=TS_11_3), self.bearer)
         self.bearer.sent.clear()
 
     @inlineCallbacks
@@ -242,7 +235,7 @@ class AsyncOutcomeTest(unittest.TestCase):
         request = yield self.fx.router.submit(SERIAL, Command.CONFIG_SET, body)
         [sent] = self.bearer.sent
         seq = parse_frame(sent).header.sequence_id
-        ack = terminal_message(m.ConfigSetAck(0), seq, timestamp=0x67000000)
+        ack = terminal_message(m.ConfigSetAck(0), seq, timestamp=TS_11_3)
         self.fx.engine.receive(ack, self.bearer)
         self.assertEqual((request.state, request.outcome), (RequestState.SUCCEEDED, "acknowledged"))
         return request, seq
@@ -251,7 +244,7 @@ class AsyncOutcomeTest(unittest.TestCase):
     def test_execution_report_marks_applied(self):  # type: ignore[no-untyped-def]
         request, seq = yield self.config_set()
         report = m.ConfigTrap(tlvs=[Tlv.of(0x4010, (0, seq))])
-        self.fx.engine.receive(terminal_message(report, 9, timestamp=0x67000000), self.bearer)
+        self.fx.engine.receive(terminal_message(report, 9, timestamp=TS_11_3), self.bearer)
         self.assertEqual(request.outcome, "applied")
 
     @inlineCallbacks
@@ -263,7 +256,7 @@ class AsyncOutcomeTest(unittest.TestCase):
     @inlineCallbacks
     def test_logout_7_then_login_is_applied(self):  # type: ignore[no-untyped-def]
         request, _ = yield self.config_set()
-        self.fx.engine.receive(terminal_message(m.Logout(7), 10, timestamp=0x67000000), self.bearer)
+        self.fx.engine.receive(terminal_message(m.Logout(7), 10, timestamp=TS_11_3), self.bearer)
         self.fx.clock.advance(5)
         self.fx.engine.receive(login_bytes(seq=11), self.bearer)
         self.assertEqual(request.outcome, "applied")
@@ -282,17 +275,17 @@ class BindingTest(unittest.TestCase):
         self.fx.engine.receive(login_bytes(), connection)
         self.assertEqual(connection.bound_serial, SERIAL)
         connection.sent.clear()
-        other = bytearray(HEART_BEAT_11_4)
+        other = bytearray(VECTORS["11.4 HEART_BEAT"])
         other[12:28] = b"A972039999999999"
         self.fx.engine.receive(bytes(other), connection)
         self.assertEqual(connection.sent, [])
-        self.fx.engine.receive(HEART_BEAT_11_4, connection)
+        self.fx.engine.receive(VECTORS["11.4 HEART_BEAT"], connection)
         self.assertEqual(len(connection.sent), 1)
 
     def test_expired_session_key_gets_logout_8(self) -> None:
         """6.4.2: 300 s after the session key expired, the platform logs out (reason 8)."""
         bearer = FakeBearer()
-        self.fx.engine.receive(LOGIN_11_9, bearer)
+        self.fx.engine.receive(VECTORS["11.9 LOGIN"], bearer)
         terminal = self.fx.terminal
         self.assertIsNotNone(terminal.session_key)
         expiry = terminal.session_key_expiry
@@ -307,15 +300,6 @@ class BindingTest(unittest.TestCase):
         [logout] = bearer.sent
         frame = parse_frame(logout)
         self.assertEqual(frame.header.command_id, Command.LOGOUT)
-
-
-# Spec 11.9: LOGIN with flag 0xE0 and the base-key proof (base key expiry AAAAAAAA).
-LOGIN_11_9 = bytes.fromhex(
-    "0050000100000005030"
-    "0E00041393732303330303030303031323334312E3031"
-    "00000000ABFED4CFE03A0010CBC098D8C6D343AC5F4123A9E963C7A7E0210010"
-    "623B56FFAA0A5478148871AB54536936"
-)
 
 
 class RegistrationTest(unittest.TestCase):
@@ -373,29 +357,25 @@ class RegistrationTest(unittest.TestCase):
 
     @inlineCallbacks
     def test_op3_proofs_bind_and_answer_1_then_6(self):  # type: ignore[no-untyped-def]
-        from m2mgw.core.model import CredentialSet, Terminal
+        from m2mgw.core.model import Terminal
         from m2mgw.protocol.security import base_key_proof, downlink_proof, uplink_proof
 
         yield self.fx.registry.add(
             Terminal(
                 imei=IMEI,
                 serial=SERIAL,
-                current=CredentialSet(
-                    uplink_password="12345678",
-                    downlink_password="87654321",
-                    base_key="112233445566778899001234",
-                ),
+                current=example_credentials(),
             )
         )
         proofs = [
-            Tlv(0xE026, uplink_proof("12345678", 0xFFFFFFFF)),
-            Tlv(0xE029, downlink_proof("87654321", 0xFFFFFFFF)),
-            Tlv(0xE03A, base_key_proof("112233445566778899001234", None)),
+            Tlv(0xE026, uplink_proof(UPLINK_PASSWORD, 0xFFFFFFFF)),
+            Tlv(0xE029, downlink_proof(DOWNLINK_PASSWORD, 0xFFFFFFFF)),
+            Tlv(0xE03A, base_key_proof(BASE_KEY, None)),
         ]
-        ack = self.register(3, SERIAL, tlvs=proofs, key=UP)
+        ack = self.register(3, SERIAL, tlvs=proofs, key=UPLINK)
         self.assertEqual(ack, m.RegisterAck(1, SERIAL))
         self.assertEqual(self.fx.terminal.imsi, IMSI)
-        again = self.register(3, SERIAL, tlvs=proofs, key=UP, seq=2)
+        again = self.register(3, SERIAL, tlvs=proofs, key=UPLINK, seq=2)
         self.assertEqual(again, m.RegisterAck(6, SERIAL))
         # Without a digest (PD-06 switch off) op 3 is discarded: no answer.
         from m2mgw.protocol.codec import encode_message
@@ -408,7 +388,7 @@ class RegistrationTest(unittest.TestCase):
 
     @inlineCallbacks
     def test_op2_rebinds_a_new_imsi(self):  # type: ignore[no-untyped-def]
-        from m2mgw.core.model import CredentialSet, Terminal
+        from m2mgw.core.model import Terminal
 
         yield self.fx.registry.add(
             Terminal(
@@ -416,15 +396,11 @@ class RegistrationTest(unittest.TestCase):
                 imsi="460000000000999",
                 serial=SERIAL,
                 state=TerminalState.REGISTERED,
-                current=CredentialSet(
-                    uplink_password="12345678",
-                    downlink_password="87654321",
-                    base_key="112233445566778899001234",
-                ),
+                current=example_credentials(),
             )
         )
         # The digest uses the stored binding's IMSI (PD-37).
-        old_key = DigestKey.make(IMEI, "460000000000999", "12345678")
+        old_key = DigestKey.make(IMEI, "460000000000999", UPLINK_PASSWORD)
         ack = self.register(2, SERIAL, key=old_key)
         self.assertEqual(ack, m.RegisterAck(1, SERIAL))
         self.assertEqual(self.fx.terminal.imsi, IMSI)

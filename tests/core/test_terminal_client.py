@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import zlib
 from collections.abc import Generator
 from dataclasses import replace
@@ -52,118 +51,34 @@ from m2mgw.protocol.framing import StreamFramer
 from m2mgw.protocol.security import AesCipher, DigestKey, LegacyCipher, encode_session_key, verify
 from m2mgw.protocol.tlv import Tlv, decode_tlvs, tlv_dict
 from m2mgw.tools.terminal import build_identities, derive, parse_trap, parser, run
+from tests.spec_examples import (
+    BASE_KEY,
+    BASE_KEY_EXPIRY,
+    DOWNLINK,
+    DOWNLINK_PASSWORD,
+    IMEI,
+    IMSI,
+    SERIAL,
+    SESSION_KEY,
+    SYNC_CRC,
+    SYNC_LIST,
+    SYNC_VALUES,
+    TRAP_RECORDS_11_6,
+    TS_11_3,
+    TS_11_9,
+    UPLINK,
+    UPLINK_PASSWORD,
+    VECTORS,
+)
 
-SERIAL = "A972030000001234"
-IMEI = "860000000000001"
-IMSI = "460000000000001"
-CREDENTIALS = Credentials("12345678", "87654321", base_key="112233445566778899001234",
-                          base_key_expiry=0xAAAAAAAA)  # fmt: skip
-SYNC_VALUES = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    0x0011: bytes.fromhex("0000005A"),
-}
-UP = DigestKey.make(IMEI, IMSI, "12345678")
-DOWN = DigestKey.make(IMEI, IMSI, "87654321")
-TS = 0x67000000
-TS_KEY = 0x67000100
-
-
-def dump(text: str) -> bytes:
-    """Bytes of a spec hex dump (lines prefixed with a 4-digit offset)."""
-    out = []
-    for line in text.strip().splitlines():
-        tokens = line.split()
-        out.extend(tokens[1:] if len(tokens[0]) == 4 else tokens)
-    return bytes.fromhex("".join(out))
-
-
-LOGIN_11_2 = dump("""
-0000  00 3C 00 01 00 00 00 01 03 00 A0 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 31 2E 30 31
-0020  00 00 00 00 AB FE D4 CF E0 21 00 10 D3 83 59 45
-0030  2D A7 F6 D5 39 65 EE CA 90 F8 A2 C4
-""")
-LOGIN_ACK_11_3 = dump("""
-0000  00 35 80 01 00 00 00 01 03 00 A0 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 00 67 00 00
-0020  00 E0 21 00 10 1E E7 CB C8 C7 58 7F 15 31 93 3D
-0030  97 92 7C 15 A5
-""")
-HEART_BEAT_11_4 = dump("""
-0000  00 1C 00 03 00 00 00 02 03 00 00 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34
-""")
-HEART_BEAT_ACK_11_4 = dump("""
-0000  00 1C 80 03 00 00 00 02 03 00 00 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34
-""")
-DATA_11_5 = dump("""
-0000  00 44 00 04 00 00 00 03 03 00 20 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 2B A1 40 14
-0020  00 06 45 43 30 30 30 31 40 07 00 04 01 02 03 04
-0030  E0 21 00 10 80 C9 62 06 67 CA 0C 9E 7C EE 1C 25
-0040  69 69 AF C6
-""")
-DATA_ACK_11_5 = dump("""
-0000  00 31 80 04 00 00 00 03 03 00 20 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 00 E0 21 00
-0020  10 40 16 E3 39 BB 00 3A DB A7 95 BB 25 A4 E4 C3
-0030  6E
-""")
-ASK_PART2_11_6 = dump("""
-0000  00 3B 80 07 00 00 00 04 03 00 30 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 40 08 00 07
-0020  00 01 00 02 00 02 01 E0 21 00 10 FF 80 5A 2E C7
-0030  77 53 8C 3A CA 3B 9A 8F 7D 8F CE
-""")
-PART2_11_6 = dump("""
-0000  00 54 00 07 00 00 00 04 03 00 30 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 40 08 00 20
-0020  00 01 00 02 00 02 00 F8 66 FF F1 F0 00 00 08 C1
-0030  00 00 10 15 66 FF F8 F8 00 00 08 D2 00 00 10 32
-0040  E0 21 00 10 F3 AA 4F 30 49 8B 41 00 48 45 14 A6
-0050  FD 4A 09 5D
-""")
-TRAP_ACK_11_6 = dump("""
-0000  00 31 80 07 00 00 00 04 03 00 20 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 00 E0 21 00
-0020  10 B0 6D CB 1A A9 3B 44 2A 04 AC 20 78 18 33 A3
-0030  9C
-""")
-LOGIN_11_9 = dump("""
-0000  00 50 00 01 00 00 00 05 03 00 E0 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 31 2E 30 31
-0020  00 00 00 00 AB FE D4 CF E0 3A 00 10 CB C0 98 D8
-0030  C6 D3 43 AC 5F 41 23 A9 E9 63 C7 A7 E0 21 00 10
-0040  62 3B 56 FF AA 0A 54 78 14 88 71 AB 54 53 69 36
-""")
-LOGIN_ACK_11_9 = dump("""
-0000  00 59 80 01 00 00 00 05 03 00 E0 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 00 67 00 01
-0020  00 E0 40 00 20 00 8E 39 C6 2F 3E ED 61 46 23 46
-0030  AC 46 3D FD A5 08 0F B1 8B 37 87 1E AB 98 61 F4
-0040  D2 C2 47 9B 85 E0 21 00 10 2E BE 6B 05 14 6C 80
-0050  85 D8 9B 04 36 BC 2B 93 6C
-""")
-ENCRYPTED_DATA_11_10 = dump("""
-0000  00 4C 00 04 00 00 00 06 03 00 F0 00 41 39 37 32
-0010  30 33 30 30 30 30 30 30 31 32 33 34 E0 42 00 18
-0020  BA 8C C7 D0 27 55 A6 A9 B7 1C 64 FD 91 67 C7 29
-0030  AB 38 F7 4C EC 0A D1 22 E0 21 00 10 AE C0 37 A3
-0040  A6 D5 FE 1D 76 53 DC 2D 58 00 DA 38
-""")
+CREDENTIALS = Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD, base_key=BASE_KEY,
+                          base_key_expiry=BASE_KEY_EXPIRY)  # fmt: skip
 
 
 def statistics_trap_11_6() -> list[Tlv]:
     """The 925-byte CONFIG_TRAP body of 11.6 as TLVs."""
-    records = b"".join(
-        struct.pack(">III", 0x66FDF0A8 + 1800 * i, 1000 + 17 * i, 2000 + 29 * i) for i in range(75)
-    )
     return [Tlv.of(0x2004, 1), Tlv.of(0x2006, 0x66FDF0A8), Tlv.of(0x2007, 0x67000000),
-            Tlv(0x2017, records)]  # fmt: skip
+            Tlv(0x2017, TRAP_RECORDS_11_6)]  # fmt: skip
 
 
 def make_client(bearer: str = "tcp", clock: Clock | None = None, **kw: object) -> TerminalClient:
@@ -172,21 +87,21 @@ def make_client(bearer: str = "tcp", clock: Clock | None = None, **kw: object) -
     return TerminalClient(identity, bearer, clock=(clock or Clock()).seconds, **kw)  # type: ignore[arg-type]
 
 
-def platform(message: m.Message, seq: int, ts: int = TS, **kw: object) -> bytes:
+def platform(message: m.Message, seq: int, ts: int = TS_11_3, **kw: object) -> bytes:
     """A P→T message signed like the platform signs it (downlink password)."""
-    return encode_message(message, sequence_id=seq, serial=SERIAL, key=DOWN, timestamp=ts, **kw)  # type: ignore[arg-type]
+    return encode_message(message, sequence_id=seq, serial=SERIAL, key=DOWNLINK, timestamp=ts, **kw)  # type: ignore[arg-type]
 
 
-def sent(frame: bytes, ts: int = TS, cipher: LegacyCipher | None = None) -> m.Message:
+def sent(frame: bytes, ts: int = TS_11_3, cipher: LegacyCipher | None = None) -> m.Message:
     """Check a T→P message's uplink digest and decode it."""
     parsed = parse_frame(frame)
-    assert verify(frame, ts, UP), "uplink digest"
+    assert verify(frame, ts, UPLINK), "uplink digest"
     return decode_frame(parsed, cipher)
 
 
 def logged_in(client: TerminalClient) -> TerminalClient:
-    assert client.login() == LOGIN_11_2
-    assert isinstance(client.receive(LOGIN_ACK_11_3, 0.0)[0], LoggedIn)
+    assert client.login() == VECTORS["11.2 LOGIN"]
+    assert isinstance(client.receive(VECTORS["11.3 LOGIN_ACK"], 0.0)[0], LoggedIn)
     return client
 
 
@@ -194,61 +109,69 @@ def logged_in(client: TerminalClient) -> TerminalClient:
 
 
 def test_sync_crc_of_example_identity() -> None:
-    assert sync_crc((0x0002, 0x0007, 0x0009, 0x000A, 0x0011), SYNC_VALUES) == 0xABFED4CF
+    assert sync_crc(SYNC_LIST, SYNC_VALUES) == SYNC_CRC
 
 
 def test_examples_11_2_to_11_10_byte_for_byte() -> None:
     client = make_client(encrypt_bodies=True)
-    assert client.login() == LOGIN_11_2
-    assert client.receive(LOGIN_ACK_11_3, 1.0) == [LoggedIn(0, TS, None)]
+    assert client.login() == VECTORS["11.2 LOGIN"]
+    assert client.receive(VECTORS["11.3 LOGIN_ACK"], 1.0) == [LoggedIn(0, TS_11_3, None)]
     assert client.logged_in and client.data_to_send() == []
 
-    assert client.heartbeat() == HEART_BEAT_11_4
-    [answer] = client.receive(HEART_BEAT_ACK_11_4, 2.0)
+    assert client.heartbeat() == VECTORS["11.4 HEART_BEAT"]
+    [answer] = client.receive(VECTORS["11.4 HEART_BEAT_ACK"], 2.0)
     assert isinstance(answer, Answer) and answer.command == Command.HEART_BEAT | ACK_BIT
 
-    assert client.transparent_data(bytes.fromhex("01020304"), "EC0001") == DATA_11_5
-    [answer] = client.receive(DATA_ACK_11_5, 3.0)
+    assert (
+        client.transparent_data(bytes.fromhex("01020304"), "EC0001")
+        == VECTORS["11.5 TRANSPARENT_DATA"]
+    )
+    [answer] = client.receive(VECTORS["11.5 TRANSPARENT_DATA_ACK"], 3.0)
     assert answer == Answer(0x8004, 3, m.TransparentDataAck(0))
 
-    part1 = client.trap(statistics_trap_11_6())
-    assert len(part1) == 959 and part1[:39].hex() == (
-        "03bf00070000000403003000413937323033303030303030313233344008038b00010002000100"
-    )
-    assert part1[-16:] == bytes.fromhex("2277091140A6A1160014CC3AC4A40F28")
-    assert client.receive(ASK_PART2_11_6, 4.0) == []
-    assert client.data_to_send() == [PART2_11_6]
-    assert client.receive(TRAP_ACK_11_6, 5.0) == [Answer(0x8007, 4, m.ConfigTrapAck(0))]
-
-    assert client.login(request_session_key=True) == LOGIN_11_9
-    assert client.receive(LOGIN_ACK_11_9, 6.0) == [
-        LoggedIn(0, TS_KEY, "Q7m2Xc9TzR4vL8pw", TS_KEY + 86400)
+    assert client.trap(statistics_trap_11_6()) == VECTORS["11.6 CONFIG_TRAP part 1"]
+    assert client.receive(VECTORS["11.6 CONFIG_TRAP_ACK next part"], 4.0) == []
+    assert client.data_to_send() == [VECTORS["11.6 CONFIG_TRAP part 2"]]
+    assert client.receive(VECTORS["11.6 CONFIG_TRAP_ACK"], 5.0) == [
+        Answer(0x8007, 4, m.ConfigTrapAck(0))
     ]
-    assert client.session_key == "Q7m2Xc9TzR4vL8pw"
-    assert client.transparent_data(bytes.fromhex("01020304"), "EC0001") == ENCRYPTED_DATA_11_10
+
+    assert client.login(request_session_key=True) == VECTORS["11.9 LOGIN"]
+    assert client.receive(VECTORS["11.9 LOGIN_ACK"], 6.0) == [
+        LoggedIn(0, TS_11_9, SESSION_KEY, TS_11_9 + 86400)
+    ]
+    assert client.session_key == SESSION_KEY
+    assert (
+        client.transparent_data(bytes.fromhex("01020304"), "EC0001")
+        == VECTORS["11.10 TRANSPARENT_DATA legacy"]
+    )
     assert client.pending_requests == 1
 
 
 def test_bad_digest_on_answer_is_discarded() -> None:
     client = make_client()
     client.login()
-    forged = bytearray(LOGIN_ACK_11_3)
+    forged = bytearray(VECTORS["11.3 LOGIN_ACK"])
     forged[-1] ^= 0x01
     [event] = client.receive(bytes(forged), 0.0)
     assert isinstance(event, Discarded) and "digest" in event.reason
     assert not client.logged_in and client.pending_requests == 1
-    client.receive(LOGIN_ACK_11_3, 0.0)
+    client.receive(VECTORS["11.3 LOGIN_ACK"], 0.0)
     client.heartbeat()
-    assert client.transparent_data(b"\x01\x02\x03\x04", "EC0001") == DATA_11_5
-    bad_ack = platform(m.TransparentDataAck(0), 3, ts=TS + 1)
+    assert (
+        client.transparent_data(b"\x01\x02\x03\x04", "EC0001") == VECTORS["11.5 TRANSPARENT_DATA"]
+    )
+    bad_ack = platform(m.TransparentDataAck(0), 3, ts=TS_11_3 + 1)
     assert isinstance(client.receive(bad_ack, 0.0)[0], Discarded)
-    assert client.receive(DATA_ACK_11_5, 0.0) == [Answer(0x8004, 3, m.TransparentDataAck(0))]
+    assert client.receive(VECTORS["11.5 TRANSPARENT_DATA_ACK"], 0.0) == [
+        Answer(0x8004, 3, m.TransparentDataAck(0))
+    ]
 
 
 def test_unsigned_answers() -> None:
     client = make_client()
     client.login()
-    unsigned_ok = build_frame(0x8001, 1, SERIAL, m.LoginAck(0, TS).encode_body(), flag=0x80)
+    unsigned_ok = build_frame(0x8001, 1, SERIAL, m.LoginAck(0, TS_11_3).encode_body(), flag=0x80)
     assert isinstance(client.receive(unsigned_ok, 0.0)[0], Discarded)
     refused = build_frame(0x8001, 1, SERIAL, m.LoginAck(2, 0).encode_body(), flag=0x80)
     assert client.receive(refused, 0.0) == [LoginFailed(2, False)]
@@ -257,8 +180,8 @@ def test_unsigned_answers() -> None:
 
 def test_answer_to_nothing_and_foreign_serial_are_discarded() -> None:
     client = make_client()
-    assert isinstance(client.receive(DATA_ACK_11_5, 0.0)[0], Discarded)
-    other = LOGIN_ACK_11_3[:12] + b"B972030000001234" + LOGIN_ACK_11_3[28:]
+    assert isinstance(client.receive(VECTORS["11.5 TRANSPARENT_DATA_ACK"], 0.0)[0], Discarded)
+    other = VECTORS["11.3 LOGIN_ACK"][:12] + b"B972030000001234" + VECTORS["11.3 LOGIN_ACK"][28:]
     client.login()
     assert client.receive(other, 0.0)[0].reason == "serial mismatch"  # type: ignore[union-attr]
     assert client.receive(b"\x00\x05garbage", 0.0)[0].reason  # type: ignore[union-attr]
@@ -267,7 +190,7 @@ def test_answer_to_nothing_and_foreign_serial_are_discarded() -> None:
 def test_login_result_1_sends_the_sync_trap() -> None:
     client = make_client()
     client.login()
-    client.receive(platform(m.LoginAck(1, TS), 1, ts=TS, flag=0x80), 0.0)
+    client.receive(platform(m.LoginAck(1, TS_11_3), 1, ts=TS_11_3, flag=0x80), 0.0)
     [trap] = client.data_to_send()
     values = tlv_dict(sent(trap).tlvs)
     assert values[0x0025] == bytes.fromhex("000200070009000A0011")
@@ -318,12 +241,12 @@ def test_logout_and_its_answer() -> None:
 def test_register_op3_proofs_and_new_serial() -> None:
     client = make_client()
     frame = client.register(3)
-    assert frame[10] == 0xA0 and verify(frame, 0, UP)
+    assert frame[10] == 0xA0 and verify(frame, 0, UPLINK)
     request = sent(frame, ts=0)
     assert isinstance(request, m.Register) and request.op == 3
     assert tlv_dict(request.tlvs)[0xE026].hex().upper() == "3345B2CF15B4EA0F51B3C32E204DFC42"
     ack = build_frame(0x8008, 1, SERIAL, m.RegisterAck(6, "A972030099999999").encode_body(),
-                      flag=0x80, key=DOWN)  # fmt: skip
+                      flag=0x80, key=DOWNLINK)  # fmt: skip
     assert client.receive(ack, 0.0) == [Registered(6, "A972030099999999", True)]
     assert client.serial == "A972030099999999"
 
@@ -415,7 +338,7 @@ def test_transparent_data_from_platform_and_duplicate() -> None:
 
 def test_unparseable_request_gets_the_generic_error() -> None:
     client = logged_in(make_client())
-    frame = build_frame(0x0004, 16, SERIAL, b"\x00", key=DOWN, timestamp=TS)
+    frame = build_frame(0x0004, 16, SERIAL, b"\x00", key=DOWNLINK, timestamp=TS_11_3)
     assert isinstance(client.receive(frame, 0.0)[0], Discarded)
     assert sent(client.data_to_send()[0]) == m.TransparentDataAck(3)
     unsigned = build_frame(0x0004, 17, SERIAL, m.TransparentData.build(b"").encode_body())
@@ -435,23 +358,23 @@ def test_security_config_op0_relogs_in_with_new_credentials() -> None:
     [login] = client.data_to_send()
     assert verify(login, 0, DigestKey.make(IMEI, IMSI, "AAAAaaaa"))
     new_down = DigestKey.make(IMEI, IMSI, "BBBBbbbb")
-    ack = encode_message(m.LoginAck(0, TS + 5), sequence_id=3, serial=SERIAL, key=new_down,
-                         timestamp=TS + 5)  # fmt: skip
-    assert client.receive(ack, 0.0) == [LoggedIn(0, TS + 5, None)]
+    ack = encode_message(m.LoginAck(0, TS_11_3 + 5), sequence_id=3, serial=SERIAL, key=new_down,
+                         timestamp=TS_11_3 + 5)  # fmt: skip
+    assert client.receive(ack, 0.0) == [LoggedIn(0, TS_11_3 + 5, None)]
 
 
 def test_encrypted_request_and_answer() -> None:
     client = make_client(encrypt_bodies=True, first_sequence=5)
-    assert client.login(request_session_key=True) == LOGIN_11_9
-    client.receive(LOGIN_ACK_11_9, 0.0)
-    session = LegacyCipher("Q7m2Xc9TzR4vL8pw")
+    assert client.login(request_session_key=True) == VECTORS["11.9 LOGIN"]
+    client.receive(VECTORS["11.9 LOGIN_ACK"], 0.0)
+    session = LegacyCipher(SESSION_KEY)
     data = m.TransparentData.build(b"secret", Tlv.of(0x4015, "EC0001"))
-    request = platform(data, 21, ts=TS_KEY, cipher=session)
+    request = platform(data, 21, ts=TS_11_9, cipher=session)
     assert request[10] == 0xF0
     [event] = client.receive(request, 0.0)
     assert event.message == data  # type: ignore[union-attr]
     [ack] = client.data_to_send()
-    assert ack[10] == 0xF0 and sent(ack, TS_KEY, session) == m.TransparentDataAck(0)
+    assert ack[10] == 0xF0 and sent(ack, TS_11_9, session) == m.TransparentDataAck(0)
 
 
 def test_download_by_file_req() -> None:
@@ -486,7 +409,7 @@ def test_fragmented_platform_request_is_reassembled() -> None:
     body = m.ConfigSet(tlvs=values).encode_body()
     sender = FragmentSender(body, trans_id=7)
     first = build_frame(0x0006, 40, SERIAL, sender.first().encode_tlv(), flag=FRAGMENT_FLAG,
-                        key=DOWN, timestamp=TS)  # fmt: skip
+                        key=DOWNLINK, timestamp=TS_11_3)  # fmt: skip
     assert client.receive(first, 0.0) == []
     [ask] = client.data_to_send()
     header = parse_frame(ask).header
@@ -494,7 +417,7 @@ def test_fragmented_platform_request_is_reassembled() -> None:
     part = FragmentPart.decode(decode_tlvs(parse_frame(ask).body)[0].raw)
     assert (part.part, part.op) == (2, FragmentOp.NEXT)
     second = build_frame(0x0006, 40, SERIAL, sender.on_answer(part).encode_tlv(),
-                         flag=FRAGMENT_FLAG, key=DOWN, timestamp=TS)  # fmt: skip
+                         flag=FRAGMENT_FLAG, key=DOWNLINK, timestamp=TS_11_3)  # fmt: skip
     [event] = client.receive(second, 0.0)
     assert event == PlatformRequest(m.ConfigSet(tlvs=values), 40, 0)
     ack, trap = client.data_to_send()
@@ -512,14 +435,14 @@ def test_fragmented_answer_is_reassembled() -> None:
     def part(number: int) -> bytes:
         chunk = sender.first() if number == 1 else sender.on_answer(ask)
         return build_frame(0x800A, seq, SERIAL, chunk.encode_tlv(), flag=FRAGMENT_FLAG,
-                           key=DOWN, timestamp=TS)  # fmt: skip
+                           key=DOWNLINK, timestamp=TS_11_3)  # fmt: skip
 
     assert client.receive(part(1), 0.0) == []
     [op1] = client.data_to_send()
     header = parse_frame(op1).header
     assert (header.command_id, header.sequence_id) == (Command.CONFIG_REQ, seq)
     ask = FragmentPart.decode(decode_tlvs(parse_frame(op1).body)[0].raw)
-    assert (ask.part, ask.op) == (2, FragmentOp.NEXT) and verify(op1, TS, UP)
+    assert (ask.part, ask.op) == (2, FragmentOp.NEXT) and verify(op1, TS_11_3, UPLINK)
     [answer] = client.receive(part(2), 0.0)
     assert answer == Answer(0x800A, seq, m.ConfigReqAck(0, tlvs=values))
     [trap] = client.data_to_send()
@@ -548,9 +471,9 @@ def test_aes_session_key_and_body() -> None:
                             random=lambda n: bytes(range(n)))  # fmt: skip
     login = client.login(request_session_key=True)
     assert login[10] == 0xE0
-    box = encode_session_key(AesCipher("0123456789abcdef"), "Q7m2Xc9TzR4vL8pw", TS_KEY + 86400)
-    ack = platform(m.LoginAck(0, TS_KEY, tlvs=[Tlv(0xE040, box)]), 1, ts=TS_KEY, flag=0xC0)
-    assert client.receive(ack, 0.0) == [LoggedIn(0, TS_KEY, "Q7m2Xc9TzR4vL8pw", TS_KEY + 86400)]
+    box = encode_session_key(AesCipher("0123456789abcdef"), SESSION_KEY, TS_11_9 + 86400)
+    ack = platform(m.LoginAck(0, TS_11_9, tlvs=[Tlv(0xE040, box)]), 1, ts=TS_11_9, flag=0xC0)
+    assert client.receive(ack, 0.0) == [LoggedIn(0, TS_11_9, SESSION_KEY, TS_11_9 + 86400)]
     frame = client.transparent_data(bytes.fromhex("01020304"), "EC0001")
     value = decode_tlvs(parse_frame(frame).body)[0].raw
     assert value.hex().upper() == (
@@ -578,7 +501,7 @@ def test_signed_garbage_only_yields_events(command: int, seq: int, flag: int, bo
     client = logged_in(make_client(download="file"))
     client.heartbeat()
     client.trap([Tlv(0x8100, bytes(1000))])
-    frame = build_frame(command, seq, SERIAL, body, flag=flag, key=DOWN, timestamp=TS)
+    frame = build_frame(command, seq, SERIAL, body, flag=flag, key=DOWNLINK, timestamp=TS_11_3)
     assert isinstance(client.receive(frame, 1.0), list)
     assert isinstance(client.receive(frame[:-1] + b"\x00", 1.0), list)
     client.data_to_send()
@@ -632,7 +555,7 @@ class FakeUdpPlatform(DatagramProtocol):
         self.transport.write(fake_answer(datagram), addr)
 
 
-FLEET_KEYS = {derive(SERIAL, i): DigestKey.make(derive(IMEI, i), derive(IMSI, i), "87654321")
+FLEET_KEYS = {derive(SERIAL, i): DigestKey.make(derive(IMEI, i), derive(IMSI, i), DOWNLINK_PASSWORD)
               for i in range(3)}  # fmt: skip
 
 
@@ -640,19 +563,20 @@ def fake_answer(raw: bytes) -> bytes:
     header = parse_frame(raw).header
     key = FLEET_KEYS.get(header.serial)
     bodies = {
-        Command.LOGIN: m.LoginAck(0, TS) if key else m.LoginAck(3, 0),
+        Command.LOGIN: m.LoginAck(0, TS_11_3) if key else m.LoginAck(3, 0),
         Command.LOGOUT: m.LogoutAck(),
         Command.TRANSPARENT_DATA: m.TransparentDataAck(0),
         Command.CONFIG_TRAP: m.ConfigTrapAck(0),
         Command.HEART_BEAT: m.HeartBeatAck(),
     }
     sign = key if header.command_id != Command.HEART_BEAT else None
-    return build_frame(header.command_id | ACK_BIT, header.sequence_id, header.serial,
-                       bodies[header.command_id].encode_body(), key=sign, timestamp=TS)  # fmt: skip
+    body = bodies[header.command_id].encode_body()
+    return build_frame(header.command_id | ACK_BIT, header.sequence_id, header.serial, body,
+                       key=sign, timestamp=TS_11_3)  # fmt: skip
 
 
-BASE_ARGS = ["--uplink-password", "12345678", "--downlink-password", "87654321", "--json-events",
-             "--stagger", "0.01"]  # fmt: skip
+BASE_ARGS = ["--uplink-password", UPLINK_PASSWORD, "--downlink-password", DOWNLINK_PASSWORD,
+             "--json-events", "--stagger", "0.01"]  # fmt: skip
 
 
 class TerminalToolTest(unittest.TestCase):

@@ -14,20 +14,15 @@ from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.protocol.framing import StreamFramer
 from m2mgw.service import GatewayService
-
-IMEI = "860000000000001"
-IMSI = "460000000000001"
-SERIAL = "A972030000001234"
-UPLINK = "12345678"
-DOWNLINK = "87654321"
-BASE_KEY = "112233445566778899001234"
-SYNC_CONFIG = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    0x0011: (90).to_bytes(4, "big"),
-}
+from tests.spec_examples import (
+    BASE_KEY,
+    DOWNLINK_PASSWORD,
+    IMEI,
+    IMSI,
+    SERIAL,
+    SYNC_VALUES,
+    UPLINK_PASSWORD,
+)
 
 
 def gateway_config(db: str, extra: str = "") -> Any:
@@ -67,7 +62,7 @@ def provisioned(index: int = 0, **changes: Any) -> Terminal:
         serial=f"A97203{int(SERIAL[6:]) + index:010d}",
         state=TerminalState.REGISTERED,
         current=CredentialSet(
-            uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY
+            uplink_password=UPLINK_PASSWORD, downlink_password=DOWNLINK_PASSWORD, base_key=BASE_KEY
         ),
         apps={"EC0001"},
         default_app="EC0001",
@@ -88,7 +83,7 @@ def client_for(terminal: Terminal, bearer: str, **kwargs: Any) -> core.TerminalC
             creds.uplink_password, creds.downlink_password, base_key=creds.base_key
         ),
         cipher=terminal.cipher if terminal.cipher != "none" else None,
-        config=dict(SYNC_CONFIG),
+        config=dict(SYNC_VALUES),
     )
     return core.TerminalClient(identity, bearer, clock=reactor.seconds, **kwargs)
 

@@ -21,8 +21,15 @@ import pytest
 
 from m2mgw.core import terminal as core
 from m2mgw.protocol.constants import Command
-
-from .support import BASE_KEY, DOWNLINK, IMEI, IMSI, SERIAL, SYNC_CONFIG, UPLINK
+from tests.spec_examples import (
+    BASE_KEY,
+    DOWNLINK_PASSWORD,
+    IMEI,
+    IMSI,
+    SERIAL,
+    SYNC_VALUES,
+    UPLINK_PASSWORD,
+)
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
@@ -140,9 +147,9 @@ class UdpTerminal:
             serial=SERIAL,
             imei=IMEI,
             imsi=IMSI,
-            credentials=core.Credentials(UPLINK, DOWNLINK, base_key=BASE_KEY),
+            credentials=core.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD, base_key=BASE_KEY),
             cipher="legacy",
-            config=dict(SYNC_CONFIG),
+            config=dict(SYNC_VALUES),
         )
         self.client = core.TerminalClient(identity, "udp", clock=time.time)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -179,8 +186,8 @@ def test_sigkill_with_queued_requests_loses_nothing(gateway: Gateway) -> None:
             "imei": IMEI,
             "imsi": IMSI,
             "serial": SERIAL,
-            "uplink_password": UPLINK,
-            "downlink_password": DOWNLINK,
+            "uplink_password": UPLINK_PASSWORD,
+            "downlink_password": DOWNLINK_PASSWORD,
             "base_key": BASE_KEY,
             "cipher": "legacy",
             "apps": ["EC0001"],

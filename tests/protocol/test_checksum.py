@@ -6,12 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from m2mgw.protocol.checksum import crc16, crc32
-
-# spec 11.1: the LOGIN sync TLV stream (47 bytes)
-SYNC_STREAM = bytes.fromhex(
-    "00 02 00 05 43 4D 4E 45 54 00 07 00 0A 31 30 36 35 38 34 30 34 33 36 00 09 00 04 C0 00 "
-    "02 0A 00 0A 00 04 14 73 14 74 00 11 00 04 00 00 00 5A"
-)
+from tests.spec_examples import SYNC_CRC, SYNC_STREAM
 
 
 def _crc16_bitwise(data: bytes) -> int:
@@ -48,7 +43,7 @@ def test_crc32_check_value() -> None:
 def test_crc32_sync_stream() -> None:
     # spec 11.1
     assert len(SYNC_STREAM) == 47
-    assert crc32(SYNC_STREAM) == 0xABFED4CF
+    assert crc32(SYNC_STREAM) == SYNC_CRC
 
 
 def test_bytes_like_inputs() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from m2mgw.protocol.dupcache import IN_PROGRESS, CacheHit, InProgress, ResponseCache
+from tests.spec_examples import SERIAL
 
-SERIAL = "A972030000001234"
 KEY = (SERIAL, 0x0007, 4, 0)
 REQUEST = b"config trap request bytes"
 ANSWER = [b"config trap ack"]

@@ -27,107 +27,9 @@ from m2mgw.protocol.fragment import (
     TransIdCounter,
     split_body,
 )
+from tests.spec_examples import SERIAL, TRAP_BODY_11_6, VECTORS
 
-# Spec 11.6, copied from the hex dumps: part 1, the platform's op-1 ask, part 2.
-PART1_HEX = """
-03 BF 00 07 00 00 00 04 03 00 30 00 41 39 37 32
-30 33 30 30 30 30 30 30 31 32 33 34 40 08 03 8B
-00 01 00 02 00 01 00 20 04 00 01 01 20 06 00 04
-66 FD F0 A8 20 07 00 04 67 00 00 00 20 17 03 84
-66 FD F0 A8 00 00 03 E8 00 00 07 D0 66 FD F7 B0
-00 00 03 F9 00 00 07 ED 66 FD FE B8 00 00 04 0A
-00 00 08 0A 66 FE 05 C0 00 00 04 1B 00 00 08 27
-66 FE 0C C8 00 00 04 2C 00 00 08 44 66 FE 13 D0
-00 00 04 3D 00 00 08 61 66 FE 1A D8 00 00 04 4E
-00 00 08 7E 66 FE 21 E0 00 00 04 5F 00 00 08 9B
-66 FE 28 E8 00 00 04 70 00 00 08 B8 66 FE 2F F0
-00 00 04 81 00 00 08 D5 66 FE 36 F8 00 00 04 92
-00 00 08 F2 66 FE 3E 00 00 00 04 A3 00 00 09 0F
-66 FE 45 08 00 00 04 B4 00 00 09 2C 66 FE 4C 10
-00 00 04 C5 00 00 09 49 66 FE 53 18 00 00 04 D6
-00 00 09 66 66 FE 5A 20 00 00 04 E7 00 00 09 83
-66 FE 61 28 00 00 04 F8 00 00 09 A0 66 FE 68 30
-00 00 05 09 00 00 09 BD 66 FE 6F 38 00 00 05 1A
-00 00 09 DA 66 FE 76 40 00 00 05 2B 00 00 09 F7
-66 FE 7D 48 00 00 05 3C 00 00 0A 14 66 FE 84 50
-00 00 05 4D 00 00 0A 31 66 FE 8B 58 00 00 05 5E
-00 00 0A 4E 66 FE 92 60 00 00 05 6F 00 00 0A 6B
-66 FE 99 68 00 00 05 80 00 00 0A 88 66 FE A0 70
-00 00 05 91 00 00 0A A5 66 FE A7 78 00 00 05 A2
-00 00 0A C2 66 FE AE 80 00 00 05 B3 00 00 0A DF
-66 FE B5 88 00 00 05 C4 00 00 0A FC 66 FE BC 90
-00 00 05 D5 00 00 0B 19 66 FE C3 98 00 00 05 E6
-00 00 0B 36 66 FE CA A0 00 00 05 F7 00 00 0B 53
-66 FE D1 A8 00 00 06 08 00 00 0B 70 66 FE D8 B0
-00 00 06 19 00 00 0B 8D 66 FE DF B8 00 00 06 2A
-00 00 0B AA 66 FE E6 C0 00 00 06 3B 00 00 0B C7
-66 FE ED C8 00 00 06 4C 00 00 0B E4 66 FE F4 D0
-00 00 06 5D 00 00 0C 01 66 FE FB D8 00 00 06 6E
-00 00 0C 1E 66 FF 02 E0 00 00 06 7F 00 00 0C 3B
-66 FF 09 E8 00 00 06 90 00 00 0C 58 66 FF 10 F0
-00 00 06 A1 00 00 0C 75 66 FF 17 F8 00 00 06 B2
-00 00 0C 92 66 FF 1F 00 00 00 06 C3 00 00 0C AF
-66 FF 26 08 00 00 06 D4 00 00 0C CC 66 FF 2D 10
-00 00 06 E5 00 00 0C E9 66 FF 34 18 00 00 06 F6
-00 00 0D 06 66 FF 3B 20 00 00 07 07 00 00 0D 23
-66 FF 42 28 00 00 07 18 00 00 0D 40 66 FF 49 30
-00 00 07 29 00 00 0D 5D 66 FF 50 38 00 00 07 3A
-00 00 0D 7A 66 FF 57 40 00 00 07 4B 00 00 0D 97
-66 FF 5E 48 00 00 07 5C 00 00 0D B4 66 FF 65 50
-00 00 07 6D 00 00 0D D1 66 FF 6C 58 00 00 07 7E
-00 00 0D EE 66 FF 73 60 00 00 07 8F 00 00 0E 0B
-66 FF 7A 68 00 00 07 A0 00 00 0E 28 66 FF 81 70
-00 00 07 B1 00 00 0E 45 66 FF 88 78 00 00 07 C2
-00 00 0E 62 66 FF 8F 80 00 00 07 D3 00 00 0E 7F
-66 FF 96 88 00 00 07 E4 00 00 0E 9C 66 FF 9D 90
-00 00 07 F5 00 00 0E B9 66 FF A4 98 00 00 08 06
-00 00 0E D6 66 FF AB A0 00 00 08 17 00 00 0E F3
-66 FF B2 A8 00 00 08 28 00 00 0F 10 66 FF B9 B0
-00 00 08 39 00 00 0F 2D 66 FF C0 B8 00 00 08 4A
-00 00 0F 4A 66 FF C7 C0 00 00 08 5B 00 00 0F 67
-66 FF CE C8 00 00 08 6C 00 00 0F 84 66 FF D5 D0
-00 00 08 7D 00 00 0F A1 66 FF DC D8 00 00 08 8E
-00 00 0F BE 66 FF E3 E0 00 00 08 9F 00 00 0F DB
-66 FF EA E8 00 00 08 B0 00 00 0F E0 21 00 10 22
-77 09 11 40 A6 A1 16 00 14 CC 3A C4 A4 0F 28
-"""
-ASK2_HEX = """
-00 3B 80 07 00 00 00 04 03 00 30 00 41 39 37 32
-30 33 30 30 30 30 30 30 31 32 33 34 40 08 00 07
-00 01 00 02 00 02 01 E0 21 00 10 FF 80 5A 2E C7
-77 53 8C 3A CA 3B 9A 8F 7D 8F CE
-"""
-PART2_HEX = """
-00 54 00 07 00 00 00 04 03 00 30 00 41 39 37 32
-30 33 30 30 30 30 30 30 31 32 33 34 40 08 00 20
-00 01 00 02 00 02 00 F8 66 FF F1 F0 00 00 08 C1
-00 00 10 15 66 FF F8 F8 00 00 08 D2 00 00 10 32
-E0 21 00 10 F3 AA 4F 30 49 8B 41 00 48 45 14 A6
-FD 4A 09 5D
-"""
-
-KEY = ("A972030000001234", 0x0007, "up")
-
-
-def _hex(dump: str) -> bytes:
-    return bytes.fromhex(dump)
-
-
-def _tlv(tag: int, value: bytes) -> bytes:
-    return struct.pack(">HH", tag, len(value)) + value
-
-
-def _body_11_6() -> bytes:
-    """The 925-byte CONFIG_TRAP body exactly as 11.6 defines it."""
-    records = b"".join(
-        struct.pack(">III", 0x66FDF0A8 + 1800 * i, 1000 + 17 * i, 2000 + 29 * i) for i in range(75)
-    )
-    return (
-        _tlv(0x2004, b"\x01")
-        + _tlv(0x2006, struct.pack(">I", 0x66FDF0A8))
-        + _tlv(0x2007, struct.pack(">I", 0x67000000))
-        + _tlv(0x2017, records)
-    )
+KEY = (SERIAL, 0x0007, "up")
 
 
 def _wire(part: FragmentPart) -> FragmentPart:
@@ -158,8 +60,10 @@ def _data(trans_id: int, total: int, number: int, chunk: bytes = b"x") -> Fragme
 
 
 def test_11_6_body_and_chunks_match_the_hex_dumps() -> None:
-    body = _body_11_6()
-    part1, ask2, part2 = _hex(PART1_HEX), _hex(ASK2_HEX), _hex(PART2_HEX)
+    body = TRAP_BODY_11_6
+    part1 = VECTORS["11.6 CONFIG_TRAP part 1"]
+    ask2 = VECTORS["11.6 CONFIG_TRAP_ACK next part"]
+    part2 = VECTORS["11.6 CONFIG_TRAP part 2"]
     assert len(body) == 925
     assert body[-12:] == bytes.fromhex("66FFF8F8000008D200001032")
     assert split_body(body) == [part1[39:939], part2[39:64]]
@@ -421,7 +325,7 @@ def test_table_new_part_1_abandons_older() -> None:
 
 def test_table_keys_are_independent_and_aborts_drop_entries() -> None:
     table = ReassemblyTable()
-    other = ("A972030000001234", 0x0007, "down")
+    other = (SERIAL, 0x0007, "down")
     table.feed(KEY, _data(1, 2, 1), 0.0)
     table.feed(other, _data(1, 2, 1), 0.0)
     assert isinstance(table.feed(KEY, _data(1, 2, 3), 1.0), Abort)

@@ -23,7 +23,7 @@ from m2mgw.protocol.fragment import FragmentLimits, FragmentPart, ReassemblyTabl
 from m2mgw.protocol.framing import StreamFramer, parse_datagram
 from m2mgw.protocol.security import AesCipher, LegacyCipher
 from m2mgw.tools.decode import describe
-from tests.protocol.test_vectors import SESSION_KEY, TS_11_3, UPLINK, VECTORS
+from tests.spec_examples import SESSION_KEY, TS_11_3, UPLINK, VECTORS
 
 SEEDS = list(VECTORS.values())
 CIPHERS = (None, LegacyCipher(SESSION_KEY), AesCipher(SESSION_KEY))

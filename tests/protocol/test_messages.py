@@ -37,7 +37,7 @@ from m2mgw.protocol.messages import (
 from m2mgw.protocol.security import AesCipher, Cipher, DigestKey, LegacyCipher, verify
 from m2mgw.protocol.tags import TAGS, Kind, decode_value, encode_value, length_fits, tag_name
 from m2mgw.protocol.tlv import Tlv, decode_tlvs, encode_tlvs
-from tests.protocol.test_vectors import SERIAL, SESSION_KEY, UPLINK, VECTORS
+from tests.spec_examples import SERIAL, SESSION_KEY, UPLINK, VECTORS
 
 # --- strategies ---------------------------------------------------------------------------
 

@@ -19,14 +19,12 @@ from m2mgw.sms.bearer import (
     wmmp_submit_pdus,
 )
 from m2mgw.sms.pdu import Address, SmsDeliver, UserDataHeader, decode_deliver, decode_submit, encode
-from tests.sms.test_pdu import SPEC_11_7_MESSAGE, SPEC_11_7_TPDU
+from tests.spec_examples import SMS_DELIVER_11_7, SMS_SUBMIT_11_8, VECTORS
 
 CST = timezone(timedelta(hours=8))
 WHEN = datetime(2024, 3, 1, 8, 0, tzinfo=CST)
 TERMINAL = "8613900000001"
-# Spec 11.8: the wake-up message and its SMS-SUBMIT.
-WAKEUP = bytes.fromhex("0021000B00000011030000004139373230333030303030303132333440010001 03")
-WAKEUP_TPDU = bytes.fromhex("51000D91683109000000F10004FF2D0B05040B2EC00200030101 01") + WAKEUP
+WAKEUP = VECTORS["11.8 REMOTE_CTRL"]  # spec 11.8: the wake-up message
 
 
 @pytest.mark.parametrize(
@@ -66,7 +64,7 @@ def test_msisdn_without_digits_is_rejected() -> None:
 
 
 def test_single_segment_submit_is_spec_example_11_8() -> None:
-    assert wmmp_submit_pdus(WAKEUP, "+8613900000001", reference=1) == [WAKEUP_TPDU]
+    assert wmmp_submit_pdus(WAKEUP, "+8613900000001", reference=1) == [SMS_SUBMIT_11_8]
 
 
 def test_national_destination_uses_0x81() -> None:
@@ -204,10 +202,10 @@ def test_port_rule() -> None:
 
 def test_spec_11_7_capture_is_not_for_the_platform_port() -> None:
     """The 11.7 SMS goes platform → terminal with destination port 0."""
-    sms = decode_deliver(SPEC_11_7_TPDU)
+    sms = decode_deliver(SMS_DELIVER_11_7)
     assert isinstance(SmsReassembler().feed(sms, 0.0), TextSms)
     result = SmsReassembler(platform_port=0).feed(sms, 0.0)
-    assert result == WmmpSms(SPEC_11_7_MESSAGE, "1065840436", 0, 49154, 4, 1)
+    assert result == WmmpSms(VECTORS["11.7 SECURITY_CONFIG"], "1065840436", 0, 49154, 4, 1)
 
 
 def test_udhi_clear_rule_end_to_end() -> None:

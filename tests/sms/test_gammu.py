@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from m2mgw.sms.pdu import SmsSubmit, decode_submit
+from tests.spec_examples import VECTORS
 
 TEXT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4) + " [€]"
-WAKEUP_HEX = "0021000B00000011030000004139373230333030303030303132333440010001" + "03"
+WAKEUP_HEX = VECTORS["11.8 REMOTE_CTRL"].hex()  # spec 11.8: the wake-up message
 
 
 @dataclass

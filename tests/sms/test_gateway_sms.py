@@ -33,21 +33,18 @@ from m2mgw.tools import terminal as simulator
 from m2mgw.tools.modem_emulator import ModemEmulator
 from m2mgw.tools.terminal import SubmittedSms
 from tests.e2e.support import (
-    IMEI,
-    IMSI,
-    SYNC_CONFIG,
     TestTerminal,
     client_for,
     connect_udp,
     gateway_config,
     provisioned,
 )
-from tests.sms.test_pdu import SPEC_11_8_MESSAGE
+from tests.spec_examples import IMEI, IMSI, SYNC_VALUES, VECTORS
 
 MSISDN = "13900000001"
 E164 = normalize_msisdn(MSISDN)  # as provisioning stores it (PD-30)
 STRANGER = "13900000999"
-WAKEUP = SPEC_11_8_MESSAGE  # a payload of known bytes
+WAKEUP = VECTORS["11.8 REMOTE_CTRL"]  # a payload of known bytes
 FAST = ModemTuning(
     send_timeout=0.4,
     settle_time=0.05,
@@ -163,7 +160,7 @@ class RegistrationTest(GatewaySmsTestCase):
         """4.3 by SMS from a number the registry does not know yet, then 6.3.4, 4.4, 4.9."""
         yield self.registry.add(Terminal(imei=IMEI))  # provisioned by IMEI only
         identity = core.TerminalIdentity(
-            serial="A972030000000000", imei=IMEI, imsi=IMSI, config=dict(SYNC_CONFIG)
+            serial="A972030000000000", imei=IMEI, imsi=IMSI, config=dict(SYNC_VALUES)
         )
         term = TestTerminal(core.TerminalClient(identity, "sms", clock=reactor.seconds))
         self.network.attach(MSISDN, term)
@@ -244,7 +241,7 @@ class MixedModeTest(GatewaySmsTestCase):
         """9.6: a request for a logged-out terminal triggers REMOTE_CTRL 3 by SMS."""
         record = provisioned(0, msisdn=E164)
         yield self.registry.add(record)
-        yield self.registry.store_config(record.serial, SYNC_CONFIG, "reported")
+        yield self.registry.store_config(record.serial, SYNC_VALUES, "reported")
         term = TestTerminal(client_for(record, "udp"))
         _link, port = connect_udp(term, self.gateway.udp_port)
         self.addCleanup(port.stopListening)

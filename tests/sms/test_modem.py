@@ -29,11 +29,9 @@ from m2mgw.sms.modem import (
 )
 from m2mgw.sms.pdu import SmsDeliver
 from m2mgw.tools.modem_emulator import ModemEmulator
+from tests.spec_examples import VECTORS
 
-# Spec 11.8: REMOTE_CTRL wake-up message.
-WAKEUP = bytes.fromhex(
-    "0021000B000000110300000041393732303330303030303031323334400100010" "3"
-)  # fmt: skip
+WAKEUP = VECTORS["11.8 REMOTE_CTRL"]  # spec 11.8: the wake-up message
 
 
 class ModemTestCase(unittest.TestCase):

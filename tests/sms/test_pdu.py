@@ -30,28 +30,9 @@ from m2mgw.sms.pdu import (
     pack_septets,
     unpack_septets,
 )
+from tests.spec_examples import SMS_DELIVER_11_7, SMS_SUBMIT_11_8, VECTORS
 
 CST = timezone(timedelta(hours=8))
-
-# Spec 11.7: captured SECURITY_CONFIG SMS-DELIVER (135 bytes) and its WMMP message.
-SPEC_11_7_MESSAGE = bytes.fromhex(
-    "0069000E00000001030080004153 4D37303030373232323232323232"
-    "00E02500083132333435363738E0270004AAAAAAAAE02800083837363534333231"
-    "E02A0004AAAAAAAAE0360018313132323333343435353636373738383939303031"
-    "323334E0380004AAAAAAAA"
-)
-SPEC_11_7_TPDU = (
-    bytes.fromhex("640AA10156484063210490110371318023750B050400 00C002000304 0101")
-    + SPEC_11_7_MESSAGE
-)
-
-# Spec 11.8: SMS wake-up SMS-SUBMIT (60 bytes).
-SPEC_11_8_MESSAGE = bytes.fromhex(
-    "0021000B00000011030000004139373230333030303030303132333440010001 03"
-)
-SPEC_11_8_TPDU = (
-    bytes.fromhex("51000D91683109000000F10004FF2D0B05040B2EC002000301 0101") + SPEC_11_8_MESSAGE
-)
 
 # dreamfabric.com "SMS messages and the PDU format" (the well-known "hellohello"
 # examples, also used by many GSM 03.40 tutorials), both with SMSC information.
@@ -62,12 +43,12 @@ DREAMFABRIC_SUBMIT = bytes.fromhex("0011000B916407281553F80000AA0AE8329BFD4697D9
 
 
 def test_spec_11_7_deliver_decodes_and_reencodes_byte_exact() -> None:
-    assert len(SPEC_11_7_TPDU) == 135
-    sms = decode_deliver(SPEC_11_7_TPDU)
+    assert len(SMS_DELIVER_11_7) == 135
+    sms = decode_deliver(SMS_DELIVER_11_7)
     assert sms == SmsDeliver(
         originator=Address("1065840436", 0xA1),
         scts=datetime(2009, 11, 30, 17, 13, 8, tzinfo=CST),
-        user_data=SPEC_11_7_MESSAGE,
+        user_data=VECTORS["11.7 SECURITY_CONFIG"],
         udh=UserDataHeader(
             dest_port=0, orig_port=0xC002, concat_ref=4, concat_total=1, concat_seq=1
         ),
@@ -75,21 +56,21 @@ def test_spec_11_7_deliver_decodes_and_reencodes_byte_exact() -> None:
         dcs=0x04,
         status_report_indication=True,
     )
-    assert encode(sms) == SPEC_11_7_TPDU
+    assert encode(sms) == SMS_DELIVER_11_7
 
 
 def test_spec_11_8_submit_decodes_and_reencodes_byte_exact() -> None:
-    sms = decode_submit(SPEC_11_8_TPDU)
+    sms = decode_submit(SMS_SUBMIT_11_8)
     assert sms == SmsSubmit(
         destination=Address("8613900000001", 0x91),
-        user_data=SPEC_11_8_MESSAGE,
+        user_data=VECTORS["11.8 REMOTE_CTRL"],
         udh=UserDataHeader(
             dest_port=2862, orig_port=49154, concat_ref=1, concat_total=1, concat_seq=1
         ),
         validity=0xFF,
     )
-    assert encode(sms) == SPEC_11_8_TPDU
-    assert encode(sms, smsc_prefix=True) == b"\x00" + SPEC_11_8_TPDU  # 11.8: "prefixed with 00"
+    assert encode(sms) == SMS_SUBMIT_11_8
+    assert encode(sms, smsc_prefix=True) == b"\x00" + SMS_SUBMIT_11_8  # 11.8: "prefixed with 00"
 
 
 def test_dreamfabric_deliver() -> None:
@@ -200,9 +181,9 @@ def _clear_udhi(tpdu: bytes) -> bytes:
 
 
 def test_udhi_clear_but_wmmp_header_present_is_treated_as_udh() -> None:
-    sms = decode_deliver(_clear_udhi(SPEC_11_7_TPDU))
+    sms = decode_deliver(_clear_udhi(SMS_DELIVER_11_7))
     assert sms.udh is not None and sms.udh.orig_port == 0xC002
-    assert sms.user_data == SPEC_11_7_MESSAGE
+    assert sms.user_data == VECTORS["11.7 SECURITY_CONFIG"]
 
 
 def test_udhi_clear_with_broken_header_stays_data() -> None:
@@ -215,8 +196,8 @@ def test_udhi_clear_with_broken_header_stays_data() -> None:
     "bad",
     [
         b"",
-        SPEC_11_7_TPDU[:-1],  # user data shorter than UDL
-        SPEC_11_7_TPDU[:10],  # truncated timestamp
+        SMS_DELIVER_11_7[:-1],  # user data shorter than UDL
+        SMS_DELIVER_11_7[:10],  # truncated timestamp
         bytes.fromhex("02"),  # status report: unsupported
         bytes.fromhex("040BC87238880900FF00009930925161958000"),  # filler inside address
         bytes.fromhex("040BC87238880900F10000AA30925161958000"),  # timestamp not BCD
@@ -339,7 +320,7 @@ def test_fuzz_random_bytes_only_raise_pdu_error(data: bytes, smsc_prefix: bool) 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.sampled_from([SPEC_11_7_TPDU, SPEC_11_8_TPDU, DREAMFABRIC_DELIVER[8:]]),
+    st.sampled_from([SMS_DELIVER_11_7, SMS_SUBMIT_11_8, DREAMFABRIC_DELIVER[8:]]),
     st.lists(st.tuples(st.integers(0, 134), st.integers(0, 255)), min_size=1, max_size=4),
 )
 def test_fuzz_mutated_vectors_only_raise_pdu_error(tpdu: bytes, edits) -> None:  # type: ignore[no-untyped-def]

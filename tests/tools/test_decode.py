@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from m2mgw.tools.decode import describe, main
-from tests.protocol.test_vectors import (
+from tests.spec_examples import (
     DOWNLINK_PASSWORD,
     IMEI,
     IMSI,

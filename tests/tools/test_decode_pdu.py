@@ -10,13 +10,8 @@ import pytest
 
 from m2mgw.sms.bearer import wmmp_submit_pdus
 from m2mgw.tools.decode import main
-from tests.sms.test_pdu import (
-    DREAMFABRIC_DELIVER,
-    SPEC_11_7_MESSAGE,
-    SPEC_11_7_TPDU,
-    SPEC_11_8_MESSAGE,
-    SPEC_11_8_TPDU,
-)
+from tests.sms.test_pdu import DREAMFABRIC_DELIVER
+from tests.spec_examples import SMS_DELIVER_11_7, SMS_SUBMIT_11_8, VECTORS
 from tests.tools.test_decode import run_json
 
 
@@ -25,7 +20,7 @@ def decode_json(capsys: pytest.CaptureFixture[str], data: bytes, *argv: str) -> 
 
 
 def test_11_7_deliver_and_its_security_config(capsys: pytest.CaptureFixture[str]) -> None:
-    info = decode_json(capsys, SPEC_11_7_TPDU)
+    info = decode_json(capsys, SMS_DELIVER_11_7)
     assert info["sms"] == {
         "type": "SMS-DELIVER",
         "smsc_prefix": False,
@@ -39,7 +34,7 @@ def test_11_7_deliver_and_its_security_config(capsys: pytest.CaptureFixture[str]
         "concat_ref": 4,
         "concat_total": 1,
         "concat_seq": 1,
-        "user_data_length": len(SPEC_11_7_MESSAGE),
+        "user_data_length": len(VECTORS["11.7 SECURITY_CONFIG"]),
     }
     assert info["command"] == "SECURITY_CONFIG"
     assert info["header"]["serial"] == "ASM7000722222222"
@@ -54,8 +49,8 @@ def test_11_7_deliver_and_its_security_config(capsys: pytest.CaptureFixture[str]
 
 
 def test_11_8_submit_with_and_without_smsc_prefix(capsys: pytest.CaptureFixture[str]) -> None:
-    bare = decode_json(capsys, SPEC_11_8_TPDU)
-    prefixed = decode_json(capsys, b"\x00" + SPEC_11_8_TPDU)  # as handed to AT+CMGS
+    bare = decode_json(capsys, SMS_SUBMIT_11_8)
+    prefixed = decode_json(capsys, b"\x00" + SMS_SUBMIT_11_8)  # as handed to AT+CMGS
     assert (bare["sms"]["smsc_prefix"], prefixed["sms"]["smsc_prefix"]) == (False, True)
     prefixed["sms"]["smsc_prefix"] = False
     assert prefixed == bare
@@ -70,12 +65,12 @@ def test_11_8_submit_with_and_without_smsc_prefix(capsys: pytest.CaptureFixture[
 
 
 def test_forced_prefix_reading_is_honoured(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--pdu", "--smsc-prefix", "yes", SPEC_11_8_TPDU.hex()]) == 2
+    assert main(["--pdu", "--smsc-prefix", "yes", SMS_SUBMIT_11_8.hex()]) == 2
     assert "not an SMS PDU" in capsys.readouterr().err
 
 
 def test_text_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--pdu", SPEC_11_8_TPDU.hex()]) == 0
+    assert main(["--pdu", SMS_SUBMIT_11_8.hex()]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("sms:      SMS-SUBMIT to 8613900000001 (toa 0x91)")
     assert out[1] == "udh:      ports 2862 <- 49154 concatenation ref=1 part 1/1"
@@ -90,12 +85,12 @@ def test_text_sms_is_shown_not_decoded(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_segment_of_a_longer_message(capsys: pytest.CaptureFixture[str]) -> None:
-    first, _second = wmmp_submit_pdus(SPEC_11_8_MESSAGE * 5, "13900000001", reference=7)
+    first, _second = wmmp_submit_pdus(VECTORS["11.8 REMOTE_CTRL"] * 5, "13900000001", reference=7)
     info = decode_json(capsys, first)
     assert "header" not in info
     sms = info["sms"]
     assert (sms["concat_ref"], sms["concat_seq"], sms["concat_total"]) == (7, 1, 2)
-    assert sms["user_data"] == (SPEC_11_8_MESSAGE * 5)[:128].hex().upper()
+    assert sms["user_data"] == (VECTORS["11.8 REMOTE_CTRL"] * 5)[:128].hex().upper()
     assert "needs every segment" in info["warnings"][0]
 
 
@@ -107,5 +102,5 @@ def test_garbage_is_an_error(capsys: pytest.CaptureFixture[str], hex_text: str) 
 
 
 def test_json_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--pdu", "--json", SPEC_11_7_TPDU.hex()]) == 0
+    assert main(["--pdu", "--json", SMS_DELIVER_11_7.hex()]) == 0
     assert json.loads(capsys.readouterr().out)["sms"]["originator"] == "1065840436"
