@@ -850,7 +850,11 @@ class PlatformEngine:
                 values = tlv_dict(decode_tlvs(ex.frame.body))
             except ProtocolError:
                 return
-            self.registry.store_config(header.serial, values, "reported")
+            # Status and vendor TLVs (e.g. CSQ) ride on every heartbeat: store changes only.
+            stored = self.registry.config_values(header.serial)
+            changed = {tag: raw for tag, raw in values.items() if stored.get(tag) != raw}
+            if changed:
+                self.registry.store_config(header.serial, changed, "reported")
 
     # ------------------------------------------------------------------ session requests
 

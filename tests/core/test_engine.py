@@ -404,3 +404,29 @@ class RegistrationTest(unittest.TestCase):
         ack = self.register(2, SERIAL, key=old_key)
         self.assertEqual(ack, m.RegisterAck(1, SERIAL))
         self.assertEqual(self.fx.terminal.imsi, IMSI)
+
+
+class HeartbeatTlvTest(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+
+    def test_heartbeat_status_tlvs_are_stored_when_they_change(self) -> None:
+        """4.6: status and vendor TLVs on a heartbeat are stored; repeats cost no write."""
+        bearer = FakeBearer()
+        self.fx.engine.receive(login_bytes(), bearer)
+        writes: list[dict[int, bytes]] = []
+        store = self.fx.registry.store_config
+
+        def counting(serial, values, source):  # type: ignore[no-untyped-def]
+            writes.append(dict(values))
+            return store(serial, values, source)
+
+        self.fx.registry.store_config = counting  # type: ignore[method-assign]
+        beat = m.HeartBeat(tlvs=[Tlv.of(0x3007, 21), Tlv(0x8100, b"\x1f")])
+        for seq in (20, 21, 22):
+            self.fx.engine.receive(terminal_message(beat, seq, key=None), bearer)
+        self.assertEqual(writes, [{0x3007: b"\x15", 0x8100: b"\x1f"}])
+        self.assertEqual(self.fx.registry.config_values(SERIAL)[0x8100], b"\x1f")
