@@ -11,10 +11,15 @@ Typical use::
 Requests beyond the window of 16 (AD-10) wait in a local queue. Notifications reach
 ``on_notification`` once per ``notifyId`` (4.7: retries may repeat one); its return
 value (an int or a Deferred of one, ``None`` meaning 0) is the result sent back.
+
+A Base Key rotation announced by the platform (APP_KEY_UPDATE type 2, 7.2) reaches
+``on_base_key`` to be stored; :meth:`AppClient.credentials_at` gives the credentials
+a later login must use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -53,10 +58,14 @@ class AppClient(Protocol):
         self, credentials: AppCredentials, clock: Any, *,
         on_notification: Callable[[Any], Any] | None = None, heartbeat: int = 60,
         encrypt: bool = False, login_type: int = 0,
+        on_base_key: Callable[[lc.BaseKeyAnnounced], Any] | None = None,
     ) -> None:
         self.clock = clock
         self.session = lc.ClientSession(credentials, clock.seconds(), encrypt_requests=encrypt)
         self.on_notification = on_notification or (lambda payload: None)
+        self.on_base_key = on_base_key or (lambda announced: None)
+        #: The last Base Key announced on this connection (7.2), if any.
+        self.base_key_update: lc.BaseKeyAnnounced | None = None
         self.logged_in: Deferred[ops.LoginResponse] = Deferred()
         self.closed: Deferred[str] = Deferred()
         self._login = (login_type, heartbeat, encrypt)
@@ -73,6 +82,15 @@ class AppClient(Protocol):
         self._waiting.append((request, d))
         self._drain()
         return d
+
+    def credentials_at(self, now: float) -> AppCredentials:
+        """The credentials of a login at ``now``: the announced Base Key once it applies."""
+        creds = self.session.credentials
+        assert creds is not None
+        update = self.base_key_update
+        if update is not None and (update.effective_time is None or now >= update.effective_time):
+            return dataclasses.replace(creds, base_key=update.base_key)
+        return creds
 
     def logout(self, reason: int = 0) -> Deferred[str]:
         """APP_LOGOUT; fires when the connection is closed."""
@@ -154,6 +172,11 @@ class AppClient(Protocol):
                 d.errback(RequestFailed(f"request {event.sequence_id}: {event.reason}"))
         elif isinstance(event, lc.RequestReceived):
             self._notification(event)
+        elif isinstance(event, lc.BaseKeyAnnounced):
+            log.info("The platform announced a new Base Key, effective {effective}",
+                     effective=event.effective_time)
+            self.base_key_update = event
+            self.on_base_key(event)
         elif isinstance(event, lc.Closed):
             if not self.logged_in.called:
                 self.logged_in.errback(LoginFailed(event.reason))

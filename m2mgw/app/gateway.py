@@ -14,9 +14,6 @@ kept for ``FetchMessages`` or the next long-connection login.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from m2mgw.app import keys, server, soap, web
+from m2mgw.app import fetch, keys, server, soap, web
 from m2mgw.app import operations as ops
 from m2mgw.core import requests as build
 from m2mgw.core.model import (
@@ -185,6 +182,9 @@ class ApplicationService(service.Service):
     """
 
     name = "applications"
+    #: Seconds an Upgrade's sourceUrl may take: below the long connection's 15 s
+    #: answer timeout (6.6), so the answer still arrives.
+    source_fetch_timeout = 10.0
 
     def __init__(self, gateway: GatewayService) -> None:
         self.gateway = gateway
@@ -669,32 +669,42 @@ class ApplicationService(service.Service):
                                         request.biz_seq, response)
         if terminal is None:
             return refused
-        if request.file_data is None:
-            return respond(response, R.UNSUPPORTED, "sourceUrl is not supported; use fileData")
-        data = request.file_data
-        if (len(data) != request.file_size or len(data) > ops.MAX_FILE_SIZE
-                or hashlib.md5(data).hexdigest() != request.file_md5.lower()):
-            return respond(response, R.BAD_PARAMETER, "fileSize or fileMd5 mismatch")
+        if request.file_size > ops.MAX_FILE_SIZE:
+            return respond(response, R.BAD_PARAMETER, "fileSize above max_file_size")
+        if request.file_data is not None and len(request.file_data) != request.file_size:
+            return respond(response, R.BAD_PARAMETER, "fileSize mismatch")
         try:
             build.check_version(request.version)
         except build.RequestError as exc:
             return respond(response, R.BAD_PARAMETER, str(exc))
-        handle, path = tempfile.mkstemp(prefix="upgrade-")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        d = self.gateway.files.offer(terminal.serial or "", path, request.version)
-        d.addBoth(_remove_then, path)
+        if request.source_url is not None:
+            # Fetched once, here; the answer (msgId, or 8) waits for it, within the
+            # long connection's answer timeout.
+            d = fetch.fetch_file(self.clock, request.source_url, max_size=request.file_size,
+                                 timeout=self.source_fetch_timeout)
+        else:
+            d = maybeDeferred(fetch.store_bytes, request.file_data)
+        d.addCallback(self._offer_upgrade, app, terminal, request)
+
+        def refused_file(failure: Failure) -> Any:
+            failure.trap(build.RequestError, fetch.FetchError)
+            return respond(response, R.BAD_PARAMETER, failure.getErrorMessage())
+
+        return d.addErrback(refused_file)
+
+    def _offer_upgrade(self, stored: fetch.StoredFile, app: Application, terminal: Terminal,
+                       request: ops.Upgrade) -> Deferred[Any]:
+        """Check the file against fileSize and fileMd5, store it, send DOWNLOAD_INFO (AD-15)."""
+        if stored.size != request.file_size or stored.md5 != request.file_md5.lower():
+            stored.remove()
+            raise fetch.FetchError("fileSize or fileMd5 mismatch")
+        d = self.gateway.files.offer(terminal.serial or "", stored.path, request.version)
+        d.addBoth(_remove_then, stored)
         public = self.gateway.config.http.public_url
         d.addCallback(lambda tx: self._submit(
             app, "Upgrade", terminal, build.download_info(tx, public, force=request.force),
             request.ttl_seconds, request.biz_seq))
-        d.addCallback(lambda done: _queued(response, *done))
-
-        def refused_file(failure: Failure) -> Any:
-            failure.trap(build.RequestError)
-            return respond(response, R.BAD_PARAMETER, failure.getErrorMessage())
-
-        return d.addErrback(refused_file)
+        return d.addCallback(lambda done: _queued(ops.UpgradeResponse, *done))
 
     # queries ----------------------------------------------------------------------
 
@@ -787,11 +797,8 @@ class ApplicationService(service.Service):
             lambda _: ops.AckMessagesResponse(result_desc="OK"))
 
 
-def _remove_then(result: Any, path: str) -> Any:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+def _remove_then(result: Any, stored: fetch.StoredFile) -> Any:
+    stored.remove()
     return result
 
 

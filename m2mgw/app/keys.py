@@ -180,21 +180,32 @@ class BaseKeyState:
 
 
 def encrypt_lc_body(cipher: Cipher, body: bytes) -> bytes:
-    """The long-connection container: ``E042`` ‖ length ‖ Enc_SessionKey(body)."""
+    """The long-connection container: ``E042`` ‖ length ‖ Enc_SessionKey(body).
+
+    A ciphertext over 65,535 bytes (a body that is then fragmented, 6.7) continues in
+    consecutive ``E042`` TLVs, by the long-value rule of 6.4.
+    """
     sealed = cipher.encrypt(bytes(body))
-    if len(sealed) > 0xFFFF:
-        raise ProtocolError(f"encrypted body too long for one TLV ({len(sealed)} bytes)")
-    return _TLV_HEAD.pack(ENCRYPTED_BODY_TAG, len(sealed)) + sealed
+    pieces = [sealed[i : i + 0xFFFF] for i in range(0, len(sealed), 0xFFFF)] or [b""]
+    return b"".join(_TLV_HEAD.pack(ENCRYPTED_BODY_TAG, len(p)) + p for p in pieces)
 
 
 def decrypt_lc_body(cipher: Cipher, container: bytes) -> bytes:
     """The plaintext of an ``E042`` container (``legacy``: still zero-padded)."""
     if len(container) < 4:
         raise CryptoError("truncated E042 container")
-    tag, length = _TLV_HEAD.unpack_from(container)
-    if tag != ENCRYPTED_BODY_TAG or length != len(container) - 4:
-        raise CryptoError("body is not exactly one E042 TLV")
-    return cipher.decrypt(bytes(container[4:]))
+    sealed = bytearray()
+    pos = 0
+    while pos < len(container):
+        if len(container) - pos < 4:
+            raise CryptoError("truncated E042 container")
+        tag, length = _TLV_HEAD.unpack_from(container, pos)
+        pos += 4
+        if tag != ENCRYPTED_BODY_TAG or pos + length > len(container):
+            raise CryptoError("body is not a sequence of E042 TLVs")
+        sealed += container[pos : pos + length]
+        pos += length
+    return cipher.decrypt(bytes(sealed))
 
 
 def encrypt_xml(cipher: Cipher, plaintext: bytes) -> str:

@@ -9,8 +9,9 @@ Layers, bottom up, all pure (bytes and time in, events and bytes out, like h11):
 * :func:`encode_message` / :func:`decode_body`: signed (5.2), optionally encrypted
   (7.4) messages;
 * :class:`Framer`: a TCP byte stream into frames (6.1);
-* :class:`PlatformSession` and :class:`ClientSession`: the session rules of 6.6 and
-  the key update of 7.5 for each side of the connection.
+* :class:`PlatformSession` and :class:`ClientSession`: the session rules of 6.6,
+  fragmentation (6.7, with :mod:`m2mgw.protocol.fragment`) and the key update of 7.5
+  for each side of the connection.
 
 Every failure caused by input raises :class:`LongConnError` (a :class:`ProtocolError`).
 """
@@ -33,12 +34,29 @@ from m2mgw.app import operations as ops
 from m2mgw.app.digest import DIGEST_TLV_SIZE, lc_sign, lc_verify
 from m2mgw.protocol import errors
 from m2mgw.protocol.errors import ProtocolError
+from m2mgw.protocol.fragment import (
+    Abort,
+    Complete,
+    Duplicate,
+    Ended,
+    FragmentAbort,
+    FragmentLimits,
+    FragmentOp,
+    FragmentPart,
+    FragmentSender,
+    NeedPart,
+    ReassemblyEvent,
+    ReassemblyTable,
+    TransIdCounter,
+)
 from m2mgw.protocol.security import Cipher
 
 __all__ = [
     "ANSWER_TIMEOUT",
+    "FRAGMENT_THRESHOLD",
     "HEADER_SIZE",
     "PROTOCOL_VERSION",
+    "REASSEMBLY_LIMITS",
     "WINDOW",
     "AnswerReceived",
     "AppCredentials",
@@ -69,6 +87,8 @@ __all__ = [
     "encode_message",
     "iter_tlvs",
     "parse_frame",
+    "seal_body",
+    "sign_frame",
     "tlv",
 ]
 
@@ -90,6 +110,10 @@ HEARTBEAT_DEFAULT, HEARTBEAT_MIN, HEARTBEAT_MAX = 60, 10, 600
 DUPLICATE_WINDOW = 300.0
 SESSION_TTL = 86_400
 MAX_TIMEOUTS_IN_A_ROW = 3
+#: 6.7: bodies longer than this (after encryption) travel in ``4008`` parts ...
+FRAGMENT_THRESHOLD = 60_000
+#: ... and a reassembly holds at most 4,200,000 bytes in 128 parts, 60 s idle.
+REASSEMBLY_LIMITS = FragmentLimits(max_bytes=4_200_000, max_parts=128, idle_timeout=60.0)
 
 
 # --- exceptions -------------------------------------------------------------------------
@@ -868,19 +892,32 @@ def decode_body(command_id: int, body: bytes, *, padded: bool = False) -> Any:
         raise BodyError(f"{command_name(command_id)}: incomplete body ({exc})") from None
 
 
+def seal_body(command_id: int, payload: object, cipher: Cipher | None) -> tuple[bytes, int]:
+    """The body as sent and its container flag: plaintext, or ``E042`` with ``cipher`` (7.4)."""
+    body = encode_body(command_id, payload)
+    if cipher is None:
+        return body, FLAG_NONE
+    return keys.encrypt_lc_body(cipher, body), FLAG_CONTAINER
+
+
+def sign_frame(
+    command_id: int, sequence_id: int, app_id: str, body: bytes, flags: int, *,
+    timestamp: int, password: str, version: int = PROTOCOL_VERSION,
+) -> bytes:
+    """Header ‖ body ‖ digest TLV (5.2): one complete message, a part (6.7) or not."""
+    unsigned = build_unsigned(command_id, sequence_id, app_id, body, flags | FLAG_DIGEST, version)
+    return lc_sign(unsigned, timestamp, app_id, password)
+
+
 def encode_message(
     command_id: int, sequence_id: int, app_id: str, payload: object, *,
     timestamp: int, password: str, cipher: Cipher | None = None,
     version: int = PROTOCOL_VERSION,
 ) -> bytes:
     """A complete signed message; the body goes into an ``E042`` container with ``cipher``."""
-    body = encode_body(command_id, payload)
-    flags = FLAG_NONE
-    if cipher is not None:
-        body = keys.encrypt_lc_body(cipher, body)
-        flags |= FLAG_CONTAINER
-    unsigned = build_unsigned(command_id, sequence_id, app_id, body, flags | FLAG_DIGEST, version)
-    return lc_sign(unsigned, timestamp, app_id, password)
+    body, flags = seal_body(command_id, payload, cipher)
+    return sign_frame(command_id, sequence_id, app_id, body, flags, timestamp=timestamp,
+                      password=password, version=version)
 
 
 def open_body(frame: Frame, cipher: Cipher | None) -> tuple[bytes, bool]:
@@ -892,7 +929,33 @@ def open_body(frame: Frame, cipher: Cipher | None) -> tuple[bytes, bool]:
         raise BodyError(f"unsupported container 0x{container:04X}")
     if cipher is None:
         raise BodyError("encrypted body without a session key", ops.ResultCode.SESSION_INVALID)
-    return keys.decrypt_lc_body(cipher, frame.body), True
+    try:
+        return keys.decrypt_lc_body(cipher, frame.body), True
+    except ProtocolError as exc:
+        raise BodyError(f"encrypted body: {exc.reason}") from None
+
+
+def fragment_of(frame: Frame) -> FragmentPart:
+    """The ``4008`` value of a part message (6.7, [T] 7.2)."""
+    (length,) = _U16.unpack_from(frame.body, 2)  # the tag is 0x4008 (Frame.container)
+    if length != len(frame.body) - 4:
+        raise BodyError("a part's body must be exactly one 4008 TLV")
+    try:
+        return FragmentPart.decode(frame.body[4:])
+    except ProtocolError as exc:
+        raise BodyError(exc.reason) from None
+
+
+def reassembled(frame: Frame, body: bytes) -> Frame:
+    """The completed body as if it had arrived in ``frame`` unfragmented ([T] 7.4).
+
+    It is an ``E042`` container exactly when it starts with that tag: no plaintext body
+    can (fixed fields are small result, type and reason codes; ``0xE042`` is no
+    application TLV).
+    """
+    encrypted = body[:2] == Tag.ENCRYPTED.to_bytes(2, "big")
+    flags = FLAG_DIGEST | (FLAG_CONTAINER if encrypted else FLAG_NONE)
+    return Frame(dataclasses.replace(frame.header, flags=flags), body, frame.raw)
 
 
 # --- stream framing (6.1, [T] 10.2) -------------------------------------------------------
@@ -1045,6 +1108,15 @@ class _Outstanding:
     command_id: int
     payload: Any
     deadline: float
+    sender: FragmentSender | None = None  # a fragmented request (6.7)
+
+
+@dataclass(slots=True)
+class _AnswerParts:
+    """An own fragmented answer: the peer asks for each next part ([T] 7.3)."""
+
+    sender: FragmentSender
+    last_activity: float
 
 
 @dataclass(slots=True)
@@ -1091,6 +1163,13 @@ class _Session:
         self._answers: dict[tuple[int, int], tuple[float, bytes, bytes]] = {}
         self._timeouts_in_a_row = 0
         self.last_sent = self.last_received = self.connected_at = now
+        # 6.7: one table for the peer's fragmented requests and answers, so that all
+        # of them together hold at most one reassembly's worth of bytes.
+        self._trans_ids = TransIdCounter()
+        self._reassembly = ReassemblyTable(REASSEMBLY_LIMITS, max_entries=2 * WINDOW,
+                                           max_total_bytes=REASSEMBLY_LIMITS.max_bytes)
+        self._last_part_at: float | None = None
+        self._answer_parts: dict[tuple[int, int], _AnswerParts] = {}
 
     # public API ---------------------------------------------------------------------------
 
@@ -1148,8 +1227,10 @@ class _Session:
                                f"{command_name(pending.command_id)}")
         if self.closed:
             return
-        raw = self._encode(command_id, sequence_id, response,
-                           encrypt=pending.encrypted and self.cipher is not None)
+        raw, sender = self._encode(command_id, sequence_id, response,
+                                   encrypt=pending.encrypted and self.cipher is not None)
+        if sender is not None:
+            self._answer_parts[(pending.command_id, sequence_id)] = _AnswerParts(sender, now)
         self._answers[(pending.command_id, sequence_id)] = (now, pending.digest, raw)
         self._write(raw, now)
 
@@ -1170,6 +1251,10 @@ class _Session:
             return None
         times = [p.deadline for p in self._outstanding.values()]
         times.extend(self._timer_deadlines())
+        idle = REASSEMBLY_LIMITS.idle_timeout
+        times.extend(x.last_activity + idle for x in self._answer_parts.values())
+        if len(self._reassembly) and self._last_part_at is not None:
+            times.append(self._last_part_at + idle)  # every reassembly is idle by then
         return min(times) if times else None
 
     def tick(self, now: float) -> list[Event]:
@@ -1183,6 +1268,7 @@ class _Session:
             if not self.closed:
                 self._on_timers(now)
             self._expire_answers(now)
+            self._expire_fragments(now)
         return self._take_events()
 
     # role hooks ---------------------------------------------------------------------------
@@ -1240,26 +1326,43 @@ class _Session:
             return getattr(payload, "server_time", None) or 0
         return self.timestamp
 
-    def _encode(self, command_id: int, seq: int, payload: object, *, encrypt: bool) -> bytes:
+    def _signer(self) -> tuple[str, AppCredentials]:
         creds = self.credentials
         if creds is None or self.app_id is None:
             raise SessionError("no credentials to sign with")
-        return encode_message(
-            command_id, seq, self.app_id, payload,
-            timestamp=self._digest_ts(command_id, payload),
-            password=creds.password,
-            cipher=self.cipher if encrypt and self.cipher is not None else None,
-        )
+        return self.app_id, creds
+
+    def _encode(
+        self, command_id: int, seq: int, payload: object, *, encrypt: bool
+    ) -> tuple[bytes, FragmentSender | None]:
+        """The message, or its first part and the sender of the rest (6.7, [T] 6.4.4)."""
+        app_id, creds = self._signer()
+        body, flags = seal_body(command_id, payload, self.cipher if encrypt else None)
+        if len(body) <= FRAGMENT_THRESHOLD:
+            raw = sign_frame(command_id, seq, app_id, body, flags, password=creds.password,
+                             timestamp=self._digest_ts(command_id, payload))
+            return raw, None
+        if len(body) > REASSEMBLY_LIMITS.max_bytes:
+            raise BodyError(f"{command_name(command_id)} body of {len(body)} bytes exceeds "
+                            f"the reassembly bound", ops.ResultCode.TOO_LARGE)
+        sender = FragmentSender(body, self._trans_ids.next(), FRAGMENT_THRESHOLD)
+        return self._part_frame(command_id, seq, sender.first()), sender
+
+    def _part_frame(self, command_id: int, seq: int, part: FragmentPart) -> bytes:
+        """One ``4008`` message: flag ``0x30``, its own digest (6.2, 6.7)."""
+        app_id, creds = self._signer()
+        return sign_frame(command_id, seq, app_id, part.encode_tlv(), FLAG_CONTAINER,
+                          timestamp=self.timestamp, password=creds.password)
 
     def _send_request(self, command_id: int, payload: object, now: float) -> int:
         seq = self._next_seq
-        self._next_seq = ops.next_id(seq)
         encrypt = (
             self.encrypt_requests and self.cipher is not None
             and command_id not in _NEVER_ENCRYPTED
         )
-        raw = self._encode(command_id, seq, payload, encrypt=encrypt)
-        self._outstanding[seq] = _Outstanding(command_id, payload, now + ANSWER_TIMEOUT)
+        raw, sender = self._encode(command_id, seq, payload, encrypt=encrypt)
+        self._next_seq = ops.next_id(seq)
+        self._outstanding[seq] = _Outstanding(command_id, payload, now + ANSWER_TIMEOUT, sender)
         self._write(raw, now)
         return seq
 
@@ -1308,6 +1411,14 @@ class _Session:
         pending = self._outstanding.get(seq)
         if pending is None or frame.header.command_id != pending.command_id | ACK_BIT:
             raise HeaderError(f"answer seq={seq} matches no outstanding request")
+        if frame.container == Tag.FRAGMENT:
+            self._on_ack_part(frame, pending, now)
+        else:
+            self._finish_request(frame, pending, now)
+
+    def _finish_request(self, frame: Frame, pending: _Outstanding, now: float) -> None:
+        """The (possibly reassembled) answer to an own request."""
+        seq = frame.header.sequence_id
         body, encrypted = open_body(frame, self.cipher)
         response = decode_body(frame.header.command_id, body,
                                padded=encrypted and self._legacy)
@@ -1341,6 +1452,14 @@ class _Session:
         if header.command_id not in self._peer_requests:
             self._answer_result(frame, ops.ResultCode.UNSUPPORTED, now)
             return
+        if frame.container == Tag.FRAGMENT:
+            self._on_request_part(frame, now)
+        else:
+            self._process_request(frame, now)
+
+    def _process_request(self, frame: Frame, now: float) -> None:
+        """A whole (possibly reassembled) peer request: window, decryption, decoding."""
+        header = frame.header
         if len(self._incoming) >= WINDOW:
             self._answer_result(frame, ops.ResultCode.RATE_LIMITED, now)
             return
@@ -1369,6 +1488,99 @@ class _Session:
         else:
             self._on_request(frame, payload, encrypted, now)
 
+    # fragmentation (6.7, [T] section 7) ----------------------------------------------------
+
+    def _on_ack_part(self, frame: Frame, pending: _Outstanding, now: float) -> None:
+        """A ``4008`` answer: the next part wanted of our request, or a part of the answer."""
+        seq = frame.header.sequence_id
+        part = fragment_of(frame)
+        self._timeouts_in_a_row = 0
+        pending.deadline = now + ANSWER_TIMEOUT
+        if pending.sender is not None and not pending.sender.done:
+            try:
+                self._write(self._part_frame(pending.command_id, seq,
+                                             pending.sender.on_answer(part)), now)
+            except FragmentAbort as exc:
+                if exc.reply is not None:
+                    self._write(self._part_frame(pending.command_id, seq, exc.reply), now)
+                self._fail_request(seq, exc.reason)
+            return
+        # A fragmented answer: we ask for each part in the request Command_ID, s' = s.
+        outcome = self._feed("answer", pending.command_id, seq, part, now)
+        if isinstance(outcome, Complete):
+            self._finish_request(reassembled(frame, outcome.body), pending, now)
+            return
+        reply = _reply_to(outcome)
+        if reply is not None:
+            self._write(self._part_frame(pending.command_id, seq, reply), now)
+        if isinstance(outcome, Abort | Ended):
+            self._fail_request(seq, "the answer's part exchange ended")
+
+    def _on_request_part(self, frame: Frame, now: float) -> None:
+        """A ``4008`` request: a part of the peer's request, or a wish for our answer's next."""
+        header = frame.header
+        ack = header.command_id | ACK_BIT
+        try:
+            part = fragment_of(frame)
+        except BodyError as exc:
+            self._log_discard(frame.raw, exc.reason)
+            self._answer_result(frame, ops.ResultCode.BAD_PARAMETER, now)
+            return
+        if part.op in (FragmentOp.NEXT, FragmentOp.RECEIVER_ABORT):
+            self._next_answer_part(header.command_id, header.sequence_id, part, now)
+            return
+        outcome = self._feed("request", header.command_id, header.sequence_id, part, now)
+        if isinstance(outcome, Complete):
+            self._process_request(reassembled(frame, outcome.body), now)
+            return
+        reply = _reply_to(outcome)
+        if reply is not None:
+            self._write(self._part_frame(ack, header.sequence_id, reply), now)
+
+    def _next_answer_part(self, command_id: int, seq: int, part: FragmentPart,
+                          now: float) -> None:
+        key = (command_id, seq)
+        exchange = self._answer_parts.get(key)
+        if exchange is None:
+            raise HeaderError(f"{command_name(command_id)} seq={seq}: no fragmented answer")
+        try:
+            reply: FragmentPart | None = exchange.sender.on_answer(part)
+        except FragmentAbort as exc:
+            reply = exc.reply
+            del self._answer_parts[key]
+        else:
+            exchange.last_activity = now
+            if exchange.sender.done:
+                del self._answer_parts[key]
+        if reply is not None:
+            self._write(self._part_frame(command_id | ACK_BIT, seq, reply), now)
+
+    def _feed(self, direction: str, command_id: int, seq: int, part: FragmentPart,
+              now: float) -> ReassemblyEvent:
+        """Reassembly keyed by (AppID, Command_ID, direction and Sequence_ID)."""
+        self._reassembly.expire(now)
+        self._last_part_at = now
+        return self._reassembly.feed((self.app_id or "", command_id, (direction, seq)), part, now)
+
+    def _expire_fragments(self, now: float) -> None:
+        self._reassembly.expire(now)
+        idle = REASSEMBLY_LIMITS.idle_timeout
+        for key in [k for k, x in self._answer_parts.items() if now - x.last_activity >= idle]:
+            del self._answer_parts[key]
+
+    @property
+    def fragmenting(self) -> bool:
+        """A part exchange is open in either direction (no Session Key switch now, 7.5)."""
+        return bool(
+            self._reassembly.held_bytes or self._answer_parts  # completed ones hold none
+            or any(p.sender is not None and not p.sender.done
+                   for p in self._outstanding.values())
+        )
+
+    def _fail_request(self, seq: int, reason: str) -> None:
+        pending = self._outstanding.pop(seq)
+        self._events.append(RequestFailed(seq, pending.command_id, pending.payload, reason))
+
     def _end_session(self, now: float) -> None:
         """Logout exchanged: discard the key, fail what is outstanding, await the close."""
         self.state = State.ENDED
@@ -1387,11 +1599,26 @@ class _Session:
         self.state = State.CLOSED
         self.cipher = None
         self._incoming.clear()
+        self._answer_parts.clear()
         self._events.append(Closed(reason))
 
     def _expire_answers(self, now: float) -> None:
         for key in [k for k, v in self._answers.items() if now - v[0] > DUPLICATE_WINDOW]:
             del self._answers[key]
+
+
+def _reply_to(outcome: ReassemblyEvent) -> FragmentPart | None:
+    """The ``4008`` a receiver sends for a part: next wanted, re-asked, or op 2 ([T] 7.4)."""
+    if isinstance(outcome, NeedPart):
+        return outcome.reply
+    if isinstance(outcome, Duplicate):
+        part = outcome.part  # a repeat of the last part: ask again for the one after it
+        if part.part < part.total:
+            return FragmentPart(part.trans_id, part.total, part.part + 1, FragmentOp.NEXT)
+        return None
+    if isinstance(outcome, Abort):
+        return outcome.abort_part
+    return None
 
 
 # --- platform side -------------------------------------------------------------------------
@@ -1499,8 +1726,8 @@ class PlatformSession(_Session):
         self.timestamp = timestamp
         self.heartbeat = response.heartbeat_interval or HEARTBEAT_DEFAULT
         self.encrypt_requests = login.request.encrypt_notifications
-        raw = self._encode(Command.APP_LOGIN | ACK_BIT, login.sequence_id, response,
-                           encrypt=False)
+        raw, _ = self._encode(Command.APP_LOGIN | ACK_BIT, login.sequence_id, response,
+                              encrypt=False)  # a few dozen bytes: never fragmented
         assert self._login_frame is not None
         self._answers[(Command.APP_LOGIN, login.sequence_id)] = (
             now, hashlib.sha256(self._login_frame.raw).digest(), raw
@@ -1545,9 +1772,20 @@ class PlatformSession(_Session):
         if self._key_update is not None:
             raise SessionError("a key update is outstanding (AD-12)")
 
+    @property
+    def key_update_outstanding(self) -> bool:
+        """APP_KEY_UPDATE awaits its ACK: no other request may be sent (AD-12)."""
+        return self._key_update is not None
+
     def update_session_key(self, now: float, session_key: bytes | None = None) -> int:
-        """APP_KEY_UPDATE type 1: the new key takes effect at its ACK (7.5)."""
+        """APP_KEY_UPDATE type 1: the new key takes effect at its ACK (7.5).
+
+        Refused while a part exchange is open: its parts were (or are being) encrypted
+        under the old key, and would be decrypted under the new one.
+        """
         creds = self._require_active()
+        if self.fragmenting:
+            raise SessionError("a part exchange is open; update the key later")
         key = session_key if session_key is not None else keys.generate_session_key(self._random)
         blob = keys.wrap_session_key(creds.profile, creds.base_key, key, self._random)
         return self._send_key_update(ops.KeyUpdate(key_type=1, key_blob=blob), key, now)
@@ -1600,8 +1838,9 @@ class PlatformSession(_Session):
         seq = self._next_seq
         self._next_seq = ops.next_id(seq)
         encrypt = self.encrypt_requests and self.cipher is not None
-        self._write(self._encode(Command.APP_LOGOUT, seq, ops.Logout(reason=reason),
-                                 encrypt=encrypt), now)
+        raw, _ = self._encode(Command.APP_LOGOUT, seq, ops.Logout(reason=reason),
+                              encrypt=encrypt)  # one byte of body: never fragmented
+        self._write(raw, now)
         self._close(why)
 
     # timers -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from m2mgw.protocol.errors import ProtocolError
 
 APP_FIELDS = (
     "app_id", "password", "base_key", "base_key_expiry", "cipher", "ec_code", "callback_url",
-    "terminals", "permissions", "require_session",
+    "terminals", "permissions", "require_session", "next_base_key", "next_base_key_from",
 )
 MAX_PASSWORD = 64
 
@@ -42,6 +42,22 @@ def _callback_url(value: Any) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise RequestError(f"callback_url must be an http:// or https:// URL, got {value!r}")
     return str(value)
+
+
+def _base_key(value: Any, cipher: str, what: str) -> str:
+    try:
+        keys.base_cipher(cipher, value)
+    except ProtocolError:
+        lengths = " or ".join(str(n) for n in keys.BASE_KEY_LENGTHS[cipher])
+        raise RequestError(f"{what} must be {lengths} ASCII characters for {cipher}") from None
+    return str(value)
+
+
+def _unix_time(value: Any, what: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or not 0 < value <= 0xFFFFFFFF):
+        raise RequestError(f"{what} must be a UNIX time, got {value!r}")
+    return value
 
 
 def _string_set(value: Any, what: str) -> list[Any]:
@@ -71,16 +87,18 @@ def application_from_json(params: Mapping[str, Any], registry: ITerminalRegistry
         raise RequestError(f"cipher must be one of {', '.join(keys.PROFILES)}, got {cipher!r}")
     password = params.get("password") or keys.generate_password()
     _text(password, "password", longest=MAX_PASSWORD)
-    base_key = params.get("base_key") or keys.generate_base_key(cipher)
-    try:
-        keys.base_cipher(cipher, base_key)
-    except ProtocolError:
-        lengths = " or ".join(str(n) for n in keys.BASE_KEY_LENGTHS[cipher])
-        raise RequestError(f"base_key must be {lengths} ASCII characters for {cipher}") from None
-    expiry = params.get("base_key_expiry")
-    if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, int)
-                               or not 0 < expiry <= 0xFFFFFFFF):
-        raise RequestError(f"base_key_expiry must be a UNIX time, got {expiry!r}")
+    base_key = _base_key(params.get("base_key") or keys.generate_base_key(cipher), cipher,
+                         "base_key")
+    expiry = _unix_time(params.get("base_key_expiry"), "base_key_expiry")
+    # 7.2 step 3: a scheduled rotation, announced by APP_KEY_UPDATE type 2 at each login.
+    next_key, next_from = params.get("next_base_key"), params.get("next_base_key_from")
+    if (next_key is None) != (next_from is None):
+        raise RequestError("next_base_key and next_base_key_from go together")
+    if next_key is not None:
+        next_key = _base_key(next_key, cipher, "next_base_key")
+        if next_key == base_key:
+            raise RequestError("next_base_key must differ from base_key")
+    next_from = _unix_time(next_from, "next_base_key_from")
     terminals = set()
     for serial in _string_set(params.get("terminals"), "terminals"):
         if not isinstance(serial, str) or not is_valid_terminal_id(serial):
@@ -101,6 +119,8 @@ def application_from_json(params: Mapping[str, Any], registry: ITerminalRegistry
         cipher=cipher,
         base_key=base_key,
         base_key_expiry=expiry,
+        next_base_key=next_key,
+        next_base_key_from=next_from,
         callback_url=_callback_url(params.get("callback_url")),
         terminals=terminals,
         permissions=permissions,
@@ -139,8 +159,11 @@ def describe_application(app: Application, *, secrets: bool = False) -> dict[str
         "require_session": app.require_session,
         "enabled": app.enabled,
         "base_key_expiry": app.base_key_expiry,
+        "next_base_key_from": app.next_base_key_from,
         "created_at": app.created_at,
     }
     if secrets:
         view.update(password=app.password, base_key=app.base_key)
+        if app.next_base_key is not None:
+            view.update(next_base_key=app.next_base_key)
     return view

@@ -72,6 +72,8 @@ class AppConnection(Protocol):
         session = self.session
         if session is None or session.state is not lc.State.ACTIVE or self.replaced:
             return -1
+        if session.key_update_outstanding:
+            return 0  # 7.5: nothing else is sent until APP_KEY_UPDATE is answered
         return lc.WINDOW - session.outstanding
 
     def offer(self, app: Application, notification: object) -> Deferred[bool]:
@@ -114,6 +116,11 @@ class AppConnection(Protocol):
             self._login(event)
         elif isinstance(event, lc.RequestReceived):
             self._request(event)
+        elif isinstance(event, lc.KeyUpdated):
+            log.info("Application {app_id} acknowledged key update type {key_type}",
+                     app_id=self.app.app_id if self.app else None, key_type=event.key_type)
+            if self.app is not None:
+                self.apps.pump(self.app.app_id)  # resume the notifications held back
         elif isinstance(event, lc.AnswerReceived | lc.RequestFailed):
             offer = self._offers.pop(event.sequence_id, None)
             ok = isinstance(event, lc.AnswerReceived) and event.response.result_code in (
@@ -148,7 +155,22 @@ class AppConnection(Protocol):
         session.accept_login(now, timestamp=self.apps.session_timestamp(app, now),
                              session_ttl=int(self.apps.config.session_ttl), base_key=base_key)
         self.app = app
+        self._announce_base_key(app, now)
         self.apps.connection_opened(app.app_id, self)
+
+    def _announce_base_key(self, app: Application, now: float) -> None:
+        """7.2 step 3: a provisioned next Base Key goes out with APP_KEY_UPDATE type 2.
+
+        Once per connection, right after the login; a login at or after the effective
+        time has already rotated (``ApplicationService.base_key``), so nothing is left
+        to announce then. A refusal or timeout ends the session with APP_LOGOUT 6.
+        """
+        if app.next_base_key is None or app.next_base_key_from is None:
+            return
+        assert self.session is not None
+        self.session.announce_base_key(now, app.next_base_key, app.next_base_key_from)
+        log.info("Announced the next Base Key of {app_id}, effective {effective}",
+                 app_id=app.app_id, effective=app.next_base_key_from)
 
     def replace(self, now: float) -> None:
         """A newer login took this application's place: APP_LOGOUT reason 3 (AD-20)."""
@@ -167,7 +189,7 @@ class AppConnection(Protocol):
                 return
             try:
                 session.answer(seq, response, self.clock.seconds())
-            except lc.SessionError as exc:
+            except lc.LongConnError as exc:  # e.g. beyond the reassembly bound (6.7)
                 log.info("Answer {seq} to {app_id} not sent: {why}", seq=seq,
                          app_id=self.app.app_id if self.app else None, why=exc.reason)
             self._after([])

@@ -8,6 +8,9 @@ object per line (bytes in hex), so the output can be piped into ``jq``::
         --base-key AppBaseKey0123456789ABCD send-data A972030000001234 01020304 --wait 30
     m2mgw-app ... watch --seconds 60
 
+A Base Key rotation announced by the platform is printed as a ``BaseKeyAnnounced``
+line: pass its ``base_key`` as ``--base-key`` from its ``effective_time`` on.
+
 Exit status: 0 success, 1 refused or failed (login, result code, timeout), 2 usage.
 """
 
@@ -160,7 +163,8 @@ async def run(reactor: Any, args: argparse.Namespace) -> int:
     creds = AppCredentials(args.app_id, args.password, args.base_key, args.cipher)
     try:
         client = await app_client.connect(reactor, args.host, args.port, creds,
-                                          on_notification=notified, encrypt=args.encrypt)
+                                          on_notification=notified, encrypt=args.encrypt,
+                                          on_base_key=emit)  # store it for later logins
     except (app_client.LoginFailed, OSError) as exc:
         print(f"m2mgw-app: login failed: {exc}", file=sys.stderr)
         return 1

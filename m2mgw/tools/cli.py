@@ -242,6 +242,7 @@ def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
             ("app_id", args.app_id), ("password", args.password), ("base_key", args.base_key),
             ("ec_code", args.ec_code), ("callback_url", args.callback_url),
             ("terminals", args.terminal), ("cipher", args.cipher),
+            ("next_base_key", args.next_base_key), ("next_base_key_from", args.next_base_key_from),
         )
         if value is not None
     }
@@ -494,6 +495,9 @@ def make_parser() -> _Parser:
     p.add_argument("--terminal", action="append", metavar="SERIAL",
                    help="bound terminal (repeatable)")
     p.add_argument("--cipher", choices=("legacy", "aes"))
+    p.add_argument("--next-base-key", help="the Base Key that follows (APP_KEY_UPDATE type 2)")
+    p.add_argument("--next-base-key-from", type=int, metavar="TIME",
+                   help="UNIX time from which logins use --next-base-key")
     p.add_argument("--json", action="store_true", help="print the record as one JSON object")
     p.set_defaults(run=cmd_app_provision)
 

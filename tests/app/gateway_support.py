@@ -96,12 +96,14 @@ class AppGatewayTestCase(GatewayTestCase):
         return term
 
     @defer.inlineCallbacks
-    def connect_app(self, app_id: str = "EC0001", **options: Any):  # type: ignore[no-untyped-def]
+    def connect_app(self, app_id: str = "EC0001", credentials: AppCredentials | None = None,
+                    **options: Any):  # type: ignore[no-untyped-def]
         inbox = Inbox()
-        secrets = {"EC0001": (PASSWORD, BASE_KEY, "legacy"),
-                   "EC0002": (OTHER_PASSWORD, OTHER_BASE_KEY, "aes")}[app_id]
-        creds = AppCredentials(app_id, *secrets)
-        client = yield app_client.connect(reactor, "127.0.0.1", self.app_port, creds,
+        if credentials is None:
+            secrets = {"EC0001": (PASSWORD, BASE_KEY, "legacy"),
+                       "EC0002": (OTHER_PASSWORD, OTHER_BASE_KEY, "aes")}[app_id]
+            credentials = AppCredentials(app_id, *secrets)
+        client = yield app_client.connect(reactor, "127.0.0.1", self.app_port, credentials,
                                           on_notification=inbox.add, **options)
         self.addCleanup(self._close_client, client)
         return client, inbox

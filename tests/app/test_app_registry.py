@@ -136,6 +136,33 @@ def test_cli_provisions_an_application_without_a_running_gateway(tmp_path: Path)
     assert "s3cretPW" not in listing.stdout
 
 
+def test_cli_provisions_a_base_key_rotation(tmp_path: Path) -> None:
+    """7.2: the next Base Key and its effective time, announced at later logins."""
+    ini = tmp_path / "m2mgw.ini"
+    ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
+    done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
+                   "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC",
+                   "--next-base-key-from", "1900000000", "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["next_base_key"], record["next_base_key_from"]) == (
+        "NextBaseKey0123456789ABC", 1_900_000_000)
+    half = run_cli(ini, "app-provision", "--app-id", "EC0002", "--password", "s3cretPW",
+                   "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC")
+    assert half.returncode == 2 and "go together" in half.stderr
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"next_base_key": "short", "next_base_key_from": 1}, "next_base_key must be"),
+    ({"next_base_key": KEY, "next_base_key_from": 1}, "must differ"),
+    ({"next_base_key": "NextBaseKey0123456789ABC", "next_base_key_from": "soon"}, "UNIX time"),
+])
+def test_rotation_parameters_are_checked(changes: dict[str, object], message: str) -> None:
+    params = {"app_id": "EC0001", "password": "s3cretPW", "base_key": KEY, **changes}
+    with pytest.raises(RequestError, match=message):
+        provision.application_from_json(params, None)  # type: ignore[arg-type]  # no terminals
+
+
 def test_app_settings() -> None:
     config = parse_config("[app]\nnotify_retry_schedule = 1s, 2m\nsync_wait = 5s\n")
     assert config.app.notify_retry_schedule == (1.0, 120.0)
