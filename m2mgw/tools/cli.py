@@ -98,7 +98,9 @@ class AdminClient:
     ) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         request = urllib.request.Request(
-            self.base + path, data=data, method=method,
+            self.base + path,
+            data=data,
+            method=method,
             headers={"content-type": "application/json", "accept": "application/json"},
         )
         try:
@@ -184,6 +186,22 @@ class Context:
         self.api = AdminClient(base) if base else None
         self._running: bool | None = None
 
+    def either(
+        self,
+        method: str,
+        path: str,
+        offline: Callable[[SqliteRegistry], Any],
+        *,
+        body: Any = None,
+        create: bool = False,
+    ) -> Any:
+        """Through the running gateway's admin API, else ``offline`` on the SQLite file
+        (D-04: the running gateway's cache must see what the CLI changes)."""
+        api = self.live()
+        if api is not None:
+            return api.call(method, path, body)
+        return with_registry(self.config, offline, create=create)
+
     def live(self) -> AdminClient | None:
         """The API client when the gateway is running, else None (probed once)."""
         if self.api is None:
@@ -204,11 +222,16 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
     params: dict[str, Any] = {
         name: value
         for name, value in (
-            ("imei", args.imei), ("imsi", args.imsi), ("msisdn", args.msisdn),
-            ("cipher", args.cipher), ("serial", args.serial),
+            ("imei", args.imei),
+            ("imsi", args.imsi),
+            ("msisdn", args.msisdn),
+            ("cipher", args.cipher),
+            ("serial", args.serial),
             ("uplink_password", args.uplink_password),
-            ("downlink_password", args.downlink_password), ("base_key", args.base_key),
-            ("apps", args.app), ("default_app", args.default_app),
+            ("downlink_password", args.downlink_password),
+            ("base_key", args.base_key),
+            ("apps", args.app),
+            ("default_app", args.default_app),
         )
         if value is not None
     }
@@ -239,34 +262,33 @@ def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
     params: dict[str, Any] = {
         name: value
         for name, value in (
-            ("app_id", args.app_id), ("password", args.password), ("base_key", args.base_key),
-            ("ec_code", args.ec_code), ("callback_url", args.callback_url),
-            ("terminals", args.terminal), ("cipher", args.cipher),
-            ("next_base_key", args.next_base_key), ("next_base_key_from", args.next_base_key_from),
+            ("app_id", args.app_id),
+            ("password", args.password),
+            ("base_key", args.base_key),
+            ("ec_code", args.ec_code),
+            ("callback_url", args.callback_url),
+            ("terminals", args.terminal),
+            ("cipher", args.cipher),
+            ("next_base_key", args.next_base_key),
+            ("next_base_key_from", args.next_base_key_from),
         )
         if value is not None
     }
-    api = ctx.live()
-    if api is not None:
-        record = api.call("POST", "/apps", params)
-    else:
-        record = with_registry(
-            ctx.config, lambda registry: provision.provision(registry, params), create=True
-        )
+    record = ctx.either(
+        "POST",
+        "/apps",
+        lambda registry: provision.provision(registry, params),
+        body=params,
+        create=True,
+    )
     _print(record, args.json)
     return 0
 
 
 def cmd_apps(ctx: Context, args: argparse.Namespace) -> int:
-    api = ctx.live()
-    if api is not None:
-        listing = api.call("GET", "/apps")
-    else:
-        listing = with_registry(
-            ctx.config,
-            lambda r: [provision.describe_application(a) for a in r.applications()],
-            create=False,
-        )
+    listing = ctx.either(
+        "GET", "/apps", lambda r: [provision.describe_application(a) for a in r.applications()]
+    )
     if args.json:
         _print(listing, True)
     else:
@@ -275,15 +297,9 @@ def cmd_apps(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
-    api = ctx.live()
-    if api is not None:
-        listing = api.call("GET", "/terminals")
-    else:
-        listing = with_registry(
-            ctx.config,
-            lambda r: [build.describe_terminal(t) for t in r.terminals()],
-            create=False,
-        )
+    listing = ctx.either(
+        "GET", "/terminals", lambda r: [build.describe_terminal(t) for t in r.terminals()]
+    )
     if args.json:
         _print(listing, True)
     else:
@@ -292,38 +308,30 @@ def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
-    api = ctx.live()
-    if api is not None:
-        record = api.call("GET", f"/terminals/{quote(args.terminal, safe='')}")
-    else:
 
-        def show(registry: SqliteRegistry) -> dict[str, Any]:
-            terminal = _find(registry, args.terminal)
-            serial = terminal.serial or ""
-            view = build.describe_terminal(terminal, detail=True)
-            view["config"] = build.describe_config(registry.config_values(serial))
-            view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
-            return view
+    def show(registry: SqliteRegistry) -> dict[str, Any]:
+        terminal = _find(registry, args.terminal)
+        serial = terminal.serial or ""
+        view = build.describe_terminal(terminal, detail=True)
+        view["config"] = build.describe_config(registry.config_values(serial))
+        view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
+        return view
 
-        record = with_registry(ctx.config, show, create=False)
+    record = ctx.either("GET", f"/terminals/{quote(args.terminal, safe='')}", show)
     _print(record, args.json)
     return 0
 
 
 def cmd_requests(ctx: Context, args: argparse.Namespace) -> int:
-    api = ctx.live()
-    if api is not None:
-        query = [("limit", args.limit)] + [("state", s) for s in args.state or []]
-        if args.serial:
-            query.append(("serial", args.serial))
-        listing = api.call("GET", f"/requests?{urlencode(query)}")
-    else:
+    query = [("limit", args.limit)] + [("state", s) for s in args.state or []]
+    if args.serial:
+        query.append(("serial", args.serial))
 
-        def history(registry: SqliteRegistry) -> Any:
-            d = registry.requests(args.serial, args.state or None, args.limit)
-            return d.addCallback(lambda rs: [build.describe_request(r) for r in rs])
+    def history(registry: SqliteRegistry) -> Any:
+        d = registry.requests(args.serial, args.state or None, args.limit)
+        return d.addCallback(lambda rs: [build.describe_request(r) for r in rs])
 
-        listing = with_registry(ctx.config, history, create=False)
+    listing = ctx.either("GET", f"/requests?{urlencode(query)}", history)
     if args.json:
         _print(listing, True)
     else:
@@ -366,8 +374,14 @@ def send_body(args: argparse.Namespace) -> dict[str, Any]:
     if args.file is not None:
         body["path"] = os.path.abspath(args.file)  # the gateway's working directory differs
     options = {
-        "code": args.code, "op": args.op, "reason": args.reason, "version": args.version,
-        "data": args.data, "fixed": args.fixed, "source_ec": args.source_ec, "ttl": args.ttl,
+        "code": args.code,
+        "op": args.op,
+        "reason": args.reason,
+        "version": args.version,
+        "data": args.data,
+        "fixed": args.fixed,
+        "source_ec": args.source_ec,
+        "ttl": args.ttl,
     }
     body.update({name: value for name, value in options.items() if value is not None})
     if args.force:
@@ -492,12 +506,17 @@ def make_parser() -> _Parser:
     p.add_argument("--base-key", required=True, help="16 or 24 ASCII characters (aes: 16)")
     p.add_argument("--ec-code", help="EC code terminals address it by (default: the app id)")
     p.add_argument("--callback-url", help="its M2MAppNotifyService endpoint")
-    p.add_argument("--terminal", action="append", metavar="SERIAL",
-                   help="bound terminal (repeatable)")
+    p.add_argument(
+        "--terminal", action="append", metavar="SERIAL", help="bound terminal (repeatable)"
+    )
     p.add_argument("--cipher", choices=("legacy", "aes"))
     p.add_argument("--next-base-key", help="the Base Key that follows (APP_KEY_UPDATE type 2)")
-    p.add_argument("--next-base-key-from", type=int, metavar="TIME",
-                   help="UNIX time from which logins use --next-base-key")
+    p.add_argument(
+        "--next-base-key-from",
+        type=int,
+        metavar="TIME",
+        help="UNIX time from which logins use --next-base-key",
+    )
     p.add_argument("--json", action="store_true", help="print the record as one JSON object")
     p.set_defaults(run=cmd_app_provision)
 
