@@ -10,6 +10,7 @@ and time comes from the injected clock, so it is tested with fake bearers and
 
 from __future__ import annotations
 
+import heapq
 import os
 import struct
 from collections.abc import Callable
@@ -213,6 +214,14 @@ class PlatformEngine:
         #: Observers of state changes: called with (terminal, old_state, new_state,
         #: logout reason or None).
         self.state_observers: list[Callable[[Terminal, str, str, int | None], None]] = []
+        #: Credential upkeep (6.3.5): a heap of (due time, serial) and the live due time
+        #: per serial (heap entries that disagree are stale), so a tick looks only at the
+        #: terminals that are due instead of scanning every session.
+        self._credential_heap: list[tuple[float, str]] = []
+        self._credential_due: dict[str, float] = {}
+        #: Per serial, the pending set the platform last queued and when: the re-delivery
+        #: clock of a set the terminal has not acknowledged (``delivered_at`` is on the ACK).
+        self._credential_sent: dict[str, tuple[CredentialSet, float]] = {}
 
     # ------------------------------------------------------------------ receiving
 
@@ -639,6 +648,7 @@ class PlatformEngine:
         self._answer(ex, ack, flag=flag)
         session.sync_deadline = ex.now + self.config.sync_trap_wait
         session.login_result = result
+        self.schedule_credential_check(session.serial, ex.now)
         if self.router is not None:
             self.router.on_login(terminal)
 
@@ -1213,9 +1223,7 @@ class PlatformEngine:
         elif msg.op == SecurityOp.RENEW:
             self._answer(ex, m.SecurityConfigAck(0))
             creds = self._credentials_to_deliver(terminal, fresh=True, now=ex.now)
-            self.registry.save(terminal)
-            if self.router is not None:
-                self.router.deliver_credentials(terminal, creds)
+            self._send_credentials(terminal, creds, ex.now)
         else:
             self._answer(ex, m.SecurityConfigAck(2))
 
@@ -1318,7 +1326,8 @@ class PlatformEngine:
     # ------------------------------------------------------------------ time
 
     def tick(self) -> None:
-        """Offline detection, sync-trap wait and reassembly expiry (9.4, PD-29, 7.4)."""
+        """Offline detection, sync-trap wait, credential upkeep and reassembly expiry
+        (9.4, PD-29, 6.3.5, 7.4)."""
         now = self.clock.seconds()
         limit = self.config.offline_after_intervals
         for serial, session in list(self.sessions.items()):
@@ -1351,6 +1360,7 @@ class PlatformEngine:
                     if session.login_result == LoginResult.OK_SYNC:
                         self.router.sync_trap_missing(terminal)
                     self.router.kick(terminal)
+        self._credential_upkeep(now)
         self.reassembly.expire(now)
 
     def _communication_failure(self, terminal: Terminal, session: Session, now: float) -> None:
@@ -1417,7 +1427,104 @@ class PlatformEngine:
             except (LookupError, ProtocolError):
                 continue
             session.synced = True
-            self.sessions[terminal.serial or ""] = session
+            self.sessions[session.serial] = session
+            self.schedule_credential_check(session.serial, now)
+
+    # ------------------------------------------------------------------ credential upkeep
+
+    def schedule_credential_check(self, serial: str, at: float) -> None:
+        """Look at ``serial``'s credentials at ``at``, unless a check is due sooner (6.3.5)."""
+        due = self._credential_due.get(serial)
+        if due is not None and due <= at:
+            return
+        self._credential_due[serial] = at
+        heapq.heappush(self._credential_heap, (at, serial))
+        if len(self._credential_heap) > 2 * len(self._credential_due) + 64:
+            # Rescheduling leaves stale entries behind: rebuild from the live ones.
+            self._credential_heap = [(t, s) for s, t in self._credential_due.items()]
+            heapq.heapify(self._credential_heap)
+
+    def _credential_upkeep(self, now: float) -> None:
+        """Renewal and re-delivery (6.3.5) for the logged-in terminals that are due."""
+        while self._credential_heap and self._credential_heap[0][0] <= now:
+            due, serial = heapq.heappop(self._credential_heap)
+            if self._credential_due.get(serial) != due:
+                continue
+            del self._credential_due[serial]
+            session = self.sessions.get(serial)
+            terminal = self.registry.get(serial)
+            if session is None or session.release_at is not None or terminal is None:
+                # Not logged in: the next LOGIN schedules a check again.
+                self._credential_sent.pop(serial, None)
+                continue
+            self.schedule_credential_check(serial, self._check_credentials(terminal, session, now))
+
+    def _check_credentials(self, terminal: Terminal, session: Session, now: float) -> float:
+        """Re-deliver an uncommitted pending set, or renew a current set within
+        ``credential_renew_margin`` of its expiry; returns when to look again.
+
+        A renewal replaces all three secrets, so that the first LOGIN under the new set
+        verifies only under it and commits it (6.3.5).
+        """
+        serial = session.serial
+        interval = self.config.credential_redeliver_interval
+        pending = terminal.pending
+        if pending is not None:
+            sent = self._credential_sent.get(serial)
+            queued_at = sent[1] if sent is not None and sent[0] is pending else None
+            times = [t for t in (pending.delivered_at, queued_at) if t is not None]
+            if not times:
+                # Never queued in this run (e.g. before a restart): the clock starts now.
+                self._credential_sent[serial] = (pending, now)
+                return now + interval
+            if now < max(times) + interval:
+                return max(times) + interval
+            action = "re-delivered"
+        else:
+            self._credential_sent.pop(serial, None)
+            if terminal.current is None:
+                return now + interval
+            renew_at = _earliest_expiry(terminal.current) - self.config.credential_renew_margin
+            if now < renew_at:
+                return min(renew_at, now + interval)
+            action = "renewed"
+        if not self._credential_path(terminal, session):
+            log.info(
+                "Credentials of {serial} are due to be {action}, but there is neither a "
+                "session key nor SMS to carry them (PD-21)",
+                serial=serial,
+                action=action,
+            )
+            return now + interval
+        if pending is None:
+            pending = terminal.pending = self.new_credentials(terminal.cipher, now)
+        log.info("Credentials of {serial} {action}", serial=serial, action=action)
+        self._send_credentials(terminal, pending, now)
+        return now + interval
+
+    def _credential_path(self, terminal: Terminal, session: Session) -> bool:
+        """Whether an op 0 can travel now: encrypted in this session, or by SMS (PD-21).
+
+        Without either the delivery would wait at the head of the terminal's queue and
+        hold up every other platform request, so the upkeep does not queue one.
+        """
+        if session.cipher is not None:
+            return True
+        router = self.router
+        return (
+            router is not None
+            and router.sms_bearer is not None
+            and router.sms_bearer(terminal) is not None
+        )
+
+    def _send_credentials(self, terminal: Terminal, creds: CredentialSet, now: float) -> None:
+        """Persist, queue SECURITY_CONFIG op 0 and start the re-delivery clock (6.3.5)."""
+        serial = terminal.serial or ""
+        self.registry.save(terminal)
+        if self.router is not None:
+            self.router.deliver_credentials(terminal, creds)
+        self._credential_sent[serial] = (creds, now)
+        self.schedule_credential_check(serial, now + self.config.credential_redeliver_interval)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1487,8 +1594,12 @@ def _release_state(reason: int | None) -> TerminalState:
     )
 
 
+def _earliest_expiry(creds: CredentialSet) -> int:
+    return min(creds.uplink_expiry, creds.downlink_expiry, creds.base_key_expiry)
+
+
 def _expired(creds: CredentialSet, now: float) -> bool:
-    return min(creds.uplink_expiry, creds.downlink_expiry, creds.base_key_expiry) < now
+    return _earliest_expiry(creds) < now
 
 
 def _bound_serial(bearer: Bearer, serial: str | None) -> None:
