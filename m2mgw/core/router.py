@@ -188,6 +188,9 @@ class Router:
                 # Sent before a restart or a lost session and never answered: send again.
                 request.state = RequestState.QUEUED
             bearer = self._bearer_for(terminal, request)
+            if bearer is None and _confidential(request) and self.engine.reachable(terminal):
+                # Waits for an encrypted session or SMS (PD-21); the rest need not wait.
+                continue
             if bearer is None:
                 self.wake_up(terminal)
                 return
@@ -199,7 +202,7 @@ class Router:
     def _bearer_for(self, terminal: Terminal, request: Request) -> Bearer | None:
         """9.6, with PD-21 for credentials and the SMS rules of PD-38."""
         session = self.engine.sessions.get(terminal.serial or "")
-        if request.command == Command.SECURITY_CONFIG and request.body[:1] in (b"\x00", b"\x01"):
+        if _confidential(request):
             # Credentials and plaintext reads travel only encrypted or by SMS (PD-21);
             # op 1 is never sent by SMS (4.13).
             bearer = self.engine.reachable(terminal)
@@ -627,6 +630,11 @@ class Router:
         if traffic is None:
             traffic = self._traffic[serial] = _TerminalTraffic()
         return traffic
+
+
+def _confidential(request: Request) -> bool:
+    """SECURITY_CONFIG op 0 (credentials) or op 1 (plaintext read): PD-21 applies."""
+    return request.command == Command.SECURITY_CONFIG and request.body[:1] in (b"\x00", b"\x01")
 
 
 def _offered_version(body: bytes) -> str | None:

@@ -430,3 +430,29 @@ class HeartbeatTlvTest(unittest.TestCase):
             self.fx.engine.receive(terminal_message(beat, seq, key=None), bearer)
         self.assertEqual(writes, [{0x3007: b"\x15", 0x8100: b"\x1f"}])
         self.assertEqual(self.fx.registry.config_values(SERIAL)[0x8100], b"\x1f")
+
+
+class ConfidentialQueueTest(unittest.TestCase):
+    @inlineCallbacks
+    def setUp(self):  # type: ignore[no-untyped-def]
+        self.fx = EngineFixture(self.mktemp() + ".db")
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+
+    @inlineCallbacks
+    def test_credentials_waiting_for_a_safe_bearer_do_not_block_the_queue(self):  # type: ignore[no-untyped-def]
+        """PD-21 holds op 0 back on a plaintext session; other requests go past it."""
+        bearer = FakeBearer()
+        self.fx.engine.receive(login_bytes(), bearer)
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=TS_11_3), bearer)
+        bearer.sent.clear()
+        creds = self.fx.engine.new_credentials("legacy", self.fx.clock.seconds())
+        self.fx.router.deliver_credentials(self.fx.terminal, creds)
+        body = m.ConfigGet(tlvs=[Tlv.query(0x0011)]).encode_body()
+        get = yield self.fx.router.submit(SERIAL, Command.CONFIG_GET, body)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        [sent] = bearer.sent
+        self.assertEqual(parse_frame(sent).header.command_id, Command.CONFIG_GET)
+        self.assertEqual(get.state, RequestState.SENT)
+        [waiting] = [r for r in self.fx.registry.queued(SERIAL) if r.state == RequestState.QUEUED]
+        self.assertEqual(waiting.command, Command.SECURITY_CONFIG)
