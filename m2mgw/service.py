@@ -95,8 +95,10 @@ class GatewayService(service.MultiService):
         self.apps.setServiceParent(self)
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_server: UDPServer | None = None
+        self.udp_protocol: TerminalDatagramProtocol | None = None
         self.sms: SmsService | None = None
         self._build_children(clock)
+        self.registry.add_pressure_observer(self._hold_terminal_input)
         self.ready: Deferred[None] | None = None
 
     def _build_children(self, clock: IReactorTime) -> None:
@@ -107,10 +109,9 @@ class GatewayService(service.MultiService):
             )
             self._listen("tcp", config.tcp.listen, self.tcp_factory)
         if config.udp.enabled:
+            self.udp_protocol = TerminalDatagramProtocol(self.engine)
             self.udp_server = UDPServer(
-                config.udp.port,
-                TerminalDatagramProtocol(self.engine),
-                interface=config.udp.interface,
+                config.udp.port, self.udp_protocol, interface=config.udp.interface
             )
             self.udp_server.setServiceParent(self)
         if config.sms.enabled:
@@ -143,6 +144,12 @@ class GatewayService(service.MultiService):
             return None
         port = listener.port
         return None if port is None else port.getHost().port
+
+    def _hold_terminal_input(self, saturated: bool) -> None:
+        """Backpressure: read no terminal input while the registry's writer is behind."""
+        for bearer in (self.tcp_factory, self.udp_protocol):
+            if bearer is not None:
+                bearer.hold_reading(saturated)
 
     def _expire(self) -> Deferred[Any]:
         return self.router.expire()

@@ -74,6 +74,12 @@ class ITerminalRegistry(Interface):
         :return: Deferred[None]
         """
 
+    def add_pressure_observer(observer):
+        """Call ``observer(True)`` when uncommitted writes pass the high watermark and
+        ``observer(False)`` once they are back under the low one, so the gateway can
+        stop reading terminal input instead of letting queued writes grow (backpressure).
+        """
+
     # --- terminals ----------------------------------------------------------------
 
     def get(serial):

@@ -11,6 +11,13 @@ give "database is locked"). adbapi queues interactions FIFO on that thread, so w
 are committed in submission order, and a read sees every write submitted before it.
 Row values are snapshotted in the reactor thread when a write is submitted, so later
 mutations of the cached objects cannot race with the pool thread.
+
+Backpressure. Hot-path writes are fire-and-forget, so when terminals send faster than
+SQLite commits, submitted interactions would pile up without limit. The registry counts
+writes (transactions) and their rows submitted and not yet committed, and tells its
+pressure observers when either count reaches its high watermark and again when both
+are back at their low watermarks; the gateway then stops reading from terminals. No
+write is ever refused or dropped: bounding comes from not reading more input.
 """
 
 from __future__ import annotations
@@ -61,10 +68,19 @@ LOG_FLUSH_SIZE = 1000
 #: Finished requests kept in memory for ``request(id)``.
 FINISHED_CACHE_SIZE = 10_000
 SERIAL_DIGITS_MAX = 99_999_999
+#: (high, low) watermarks of uncommitted write transactions. Every commit costs a WAL
+#: append, about 0.1-1 ms on a busy machine, so 2000 bound the drain at shutdown to
+#: about a second; 500 left queued on resume keep the writer busy while reading restarts.
+WRITE_WATERMARKS = (2000, 500)
+#: (high, low) watermarks of uncommitted rows: the memory held (a few hundred bytes a
+#: row); 20 log flushes of ``LOG_FLUSH_SIZE`` rows, about 10 MB.
+ROW_WATERMARKS = (20_000, 5_000)
 
 Row = tuple[Any, ...]
 Batch = list[tuple[str, list[Row]]]
 Codec = tuple[Callable[[Any], Any], Callable[[Any], Any]]
+#: Called with True when the registry's writer falls behind, False when it caught up.
+PressureObserver = Callable[[bool], None]
 
 
 # --- migrations ------------------------------------------------------------------------
@@ -122,6 +138,14 @@ def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]
             raise RegistryError(f"{path}: schema migration {migration.name} failed: {e}") from e
         applied.append(migration.name)
     return applied
+
+
+def _watermarks(pair: tuple[int, int], what: str) -> tuple[int, int]:
+    """``(high, low)`` checked: hysteresis needs high > low >= 0."""
+    high, low = pair
+    if not 0 <= low < high:
+        raise RegistryError(f"{what} watermarks need high > low >= 0, got {pair}")
+    return high, low
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -311,6 +335,9 @@ class SqliteRegistry:
         path: str,
         reactor: Any = None,
         migrations: Sequence[Migration] | None = None,
+        *,
+        watermarks: tuple[int, int] = WRITE_WATERMARKS,
+        row_watermarks: tuple[int, int] = ROW_WATERMARKS,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -323,6 +350,12 @@ class SqliteRegistry:
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = reactor
         self._shutdown_trigger: Any = None
+        self._watermarks = _watermarks(watermarks, "write")
+        self._row_watermarks = _watermarks(row_watermarks, "row")
+        self._pending_writes = 0
+        self._pending_rows = 0
+        self._saturated = False
+        self._pressure_observers: list[PressureObserver] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -441,6 +474,15 @@ class SqliteRegistry:
         if self._pool is None:
             raise RegistryError(f"{self._path}: registry is not open")
         d: Deferred[None] = self._pool.runInteraction(_apply, batch)
+        rows = sum(len(batch_rows) for _, batch_rows in batch)
+        self._pending_writes += 1
+        self._pending_rows += rows
+        if not self._saturated and (
+            self._pending_writes >= self._watermarks[0]
+            or self._pending_rows >= self._row_watermarks[0]
+        ):
+            self._set_saturated(True)
+        d.addBoth(self._committed, rows)
         return d.addErrback(self._write_failed)
 
     def _write_failed(self, failure: Failure) -> Failure:
@@ -458,6 +500,56 @@ class SqliteRegistry:
     def _background(d: Deferred[Any]) -> None:
         """A fire-and-forget write: its failure was logged by ``_write_failed``."""
         d.addErrback(lambda _: None)
+
+    # --- backpressure ---------------------------------------------------------------
+
+    @property
+    def pending_writes(self) -> int:
+        """Write transactions submitted and not yet committed."""
+        return self._pending_writes
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows of those transactions."""
+        return self._pending_rows
+
+    @property
+    def saturated(self) -> bool:
+        """True from a high watermark until both counts are back at their low ones."""
+        return self._saturated
+
+    def add_pressure_observer(self, observer: PressureObserver) -> None:
+        """Call ``observer(saturated)`` on each crossing, in the reactor thread."""
+        self._pressure_observers.append(observer)
+
+    def remove_pressure_observer(self, observer: PressureObserver) -> None:
+        self._pressure_observers.remove(observer)
+
+    def _committed(self, result: Any, rows: int) -> Any:
+        """A write left the queue (committed or failed): maybe release the pressure."""
+        self._pending_writes -= 1
+        self._pending_rows -= rows
+        if self._saturated and (
+            self._pending_writes <= self._watermarks[1]
+            and self._pending_rows <= self._row_watermarks[1]
+        ):
+            self._set_saturated(False)
+        return result
+
+    def _set_saturated(self, saturated: bool) -> None:
+        self._saturated = saturated
+        _log.info(
+            "registry {path}: {state}, {writes} writes ({rows} rows) not yet committed",
+            path=self._path, state="writer saturated" if saturated else "writer caught up",
+            writes=self._pending_writes, rows=self._pending_rows,
+        )
+        for observer in list(self._pressure_observers):
+            try:
+                observer(saturated)
+            except Exception:
+                # It runs inside a write's callback chain: raising would fail the write.
+                _log.failure("registry {path}: pressure observer {observer} failed",
+                             path=self._path, observer=observer)
 
     # --- terminals ----------------------------------------------------------------
 

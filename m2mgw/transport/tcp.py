@@ -79,6 +79,17 @@ class TerminalConnection(protocol.Protocol):
     def stopProducing(self) -> None:
         self._open = False
 
+    # Backpressure: the gateway holds our reading while the registry is behind ---------
+
+    def hold_reading(self, held: bool) -> None:
+        """Stop or restart reading; unread bytes wait in the kernel, then the client."""
+        if not self._open:
+            return
+        if held:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        else:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
     # Protocol ---------------------------------------------------------------------
 
     def connectionMade(self) -> None:
@@ -97,6 +108,8 @@ class TerminalConnection(protocol.Protocol):
         self._open = True
         factory.connections.add(self)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        if factory.reading_held:
+            self.hold_reading(True)
         clock = factory.clock
         self._login_timer = clock.callLater(factory.login_timeout, self._no_login)
         self._idle_timer = clock.callLater(factory.config.idle_timeout, self._idle)
@@ -174,6 +187,13 @@ class TerminalTcpFactory(protocol.Factory):
         self.config = config
         self.login_timeout = login_timeout
         self.connections: set[TerminalConnection] = set()
+        self.reading_held = False
+
+    def hold_reading(self, held: bool) -> None:
+        """Backpressure: stop (True) or restart reading every connection, new ones too."""
+        self.reading_held = held
+        for connection in self.connections:
+            connection.hold_reading(held)
 
     def close_all(self) -> None:
         for connection in list(self.connections):

@@ -46,8 +46,29 @@ class TerminalDatagramProtocol(DatagramProtocol):
 
     def __init__(self, engine: PlatformEngine) -> None:
         self.engine = engine
+        self.reading_held = False
+
+    def hold_reading(self, held: bool) -> None:
+        """Backpressure: stop or restart reading the port.
+
+        Datagrams wait in the socket's receive buffer; past it the kernel drops them
+        and terminals retransmit (PD-10).
+        """
+        self.reading_held = held
+        self._apply_hold()
+
+    def _apply_hold(self) -> None:
+        port = self.transport
+        if port is not None:
+            if self.reading_held:
+                port.stopReading()  # type: ignore[attr-defined]
+            else:
+                port.startReading()  # type: ignore[attr-defined]
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if self.reading_held:
+            # The port (re)started after the hold began: hold it now.
+            self._apply_hold()
         try:
             frame = parse_datagram(datagram)
         except FramingError as exc:
