@@ -111,8 +111,16 @@ def _duration(lo: float = 0.0, hi: float = float(U32_MAX), *, never: bool = Fals
     return parse
 
 
-_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
-             "no": False, "false": False, "off": False, "0": False}
+_BOOLEANS = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
 
 
 def _boolean(raw: str) -> bool:
@@ -162,6 +170,19 @@ def _text(*, allow_empty: bool) -> Parser:
         return raw
 
     return parse
+
+
+def _host_list(raw: str) -> tuple[str, ...]:
+    """Comma-separated host names or addresses, compared case-insensitively."""
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if (
+            not host.isascii()
+            or host.count(":") == 1
+            or any(c.isspace() or c in "/@[]" for c in host)
+        ):
+            raise _Invalid(f"host names or addresses without scheme, port or path, got {host!r}")
+    return hosts
 
 
 def _fixed_length(length: int) -> Parser:
@@ -383,6 +404,7 @@ class AppConfig:
     session_ttl: float = _setting(_DAY, _duration(60, 30 * _DAY))
     max_soap_sessions: int = _setting(4, _integer(1, 1000))
     max_app_connections: int = _setting(1, _integer(1, 100))
+    upgrade_source_hosts: tuple[str, ...] = _setting((), _host_list)
 
 
 @dataclass(frozen=True)
@@ -410,9 +432,7 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, type] = {
-    f.name: f.default_factory
-    for f in dataclasses.fields(GatewayConfig)
-    if f.name != "source"
+    f.name: f.default_factory for f in dataclasses.fields(GatewayConfig) if f.name != "source"
 }
 
 
@@ -443,9 +463,7 @@ def parse_config(text: str, source: str = "<string>") -> GatewayConfig:
     sections: dict[str, Any] = {}
     for name in parser.sections():
         if name not in _SECTIONS:
-            raise ConfigError(
-                f"{source}: [{name}]: unknown section{_suggest(name, _SECTIONS)}"
-            )
+            raise ConfigError(f"{source}: [{name}]: unknown section{_suggest(name, _SECTIONS)}")
         sections[name] = _build_section(source, name, parser[name])
     for name, cls in _SECTIONS.items():
         sections.setdefault(name, cls())

@@ -61,8 +61,10 @@ def store_bytes(data: bytes) -> StoredFile:
     return StoredFile(path, len(data), hashlib.md5(data).hexdigest())
 
 
-def check_url(url: str) -> None:
-    """Only absolute ``http``/``https`` URLs with a host, in ASCII (3.2.9)."""
+def check_url(url: str, allowed_hosts: tuple[str, ...] = ()) -> None:
+    """Only absolute ``http``/``https`` URLs with a host, in ASCII (3.2.9); with
+    ``allowed_hosts`` (``[app] upgrade_source_hosts``) only those hosts, so an
+    application cannot make the platform fetch from its internal network."""
     if not url.isascii() or len(url) > MAX_URL_LENGTH:
         raise FetchError(f"sourceUrl must be ASCII of at most {MAX_URL_LENGTH} characters")
     try:
@@ -72,6 +74,8 @@ def check_url(url: str) -> None:
         raise FetchError(f"sourceUrl is not a URL: {url!r}") from None
     if parts.scheme not in ("http", "https") or not host:
         raise FetchError(f"sourceUrl must be an http:// or https:// URL, got {url!r}")
+    if allowed_hosts and host.lower() not in allowed_hosts:
+        raise FetchError(f"sourceUrl host {host!r} is not allowed")
 
 
 class _FileSink(Protocol):
@@ -116,14 +120,16 @@ class _FileSink(Protocol):
             self.transport.loseConnection()
 
 
-def fetch_file(reactor: Any, url: str, *, max_size: int, timeout: float) -> Deferred[StoredFile]:
+def fetch_file(
+    reactor: Any, url: str, *, max_size: int, timeout: float, allowed_hosts: tuple[str, ...] = ()
+) -> Deferred[StoredFile]:
     """GET ``url`` once into a temporary file (redirects followed, as treq does).
 
     Fails with :class:`FetchError`: bad URL, no connection, a status other than 200,
     more than ``max_size`` bytes, or no complete answer within ``timeout`` seconds.
     """
     try:
-        check_url(url)
+        check_url(url, allowed_hosts)
     except FetchError:
         return fail()
     handle, path = tempfile.mkstemp(prefix=PREFIX)

@@ -681,7 +681,8 @@ class ApplicationService(service.Service):
             # Fetched once, here; the answer (msgId, or 8) waits for it, within the
             # long connection's answer timeout.
             d = fetch.fetch_file(self.clock, request.source_url, max_size=request.file_size,
-                                 timeout=self.source_fetch_timeout)
+                                 timeout=self.source_fetch_timeout,
+                                 allowed_hosts=self.config.upgrade_source_hosts)
         else:
             d = maybeDeferred(fetch.store_bytes, request.file_data)
         d.addCallback(self._offer_upgrade, app, terminal, request)
