@@ -153,6 +153,13 @@ class Router:
         for queued in self.registry.queued(terminal.serial or ""):
             if queued.origin == ORIGIN_REGISTRATION and queued.body == body:
                 return  # the same set is already on its way (4.3 step 4)
+        session = self.engine.sessions.get(terminal.serial or "")
+        if self.sms_bearer is None and (session is None or session.cipher is None):
+            log.warn(
+                "Credentials for {serial} wait in the queue: they travel only by SMS or in "
+                "an encrypted session (PD-21), and no modem is configured ([sms] device)",
+                serial=terminal.serial,
+            )
         self.submit(
             terminal.serial or "", Command.SECURITY_CONFIG, body, origin=ORIGIN_REGISTRATION
         ).addErrback(_log_failure)
