@@ -179,6 +179,13 @@ class ITerminalRegistry(Interface):
     def log(entry):
         """Append a LogEntry; fire-and-forget, batched."""
 
+    def log_committed(entry):
+        """Append a LogEntry that must not be lost (e.g. stored uplink data).
+
+        :return: Deferred[None] firing once the entry is committed; entries of one
+            reactor turn share a transaction.
+        """
+
     def messages(serial, limit=100):
         """The terminal's most recent log entries (including unflushed ones), newest
         first.

@@ -65,6 +65,8 @@ _log = Logger()
 FLUSH_INTERVAL = 1.0
 #: A log buffer this long is flushed at once instead of waiting for the next tick.
 LOG_FLUSH_SIZE = 1000
+#: Seconds ``log_committed`` entries wait to share a transaction (group commit).
+GROUP_COMMIT_DELAY = 0.005
 #: Finished requests kept in memory for ``request(id)``.
 FINISHED_CACHE_SIZE = 10_000
 SERIAL_DIGITS_MAX = 99_999_999
@@ -373,6 +375,8 @@ class SqliteRegistry:
         self._next_id: dict[str, int] = {}
         self._touched: set[int] = set()
         self._log_rows: list[Row] = []
+        self._commit_waiters: list[Deferred[None]] = []
+        self._group_call: Any = None
         self._sms_pending: dict[int, OutgoingSms] = {}
         self._apps: dict[str, Application] = {}
         self._apps_by_ec: dict[str, Application] = {}
@@ -460,6 +464,9 @@ class SqliteRegistry:
         if self._shutdown_trigger is not None:
             self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             self._shutdown_trigger = None
+        if self._group_call is not None:
+            self._group_call.cancel()
+            self._group_commit()
         self._flush_tick()
         self._pool = None
         done: Deferred[None] = pool.runInteraction(_barrier)
@@ -736,6 +743,44 @@ class SqliteRegistry:
         if len(self._log_rows) >= LOG_FLUSH_SIZE:
             self._flush_tick()
 
+    def log_committed(self, entry: LogEntry) -> Deferred[None]:
+        """Append a log entry and fire once it is committed.
+
+        Entries arriving in the same reactor turn share one transaction (group commit),
+        so durable log entries cost little more than batched ones.
+        """
+        d: Deferred[None] = Deferred()
+        self._log_rows.append(_MESSAGES.row(entry))
+        self._commit_waiters.append(d)
+        if self._group_call is None:
+            self._group_call = self._reactor.callLater(GROUP_COMMIT_DELAY, self._group_commit)
+        return d
+
+    def _group_commit(self) -> None:
+        self._group_call = None
+        waiters, self._commit_waiters = self._commit_waiters, []
+        if not waiters:
+            return
+        if self._pool is None:
+            error = RegistryError(f"{self._path}: registry closed before the commit")
+            for waiter in waiters:
+                waiter.errback(error)
+            return
+        # One transaction for the waiting rows and whatever else is buffered; when the
+        # buffer was already flushed, a no-op interaction ends after that flush (the
+        # single writer runs interactions in order).
+        done = self._flush() or self._pool.runInteraction(_barrier)
+
+        def fire(_: Any) -> None:
+            for waiter in waiters:
+                waiter.callback(None)
+
+        def fail(failure: Failure) -> None:  # already logged by _write_failed
+            for waiter in waiters:
+                waiter.errback(failure)
+
+        done.addCallbacks(fire, fail)
+
     def messages(self, serial: str, limit: int = 100) -> Deferred[list[LogEntry]]:
         self._flush_tick()
         sql = f"{_MESSAGES.select} WHERE serial = ? ORDER BY id DESC LIMIT ?"
@@ -744,9 +789,15 @@ class SqliteRegistry:
         )
 
     def _flush_tick(self) -> None:
-        """Persist coalesced touches and buffered log entries in one transaction."""
+        """Persist coalesced touches and buffered log entries, fire-and-forget."""
+        d = self._flush()
+        if d is not None:
+            self._background(d)
+
+    def _flush(self) -> Deferred[None] | None:
+        """Coalesced touches and buffered log entries in one transaction, if any."""
         if self._pool is None:
-            return
+            return None
         batch: Batch = []
         if self._touched:
             touched = [self._terminals[i] for i in sorted(self._touched)]
@@ -755,8 +806,9 @@ class SqliteRegistry:
         if self._log_rows:
             batch.append((_MESSAGES.insert, self._log_rows))
             self._log_rows = []
-        if batch:
-            self._background(self._write(batch))
+        if not batch:
+            return None
+        return self._write(batch)
 
     # --- request queue --------------------------------------------------------------
 

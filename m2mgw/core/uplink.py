@@ -71,7 +71,7 @@ class StoredUplink:
         self, app_id: str, serial: str, message: TransparentData | TransparentCmd
     ) -> int | Deferred[int]:
         kind = "data" if message.COMMAND == 0x0004 else "command"
-        self.registry.log(
+        committed = self.registry.log_committed(
             LogEntry(
                 time=self._seconds(),  # type: ignore[operator]
                 serial=serial,
@@ -81,7 +81,7 @@ class StoredUplink:
                 detail=f"to={app_id} data={message.user_data.hex()}",
             )
         )
-        return TransparentResult.QUEUED
+        return committed.addCallback(lambda _: TransparentResult.QUEUED)
 
     def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
         del terminal, values

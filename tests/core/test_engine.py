@@ -35,6 +35,14 @@ from .engine_support import (
 )
 
 
+@inlineCallbacks
+def committed(bearer: FakeBearer, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """Wait (on the real reactor, where the registry commits) until an answer is sent."""
+    deadline = reactor.seconds() + timeout
+    while not bearer.sent and reactor.seconds() < deadline:
+        yield task.deferLater(reactor, 0.01, lambda: None)
+
+
 class EngineTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
@@ -106,13 +114,19 @@ class EngineTest(unittest.TestCase):
         self.fx.engine.receive(VECTORS["11.4 HEART_BEAT"], stranger)
         self.assertEqual(stranger.sent, [], "PD-25: heartbeat from another address")
 
-    def test_transparent_data_to_application_is_stored(self) -> None:
+    @inlineCallbacks
+    def test_transparent_data_to_application_is_stored(self):  # type: ignore[no-untyped-def]
         bearer = self.login()
         bearer.sent.clear()
         msg = m.TransparentData.build(b"\x01\x02\x03\x04", Tlv.of(0x4014, "EC0001"))
         self.fx.engine.receive(terminal_message(msg, 3, timestamp=TS_11_3), bearer)
+        self.assertEqual(bearer.sent, [], "answered only once the data is committed")
+        yield committed(bearer)
         [ack] = bearer.take()
         self.assertEqual(ack.result, 1)  # queued for the application
+        entries = yield self.fx.registry.messages(SERIAL)
+        [stored] = [e.detail for e in entries if e.event == "uplink-data"]
+        self.assertIn("data=01020304", stored)
         bad = m.TransparentData(0x1234, tlvs=[Tlv(0x4007, b"\x01")])
         self.fx.engine.receive(terminal_message(bad, 4, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 4)
@@ -120,7 +134,8 @@ class EngineTest(unittest.TestCase):
         self.fx.engine.receive(terminal_message(other, 5, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 2)
 
-    def test_answer_to_the_spec_transparent_data(self) -> None:
+    @inlineCallbacks
+    def test_answer_to_the_spec_transparent_data(self):  # type: ignore[no-untyped-def]
         """11.5: the platform's answer is byte-exact."""
         bearer = self.login()
         bearer.sent.clear()
@@ -131,6 +146,7 @@ class EngineTest(unittest.TestCase):
         # The stored uplink answers "queued" (1) where the spec's platform answered 0:
         # the header and the digest rule are the same.
         self.fx.engine.receive(request, bearer)
+        yield committed(bearer)
         [raw] = bearer.sent
         self.assertEqual(raw[:28], bytes.fromhex("003180040000000303002000") + SERIAL.encode())
         self.assertTrue(verify(raw, TS_11_3, DOWNLINK))

@@ -253,6 +253,27 @@ class RegistryTestCase(unittest.TestCase):
         reopened = await self.reopen(registry)
         self.assertEqual(len(await reopened.messages(SERIAL)), 3)
 
+    async def test_committed_log_entries_fire_after_one_shared_commit(self) -> None:
+        registry = await self.open()
+        entries = [LogEntry(time=float(i), serial=SERIAL, direction="in", event="uplink-data",
+                            detail=f"n={i}") for i in range(5)]
+        done = [registry.log_committed(e) for e in entries]
+        self.assertFalse(any(d.called for d in done), "nothing is committed synchronously")
+        for d in done:
+            await d
+        # Committed: visible to another connection on the file, before any flush tick.
+        rows = db_rows(self.path, "SELECT detail FROM messages ORDER BY id")
+        self.assertEqual([r[0] for r in rows], [f"n={i}" for i in range(5)])
+        await registry.close()
+
+    async def test_close_commits_waiting_log_entries(self) -> None:
+        registry = await self.open()
+        d = registry.log_committed(LogEntry(time=1.0, serial=SERIAL, direction="in",
+                                            event="uplink-data", detail="last"))
+        await registry.close()
+        await d
+        self.assertEqual(db_rows(self.path, "SELECT detail FROM messages"), [("last",)])
+
     # --- request queue --------------------------------------------------------------
 
     async def test_queue_fifo_update_and_expire(self) -> None:

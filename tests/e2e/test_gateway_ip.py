@@ -227,7 +227,13 @@ class SessionRulesTest(GatewayTestCase):
         link = self.links[-1].protocol
         yield self.log_in(term)
         frame = term.client.transparent_data(b"\x42" * 8, "EC0001")
+        # A copy arriving while the original is still being stored is ignored (8.2)...
         link.write(frame)
+        link.write(frame)
+        yield sleep(0.3)
+        answers = [d for d in link.received_raw if d[2:4] == b"\x80\x04"]
+        self.assertEqual(len(answers), 1)
+        # ...and a retransmission after the answer gets the cached answer again.
         link.write(frame)
         yield sleep(0.3)
         answers = [d for d in link.received_raw if d[2:4] == b"\x80\x04"]
