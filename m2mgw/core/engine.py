@@ -143,6 +143,8 @@ class _Exchange:
     key: DigestKey | None = None
     timestamp: int = 0
     cache_key: CacheKey | None = None
+    #: The decoded request, logged in one row together with its answer.
+    request: m.Message | None = None
 
     @property
     def header(self):
@@ -354,15 +356,21 @@ class PlatformEngine:
         ex.bearer.send(frame)
         if ex.cache_key is not None:
             self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
+        if ex.request is not None:
+            event, direction, command = "request", "in", header.command_id
+            detail = f"{_summary(ex.request)} => {_summary(message)}"
+        else:
+            event, direction, command = "answer", "out", message.COMMAND
+            detail = _summary(message)
         self._log(
             ex.terminal,
             header.serial,
-            "out",
+            direction,
             ex.bearer,
-            message.COMMAND,
+            command,
             header.sequence_id,
-            "answer",
-            _summary(message),
+            event,
+            detail,
         )
 
     def _first_answer_part(
@@ -924,16 +932,7 @@ class PlatformEngine:
         except BodyError as exc:
             self._unparseable(ex, command, exc)
             return
-        self._log(
-            terminal,
-            header.serial,
-            "in",
-            ex.bearer,
-            command,
-            header.sequence_id,
-            "request",
-            _summary(msg),
-        )
+        ex.request = msg  # logged with its answer: one row per exchange
         handler = self._handlers[command]
         handler(self, ex, terminal, session, msg)
 
