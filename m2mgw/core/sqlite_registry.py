@@ -65,7 +65,8 @@ _log = Logger()
 FLUSH_INTERVAL = 1.0
 #: A log buffer this long is flushed at once instead of waiting for the next tick.
 LOG_FLUSH_SIZE = 1000
-#: Seconds ``log_committed`` entries wait to share a transaction (group commit).
+#: Seconds ``log_committed`` entries wait to share a transaction while the writer is
+#: busy (group commit); with an idle writer they are committed at once.
 GROUP_COMMIT_DELAY = 0.005
 #: Finished requests kept in memory for ``request(id)``.
 FINISHED_CACHE_SIZE = 10_000
@@ -753,7 +754,9 @@ class SqliteRegistry:
         self._log_rows.append(_MESSAGES.row(entry))
         self._commit_waiters.append(d)
         if self._group_call is None:
-            self._group_call = self._reactor.callLater(GROUP_COMMIT_DELAY, self._group_commit)
+            # An idle writer commits at once; a busy one gathers a group meanwhile.
+            delay = GROUP_COMMIT_DELAY if self._pending_writes else 0
+            self._group_call = self._reactor.callLater(delay, self._group_commit)
         return d
 
     def _group_commit(self) -> None:
