@@ -130,6 +130,22 @@ def _boolean(raw: str) -> bool:
         raise _Invalid("a boolean (yes/no, true/false, on/off, 1/0)") from None
 
 
+def _watermarks(hi: int) -> Parser:
+    """``HIGH, LOW``: two integers with 0 <= LOW < HIGH <= ``hi`` (backpressure)."""
+
+    def parse(raw: str) -> tuple[int, int]:
+        parts = [p.strip() for p in raw.split(",")]
+        try:
+            high, low = (int(p) for p in parts)
+        except ValueError:
+            high = low = -1
+        if not 0 <= low < high <= hi:
+            raise _Invalid(f"'HIGH, LOW' with 0 <= LOW < HIGH <= {hi}")
+        return high, low
+
+    return parse
+
+
 def _duration_list(lo: float, hi: float) -> Parser:
     """A non-empty comma list of durations (``10s, 60s, 300s``)."""
     single = _duration(lo, hi)
@@ -292,6 +308,8 @@ class RegistryConfig:
 
     database: str = _setting("m2mgw.db", _text(allow_empty=False))
     serial_prefix: str = _setting("A9720300", _fixed_length(8))
+    write_watermarks: tuple[int, int] = _setting((2000, 500), _watermarks(1_000_000))
+    row_watermarks: tuple[int, int] = _setting((20_000, 5_000), _watermarks(100_000_000))
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,12 @@ class GatewayService(service.MultiService):
         self.config = config
         self.reactor = reactor
         clock: IReactorTime = reactor
-        self.registry = registry or SqliteRegistry(config.registry.database, reactor)
+        self.registry = registry or SqliteRegistry(
+            config.registry.database,
+            reactor,
+            watermarks=config.registry.write_watermarks,
+            row_watermarks=config.registry.row_watermarks,
+        )
         self.uplink = StoredUplink(self.registry, clock.seconds)
         self.engine = PlatformEngine(
             self.registry,

@@ -178,3 +178,12 @@ def test_public_url_is_derived_from_listen() -> None:
     assert parse_config("[http]\nlisten = none").http.public_url == ""
     explicit = parse_config("[http]\nlisten = tcp:80\npublic_url = http://gw.example:80/")
     assert explicit.http.public_url == "http://gw.example:80"
+
+
+def test_backpressure_watermarks() -> None:
+    config = parse_config("[registry]\nwrite_watermarks = 100, 10\nrow_watermarks = 9000, 0\n")
+    assert config.registry.write_watermarks == (100, 10)
+    assert config.registry.row_watermarks == (9000, 0)
+    for bad in ("10, 100", "5", "a, b", "10, 10", "10, -1"):
+        with pytest.raises(ConfigError, match=r"\[registry\] write_watermarks"):
+            parse_config(f"[registry]\nwrite_watermarks = {bad}\n")
