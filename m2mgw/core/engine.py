@@ -1107,7 +1107,12 @@ class PlatformEngine:
                 self.router.kick(terminal)
 
     def _record_alarm(
-        self, serial: str | None, msisdn: str | None, values: dict[int, bytes], now: float
+        self,
+        serial: str | None,
+        msisdn: str | None,
+        values: dict[int, bytes],
+        now: float,
+        header_serial: str | None = None,
     ) -> None:
         def num(tag: int) -> int:
             raw = values.get(tag)
@@ -1122,6 +1127,7 @@ class PlatformEngine:
             status=num(TAG_ALARM_STATUS),
             cleared_code=None if restore is None else restore.decode("latin-1"),
             time=now,
+            header_serial=header_serial or serial,
         )
         self.registry.record_alarm(alarm)
         log.warn(
@@ -1152,18 +1158,8 @@ class PlatformEngine:
             owner = self.registry.by_msisdn(msisdn)
         self._answer(ex, m.ConfigTrapAck(0))
         if owner is None:
-            # Unattributed (10.4.6): the log keeps the header serial beside the MSISDN.
-            self._log(
-                None,
-                ex.header.serial,
-                "in",
-                ex.bearer,
-                Command.CONFIG_TRAP,
-                ex.header.sequence_id,
-                "unattributed-alarm",
-                f"msisdn={msisdn} serial={ex.header.serial}",
-            )
-            self._record_alarm(None, msisdn, values, ex.now)
+            # Unattributed (10.4.6): recorded with the MSISDN and the header serial.
+            self._record_alarm(None, msisdn, values, ex.now, ex.header.serial)
         else:
             self.apply_trap(owner, msg.tlvs, ex.now, None)
 

@@ -209,6 +209,8 @@ class Alarm:
     #: TLV 0x300E as received (the code of the alarm being cleared).
     cleared_code: str | None = None
     time: float
+    #: The serial in the message header (10.4.6: kept for unattributed alarms).
+    header_serial: str | None = None
 
 
 #: Application permissions of spec 2.6.

@@ -217,8 +217,12 @@ class RegistrationTest(GatewaySmsTestCase):
         self.assertEqual(ack.message.ret, 0)
         alarms = yield self.registry.alarms()
         self.assertEqual(
-            [(a.serial, a.msisdn, a.code) for a in reversed(alarms)],
-            [(record.serial, "86" + MSISDN, 0x0020), (None, "86" + STRANGER, 0x001C)],
+            [(a.serial, a.msisdn, a.code, a.header_serial) for a in reversed(alarms)],
+            [
+                (record.serial, "86" + MSISDN, 0x0020, record.serial),
+                # Unattributed: the MSISDN and the serial the message carried (10.4.6).
+                (None, "86" + STRANGER, 0x001C, record.serial),
+            ],
         )
         self.assertEqual(record.state, TerminalState.REGISTERED)  # no session was started
 
