@@ -50,6 +50,7 @@ from m2mgw.protocol.fragment import (
     TransIdCounter,
 )
 from m2mgw.protocol.security import Cipher
+from m2mgw.protocol.tlv import decode_tlvs
 
 __all__ = [
     "ANSWER_TIMEOUT",
@@ -346,21 +347,14 @@ def split_tlv(tag: int, value: bytes) -> bytes:
 
 
 def iter_tlvs(data: bytes, *, padded: bool = False) -> list[tuple[int, bytes]]:
-    """Parse a TLV stream; ``padded`` accepts up to 7 trailing 0x00 (``legacy`` 6.4.1)."""
-    out: list[tuple[int, bytes]] = []
-    pos, end = 0, len(data)
-    while pos < end:
-        if padded and end - pos < 8 and not any(data[pos:]):
-            break
-        if end - pos < 4:
-            raise BodyError("truncated TLV header")
-        tag, length = _TLV_HEAD.unpack_from(data, pos)
-        pos += 4
-        if pos + length > end:
-            raise BodyError(f"TLV 0x{tag:04X} overruns the body")
-        out.append((tag, bytes(data[pos : pos + length])))
-        pos += length
-    return out
+    """Parse a TLV stream; ``padded`` accepts up to 7 trailing 0x00 (``legacy`` 6.4.1).
+
+    The terminal protocol's parser, with its errors raised as this binding's.
+    """
+    try:
+        return decode_tlvs(data, padded=padded)  # type: ignore[return-value]
+    except errors.BodyError as exc:
+        raise BodyError(exc.reason) from None
 
 
 # --- value codecs -------------------------------------------------------------------------

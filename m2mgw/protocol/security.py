@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.padding import PKCS7
 
 from m2mgw.protocol.constants import DIGEST_TLV_SIZE, HEADER_SIZE, MAX_LENGTH, Flag
 from m2mgw.protocol.errors import CryptoError, ProtocolError
+from m2mgw.protocol.tlv import decode_tlvs, tlv_dict
 
 try:  # cryptography >= 43 moved TripleDES here; the old name warns when used.
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -370,20 +371,10 @@ def encode_session_key(cipher: Cipher, session_key: str, expiry: int) -> bytes:
 
 def _plain_tlvs(plain: bytes) -> dict[int, bytes]:
     """Split a decrypted TLV stream, stopping at zero padding (fewer than 8 0x00 bytes)."""
-    fields: dict[int, bytes] = {}
-    pos, end = 0, len(plain)
-    while pos < end:
-        if end - pos < 8 and not any(plain[pos:]):
-            break
-        if end - pos < 4:
-            raise CryptoError("truncated TLV in decrypted data")
-        tag, length = _TLV_HEAD.unpack_from(plain, pos)
-        pos += 4
-        if pos + length > end:
-            raise CryptoError(f"TLV 0x{tag:04X} overruns decrypted data")
-        fields[tag] = plain[pos : pos + length]
-        pos += length
-    return fields
+    try:
+        return tlv_dict(decode_tlvs(plain, padded=True))
+    except ProtocolError as exc:
+        raise CryptoError(f"decrypted data: {exc.reason}") from None
 
 
 def decode_session_key(cipher: Cipher, value: bytes) -> tuple[str, int]:
