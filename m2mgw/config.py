@@ -16,9 +16,11 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -456,12 +458,34 @@ _SECTIONS: dict[str, type] = {
 
 # --- loading ---------------------------------------------------------------------------
 
+CONFIG_ENV = "M2MGW_CONFIG"
+SYSTEM_CONFIG = "/etc/m2mgw/m2mgw.ini"
+
+
+def config_path(given: str | None) -> str:
+    """The ini file to use: ``--config``, else ``$M2MGW_CONFIG``, else the system file.
+
+    Never a path relative to the working directory by default: an installed gateway
+    started from anywhere must read the same file.
+    """
+    return given or os.environ.get(CONFIG_ENV) or SYSTEM_CONFIG
+
+
+def sample_config() -> str:
+    """The documented sample ini shipped with the package (every key, its default)."""
+    return resources.files("m2mgw.etc").joinpath("m2mgw.ini").read_text(encoding="utf-8")
+
 
 def load_config(path: str) -> GatewayConfig:
     """Read and validate the ini file at ``path``."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such configuration file (give --config FILE or set ${CONFIG_ENV}; "
+            "'m2mgw sample-config' prints a documented one)"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read: {_one_line(e)}") from None
     return parse_config(text, source=path)

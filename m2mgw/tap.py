@@ -7,17 +7,28 @@ from typing import ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from m2mgw.config import ConfigError, load_config
+import m2mgw
+from m2mgw.config import CONFIG_ENV, SYSTEM_CONFIG, ConfigError, config_path, load_config
 
 
 class Options(usage.Options):
     optParameters: ClassVar[list[list[str]]] = [
-        ["config", "c", "etc/m2mgw.ini", "Path to the gateway's ini file."],
+        [
+            "config",
+            "c",
+            None,
+            f"Path to the gateway's ini file [default: ${CONFIG_ENV}, else {SYSTEM_CONFIG}].",
+        ],
     ]
+
+    def opt_version(self) -> None:
+        """Print m2mgw's version and exit."""
+        print(f"m2mgw {m2mgw.__version__}")
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         try:
-            self["gateway_config"] = load_config(self["config"])
+            self["gateway_config"] = load_config(config_path(self["config"]))
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
 

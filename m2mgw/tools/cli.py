@@ -27,14 +27,23 @@ from urllib.parse import quote, urlencode
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 
+import m2mgw
 from m2mgw.app import provision
-from m2mgw.config import ConfigError, GatewayConfig, endpoint_parts, load_config
+from m2mgw.config import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
+    ConfigError,
+    GatewayConfig,
+    config_path,
+    endpoint_parts,
+    load_config,
+    sample_config,
+)
 from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.protocol import tags
 
-DEFAULT_CONFIG = "etc/m2mgw.ini"
 API_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
 POLL_INTERVAL = 0.5
@@ -216,6 +225,11 @@ class Context:
             where = f" (admin API at {self.api.base} unreachable)" if self.api else ""
             raise CliError(1, f"gateway not running{where}")
         return api
+
+
+def cmd_sample_config(ctx: None, args: argparse.Namespace) -> int:
+    sys.stdout.write(sample_config())
+    return 0
 
 
 def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
@@ -447,8 +461,23 @@ def _cell(value: Any) -> str:
 
 def make_parser() -> _Parser:
     parser = _Parser(prog="m2mgw", description="Provision and inspect m2mgw terminals.")
-    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="the gateway's ini file")
+    parser.add_argument(
+        "--config",
+        "-c",
+        help=f"the gateway's ini file (default: ${CONFIG_ENV}, else {SYSTEM_CONFIG})",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"m2mgw {m2mgw.__version__}",
+        help="print the version and exit",
+    )
     sub = parser.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
+
+    p = sub.add_parser(
+        "sample-config", help="print the documented sample ini file (every key, its default)"
+    )
+    p.set_defaults(run=cmd_sample_config, needs_config=False)
 
     p = sub.add_parser("provision", help="add a terminal")
     p.add_argument("--imei", required=True)
@@ -530,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point ``m2mgw``."""
     try:
         args = make_parser().parse_args(argv)
+        if not getattr(args, "needs_config", True):
+            return int(args.run(None, args))
         try:
-            config = load_config(args.config)
+            config = load_config(config_path(args.config))
         except ConfigError as exc:
             raise CliError(2, str(exc)) from None
         return int(args.run(Context(config), args))

@@ -9,13 +9,17 @@ import pytest
 from twisted.logger import LogLevel
 
 from m2mgw.config import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
     ConfigError,
     GatewayConfig,
     ProtocolConfig,
+    config_path,
     derive_public_url,
     load_config,
     parse_config,
     parse_duration,
+    sample_config,
 )
 
 SHIPPED_INI = Path(__file__).resolve().parents[2] / "etc" / "m2mgw.ini"
@@ -165,9 +169,10 @@ def test_syntax_errors_are_one_line() -> None:
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.ini"
-    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read"):
-        load_config(str(missing))
+    directory = tmp_path / "a-directory.ini"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match=rf"^{directory}: cannot read"):
+        load_config(str(directory))
 
 
 def test_public_url_is_derived_from_listen() -> None:
@@ -187,3 +192,26 @@ def test_backpressure_watermarks() -> None:
     for bad in ("10, 100", "5", "a, b", "10, 10", "10, -1"):
         with pytest.raises(ConfigError, match=r"\[registry\] write_watermarks"):
             parse_config(f"[registry]\nwrite_watermarks = {bad}\n")
+
+
+def test_config_path_prefers_option_then_environment_then_system_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    assert config_path(None) == SYSTEM_CONFIG == "/etc/m2mgw/m2mgw.ini"
+    monkeypatch.setenv(CONFIG_ENV, "/srv/gw.ini")
+    assert config_path(None) == "/srv/gw.ini"
+    assert config_path("given.ini") == "given.ini"
+
+
+def test_a_missing_config_file_says_how_to_get_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "absent.ini"))
+    assert "no such configuration file" in str(info.value)
+    assert "m2mgw sample-config" in str(info.value)
+
+
+def test_the_shipped_sample_is_the_checkout_ini_and_parses_to_the_defaults() -> None:
+    sample = sample_config()
+    assert SHIPPED_INI.read_text() == sample
+    assert parse_config(sample, source="sample") == GatewayConfig(source="sample")
