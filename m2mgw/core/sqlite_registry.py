@@ -18,22 +18,32 @@ writes (transactions) and their rows submitted and not yet committed, and tells 
 pressure observers when either count reaches its high watermark and again when both
 are back at their low watermarks; the gateway then stops reading from terminals. No
 write is ever refused or dropped: bounding comes from not reading more input.
+
+Ownership. An open registry holds an exclusive ``flock`` on ``<database>.lock`` (the
+pid of its process written inside), so any other process can tell reliably that a
+gateway runs on the file, and a second gateway on the same file fails at open. The
+lock is on a sidecar file because SQLite's own POSIX locks on the database are
+separate and released by any ``close()`` of the file in the process. A read-only
+registry takes no lock: WAL lets readers run beside the one writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib.resources
 import json
 import operator
+import os
 import re
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from twisted.enterprise.adbapi import ConnectionPool
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -117,15 +127,20 @@ def _checked(migrations: Iterable[Migration]) -> list[Migration]:
     return ordered
 
 
-def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
-    """Bring the schema to the newest version; each migration in its own transaction."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    latest = len(migrations)
+def _schema_version(conn: Any, latest: int, path: str) -> int:
+    """The database's schema version, refused when newer than the code knows."""
+    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > latest:
         raise RegistryError(
             f"{path}: database schema version {current} is newer than this m2mgw "
             f"supports ({latest}); upgrade m2mgw or use another database"
         )
+    return current
+
+
+def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
+    """Bring the schema to the newest version; each migration in its own transaction."""
+    current = _schema_version(conn, len(migrations), path)
     applied = []
     for migration in migrations[current:]:
         # executescript() commits any open transaction first, so the BEGIN/COMMIT
@@ -141,6 +156,17 @@ def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]
             raise RegistryError(f"{path}: schema migration {migration.name} failed: {e}") from e
         applied.append(migration.name)
     return applied
+
+
+def _check_schema(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
+    """Read-only open: nothing may be migrated, so the schema must be the newest."""
+    current = _schema_version(conn, len(migrations), path)
+    if current < len(migrations):
+        raise RegistryError(
+            f"{path}: database schema version {current} is older than this m2mgw's "
+            f"({len(migrations)}); it cannot be read without migrating it"
+        )
+    return []
 
 
 def _watermarks(pair: tuple[int, int], what: str) -> tuple[int, int]:
@@ -159,6 +185,12 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA busy_timeout=5000")
 
 
+def _configure_read_only(conn: sqlite3.Connection) -> None:
+    """A reader beside a running gateway: no journal change, no write, lock wait."""
+    conn.execute("PRAGMA query_only=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+
+
 def _apply(txn: Any, batch: Batch) -> None:
     """Run one write batch as a single transaction (adbapi commits after it)."""
     txn.execute("BEGIN IMMEDIATE")
@@ -168,6 +200,110 @@ def _apply(txn: Any, batch: Batch) -> None:
 
 def _barrier(txn: Any) -> None:
     """A no-op interaction: when it completes, every earlier one has."""
+
+
+# --- ownership and identity ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryIdentity:
+    """Which database a registry is: what the admin API reports and the CLI compares.
+
+    ``location`` is where it lives (the absolute path of a SQLite file); the
+    ``instance_id`` is created once in the database, so it tells a copy from the
+    original only together with the location (D-171).
+    """
+
+    backend: str
+    location: str
+    instance_id: str
+
+    def describe(self) -> dict[str, str]:
+        """The ``GET /registry`` answer."""
+        return {"backend": self.backend, "path": self.location, "instance_id": self.instance_id}
+
+
+def lock_path(database: str) -> str:
+    """The sidecar file a running registry holds its exclusive ``flock`` on."""
+    return database + ".lock"
+
+
+def _read_pid(fd: int) -> str:
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else "unknown"
+
+
+def _acquire_lock(database: str) -> int:
+    """Take the registry's lock and write our pid into it; its fd, kept while open."""
+    path = lock_path(database)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise RegistryError(f"{database}: cannot open database: {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise RegistryError(
+            f"registry {database} is in use by another m2mgw process (pid {pid})"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise RegistryError(f"{database}: cannot lock {path}: {exc.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    """Unlock and close; the file stays (removing it would race with the next owner)."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def lock_holder(database: str) -> str | None:
+    """The pid of the process whose registry is open on ``database``, None if none is.
+
+    Probes with a shared lock that is released at once, so it never blocks an owner.
+    """
+    path = lock_path(database)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RegistryError(f"{database}: cannot check {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_pid(fd)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_only_uri(database: str) -> str:
+    return f"{Path(database).resolve().as_uri()}?mode=ro"
+
+
+def stored_instance_id(database: str) -> str | None:
+    """The instance id stored in the SQLite file, read without writing; None if none."""
+    if not os.path.exists(database):
+        return None
+    try:
+        conn = sqlite3.connect(_read_only_uri(database), uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM registry_meta WHERE name = 'instance_id'").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
 
 
 # --- row mapping -----------------------------------------------------------------------
@@ -312,6 +448,7 @@ def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
             FINISHED_CACHE_SIZE,
         ),
         "files": rows(f"{_FILES.select} WHERE expires_at > ?", now),
+        "meta": rows("SELECT name, value FROM registry_meta"),
         "counters": rows("SELECT name, value FROM counters"),
         "sequences": rows("SELECT name, seq FROM sqlite_sequence"),
         "sms_pending": rows(f"{_SMS_OUTBOX.select} WHERE state = 'pending' ORDER BY id"),
@@ -330,7 +467,9 @@ def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
 class SqliteRegistry:
     """Terminal registry on one SQLite file; see :class:`ITerminalRegistry`.
 
-    One process owns a database: ids and counters are allocated in memory.
+    One process owns a database: ids and counters are allocated in memory, and the
+    lock taken at open keeps a second owner out. ``read_only`` opens a snapshot for
+    reading beside the owner: no lock, no migration, and every write refused.
     """
 
     def __init__(
@@ -341,6 +480,7 @@ class SqliteRegistry:
         *,
         watermarks: tuple[int, int] = WRITE_WATERMARKS,
         row_watermarks: tuple[int, int] = ROW_WATERMARKS,
+        read_only: bool = False,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -349,7 +489,10 @@ class SqliteRegistry:
         self._path = path
         self._reactor = reactor
         self._migrations = load_migrations() if migrations is None else _checked(migrations)
+        self._read_only = read_only
         self._pool: ConnectionPool | None = None
+        self._lock_fd: int | None = None
+        self._identity: RegistryIdentity | None = None
         self._flusher = LoopingCall(self._flush_tick)
         self._flusher.clock = reactor
         self._shutdown_trigger: Any = None
@@ -390,17 +533,28 @@ class SqliteRegistry:
     def open(self) -> Deferred[None]:
         if self._pool is not None:
             raise RegistryError(f"{self._path}: registry already open")
+        if self._read_only:
+            target, options = _read_only_uri(self._path), {"uri": True}
+            configure, prepare = _configure_read_only, _check_schema
+        else:
+            try:
+                self._lock_fd = _acquire_lock(self._path)
+            except RegistryError as exc:
+                return fail(exc)
+            target, options = self._path, {}
+            configure, prepare = _configure, _migrate
         pool = self._pool = ConnectionPool(
             "sqlite3",
-            self._path,
+            target,
             cp_min=1,
             cp_max=1,
             cp_reactor=self._reactor,
-            cp_openfun=_configure,
+            cp_openfun=configure,
             check_same_thread=False,
             isolation_level=None,
+            **options,
         )
-        d = pool.runWithConnection(_migrate, self._migrations, self._path)
+        d = pool.runWithConnection(prepare, self._migrations, self._path)
         d.addCallback(self._migrated)
         d.addCallback(lambda _: pool.runInteraction(_load_all, self._reactor.seconds()))
         d.addCallback(self._install)
@@ -416,12 +570,21 @@ class SqliteRegistry:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._unlock()
         if failure.check(sqlite3.Error):
             raise RegistryError(f"{self._path}: cannot open database: {failure.value}")
         return failure
 
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
+
     def _install(self, loaded: dict[str, list[Row]]) -> None:
         self._reset()
+        self._identity = RegistryIdentity(
+            "sqlite", os.path.abspath(self._path), dict(loaded["meta"])["instance_id"]
+        )
         for row in loaded["terminals"]:
             terminal = _TERMINALS.load(row)
             self._terminals[terminal.id] = terminal
@@ -470,17 +633,27 @@ class SqliteRegistry:
             self._group_commit()
         self._flush_tick()
         self._pool = None
+        self._identity = None
         done: Deferred[None] = pool.runInteraction(_barrier)
 
         def closed(result: Any) -> Any:
             pool.close()
+            self._unlock()
             return result
 
         return done.addBoth(closed)
 
+    def identity(self) -> RegistryIdentity:
+        """This registry's backend, location and stored instance id (``GET /registry``)."""
+        if self._identity is None:
+            raise RegistryError(f"{self._path}: registry is not open")
+        return self._identity
+
     def _write(self, batch: Batch) -> Deferred[None]:
         if self._pool is None:
             raise RegistryError(f"{self._path}: registry is not open")
+        if self._read_only:
+            raise RegistryError(f"{self._path}: registry is open read-only")
         d: Deferred[None] = self._pool.runInteraction(_apply, batch)
         rows = sum(len(batch_rows) for _, batch_rows in batch)
         self._pending_writes += 1

@@ -203,9 +203,19 @@ class AdminResource(_Api):
         self.putChild(b"requests", _Requests(gateway))
         self.putChild(b"queue", _Queue(gateway))
         self.putChild(b"apps", _Apps(gateway))
+        self.putChild(b"registry", _Registry(gateway))
 
     def do_GET(self, request: Request) -> Result:
-        return 200, {"endpoints": ["/health", "/terminals", "/requests", "/queue", "/apps"]}
+        return 200, {
+            "endpoints": ["/health", "/terminals", "/requests", "/queue", "/apps", "/registry"]
+        }
+
+
+class _Registry(_Api):
+    """Which registry this gateway serves, so the CLI can check it reached the right one."""
+
+    def do_GET(self, request: Request) -> Result:
+        return 200, self.gateway.registry.identity().describe()
 
 
 class _Health(_Api):
