@@ -1,11 +1,15 @@
 """``m2mgw``: the operator's command line for provisioning and inspecting terminals.
 
-While the gateway runs, every command goes through its admin API (the gateway owns
-its registry, so nobody else may write to the database). When the API does not
-answer, ``provision``, ``terminals``, ``show`` and ``requests`` open the SQLite
-registry directly instead, so terminals can be provisioned before the first start;
-``send`` needs the running gateway. The API is called with blocking ``urllib``: this
-is a short-lived command and needs no reactor except for the direct database path.
+A gateway owns its registry: it holds the registry's lock, and its cache is the
+truth. While one runs on the database the ini names, every command goes through that
+gateway's admin API (TCP or a ``unix:`` socket), after checking that the API serves
+this very registry (``GET /registry``: path and stored instance id). With no gateway
+on the file, ``provision``, ``app-provision`` and the listings open the SQLite file
+directly, so terminals can be provisioned before the first start; ``send`` needs the
+running gateway. A gateway whose admin API is out of reach is never written under;
+listings then read the file read-only. The API is called with blocking
+``http.client``: this is a short-lived command and needs no reactor except for the
+direct database path.
 
 Exit status: 0 success, 1 runtime failure (gateway not running, request refused or
 failed), 2 usage or configuration error; the reason is one line on stderr.
@@ -14,12 +18,12 @@ failed), 2 usage or configuration error; the reason is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote, urlencode
@@ -41,7 +45,7 @@ from m2mgw.config import (
 )
 from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.protocol import tags
 
 API_TIMEOUT = 10.0
@@ -71,86 +75,120 @@ class _Parser(argparse.ArgumentParser):
 # --- the admin API -----------------------------------------------------------------------
 
 
-def admin_url(config: GatewayConfig) -> str | None:
-    """The admin API base URL from ``[admin] listen``; None when not reachable by TCP."""
-    listen = config.admin.listen
-    if listen is None:
-        return None
-    kind, args, kwargs = endpoint_parts(listen)
-    if kind not in ("tcp", "tcp6", "ssl"):
-        return None
-    port = args[0] if args else kwargs.get("port", "")
-    host = kwargs.get("interface", "")
-    if host in ("", "0.0.0.0", "::"):
-        host = "::1" if kind == "tcp6" else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}"
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a ``unix:`` admin socket (urllib speaks TCP only)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class AdminClient:
-    """Blocking JSON calls to the admin API."""
+    """Blocking JSON calls to the admin API: a short-lived command needs no reactor."""
 
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def running(self) -> bool:
-        """Whether the gateway answers; False only when nothing listens."""
-        try:
-            self.call("GET", "/health", timeout=PROBE_TIMEOUT)
-        except _Unreachable:
-            return False
-        return True
+    def __init__(self, where: str, connect: Callable[[float], http.client.HTTPConnection]) -> None:
+        self.where = where
+        self._connect = connect
 
     def call(
         self, method: str, path: str, body: Any = None, *, timeout: float = API_TIMEOUT
     ) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(
-            self.base + path,
-            data=data,
-            method=method,
-            headers={"content-type": "application/json", "accept": "application/json"},
-        )
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        connection = self._connect(timeout)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise CliError(1, f"gateway refused: {_api_error(exc)}") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
-                raise _Unreachable(self.base) from None
-            raise CliError(1, f"admin API at {self.base} failed: {exc.reason}") from None
-        except (OSError, ValueError) as exc:
-            raise CliError(1, f"admin API at {self.base} failed: {exc}") from None
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise _Unreachable(self.where) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise CliError(1, f"admin API at {self.where} failed: {exc}") from None
+        finally:
+            connection.close()
+        if response.status >= 400:
+            raise _Refused(_api_error(payload, response.status))
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise CliError(1, f"admin API at {self.where} answered no JSON") from None
+
+
+def admin_client(config: GatewayConfig) -> AdminClient | None:
+    """The admin API that ``[admin] listen`` names; None when the CLI cannot reach one
+    (``none``, or a ``systemd:`` socket whose address only systemd knows)."""
+    listen = config.admin.listen
+    if listen is None:
+        return None
+    kind, args, kwargs = endpoint_parts(listen)
+    if kind == "unix":
+        path = os.path.abspath(args[0] if args else kwargs.get("address", ""))
+        return AdminClient(f"unix:{path}", lambda timeout: _UnixConnection(path, timeout))
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    port = int(args[0] if args else kwargs.get("port", "0"))
+    host = kwargs.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = "::1" if kind == "tcp6" else "127.0.0.1"
+    scheme, connection = (
+        ("https", http.client.HTTPSConnection) if kind == "ssl"
+        else ("http", http.client.HTTPConnection)
+    )
+    shown = f"[{host}]" if ":" in host else host
+    return AdminClient(
+        f"{scheme}://{shown}:{port}", lambda timeout: connection(host, port, timeout=timeout)
+    )
 
 
 class _Unreachable(CliError):
-    def __init__(self, base: str) -> None:
-        super().__init__(1, f"gateway not running (admin API at {base} unreachable)")
+    def __init__(self, where: str) -> None:
+        super().__init__(1, f"gateway not running (admin API at {where} unreachable)")
 
 
-def _api_error(exc: urllib.error.HTTPError) -> str:
+class _Refused(CliError):
+    """The gateway answered with an error status; ``reason`` is its one-line error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(1, f"gateway refused: {reason}")
+        self.reason = reason
+
+
+def _api_error(payload: bytes, status: int) -> str:
     try:
-        return str(json.loads(exc.read())["error"])
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"HTTP {exc.code}"
+        return str(json.loads(payload)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}"
 
 
 # --- the direct database path ------------------------------------------------------------
 
 
 def with_registry(
-    config: GatewayConfig, action: Callable[[SqliteRegistry], Any], *, create: bool
+    config: GatewayConfig,
+    action: Callable[[SqliteRegistry], Any],
+    *,
+    create: bool,
+    read_only: bool = False,
 ) -> Any:
-    """Run ``action`` on the opened SQLite registry (for when the gateway is stopped)."""
+    """Run ``action`` on the opened SQLite registry: read-write (and locked) when no
+    gateway runs on it, ``read_only`` beside a gateway whose admin API is out of reach."""
     path = config.registry.database
     if not create and not os.path.exists(path):
         raise CliError(1, f"{path}: no such database, and the gateway is not running")
     outcome: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        registry = SqliteRegistry(path, reactor)
+        registry = SqliteRegistry(path, reactor, read_only=read_only)
         try:
             await registry.open()
             try:
@@ -187,13 +225,19 @@ def _find(registry: SqliteRegistry, key: str) -> Any:
 
 
 class Context:
-    """The loaded configuration, and the admin API if the gateway answers."""
+    """The loaded configuration, and the way to its registry (D-04, D-172, D-173).
+
+    The registry's lock says whether a gateway runs on the file the ini names. None
+    does: the CLI opens the file itself (and holds the lock meanwhile). One does: the
+    CLI goes through that gateway's admin API, once it checked that the API serves this
+    very registry; when no API answers, it only reads, from the file, read-only.
+    """
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        base = admin_url(config)
-        self.api = AdminClient(base) if base else None
-        self._running: bool | None = None
+        self.database = os.path.abspath(config.registry.database)
+        self.api = admin_client(config)
+        self._route: tuple[AdminClient | None, str | None] | None = None
 
     def either(
         self,
@@ -202,29 +246,78 @@ class Context:
         offline: Callable[[SqliteRegistry], Any],
         *,
         body: Any = None,
-        create: bool = False,
+        write: bool = False,
     ) -> Any:
-        """Through the running gateway's admin API, else ``offline`` on the SQLite file
+        """Through the gateway running on the registry, else ``offline`` on the file
         (D-04: the running gateway's cache must see what the CLI changes)."""
-        api = self.live()
+        api, holder = self.route()
         if api is not None:
             return api.call(method, path, body)
-        return with_registry(self.config, offline, create=create)
-
-    def live(self) -> AdminClient | None:
-        """The API client when the gateway is running, else None (probed once)."""
-        if self.api is None:
-            return None
-        if self._running is None:
-            self._running = self.api.running()
-        return self.api if self._running else None
+        if holder is None:
+            return with_registry(self.config, offline, create=write)
+        if write:
+            raise CliError(1, self._out_of_reach(holder))
+        return with_registry(self.config, offline, create=False, read_only=True)
 
     def require_live(self) -> AdminClient:
-        api = self.live()
-        if api is None:
-            where = f" (admin API at {self.api.base} unreachable)" if self.api else ""
-            raise CliError(1, f"gateway not running{where}")
+        """The admin API of the gateway running on the registry (``send`` needs one)."""
+        api, holder = self.route()
+        if api is not None:
+            return api
+        if holder is not None:
+            raise CliError(1, self._out_of_reach(holder))
+        raise CliError(1, f"gateway not running (no m2mgw process has {self.database} open)")
+
+    def route(self) -> tuple[AdminClient | None, str | None]:
+        """(the checked admin API or None, the pid of the gateway on the registry or
+        None when no gateway runs on it); looked up once."""
+        if self._route is None:
+            try:
+                holder = lock_holder(self.database)
+            except RegistryError as exc:
+                raise CliError(1, str(exc)) from None
+            api = None if holder is None or self.api is None else self._checked(self.api)
+            self._route = (api, holder)
+        return self._route
+
+    def _checked(self, api: AdminClient) -> AdminClient | None:
+        """``api`` if it serves the registry the ini names; None if nothing answers."""
+        try:
+            served = api.call("GET", "/registry", timeout=PROBE_TIMEOUT)
+        except _Unreachable:
+            return None
+        except _Refused as exc:
+            raise CliError(
+                1, f"the admin API at {api.where} does not say which registry it serves "
+                f"({exc.reason}); cannot check that it serves {self.database}"
+            ) from None
+        served = served if isinstance(served, dict) else {}
+        path, instance = served.get("path"), served.get("instance_id")
+        ours = stored_instance_id(self.database)
+        if instance != ours or _same_file(path, self.database) is False:
+            raise CliError(
+                1, f"the admin API at {api.where} serves registry {path} (instance "
+                f"{instance}), not {self.database} (instance {ours}) that "
+                f"{self.config.source} names"
+            )
         return api
+
+    def _out_of_reach(self, pid: str) -> str:
+        listen = self.config.admin.listen
+        where = f"at {self.api.where}" if self.api else f"([admin] listen = {listen or 'none'})"
+        fix = "enable" if listen is None else "fix"
+        return (
+            f"a gateway (pid {pid}) runs on {self.database} but its admin API is not "
+            f"reachable {where}; stop it or {fix} [admin] listen in {self.config.source}"
+        )
+
+
+def _same_file(served: Any, database: str) -> bool | None:
+    """Whether the gateway's path is our file; None when that path is not visible here."""
+    try:
+        return isinstance(served, str) and os.path.samefile(served, database)
+    except OSError:
+        return None
 
 
 def cmd_sample_config(ctx: None, args: argparse.Namespace) -> int:
@@ -253,20 +346,16 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(2, "--serial needs --imsi: a pre-registered terminal is bound to its SIM")
     if args.serial and not any(params.get(name) for name in build.CREDENTIAL_FIELDS):
         params.update(build.generate_credentials(args.cipher or "none"))
-    api = ctx.live()
-    if api is not None:
-        record = api.call("POST", "/terminals", params)
-    else:
-        expiry = build.credential_expiry(time.time(), ctx.config.protocol.credential_ttl)
-        try:
-            terminal = build.terminal_from_json(params, expiry=expiry)
-        except build.RequestError as exc:
-            raise CliError(2, str(exc)) from None
+    expiry = build.credential_expiry(time.time(), ctx.config.protocol.credential_ttl)
+    try:  # checked here too, so that a typo creates no database file
+        terminal = build.terminal_from_json(params, expiry=expiry)
+    except build.RequestError as exc:
+        raise CliError(2, str(exc)) from None
 
-        def add(registry: SqliteRegistry) -> Any:
-            return registry.add(terminal).addCallback(build.describe_provisioned)
+    def add(registry: SqliteRegistry) -> Any:
+        return registry.add(terminal).addCallback(build.describe_provisioned)
 
-        record = with_registry(ctx.config, add, create=True)
+    record = ctx.either("POST", "/terminals", add, body=params, write=True)
     _print(record, args.json)
     return 0
 
@@ -293,7 +382,7 @@ def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
         "/apps",
         lambda registry: provision.provision(registry, params),
         body=params,
-        create=True,
+        write=True,
     )
     _print(record, args.json)
     return 0

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from twisted.internet import utils
+from twisted.internet import reactor, utils
 from twisted.trial import unittest
+from twisted.web import pages, server
 
-from m2mgw.tools.cli import make_parser, send_body
+from m2mgw.config import parse_config
+from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.tools.cli import admin_client, make_parser, send_body
 from tests.web import IMEI, IMSI, SERIAL, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +53,21 @@ def test_send_options_become_typed_api_parameters() -> None:
     )
     assert send_body(args) == {"command": "DOWNLOAD_INFO", "path": os.path.abspath("fw.bin"),
                                "version": "2.0", "force": True}
+
+
+def test_admin_api_address_from_the_ini() -> None:
+    def where(listen: str) -> str | None:
+        client = admin_client(parse_config(f"[admin]\nlisten = {listen}\n"))
+        return None if client is None else client.where
+
+    assert where("tcp:8081:interface=127.0.0.1") == "http://127.0.0.1:8081"
+    assert where("tcp:port=9000") == "http://127.0.0.1:9000"
+    assert where("tcp6:8081:interface=\\:\\:1") == "http://[::1]:8081"
+    assert where("unix:/run/m2mgw/admin.sock") == "unix:/run/m2mgw/admin.sock"
+    assert where("unix:address=admin.sock") == f"unix:{os.path.abspath('admin.sock')}"
+    assert where("systemd:domain=INET:index=0") is None  # only systemd knows the address
+    assert where("none") is None
+    assert admin_client(parse_config("")).where == "http://127.0.0.1:8081"
 
 
 class DirectDatabaseTests(unittest.TestCase):
@@ -161,3 +179,28 @@ class LiveGatewayTests(unittest.TestCase):
         code, out, err = await self.run_cli("requests", SERIAL, "--json")
         self.assertEqual(code, 0, err)
         self.assertEqual([r["command"] for r in json.loads(out)], ["CONFIG_SET", "CONFIG_GET"])
+
+
+class ForeignAdminApiTests(unittest.TestCase):
+    """A registry open in this process; on the ini's admin port, something else."""
+
+    async def test_an_api_that_names_no_registry_is_not_used(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        root.mkdir(parents=True)
+        registry = SqliteRegistry(str(root / "m2mgw.db"), reactor)
+        await registry.open()
+        self.addCleanup(registry.close)
+        port = reactor.listenTCP(0, server.Site(pages.notFound()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        ini = write_ini(root, f"tcp:{port.getHost().port}:interface=127.0.0.1")
+        out, err, code = await utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "m2mgw.tools.cli", "--config", str(ini), "provision", "--imei", IMEI],
+            env=dict(os.environ), path=str(REPO),
+        )
+        self.assertEqual((code, out), (1, b""))
+        self.assertEqual(err.decode().strip().splitlines(), [
+            f"m2mgw: the admin API at http://127.0.0.1:{port.getHost().port} does not say "
+            f"which registry it serves (HTTP 404); cannot check that it serves {root}/m2mgw.db"
+        ])
+        self.assertEqual(registry.terminals(), [])
