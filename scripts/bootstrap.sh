@@ -1,17 +1,48 @@
 #!/usr/bin/env bash
-# Create the virtual environment (.venv, or $M2MGW_VENV) and install m2mgw into it.
-# Sourced by scripts/run.sh and scripts/test.sh; idempotent and quiet.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-VENV=${M2MGW_VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
+# Create the virtual environment (.venv, or $M2MGW_VENV) and install m2mgw into it,
+# then put its bin/ first on PATH. Idempotent and quiet.
+#
+# Safe to source from an interactive shell (`source scripts/bootstrap.sh`): the work
+# runs in a subshell, so the caller's options (set -e ...), working directory and
+# variables stay as they were; only PATH changes. scripts/run.sh and scripts/test.sh
+# source it too: when the set-up fails it says so and returns non-zero.
+
+_m2mgw_bootstrap() {
+    unset -f _m2mgw_bootstrap
+    local root venv
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || return
+    venv=${M2MGW_VENV:-.venv}
+    case $venv in
+        /*) ;;
+        *) venv=$root/$venv ;;
+    esac
+    # Every step ends the subshell on failure explicitly: `set -e` would be ignored
+    # here, in the left operand of ||.
+    (
+        cd "$root" || exit
+        if [ ! -x "$venv/bin/python" ]; then
+            python3 -m venv "$venv" || exit
+        fi
+        stamp=$venv/.m2mgw-installed
+        if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+            "$venv/bin/python" -m pip install -q --upgrade pip || exit
+            # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
+            "$venv/bin/python" -m pip install -q -e '.[test]' \
+                --config-settings editable_mode=compat || exit
+            touch "$stamp"
+        fi
+    ) || {
+        echo "scripts/bootstrap.sh: setting up $venv failed" >&2
+        return 1
+    }
+    case ":$PATH:" in
+        *":$venv/bin:"*) ;;
+        *) export PATH="$venv/bin:$PATH" ;;
+    esac
+}
+
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+    _m2mgw_bootstrap
+    return  # with the status of the set-up
 fi
-stamp="$VENV/.m2mgw-installed"
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
-    "$VENV/bin/python" -m pip install -q -e '.[test]' --config-settings editable_mode=compat
-    touch "$stamp"
-fi
-export PATH="$PWD/$VENV/bin:$PATH"
+_m2mgw_bootstrap
