@@ -31,6 +31,7 @@ from m2mgw.core.model import (
     TerminalState,
     normalize_msisdn,
 )
+from m2mgw.core.refusals import Reason, Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.session import Bearer, Session, digest_keys
 from m2mgw.core.uplink import UplinkSink
@@ -75,7 +76,7 @@ from m2mgw.protocol.fragment import (
     NeedPart,
     ReassemblyTable,
 )
-from m2mgw.protocol.header import VersionError
+from m2mgw.protocol.header import Header, VersionError
 from m2mgw.protocol.security import (
     NEVER,
     DigestKey,
@@ -154,6 +155,11 @@ class _Exchange:
     def sms(self) -> bool:
         return self.bearer.kind == "sms"
 
+    @property
+    def log_keys(self) -> dict[str, object]:
+        """The terminal keys of a log event about this exchange (issue #8)."""
+        return terminal_keys(self.header, self.bearer)
+
 
 @dataclass(slots=True)
 class _AnswerParts:
@@ -191,6 +197,7 @@ class PlatformEngine:
         serial_prefix: str,
         uplink: UplinkSink,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        refusals: Refusals | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
@@ -198,6 +205,8 @@ class PlatformEngine:
         self.serial_prefix = serial_prefix
         self.uplink = uplink
         self.router: Router | None = None
+        #: Every refusal of this engine and its transports is reported here.
+        self.refusals = refusals or Refusals(clock)
         self.sessions: dict[str, Session] = {}
         self.accepted_versions = frozenset(config.accepted_versions)
         self.cache = ResponseCache(config.response_cache_window, config.response_cache_entries)
@@ -236,10 +245,8 @@ class PlatformEngine:
             self._bad_version(exc, data, bearer, now)
             return
         except ProtocolError as exc:
-            log.info(
-                "Discarded message from {address}: {reason}",
-                address=bearer.address,
-                reason=exc.reason,
+            self.refusals.report(
+                Reason.MALFORMED, exc.reason, peer=bearer.address, bearer=bearer.kind
             )
             return
         try:
@@ -248,21 +255,15 @@ class PlatformEngine:
             else:
                 self._on_request(frame, bearer, now)
         except ProtocolError as exc:
-            log.info(
-                "Discarded {command} seq {sequence_id} from {serial} at {address}: {reason}",
-                command=frame.header.command_name,
-                sequence_id=frame.header.sequence_id,
-                serial=frame.header.serial,
-                address=bearer.address,
-                reason=exc.reason,
-            )
+            reason = Reason.MALFORMED if isinstance(exc, BodyError) else Reason.REJECTED
+            self.refusals.report(reason, exc.reason, **terminal_keys(frame.header, bearer))
 
     def _bad_version(self, exc: VersionError, data: bytes, bearer: Bearer, now: float) -> None:
         header = exc.header
-        log.info(
-            "Protocol version {version:#06x} from {serial} not accepted",
-            version=header.version,
-            serial=header.serial,
+        self.refusals.report(
+            Reason.BAD_VERSION,
+            f"protocol version {header.version:#06x} not accepted",
+            **terminal_keys(header, bearer),
         )
         if header.command_id == Command.LOGIN and len(data) == header.length:
             ex = _Exchange(Frame(header, data, b"", None), bearer, now)
@@ -274,12 +275,7 @@ class PlatformEngine:
         ex = _Exchange(frame, bearer, now)
         bound = getattr(bearer, "bound_serial", None)
         if bound and bound != header.serial and command not in _REBINDING:
-            log.info(
-                "{command} for {serial} on a connection bound to {bound}: discarded",
-                command=header.command_name,
-                serial=header.serial,
-                bound=bound,
-            )
+            self._refuse(ex, Reason.WRONG_CONNECTION, f"connection bound to {bound}")
             return
         if command == Command.HEART_BEAT:
             self._on_heartbeat(ex)
@@ -293,9 +289,7 @@ class PlatformEngine:
             if isinstance(hit, CacheHit):
                 log.debug(
                     "Duplicate {command} seq {sequence_id} from {serial}: replayed",
-                    command=header.command_name,
-                    sequence_id=header.sequence_id,
-                    serial=header.serial,
+                    **ex.log_keys,
                 )
                 for answer in hit.answers:
                     bearer.send(answer)
@@ -397,10 +391,7 @@ class PlatformEngine:
         key = (header.serial, header.command_id)
         parts = self._answer_parts.get(key)
         if parts is None or ex.key is None:
-            log.info(
-                "Part request from {serial} for no fragmented answer: discarded",
-                serial=header.serial,
-            )
+            self._refuse(ex, Reason.REJECTED, "part request for no fragmented answer")
             return
         try:
             reply = parts.sender.on_answer(part)
@@ -408,8 +399,8 @@ class PlatformEngine:
             del self._answer_parts[key]
             log.info(
                 "Fragmented answer to {serial} ended: {reason}",
-                serial=header.serial,
                 reason=exc.reason,
+                **ex.log_keys,
             )
             if exc.reply is None:
                 return
@@ -443,17 +434,18 @@ class PlatformEngine:
         terminal = self.registry.by_imei(msg.imei)
         ex.terminal = terminal
         if terminal is None or not terminal.enabled:
-            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            state = "not provisioned" if terminal is None else "disabled"
+            self._register_refused(ex, f"REGISTER op {op}: IMEI {msg.imei} {state}")
             return
         if op != RegisterOp.NEW and terminal.serial != frame.header.serial:
-            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            self._register_refused(ex, f"REGISTER op {op}: the IMEI has another serial")
             return
         msisdn = normalize_msisdn(ex.bearer.address) if ex.sms else terminal.msisdn
         if ex.sms and terminal.msisdn and terminal.msisdn != msisdn and op != RegisterOp.REBIND:
             log.warn(
-                "REGISTER by SMS from {msisdn} for {imei} bound to another number",
-                msisdn=msisdn,
+                "REGISTER by SMS from {peer} for {imei} bound to another number",
                 imei=msg.imei,
+                **ex.log_keys,
             )
         if op == RegisterOp.REBIND:
             self._register_rebind(ex, terminal, msg, msisdn)
@@ -465,6 +457,10 @@ class PlatformEngine:
     def _register_ack(self, ex: _Exchange, result: int, serial: str | None) -> None:
         flag = Flag.AUTH
         self._answer(ex, m.RegisterAck(result, serial), flag=flag)
+
+    def _register_refused(self, ex: _Exchange, detail: str) -> None:
+        self._refuse(ex, Reason.NOT_PROVISIONED, detail)
+        self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
 
     def _register_verify(self, ex: _Exchange, imei: str, imsi: str, creds: CredentialSet) -> bool:
         """Digest of REGISTER ops 2/3: timestamp 0, uplink password (4.3, PD-37)."""
@@ -484,13 +480,13 @@ class PlatformEngine:
     ) -> None:
         creds = terminal.current
         if creds is None or terminal.imsi is None:
-            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            self._register_refused(ex, "REGISTER op 2: no credential set to verify it")
             return
         if not self._register_verify(ex, msg.imei, terminal.imsi, creds):
             self._auth_failure(ex, terminal, "REGISTER op 2 digest does not verify")
             return
         if terminal.allowed_imsis is not None and msg.imsi not in terminal.allowed_imsis:
-            self._register_ack(ex, RegisterResult.NOT_PROVISIONED, None)
+            self._register_refused(ex, f"REGISTER op 2: IMSI {msg.imsi} not allowed")
             return
         terminal.imsi = msg.imsi
         if msisdn:
@@ -602,12 +598,15 @@ class PlatformEngine:
             or terminal.imsi is None
             or (terminal.current is None and terminal.pending is None)
         ):
+            detail = "not provisioned" if terminal is None else "not registered"
+            self._refuse(ex, Reason.UNKNOWN_SERIAL, detail)
             self._answer(ex, m.LoginAck(LoginResult.UNKNOWN_SERIAL, 0), flag=Flag.AUTH)
             return
         msg = m.Login.decode_body(frame.body)
         if ex.sms:
             if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
-                raise ProtocolError("LOGIN by SMS from a number not bound to the serial")
+                self._refuse(ex, Reason.WRONG_PATH, "LOGIN by SMS from a number not bound to it")
+                return
             creds = terminal.current or terminal.pending
             assert creds is not None
         else:
@@ -618,20 +617,23 @@ class PlatformEngine:
                 return
             creds = verified
         if not terminal.enabled:
+            self._refuse(ex, Reason.DISABLED, "terminal disabled")
             self._answer(ex, m.LoginAck(LoginResult.DISABLED, 0))
             return
         if creds.uplink_expiry < ex.now or creds.downlink_expiry < ex.now:
+            self._refuse(ex, Reason.CREDENTIALS_EXPIRED, "uplink or downlink password expired")
             self._answer(ex, m.LoginAck(LoginResult.EXPIRED, 0))
             return
         wants_key = bool(header.flag & Flag.KEY_REQUEST) and not ex.sms
         if wants_key:
             proof = find(msg.tlvs, TAG_BASE_KEY_PROOF) or b""
             if not proofs_equal(proof, base_key_proof(creds.base_key, creds.base_key_expiry)):
+                self._refuse(ex, Reason.AUTH_FAILED, "LOGIN base key proof differs")
                 self._answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0))
                 return
         if creds is terminal.pending:
             terminal.current, terminal.pending = terminal.pending, None
-            log.info("Credential set of {serial} committed", serial=terminal.serial)
+            log.info("Credential set of {serial} committed", **ex.log_keys)
         result = (
             LoginResult.OK if self._sync_consistent(terminal, msg.sync_crc) else LoginResult.OK_SYNC
         )
@@ -707,10 +709,10 @@ class PlatformEngine:
         self._set_state(terminal, TerminalState.LOGGED_IN)
         self.registry.save(terminal)
         log.info(
-            "Terminal {serial} logged in over {bearer} from {address}",
-            serial=serial,
-            bearer=ex.bearer.kind,
-            address=ex.bearer.address,
+            "Terminal {serial} logged in over {bearer} from {peer}",
+            event="login",
+            version=f"{version:#06x}",
+            **ex.log_keys,
         )
         return session
 
@@ -737,7 +739,8 @@ class PlatformEngine:
         serial = frame.header.serial
         terminal = self.registry.get(serial)
         if terminal is None:
-            raise ProtocolError("LOGOUT from an unknown serial")
+            self._refuse(ex, Reason.UNKNOWN_SERIAL, "not provisioned")
+            return
         ex.terminal = terminal
         msg = m.Logout.decode_body(frame.body, padded=True)
         session = self.sessions.get(serial)
@@ -766,26 +769,17 @@ class PlatformEngine:
         )
         if reason == LogoutReason.RECONFIGURED and self.router is not None:
             self.router.reconfigured(terminal)
-        self.end_session(terminal, reason, state, ex.now)
+        self.end_session(terminal, reason, state, ex.now, via=ex)
 
     def _authenticate(self, ex: _Exchange, terminal: Terminal, timestamp: int) -> bool:
         """Digest (IP) or MSISDN (SMS) check of a request; sets the answer's key (6.2)."""
         if ex.sms:
             if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
-                log.info(
-                    "{command} by SMS from {msisdn} not bound to {serial}: discarded",
-                    command=ex.header.command_name,
-                    msisdn=ex.bearer.address,
-                    serial=terminal.serial,
-                )
+                self._refuse(ex, Reason.WRONG_PATH, "by SMS from a number not bound to it")
                 return False
             return True
         if ex.frame.digest is None:
-            log.info(
-                "{command} from {serial} without the required digest: discarded",
-                command=ex.header.command_name,
-                serial=terminal.serial,
-            )
+            self._refuse(ex, Reason.MISSING_DIGEST, "the required digest is missing")
             return False
         session = self.sessions.get(terminal.serial or "")
         if session is not None:
@@ -794,6 +788,7 @@ class PlatformEngine:
             try:
                 up, down = digest_keys(terminal)
             except LookupError:
+                self._refuse(ex, Reason.AUTH_FAILED, "no credential set to verify the digest")
                 return False
         if not verify_frame(ex.frame, timestamp, up):
             self._auth_failure(ex, terminal, f"{ex.header.command_name} digest does not verify")
@@ -802,10 +797,24 @@ class PlatformEngine:
         ex.timestamp = timestamp
         return True
 
-    def end_session(self, terminal: Terminal, reason: int, state: str, now: float) -> None:
-        """Release a logical connection (9.4, 9.5)."""
+    def end_session(
+        self,
+        terminal: Terminal,
+        reason: int,
+        state: str,
+        now: float,
+        *,
+        via: _Exchange | None = None,
+    ) -> None:
+        """Release a logical connection (9.4, 9.5); ``via`` is the terminal's LOGOUT."""
         serial = terminal.serial or ""
         session = self.sessions.pop(serial, None)
+        if via is not None:
+            keys = via.log_keys
+        elif session is not None and session.bearer is not None:
+            keys = {"serial": serial, "bearer": session.bearer.kind, "peer": session.bearer.address}
+        else:
+            keys = {"serial": serial}
         if session is not None:
             terminal.last_session_timestamp = session.timestamp
             if state == TerminalState.OFFLINE and session.tcp is not None:
@@ -823,10 +832,11 @@ class PlatformEngine:
         self._set_state(terminal, state, reason)
         self.registry.save(terminal)
         log.info(
-            "Session of {serial} ended (reason {reason}): {state}",
-            serial=serial,
-            reason=reason,
+            "Session of {serial} ended (logout reason {logout_reason}): {state}",
+            event="logout",
+            logout_reason=reason,
             state=state,
+            **keys,
         )
         if self.router is not None:
             self.router.on_session_ended(terminal, f"session ended (logout reason {reason})")
@@ -837,18 +847,14 @@ class PlatformEngine:
         header = ex.header
         session = self.sessions.get(header.serial)
         if session is None:
-            log.debug("HEART_BEAT from {serial}, not logged in: discarded", serial=header.serial)
+            self._refuse(ex, Reason.NOT_LOGGED_IN, "no session (PD-20)")
             return
         bearer = ex.bearer
         if not (
             (session.tcp is not None and session.tcp.same_path(bearer))
             or (bearer.kind == "udp" and bearer.host == session.auth_host)
         ):
-            log.info(
-                "HEART_BEAT for {serial} from {address} fails the bearer check (PD-25)",
-                serial=header.serial,
-                address=bearer.address,
-            )
+            self._refuse(ex, Reason.WRONG_PATH, "not the session's bearer (PD-25)")
             return
         session.last_valid = ex.now
         if bearer.kind == "udp":
@@ -887,16 +893,13 @@ class PlatformEngine:
             if ex.sms and command == Command.CONFIG_TRAP:
                 self._alarm_without_login(ex, None)
                 return
-            raise ProtocolError("request from an unknown serial")
+            self._refuse(ex, Reason.UNKNOWN_SERIAL, "not provisioned")
+            return
         if session is None:
             if ex.sms and command == Command.CONFIG_TRAP:
                 self._alarm_without_login(ex, terminal)
                 return
-            log.info(
-                "{command} from {serial}, not logged in: discarded (PD-20)",
-                command=header.command_name,
-                serial=header.serial,
-            )
+            self._refuse(ex, Reason.NOT_LOGGED_IN, "no session (PD-20)")
             return
         ex.session = session
         if not self._authenticate(ex, terminal, session.timestamp):
@@ -944,12 +947,7 @@ class PlatformEngine:
 
     def _unparseable(self, ex: _Exchange, command: int, exc: BodyError) -> None:
         """Spec 4.2 rule 4: the generic error answer, or a discard."""
-        log.info(
-            "Unparseable {command} from {serial}: {reason}",
-            command=ex.header.command_name,
-            serial=ex.header.serial,
-            reason=exc.reason,
-        )
+        self._refuse(ex, Reason.MALFORMED, exc.reason)
         result = GENERIC_ERROR_RESULT.get(command)
         if result is None:
             return
@@ -1146,10 +1144,7 @@ class PlatformEngine:
             return
         values = tlv_dict(msg.tlvs)
         if TAG_ALARM_STATUS not in values:
-            log.info(
-                "CONFIG_TRAP by SMS from {serial}, not logged in and not an alarm",
-                serial=ex.header.serial,
-            )
+            self._refuse(ex, Reason.NOT_LOGGED_IN, "no session and not an alarm (10.4.6)")
             return
         msisdn = normalize_msisdn(ex.bearer.address)
         if terminal is not None and terminal.msisdn == msisdn:
@@ -1237,7 +1232,12 @@ class PlatformEngine:
         header = frame.header
         terminal = self.registry.get(header.serial)
         if terminal is None or self.router is None:
-            raise ProtocolError("answer from an unknown serial")
+            self.refusals.report(
+                Reason.UNKNOWN_SERIAL,
+                "answer from a serial not provisioned",
+                **terminal_keys(header, bearer),
+            )
+            return
         session = self.sessions.get(header.serial)
         ex = _Exchange(frame, bearer, now, terminal, session)
         timestamp = session.timestamp if session else terminal.last_session_timestamp
@@ -1261,12 +1261,7 @@ class PlatformEngine:
                 padded = cipher.name == "legacy"
             message = m.decode_message(header.command_id, body, padded=padded)
         except ProtocolError as exc:
-            log.info(
-                "Unparseable {command} from {serial}: {reason}",
-                command=header.command_name,
-                serial=header.serial,
-                reason=exc.reason,
-            )
+            self.refusals.report(Reason.MALFORMED, exc.reason, **terminal_keys(header, bearer))
             message = None
         self.router.on_answer(terminal, header, message, bearer)
 
@@ -1532,15 +1527,13 @@ class PlatformEngine:
         for observer in self.state_observers:
             observer(terminal, old, state, reason)
 
+    def _refuse(self, ex: _Exchange, reason: Reason, detail: str, **fields: object) -> None:
+        """Report what this exchange is refused for, with its terminal keys."""
+        self.refusals.report(reason, detail, **ex.log_keys, **fields)
+
     def _auth_failure(self, ex: _Exchange, terminal: Terminal, reason: str) -> None:
         terminal.auth_failures += 1
-        log.warn(
-            "Authentication failure for {serial} from {address}: {reason} ({count} so far)",
-            serial=terminal.serial,
-            address=ex.bearer.address,
-            reason=reason,
-            count=terminal.auth_failures,
-        )
+        self._refuse(ex, Reason.AUTH_FAILED, reason, failures=terminal.auth_failures)
         self._log(
             terminal,
             ex.header.serial,
@@ -1575,6 +1568,17 @@ class PlatformEngine:
                 detail=detail,
             )
         )
+
+
+def terminal_keys(header: Header, bearer: Bearer) -> dict[str, object]:
+    """The keys every log event about a terminal's message carries (issue #8)."""
+    return {
+        "serial": header.serial,
+        "command": header.command_name,
+        "sequence_id": header.sequence_id,
+        "bearer": bearer.kind,
+        "peer": bearer.address,
+    }
 
 
 def _requestable(tag: int, values: dict[int, bytes]) -> bool:

@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from m2mgw.config import ProtocolConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine import PlatformEngine, terminal_keys
 from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
+from m2mgw.core.refusals import Reason
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.session import Bearer
 from m2mgw.protocol import messages as m
@@ -258,6 +259,7 @@ class Router:
             serial=serial,
             sequence_id=sequence_id,
             bearer=bearer.kind,
+            peer=bearer.address,
         )
 
     def _part_frame(
@@ -327,11 +329,10 @@ class Router:
             or header.command_id != request.command | ACK_BIT
             or header.sequence_id != request.sequence_id
         ):
-            log.info(
-                "Unmatched {command} seq {sequence_id} from {serial}: discarded",
-                command=header.command_name,
-                sequence_id=header.sequence_id,
-                serial=serial,
+            self.engine.refusals.report(
+                Reason.UNMATCHED_ANSWER,
+                "no outstanding request with this Command_ID and Sequence_ID",
+                **terminal_keys(header, bearer),
             )
             return
         if message is None:
@@ -546,6 +547,16 @@ class Router:
         """A platform LOGOUT, sent once outside the queue (4.5, 9.4)."""
         traffic = self._traffic_of(terminal.serial or "")
         traffic.logout_sequence = self._send_unqueued(terminal, m.Logout(reason), bearer)
+        log.info(
+            "Platform LOGOUT (reason {logout_reason}) sent to {serial} over {bearer}",
+            event="platform-logout",
+            logout_reason=reason,
+            serial=terminal.serial,
+            command=m.MESSAGE_NAMES[Command.LOGOUT],
+            sequence_id=traffic.logout_sequence,
+            bearer=bearer.kind,
+            peer=bearer.address,
+        )
 
     # ------------------------------------------------------------------ SMS wake-up
 

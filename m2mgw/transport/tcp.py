@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from m2mgw.config import TcpConfig
 from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.refusals import Reason
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import StreamFramer
 
@@ -52,9 +53,9 @@ class TerminalConnection(protocol.Protocol):
             self._pending_bytes += len(data)
             if self._pending_bytes > self.factory.config.max_write_buffer:
                 log.warn(
-                    "Write buffer of {address} above {limit} bytes: closing",
-                    address=self.address,
+                    "Write buffer of {peer} ({serial}) above {limit} bytes: closing",
                     limit=self.factory.config.max_write_buffer,
+                    **self.log_keys,
                 )
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
@@ -66,6 +67,11 @@ class TerminalConnection(protocol.Protocol):
 
     def same_path(self, other: object) -> bool:
         return other is self
+
+    @property
+    def log_keys(self) -> dict[str, object]:
+        """The terminal keys of a log event about this connection (issue #8)."""
+        return {"serial": self.bound_serial, "bearer": self.kind, "peer": self.address}
 
     # IPushProducer: the transport tells us when its buffer fills ---------------------
 
@@ -98,10 +104,10 @@ class TerminalConnection(protocol.Protocol):
         self.host = getattr(peer, "host", str(peer))
         self.address = f"{self.host}:{getattr(peer, 'port', '')}"
         if len(factory.connections) >= factory.config.max_connections:
-            log.warn(
-                "Connection cap {cap} reached: refusing {address}",
-                cap=factory.config.max_connections,
-                address=self.address,
+            factory.engine.refusals.report(
+                Reason.CONNECTION_CAP,
+                f"connection cap {factory.config.max_connections} reached",
+                **self.log_keys,
             )
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -120,11 +126,8 @@ class TerminalConnection(protocol.Protocol):
         try:
             frames = self.framer.feed(data)
         except FramingError as exc:
-            log.info(
-                "Framing error from {address} ({serial}): {reason}; closing",
-                address=self.address,
-                serial=self.bound_serial,
-                reason=exc.reason,
+            self.factory.engine.refusals.report(
+                Reason.FRAMING, f"{exc.reason}; closing", **self.log_keys
             )
             self._open = False
             self.transport.abortConnection()  # type: ignore[union-attr]
@@ -142,18 +145,14 @@ class TerminalConnection(protocol.Protocol):
     def _no_login(self) -> None:
         if not self.accepted:
             log.info(
-                "No accepted message from {address} within {seconds} s: closing",
-                address=self.address,
+                "No accepted message from {peer} within {seconds} s: closing",
                 seconds=self.factory.login_timeout,
+                **self.log_keys,
             )
             self.close()
 
     def _idle(self) -> None:
-        log.info(
-            "Connection from {address} ({serial}) idle: closing",
-            address=self.address,
-            serial=self.bound_serial,
-        )
+        log.info("Connection from {peer} ({serial}) idle: closing", **self.log_keys)
         self.close()
 
     def connectionLost(self, reason: object = None) -> None:
@@ -165,9 +164,9 @@ class TerminalConnection(protocol.Protocol):
         self.factory.connections.discard(self)
         if self.framer.buffered:
             log.info(
-                "Connection from {address} closed with a half frame of {size} bytes",
-                address=self.address,
+                "Connection from {peer} closed with a half frame of {size} bytes",
                 size=self.framer.buffered,
+                **self.log_keys,
             )
         if was_open or self.bound_serial:
             self.factory.engine.bearer_lost(self)

@@ -7,6 +7,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.refusals import Reason
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import parse_datagram
 
@@ -30,7 +31,9 @@ class UdpBearer:
         try:
             self._transport.write(data, self.addr)
         except OSError as exc:
-            log.info("UDP send to {address} failed: {error}", address=self.address, error=exc)
+            log.info(
+                "UDP send to {peer} failed: {error}", bearer=self.kind, peer=self.address, error=exc
+            )
 
     def close(self) -> None:
         """Nothing to close on UDP."""
@@ -72,11 +75,8 @@ class TerminalDatagramProtocol(DatagramProtocol):
         try:
             frame = parse_datagram(datagram)
         except FramingError as exc:
-            log.info(
-                "Discarded datagram from {host}:{port}: {reason}",
-                host=addr[0],
-                port=addr[1],
-                reason=exc.reason,
+            self.engine.refusals.report(
+                Reason.FRAMING, exc.reason, bearer=UdpBearer.kind, peer=f"{addr[0]}:{addr[1]}"
             )
             return
         self.engine.receive(frame, UdpBearer(self.transport, addr))  # type: ignore[arg-type]
