@@ -229,6 +229,16 @@ def _log_level(raw: str) -> LogLevel:
         raise _Invalid("one of debug, info, warn, error, critical") from None
 
 
+def _one_of(*choices: str) -> Parser:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise _Invalid("one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
 # --- endpoint descriptions ---------------------------------------------------------------
 
 _ENDPOINT_KINDS = ("tcp", "tcp6", "ssl", "unix", "systemd")
@@ -253,6 +263,24 @@ def endpoint_parts(description: str) -> tuple[str, list[str], dict[str, str]]:
         else:
             args.append(part)
     return kind.lower(), args, kwargs
+
+
+def connect_address(description: str | None) -> tuple[str, int] | None:
+    """(host, port) where a client on this machine reaches a TCP server endpoint.
+
+    A wildcard interface means loopback; None for ``none``, ``unix:`` and ``systemd:``,
+    whose address the description does not tell.
+    """
+    if description is None:
+        return None
+    kind, args, kwargs = endpoint_parts(description)
+    port = args[0] if args else kwargs.get("port", "")
+    if kind not in _PORT_KINDS or not port.isdigit():
+        return None
+    host = kwargs.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = "::1" if kind == "tcp6" else "127.0.0.1"
+    return host, int(port)
 
 
 def _endpoint(raw: str) -> str | None:
@@ -429,10 +457,13 @@ class AppConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
-    """``[log]``: the minimum level of gateway log events."""
+    """``[log]``: level and format of the gateway's log, and how refusals are limited."""
 
     # _setting returns a dataclasses.Field; ruff cannot see that LogLevel is a constant.
     level: LogLevel = _setting(LogLevel.info, _log_level)  # noqa: RUF009
+    format: str = _setting("text", _one_of("text", "json"))
+    refusal_burst: int = _setting(5, _integer(1, 1000))
+    refusal_interval: float = _setting(60.0, _duration(1, _DAY))
 
 
 @dataclass(frozen=True)

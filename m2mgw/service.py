@@ -17,15 +17,16 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.web import server
 
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
 from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
+from m2mgw.logsetup import DebugAccessLogSite
 from m2mgw.sms.service import SmsService
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
@@ -93,6 +94,9 @@ class GatewayService(service.MultiService):
             clock,
             serial_prefix=config.registry.serial_prefix,
             uplink=self.uplink,
+            refusals=Refusals(
+                clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
+            ),
         )
         self.router = Router(self.engine, self.registry, clock, config.protocol)
         self.files = FileService(self.registry, config, clock)
@@ -128,7 +132,7 @@ class GatewayService(service.MultiService):
             self._listen("app", config.app.listen, self.apps.listener())
         if config.admin.listen:
             admin = AdminResource(self)
-            site = server.Site(admin)
+            site = DebugAccessLogSite(admin)
             site.displayTracebacks = False
             self._listen("admin", config.admin.listen, site)
         for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
@@ -193,6 +197,7 @@ class GatewayService(service.MultiService):
         service.Service.stopService(self)
         yield DeferredList([d for child in reversed(list(self)) if (d := child.stopService())])
         self.router.stop()
+        self.engine.refusals.flush()
         if self.tcp_factory is not None:
             self.tcp_factory.close_all()
         yield self.registry.close()

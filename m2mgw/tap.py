@@ -9,6 +9,7 @@ from twisted.python import usage
 
 import m2mgw
 from m2mgw.config import CONFIG_ENV, SYSTEM_CONFIG, ConfigError, config_path, load_config
+from m2mgw.logsetup import use_for_twistd
 
 
 class Options(usage.Options):
@@ -31,6 +32,8 @@ class Options(usage.Options):
             self["gateway_config"] = load_config(config_path(self["config"]))
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
+        # twistd's options (the parent) choose the log observer after ours are parsed.
+        use_for_twistd(getattr(self, "parent", None), self["gateway_config"].log)
 
 
 def makeService(options: Options) -> IService:

@@ -398,7 +398,9 @@ class TerminalClient:
     on SMS no digest, encryption or fragmentation is used (10.4). With
     ``encrypt_bodies`` every message that may be is sent in ``E042`` once a session
     key exists. ``download`` is ``'file'`` to fetch offered files with FILE_REQ, or
-    ``'none'`` to leave fetching to the driver.
+    ``'none'`` to leave fetching to the driver. With ``post_login_trap`` a LOGIN_ACK 0
+    is followed by the empty CONFIG_TRAP that terminals typically send (4.4), which
+    releases the platform's queued requests at once instead of after ``sync_trap_wait``.
 
     The client owns ``identity`` and keeps it current, as a terminal's flash would: the
     serial after REGISTER_ACK, the credentials after SECURITY_CONFIG op 0, the sync
@@ -415,6 +417,7 @@ class TerminalClient:
         encrypt_bodies: bool = False,
         download: str = "none",
         want_session_key: bool = False,
+        post_login_trap: bool = False,
         version: int = 0x0300,
         first_sequence: int = 1,
         accepted_versions: tuple[int, ...] = DEFAULT_ACCEPTED_VERSIONS,
@@ -427,6 +430,7 @@ class TerminalClient:
         self.encrypt_bodies = encrypt_bodies
         self.download = download
         self.want_session_key = want_session_key
+        self.post_login_trap = post_login_trap
         self.version = version
         self.accepted_versions = accepted_versions
         self._clock = clock
@@ -711,6 +715,8 @@ class TerminalClient:
         events.insert(0, LoggedIn(result, ack.timestamp, self.session_key, expiry))
         if result == 1:
             self._out.append(self.sync_trap())
+        elif self.post_login_trap:
+            self._out.append(self.trap([]))
         return events
 
     def _on_answer_part(self, frame: Frame, pending: _Pending, now: float) -> list[Event]:

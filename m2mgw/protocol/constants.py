@@ -138,6 +138,28 @@ class FileReqStatus(IntEnum):
     ABORT = 3
 
 
+class ConfigResult(IntEnum):
+    """CONFIG_GET/SET/REQ/TRAP_ACK and REMOTE_CTRL_ACK ret (spec 5.5)."""
+
+    OK = 0
+    ERROR = 1
+
+
+class DownloadResult(IntEnum):
+    """DOWNLOAD_INFO_ACK result (spec 5.6); 1 is the success."""
+
+    ACCEPTED = 1
+    UNUSABLE_URL = 4
+    DOWNLOAD_FAILED = 5
+
+
+class SecurityResult(IntEnum):
+    """SECURITY_CONFIG_ACK ret (spec 5.8)."""
+
+    OK = 0
+    ERROR = 2
+
+
 class SecurityOp(IntEnum):
     """SECURITY_CONFIG operations (spec 4.13)."""
 
@@ -186,3 +208,39 @@ GENERIC_ERROR_RESULT: dict[int, int] = {
     Command.TRANSPARENT_CMD: 3,
     Command.FILE_REQ: 3,
 }
+
+
+# The result table of each request's answer (spec 5), for people reading results.
+RESULT_CODES: dict[int, type[IntEnum]] = {
+    Command.REGISTER: RegisterResult,
+    Command.LOGIN: LoginResult,
+    Command.TRANSPARENT_DATA: TransparentResult,
+    Command.TRANSPARENT_CMD: TransparentResult,
+    Command.CONFIG_GET: ConfigResult,
+    Command.CONFIG_SET: ConfigResult,
+    Command.CONFIG_REQ: ConfigResult,
+    Command.CONFIG_TRAP: ConfigResult,
+    Command.REMOTE_CTRL: ConfigResult,
+    Command.DOWNLOAD_INFO: DownloadResult,
+    Command.FILE_REQ: FileStatus,
+    Command.SECURITY_CONFIG: SecurityResult,
+}
+
+
+def code_name(codes: type[IntEnum], code: int) -> str:
+    """The name of ``code`` in ``codes``; ``reserved`` for a code the table leaves open."""
+    try:
+        return codes(code).name
+    except ValueError:
+        return "reserved"
+
+
+def code_label(codes: type[IntEnum], code: int) -> str:
+    """``2 (AUTH_FAILED)``: a code with its name, the one way tools print codes."""
+    return f"{code} ({code_name(codes, code)})"
+
+
+def result_label(command_id: int, code: int) -> str:
+    """The result of the answer to ``command_id`` (request or ACK ID) with its name."""
+    codes = RESULT_CODES.get(command_id & ~ACK_BIT)
+    return str(code) if codes is None else code_label(codes, code)

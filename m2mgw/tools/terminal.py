@@ -6,9 +6,13 @@ all terminals, demultiplexed by the header serial. On SMS (``--mode sms``) the
 terminals reach the gateway's modem emulator through its control socket: their
 messages are injected with ``deliver``, and the SMS the gateway sent (``sent``, polled)
 are picked by destination MSISDN and reassembled. One process runs thousands of
-terminals: no threads, staggered starts, one timer per terminal. With
-``--json-events`` every event is one JSON line on stdout, for tests and the quick
-start. The exit code is 0 when every terminal logged in and out cleanly.
+terminals: no threads, staggered starts, one timer per terminal.
+
+Every event is one readable line on stdout (``A972030000001234: logged in, LOGIN_ACK 0
+(OK)``), result codes with their names; with ``--json-events`` it is one JSON object
+instead, for scripts and tests. Ctrl-C (SIGINT) or SIGTERM logs every terminal out
+before the process ends. The exit code is 0 when every terminal logged in and out
+cleanly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from enum import IntEnum
 from typing import IO, Any
 from typing import Protocol as TypingProtocol
 
@@ -31,10 +36,19 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from m2mgw.config import ConfigError, connect_address, load_config
 from m2mgw.core import terminal as core
 from m2mgw.core.model import normalize_msisdn
 from m2mgw.protocol import messages as m
-from m2mgw.protocol.constants import Command, LogoutReason, command_name
+from m2mgw.protocol.constants import (
+    RESULT_CODES,
+    Command,
+    LoginResult,
+    LogoutReason,
+    RegisterResult,
+    code_name,
+    command_name,
+)
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.framing import StreamFramer, parse_datagram
 from m2mgw.protocol.tags import BY_NAME, encode_value
@@ -45,6 +59,7 @@ from m2mgw.sms.pdu import SmsDeliver, decode_submit
 log = Logger()
 
 MODES = ("tcp-long", "tcp-short", "udp", "sms")
+SHUTDOWN_GRACE = 5.0  # seconds the terminals get to log out at SIGINT/SIGTERM
 
 
 class Reactor(TypingProtocol):
@@ -59,6 +74,10 @@ class Reactor(TypingProtocol):
     ) -> object: ...
 
     def listenUDP(self, port: int, protocol: DatagramProtocol) -> Any: ...
+
+    def addSystemEventTrigger(
+        self, phase: str, event_type: str, f: Callable[..., Any], *a: object
+    ) -> Any: ...
 
 
 # --- identities ------------------------------------------------------------------------
@@ -128,15 +147,22 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
         "downlink_password": args.downlink_password,
         "base_key": args.base_key,
     }
+    config = dict(EXAMPLE_SYNC_VALUES)
+    if args.heartbeat is not None:
+        config[_TAG_HEARTBEAT] = encode_value(_TAG_HEARTBEAT, reported_heartbeat(args.heartbeat))
+    # REGISTER op 0 by SMS: the credentials follow by SMS (6.3.4), none are needed before.
+    sent_by_sms = args.mode == "sms" and args.register_op == 0
     identities = []
     for index in range(args.count):
         record = {k: v for k, v in shared.items() if v is not None}
         record.update(records[index] if records else {})
-        if "uplink_password" not in record or "downlink_password" not in record:
+        credentials = None
+        if "uplink_password" in record and "downlink_password" in record:
+            credentials = core.Credentials(
+                **{k: record[k] for k in _CREDENTIAL_KEYS if record.get(k) is not None}
+            )
+        elif not sent_by_sms:
             raise ValueError("credentials needed: --uplink-password/--downlink-password or a file")
-        credentials = core.Credentials(
-            **{k: record[k] for k in _CREDENTIAL_KEYS if record.get(k) is not None}
-        )
         cipher = record.get("cipher", args.cipher)
         identities.append(
             core.TerminalIdentity(
@@ -146,42 +172,54 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
                 credentials=credentials,
                 cipher=None if cipher in (None, "none") else cipher,
                 software_version=args.software_version,
-                config=dict(EXAMPLE_SYNC_VALUES),
+                config=dict(config),
             )
         )
     return identities
 
 
+def reported_heartbeat(seconds: float) -> int:
+    """``--heartbeat`` as TLV ``0x0011`` reports it: whole seconds, at least 1."""
+    return max(1, round(seconds))
+
+
+_TAG_HEARTBEAT = 0x0011
 EXAMPLE_SYNC_VALUES: dict[int, bytes] = {
     0x0002: b"CMNET",
     0x0007: b"1065840436",
     0x0009: bytes.fromhex("C000020A"),
     0x000A: bytes.fromhex("14731474"),
-    0x0011: (90).to_bytes(4, "big"),
+    _TAG_HEARTBEAT: (90).to_bytes(4, "big"),
 }
-"""The sync values of the spec's example identity (11), used by every simulated terminal."""
+"""The sync values of the spec's example identity (11), used by every simulated terminal;
+``--heartbeat`` replaces ``0x0011``."""
 
 
 # --- events ----------------------------------------------------------------------------
 
 
 def event_record(event: core.Event) -> dict[str, Any]:
-    """The JSON form of an event: ``{"event": name, ...fields}``."""
+    """The JSON form of an event: ``{"event": name, ...fields}``; each result code is
+    followed by its name (``"result": 2, "result_name": "AUTH_FAILED"``)."""
     if isinstance(event, core.LoggedIn):
-        return {"event": "logged_in", "result": event.result, "timestamp": event.timestamp,
+        return {"event": "logged_in", **_named(LoginResult, "result", event.result),
+                "timestamp": event.timestamp,
                 "session_key": event.session_key is not None}  # fmt: skip
     if isinstance(event, core.LoginFailed):
-        return {"event": "login_failed", "result": event.result}
+        return {"event": "login_failed", **_named(LoginResult, "result", event.result)}
     if isinstance(event, core.Registered):
-        return {"event": "registered", "result": event.result, "new_serial": event.serial}
+        return {"event": "registered", **_named(RegisterResult, "result", event.result),
+                "new_serial": event.serial}  # fmt: skip
     if isinstance(event, core.LoggedOut):
-        return {"event": "logged_out", "reason": event.reason, "by_platform": event.by_platform}
+        return {"event": "logged_out", **_named(LogoutReason, "reason", event.reason),
+                "by_platform": event.by_platform}  # fmt: skip
     if isinstance(event, core.Answer):
         return _answer_record(event)
     if isinstance(event, core.PlatformRequest):
+        codes = RESULT_CODES.get(event.message.COMMAND)
         return {"event": "platform_request", "command": event.name,
-                "sequence_id": event.sequence_id, "result": event.result,
-                **_message_fields(event.message)}  # fmt: skip
+                "sequence_id": event.sequence_id, **_message_fields(event.message),
+                **_named(codes, "result", event.result)}  # fmt: skip
     if isinstance(event, core.CredentialsChanged):
         return {"event": "credentials_changed"}
     if isinstance(event, core.DownloadOffered):
@@ -207,10 +245,25 @@ _ANSWER_EVENTS = {
 }
 
 
+_RESULT_FIELDS = ("result", "ret", "status")  # what the answers call their result code
+
+
 def _answer_record(event: core.Answer) -> dict[str, Any]:
     name = _ANSWER_EVENTS.get(event.command & 0x7FFF, "answer")
-    return {"event": name, "command": event.name, "sequence_id": event.sequence_id,
-            **_message_fields(event.message)}  # fmt: skip
+    record = {"event": name, "command": event.name, "sequence_id": event.sequence_id,
+              **_message_fields(event.message)}  # fmt: skip
+    codes = RESULT_CODES.get(event.command & 0x7FFF)
+    for key in _RESULT_FIELDS:
+        if isinstance(record.get(key), int):
+            record.update(_named(codes, key, record[key]))
+    return record
+
+
+def _named(codes: type[IntEnum] | None, key: str, code: int) -> dict[str, Any]:
+    """``{key: code, key_name: NAME}``; just the code where no table names it."""
+    if codes is None:
+        return {key: code}
+    return {key: code, f"{key}_name": code_name(codes, code)}
 
 
 def _message_fields(message: m.Message) -> dict[str, Any]:
@@ -221,17 +274,80 @@ def _message_fields(message: m.Message) -> dict[str, Any]:
     return fields
 
 
-class EventSink:
-    """Writes events as JSON lines (``--json-events``) or as log lines."""
+def _label(record: dict[str, Any], key: str) -> str:
+    """``2 (AUTH_FAILED)`` from a record's code and its name."""
+    name = record.get(f"{key}_name")
+    return f"{record[key]} ({name})" if name else str(record[key])
 
-    def __init__(self, stream: IO[str] | None) -> None:
+
+def _answer_text(record: dict[str, Any]) -> str:
+    """An answer's command and result code, e.g. ``TRANSPARENT_DATA_ACK 0 (ACCEPTED)``."""
+    key = next((k for k in _RESULT_FIELDS if isinstance(record.get(k), int)), None)
+    return record["command"] + (f" {_label(record, key)}" if key else "")
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One event record as a line for people (without the serial)."""
+    kind = record["event"]
+    if kind == "logged_in":
+        key = ", with a session key" if record["session_key"] else ""
+        return f"logged in, LOGIN_ACK {_label(record, 'result')}{key}"
+    if kind == "login_failed":
+        return f"login refused, LOGIN_ACK {_label(record, 'result')}"
+    if kind == "registered":
+        serial = f", serial {record['new_serial']}" if record["new_serial"] else ""
+        return f"registered, REGISTER_ACK {_label(record, 'result')}{serial}"
+    if kind == "logged_out":
+        who = " by the platform" if record["by_platform"] else ""
+        return f"logged out{who}, reason {_label(record, 'reason')}"
+    if kind == "heartbeat_ack":
+        return "heartbeat answered"
+    if kind in ("data_ack", "cmd_ack", "trap_ack"):
+        what = {"data_ack": "data", "cmd_ack": "command", "trap_ack": "trap"}[kind]
+        return f"{what} sent, {_answer_text(record)}"
+    if kind == "answer":
+        return f"answered: {_answer_text(record)}"
+    if kind == "platform_request":
+        data = f", data {record['data']}" if record.get("data") else ""
+        source = f" from {record['source']}" if record.get("source") else ""
+        return (f"{record['command']} {record['sequence_id']}{source} answered with "
+                f"{_label(record, 'result')}{data}")  # fmt: skip
+    if kind == "credentials_changed":
+        return "new credentials received (SECURITY_CONFIG)"
+    if kind == "download_offered":
+        return f"download offered: {record['url']}"
+    if kind == "download":
+        outcome = "downloaded" if record["ok"] else "download failed"
+        detail = f": {record['reason']}" if record.get("reason") else f", {record['size']} bytes"
+        return outcome + detail
+    if kind == "summary":
+        return f"{record['terminals']} terminal(s), {record['failed']} failed"
+    if record.get("kind") == "timeout":
+        return f"error: {record['command']} {record['sequence_id']} got no answer"
+    if record.get("kind") == "failed":
+        return f"error: {record['command']} failed: {record['reason']}"
+    if record.get("kind") == "connect":
+        return f"error: cannot connect: {record['reason']}"
+    if record.get("kind") == "connection":
+        return f"error: connection lost: {record['reason']}"
+    return f"error ({record.get('kind', kind)}): {record.get('reason', '')}"
+
+
+class EventSink:
+    """Writes each event as one readable line, or as one JSON line (``--json-events``)."""
+
+    def __init__(self, stream: IO[str], *, json_lines: bool = False) -> None:
         self._stream = stream
+        self._json = json_lines
 
     def emit(self, serial: str, record: dict[str, Any]) -> None:
-        if self._stream is None:
-            log.info("{serial}: {record}", serial=serial, record=record)
-            return
-        self._stream.write(json.dumps({"serial": serial, **record}) + "\n")
+        if self._json:
+            line = json.dumps({"serial": serial, **record})
+        elif record["event"] == "summary":
+            line = describe(record)
+        else:
+            line = f"{serial}: {describe(record)}"
+        self._stream.write(line + "\n")
         self._stream.flush()
 
 
@@ -297,7 +413,13 @@ class SimulatedTerminal:
     # -- the life cycle --------------------------------------------------------------
 
     def _login(self) -> None:
-        self._transmit(self.client.login(request_session_key=self.fleet.args.session_key))
+        try:
+            frame = self.client.login(request_session_key=self.fleet.args.session_key)
+        except core.TerminalStateError as exc:  # e.g. registered, but no credentials came
+            self.emit({"event": "error", "kind": "login", "reason": exc.reason})
+            self._end(False)
+            return
+        self._transmit(frame)
 
     def _on_event(self, event: core.Event) -> None:
         self.emit(event_record(event))
@@ -310,6 +432,11 @@ class SimulatedTerminal:
             else:
                 self._end(False)
         elif isinstance(event, core.LoggedIn):
+            # The post-login CONFIG_TRAP (4.4) goes before any work: it releases the
+            # platform's queued requests.
+            for frame in self.client.data_to_send():
+                self._outstanding.add(int.from_bytes(frame[4:8], "big"))
+                self._transmit(frame)
             if not self._worked:
                 self._worked = True
                 self._work()
@@ -371,6 +498,12 @@ class SimulatedTerminal:
             return
         self._transmit(self.client.logout(LogoutReason.NORMAL))
 
+    def abort(self, reason: str) -> None:
+        """End now, as failed (no clean logout in time)."""
+        if self.ok is None:
+            self.emit({"event": "error", "kind": "aborted", "reason": reason})
+            self._end(False)
+
     def _end(self, ok: bool) -> None:
         if self.ok is not None:
             return
@@ -416,15 +549,22 @@ class SimulatedTerminal:
                 self.send(frame)
         self._flush()
 
+    def _heartbeat_interval(self) -> float:
+        """``--heartbeat`` while TLV 0x0011 still reports it, else 0x0011 (a CONFIG_SET)."""
+        configured = self.fleet.args.heartbeat
+        reported = self.client.heartbeat_interval
+        if configured is not None and reported == reported_heartbeat(configured):
+            return float(configured)
+        return float(max(1, reported))
+
     def _schedule_heartbeat(self) -> None:
-        interval = self.fleet.args.heartbeat or self.client.heartbeat_interval
-        due = self._last_sent + interval
+        due = self._last_sent + self._heartbeat_interval()
         self._heartbeat = self._reactor.callLater(
             max(0.0, due - self._reactor.seconds()), self._on_heartbeat
         )
 
     def _on_heartbeat(self) -> None:
-        interval = self.fleet.args.heartbeat or self.client.heartbeat_interval
+        interval = self._heartbeat_interval()
         if self._reactor.seconds() - self._last_sent >= interval and self.client.logged_in:
             self._transmit(self.client.heartbeat())
         self._schedule_heartbeat()
@@ -641,7 +781,7 @@ class Fleet:
                 core.TerminalClient(
                     identity, bearer, clock=reactor.seconds, encrypt_bodies=args.encrypt,
                     download="file" if args.fetch == "file" else "none",
-                    want_session_key=args.session_key,
+                    want_session_key=args.session_key, post_login_trap=True,
                 ),
                 self,
                 mode=args.mode,
@@ -651,6 +791,10 @@ class Fleet:
         self._udp: SharedUdpProtocol | None = None
         self._udp_port: Any = None
         self._sms: SmsModemLink | None = None
+        self._remaining = len(self.terminals)
+        self._stopped: list[Deferred[None]] = []
+        self._grace: IDelayedCall | None = None
+        self._deadline: IDelayedCall | None = None
 
     def run(self) -> Deferred[int]:
         """Start every terminal (staggered) and fire with 0 when all ended cleanly."""
@@ -663,29 +807,48 @@ class Fleet:
             control = ModemControlClient()
             self._sms = SmsModemLink(self.reactor, control, self.args.sms_poll)
             self.reactor.connectTCP(host, int(port), _ControlFactory(control, self), 30)
-        remaining = len(self.terminals)
         failures = 0
 
         def ended(ok: bool) -> None:
-            nonlocal remaining, failures
-            remaining -= 1
+            nonlocal failures
+            self._remaining -= 1
             failures += not ok
-            if remaining == 0:
+            if self._remaining == 0:
                 self._stop()
                 self.sink.emit("*", {"event": "summary", "terminals": len(self.terminals),
                                      "failed": failures})  # fmt: skip
                 result.callback(1 if failures else 0)
+                for call in (self._grace, self._deadline):
+                    if call is not None and call.active():
+                        call.cancel()
+                for waiter in self._stopped:
+                    waiter.callback(None)
 
         for index, terminal in enumerate(self.terminals):
             terminal.done.addCallback(ended)
             self.reactor.callLater(index * self.args.stagger, self._start, terminal)
         if self.args.duration is not None:
-            self.reactor.callLater(self.args.duration, self.finish_all)
+            self._deadline = self.reactor.callLater(self.args.duration, self.finish_all)
         return result
 
     def finish_all(self) -> None:
         for terminal in self.terminals:
             terminal.finish()
+
+    def shutdown(self) -> Deferred[None] | None:
+        """Before the reactor stops (SIGINT, SIGTERM): log every terminal out, or give up
+        after SHUTDOWN_GRACE; the exit code still tells whether all ended cleanly."""
+        if self._remaining == 0:
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._stopped.append(waiter)
+        self.finish_all()
+        self._grace = self.reactor.callLater(SHUTDOWN_GRACE, self._abandon)
+        return waiter
+
+    def _abandon(self) -> None:
+        for terminal in self.terminals:
+            terminal.abort(f"no logout within {SHUTDOWN_GRACE:g} s of the shutdown")
 
     def _start(self, terminal: SimulatedTerminal) -> None:
         if terminal.ok is not None:
@@ -734,55 +897,167 @@ class Fleet:
 # --- command line ----------------------------------------------------------------------
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (1-65535): {text!r}")
+    return int(text)
+
+
+def _host_port(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    _port(port)
+    return text
+
+
+def _hex_data(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="m2mgw-terminal", description=__doc__.splitlines()[0].replace("``", "")
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--tcp-port", type=int, default=5236)
-    p.add_argument("--udp-port", type=int, default=5235)
-    p.add_argument("--mode", choices=MODES, default="tcp-long")
-    p.add_argument("--serial", default="A972030000001234")
-    p.add_argument("--imei", default="860000000000001")
-    p.add_argument("--imsi", default="460000000000001")
-    p.add_argument("--uplink-password")
-    p.add_argument("--downlink-password")
-    p.add_argument("--base-key")
-    p.add_argument("--cipher", choices=("none", "legacy", "aes"), default="none")
+    p.add_argument("--config", metavar="FILE",
+                   help="the gateway's ini file: take the platform's address and ports from "
+                        "its [tcp] listen and [udp] port/interface")  # fmt: skip
+    p.add_argument("--host", help="the platform's address (default 127.0.0.1)")
+    p.add_argument("--tcp-port", type=_port, help="the platform's TCP port (default 5236)")
+    p.add_argument("--udp-port", type=_port, help="the platform's UDP port (default 5235)")
+    p.add_argument("--mode", choices=MODES, default="tcp-long",
+                   help="bearer and connection: TCP long or short connection, UDP, or SMS "
+                        "through the modem emulator (default tcp-long)")  # fmt: skip
+    p.add_argument(
+        "--serial",
+        default="A972030000001234",
+        help="the (first) terminal's serial; later ones count up",
+    )
+    p.add_argument(
+        "--imei", default="860000000000001", help="the (first) terminal's IMEI; later ones count up"
+    )
+    p.add_argument(
+        "--imsi", default="460000000000001", help="the (first) terminal's IMSI; later ones count up"
+    )
+    p.add_argument("--uplink-password", help="the uplink password (as provisioned)")
+    p.add_argument("--downlink-password", help="the downlink password (as provisioned)")
+    p.add_argument("--base-key", help="the base key, for --session-key")
+    p.add_argument(
+        "--cipher",
+        choices=("none", "legacy", "aes"),
+        default="none",
+        help="the cipher profile of the terminal (default none)",
+    )
     p.add_argument("--session-key", action="store_true", help="request a session key at login")
     p.add_argument("--encrypt", action="store_true", help="send E042 bodies with a session key")
-    p.add_argument("--software-version", default="1.01")
-    p.add_argument("--heartbeat", type=float, help="seconds; default TLV 0x0011 (90)")
-    p.add_argument("--register-op", type=int, choices=range(5), help="REGISTER first")
-    p.add_argument("--send-data", type=bytes.fromhex, metavar="HEX")
+    p.add_argument("--software-version", default="1.01", help="reported in LOGIN (default 1.01)")
+    p.add_argument(
+        "--heartbeat",
+        type=_positive,
+        metavar="SECONDS",
+        help="heartbeat interval, also reported in TLV 0x0011 (default 90)",
+    )
+    p.add_argument(
+        "--register-op",
+        type=int,
+        choices=range(5),
+        help="send REGISTER with this op first (0 new ... 4 cleared)",
+    )
+    p.add_argument(
+        "--send-data", type=_hex_data, metavar="HEX", help="send this TRANSPARENT_DATA after login"
+    )
     p.add_argument("--dest-ec", help="EC code of the data's destination application")
-    p.add_argument("--trap", type=parse_trap, action="append", metavar="TAG=VALUE")
+    p.add_argument(
+        "--trap",
+        type=parse_trap,
+        action="append",
+        metavar="TAG=VALUE",
+        help="a TLV of one CONFIG_TRAP after login (repeatable), e.g. 0x300D=0x20",
+    )
     p.add_argument("--fetch", choices=("none", "http", "file"), default="none",
                    help="on DOWNLOAD_INFO: nothing, an HTTP GET, or FILE_REQ")  # fmt: skip
-    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--count", type=_count, default=1, help="how many terminals (default 1)")
     p.add_argument("--credentials-file", help="JSON lines: serial, imei, imsi, passwords, ...")
     p.add_argument("--stagger", type=float, default=0.005, help="seconds between starts")
-    p.add_argument("--duration", type=float, help="seconds until every terminal logs out")
-    p.add_argument("--json-events", action="store_true", help="one JSON line per event")
-    p.add_argument("--modem-control", metavar="HOST:PORT",
+    p.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="SECONDS",
+        help="log every terminal out after this long (default: at Ctrl-C)",
+    )
+    p.add_argument(
+        "--json-events",
+        action="store_true",
+        help="one JSON object per event instead of a readable line",
+    )
+    p.add_argument("--modem-control", type=_host_port, metavar="HOST:PORT",
                    help="--mode sms: the modem emulator's control socket")  # fmt: skip
     p.add_argument("--msisdn", help="--mode sms: the (first) terminal's MSISDN")
-    p.add_argument("--sms-poll", type=float, default=0.5,
+    p.add_argument("--sms-poll", type=_positive, default=0.5, metavar="SECONDS",
                    help="--mode sms: seconds between polls for the gateway's SMS")  # fmt: skip
     return p
 
 
+def platform_address(args: argparse.Namespace) -> None:
+    """Fill in --host/--tcp-port/--udp-port: given, else from --config, else the defaults."""
+    host, tcp_port, udp_port = "127.0.0.1", 5236, 5235
+    if args.config:
+        config = load_config(args.config)
+        address = connect_address(config.tcp.listen)
+        if address is not None:
+            host, tcp_port = address
+        elif args.mode in ("tcp-long", "tcp-short") and args.tcp_port is None:
+            raise ConfigError(f"{args.config}: [tcp] listen = {config.tcp.listen} names no "
+                              "TCP port to connect to; give --tcp-port")  # fmt: skip
+        udp_port = config.udp.port
+        if args.mode == "udp":
+            host = config.udp.interface if config.udp.interface not in ("", "0.0.0.0") else host
+    args.host = args.host or host
+    args.tcp_port = args.tcp_port or tcp_port
+    args.udp_port = args.udp_port or udp_port
+
+
+def prepare(reactor: Reactor, argv: Sequence[str] | None, stdout: IO[str]) -> Fleet:
+    """Parse ``argv`` into a ready fleet; usage errors exit with status 2 (argparse)."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.mode == "sms" and not (args.modem_control and args.msisdn):
+        p.error("--mode sms needs --modem-control HOST:PORT and --msisdn")
+    try:
+        platform_address(args)
+        identities = build_identities(args)
+    except (ValueError, OSError, ProtocolError, ConfigError) as exc:
+        p.error(str(exc))
+    sink = EventSink(stdout, json_lines=args.json_events)
+    return Fleet(reactor, args, sink, identities)
+
+
 def run(reactor: Reactor, argv: Sequence[str] | None, stdout: IO[str]) -> Deferred[int]:
     """Parse ``argv`` and run the fleet on ``reactor``; fires with the exit code."""
-    args = parser().parse_args(argv)
-    if args.mode == "sms" and not (args.modem_control and args.msisdn):
-        parser().error("--mode sms needs --modem-control HOST:PORT and --msisdn")
-    try:
-        identities = build_identities(args)
-    except (ValueError, OSError, ProtocolError) as exc:
-        parser().error(str(exc))
-    sink = EventSink(stdout if args.json_events else None)
-    return Fleet(reactor, args, sink, identities).run()
+    return prepare(reactor, argv, stdout).run()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -792,7 +1067,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     def exit_with(code: int) -> None:
         raise SystemExit(code)  # react() exits with a SystemExit's code
 
-    react(lambda reactor: run(reactor, argv, sys.stdout).addCallback(exit_with))
+    def start(reactor: Reactor) -> Deferred[None]:
+        fleet = prepare(reactor, argv, sys.stdout)
+        reactor.addSystemEventTrigger("before", "shutdown", fleet.shutdown)
+        return fleet.run().addCallback(exit_with)
+
+    react(start)
 
 
 if __name__ == "__main__":
@@ -805,6 +1085,8 @@ __all__ = [
     "SubmittedSms",
     "build_identities",
     "derive",
+    "describe",
     "main",
+    "prepare",
     "run",
 ]

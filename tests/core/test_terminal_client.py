@@ -197,6 +197,27 @@ def test_login_result_1_sends_the_sync_trap() -> None:
     assert all(values[t] == v for t, v in SYNC_VALUES.items())
 
 
+def test_post_login_trap_follows_login_ack_0() -> None:
+    """4.4: after result 0 a terminal sends an empty CONFIG_TRAP; result 1 the sync trap."""
+    client = make_client(post_login_trap=True)
+    client.login()
+    client.receive(VECTORS["11.3 LOGIN_ACK"], 0.0)
+    [trap] = client.data_to_send()
+    message = sent(trap)
+    assert isinstance(message, m.ConfigTrap) and message.tlvs == []
+    assert client.receive(platform(m.ConfigTrapAck(0), 2), 0.0) == [
+        Answer(0x8007, 2, m.ConfigTrapAck(0))
+    ]
+    client.login()
+    client.receive(platform(m.LoginAck(1, TS_11_3 + 1), 3, ts=TS_11_3 + 1, flag=0x80), 0.0)
+    [sync] = client.data_to_send()
+    assert 0x0025 in tlv_dict(sent(sync, ts=TS_11_3 + 1).tlvs)
+    refused = build_frame(0x8001, 5, SERIAL, m.LoginAck(2, 0).encode_body(), flag=0x80)
+    client.login()
+    assert client.receive(refused, 0.0) == [LoginFailed(2, False)]
+    assert client.data_to_send() == []
+
+
 # --- timers ---------------------------------------------------------------------------
 
 
@@ -617,8 +638,8 @@ class TerminalToolTest(unittest.TestCase):
                                              "--send-data", "0102"])  # fmt: skip
         yield DeferredList(lost)
         self.assertEqual(code, 0)
-        self.assertEqual([r["event"] for r in records],
-                         ["logged_in", "data_ack", "logged_out", "summary"])  # fmt: skip
+        self.assertEqual([r["event"] for r in records],  # the trap is the one after login (4.4)
+                         ["logged_in", "trap_ack", "data_ack", "logged_out", "summary"])
         code, records = yield self.run_tool(["--tcp-port", port, "--serial", "A972030000009999"])
         yield DeferredList(lost)
         self.assertEqual(code, 1)

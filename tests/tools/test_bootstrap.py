@@ -51,7 +51,7 @@ def source(root: Path, cwd: Path, options: str) -> subprocess.CompletedProcess[s
     """Source the script the way a user does, with ``options`` set, snapshot before/after."""
     script = (
         f"set {options}\n{SNAPSHOT}"
-        f"source {root}/scripts/bootstrap.sh\necho \"rc=$?\"\n{SNAPSHOT}"
+        f'source {root}/scripts/bootstrap.sh\necho "rc=$?"\n{SNAPSHOT}'
         'echo "path=$PATH"\necho "still here"\n'
     )
     return subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
