@@ -1148,6 +1148,9 @@ class _Session:
         self.heartbeat = HEARTBEAT_DEFAULT
         self.cipher: Cipher | None = None
         self.encrypt_requests = False
+        #: Seconds an own request waits for its answer (AD-10); an application may wait
+        #: longer, e.g. for a GetConfig sync that the platform answers after sync_wait.
+        self.answer_timeout = ANSWER_TIMEOUT
         self._framer = Framer()
         self._out = bytearray()
         self._events: list[Event] = []
@@ -1356,7 +1359,9 @@ class _Session:
         )
         raw, sender = self._encode(command_id, seq, payload, encrypt=encrypt)
         self._next_seq = ops.next_id(seq)
-        self._outstanding[seq] = _Outstanding(command_id, payload, now + ANSWER_TIMEOUT, sender)
+        self._outstanding[seq] = _Outstanding(
+            command_id, payload, now + self.answer_timeout, sender
+        )
         self._write(raw, now)
         return seq
 
@@ -1489,7 +1494,7 @@ class _Session:
         seq = frame.header.sequence_id
         part = fragment_of(frame)
         self._timeouts_in_a_row = 0
-        pending.deadline = now + ANSWER_TIMEOUT
+        pending.deadline = now + self.answer_timeout
         if pending.sender is not None and not pending.sender.done:
             try:
                 self._write(self._part_frame(pending.command_id, seq,
