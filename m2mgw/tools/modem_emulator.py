@@ -503,19 +503,29 @@ class ModemEmulator:
         return self.modem.commands
 
     def start(self) -> str:
-        """Open the pty and point the link at it; returns the slave device path."""
+        """Open the pty and point the link at it; returns the slave device path.
+
+        On failure (e.g. the link's directory is missing) the pty is closed again and
+        no link is left behind.
+        """
         master, slave = os.openpty()
-        tty.setraw(slave)
-        fdesc.setNonBlocking(master)
         self._slave = slave
         self._master = _PtyMaster(self.reactor, master, self._received)
-        self._master.startReading()
         self.device = os.ttyname(slave)
         temporary = f"{self.link}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        os.symlink(self.device, temporary)
-        os.replace(temporary, self.link)
+        try:
+            tty.setraw(slave)
+            fdesc.setNonBlocking(master)
+            self._master.startReading()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            os.symlink(self.device, temporary)
+            os.replace(temporary, self.link)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            self.stop()
+            raise
         log.info("Modem emulator on {device} (link {link})", device=self.device, link=self.link)
         return self.device
 
@@ -529,7 +539,7 @@ class ModemEmulator:
         if self._slave is not None:
             os.close(self._slave)
             self._slave = None
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, OSError):
             if os.readlink(self.link) == self.device:
                 os.unlink(self.link)
         self.device = None
@@ -633,25 +643,91 @@ class ControlProtocol(LineReceiver):
         return []
 
 
+def _digits(length: range) -> Callable[[str], str]:
+    """An argparse type: a string of digits whose length is in ``length``."""
+
+    def check(text: str) -> str:
+        if not (text.isdigit() and text.isascii() and len(text) in length):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {length.start}-{length.stop - 1} digits"
+            )
+        return text
+
+    return check
+
+
+def _control_port(text: str) -> int:
+    if not (text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
+    return int(text)
+
+
+def _smsc(text: str) -> str:
+    _digits(range(1, 21))(text.removeprefix("+"))
+    return text
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2mgw-modem-emulator", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--link", default="/tmp/m2mgw-modem",
+                        help="symlink to the pty slave: the [sms] device of the gateway "
+                             "(default /tmp/m2mgw-modem)")  # fmt: skip
+    parser.add_argument("--control-port", type=_control_port, default=0,
+                        help="TCP port of the control socket on 127.0.0.1 (default 0: any "
+                             "free port, printed at start)")  # fmt: skip
+    parser.add_argument(
+        "--imei",
+        type=_digits(range(15, 16)),
+        default=Identity.imei,
+        help=f"the modem's IMEI, 15 digits (default {Identity.imei})",
+    )
+    parser.add_argument(
+        "--imsi",
+        type=_digits(range(6, 16)),
+        default=Identity.imsi,
+        help=f"its SIM's IMSI (default {Identity.imsi})",
+    )
+    parser.add_argument(
+        "--smsc",
+        type=_smsc,
+        default=Identity.smsc,
+        help=f"the SMS centre number it reports (default {Identity.smsc})",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the emulator until interrupted."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--link", default="/tmp/m2mgw-modem", help="symlink to the pty slave")
-    parser.add_argument("--control-port", type=int, default=0, help="TCP port on 127.0.0.1")
-    parser.add_argument("--imei", default=Identity.imei)
-    parser.add_argument("--imsi", default=Identity.imsi)
-    parser.add_argument("--smsc", default=Identity.smsc)
-    args = parser.parse_args(argv)
+    """Console entry point: run the emulator until interrupted.
+
+    Arguments are checked before anything is opened; a start failure (the control
+    port, the link's directory) is one line on stderr, exit status 1, and no link.
+    """
+    args = make_parser().parse_args(argv)
 
     from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     emulator = ModemEmulator(
         reactor, args.link, Identity(imei=args.imei, imsi=args.imsi, smsc=args.smsc)
     )
-    device = emulator.start()
-    control = emulator.listen_control(reactor, args.control_port)
+    try:
+        control = emulator.listen_control(reactor, args.control_port)
+    except CannotListenError as exc:
+        print(f"m2mgw-modem-emulator: cannot listen on 127.0.0.1:{args.control_port}: "
+              f"{exc.socketError}", file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        device = emulator.start()
+    except OSError as exc:
+        control.stopListening()
+        print(f"m2mgw-modem-emulator: cannot create {args.link}: {exc.strerror or exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    # From here on the log (kept until now) goes to stderr: a failed start is one line.
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     address = control.getHost()
     print(
         json.dumps(
