@@ -4,19 +4,30 @@ Start-up is asynchronous: the registry opens (and migrates) first, then the
 sessions are restored and the listeners start, so no terminal is accepted before
 its record can be read. Shutdown runs the other way: stop accepting, then flush
 and close the registry, so nothing accepted is lost.
+
+Start-up is honest (D-160): the gateway is ready, logs so and tells systemd, only
+once the registry is open and every listener is bound. If any of them fails, what
+started is stopped again and ``ready`` fails with one :class:`StartupError` line;
+under ``twistd`` that ends the process with status 1 (:func:`exit_on_startup_failure`).
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import TimerService, UDPServer
+from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime
+from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
@@ -28,6 +39,7 @@ from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.logsetup import DebugAccessLogSite
 from m2mgw.sms.service import SmsService
+from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
 from m2mgw.web.admin import AdminResource
@@ -39,29 +51,55 @@ TICK_INTERVAL = 1.0
 EXPIRY_INTERVAL = 60.0
 
 
-class ListeningService(service.Service):
-    """Listens on a Twisted endpoint string while running; keeps the port it got."""
+class StartupError(Exception):
+    """The gateway could not start; the message is the one line an operator reads."""
 
-    def __init__(self, reactor: Any, description: str, factory: Factory) -> None:
-        self.reactor = reactor
+
+def os_reason(error: BaseException) -> str:
+    """An OS error in words ("address already in use"), else the exception's text."""
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, BaseException):
+        error = error.socketError
+    if isinstance(error, OSError) and (error.errno or error.strerror):
+        # os.strerror, not strerror: pyserial puts its whole message into strerror.
+        text = os.strerror(error.errno) if error.errno else str(error.strerror)
+        text = text[:1].lower() + text[1:]
+        return f"{error.filename}: {text}" if error.filename else text
+    return str(error) or type(error).__name__
+
+
+class ListeningService(service.Service):
+    """Listens while running and keeps the port it got.
+
+    ``listening`` fires once the port is bound, or fails with a one-line
+    :class:`StartupError` naming the listener, its address and the reason, so the
+    gateway can wait for all its listeners before it calls itself ready.
+    """
+
+    def __init__(
+        self, description: str, listen: Callable[[], IListeningPort | Deferred[IListeningPort]]
+    ) -> None:
         self.description = description
-        self.factory = factory
+        self._listen = listen
         self.port: IListeningPort | None = None
+        self.listening: Deferred[None] | None = None
+
+    @classmethod
+    def stream(cls, reactor: Any, description: str, factory: Factory) -> ListeningService:
+        """A listener on a Twisted server endpoint string (``tcp:...``, ``systemd:...``)."""
+        return cls(description, lambda: serverFromString(reactor, description).listen(factory))
 
     def startService(self) -> None:
         super().startService()
-        d = serverFromString(self.reactor, self.description).listen(self.factory)
-        d.addCallback(self._listening)
-        d.addErrback(self._failed)
+        self.listening = maybeDeferred(self._listen).addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         log.info("{name} listening on {address}", name=self.name, address=port.getHost())
 
-    def _failed(self, failure: Any) -> None:
-        log.failure("Cannot listen on {description}", failure, description=self.description)
-        if IReactorCore.providedBy(self.reactor) and self.reactor.running:
-            self.reactor.stop()
+    def _failed(self, failure: Failure) -> None:
+        error = failure.value
+        why = inherited_socket_problem(self.description, error) or os_reason(error)
+        raise StartupError(f"cannot listen for {self.name} on {self.description}: {why}")
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -75,11 +113,17 @@ class GatewayService(service.MultiService):
     """The whole gateway: registry, engine, router, transports, HTTP services."""
 
     def __init__(
-        self, config: GatewayConfig, reactor: Any, registry: ITerminalRegistry | None = None
+        self,
+        config: GatewayConfig,
+        reactor: Any,
+        registry: ITerminalRegistry | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
+        #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
+        self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
         self.registry = registry or SqliteRegistry(
             config.registry.database,
@@ -103,12 +147,14 @@ class GatewayService(service.MultiService):
         self.apps = ApplicationService(self)
         self.apps.setServiceParent(self)
         self.tcp_factory: TerminalTcpFactory | None = None
-        self.udp_server: UDPServer | None = None
         self.udp_protocol: TerminalDatagramProtocol | None = None
         self.sms: SmsService | None = None
         self._build_children(clock)
         self.registry.add_pressure_observer(self._hold_terminal_input)
+        #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
         self.ready: Deferred[None] | None = None
+        self._registry_open = False
+        self._failed = False
 
     def _build_children(self, clock: IReactorTime) -> None:
         config = self.config
@@ -118,11 +164,13 @@ class GatewayService(service.MultiService):
             )
             self._listen("tcp", config.tcp.listen, self.tcp_factory)
         if config.udp.enabled:
-            self.udp_protocol = TerminalDatagramProtocol(self.engine)
-            self.udp_server = UDPServer(
-                config.udp.port, self.udp_protocol, interface=config.udp.interface
-            )
-            self.udp_server.setServiceParent(self)
+            udp = self.udp_protocol = TerminalDatagramProtocol(self.engine)
+            interface = config.udp.interface
+            description = f"udp:{config.udp.port}" + (interface and f":interface={interface}")
+            self._add_listener("udp", ListeningService(
+                description,
+                lambda: self.reactor.listenUDP(config.udp.port, udp, interface=interface),
+            ))
         if config.sms.enabled:
             self.sms = SmsService(self, clock)
             self.sms.setServiceParent(self)
@@ -141,12 +189,18 @@ class GatewayService(service.MultiService):
             timer.setServiceParent(self)
 
     def _listen(self, name: str, description: str, factory: Factory) -> None:
-        listener = ListeningService(self.reactor, description, factory)
+        self._add_listener(name, ListeningService.stream(self.reactor, description, factory))
+
+    def _add_listener(self, name: str, listener: ListeningService) -> None:
         listener.setName(name)
         listener.setServiceParent(self)
 
+    def listeners(self) -> list[ListeningService]:
+        """Every listener: start-up waits for all of them, ``/health`` checks each."""
+        return [child for child in self if isinstance(child, ListeningService)]
+
     def port_of(self, name: str) -> int | None:
-        """The bound port of listener ``tcp``, ``http`` or ``admin`` (for ``tcp:0``)."""
+        """The bound port of listener ``tcp``, ``udp``, ``http``, ``admin`` or ``app``."""
         try:
             listener = self.getServiceNamed(name)
         except KeyError:
@@ -172,40 +226,124 @@ class GatewayService(service.MultiService):
     def _start(self):  # type: ignore[no-untyped-def]
         try:
             yield self.registry.open()
-        except Exception:
-            log.failure("Cannot open the terminal registry; stopping")
-            if IReactorCore.providedBy(self.reactor) and self.reactor.running:
-                self.reactor.stop()
-            raise
+        except Exception as exc:
+            raise self._startup_failed(f"cannot open the registry: {exc}") from None
+        self._registry_open = True
         self.engine.restore_sessions()
         for child in self:
             child.startService()
+        outcomes = yield DeferredList(
+            [listener.listening for listener in self.listeners()], consumeErrors=True
+        )
+        problems = [outcome.getErrorMessage() for ok, outcome in outcomes if not ok]
+        if problems:
+            yield self._stop_all()
+            raise self._startup_failed("; ".join(problems))
+        terminals, sessions = len(self.registry.terminals()), len(self.engine.sessions)
         log.info(
             "m2mgw ready: {terminals} terminals, {sessions} sessions restored",
-            terminals=len(self.registry.terminals()),
-            sessions=len(self.engine.sessions),
+            terminals=terminals,
+            sessions=sessions,
         )
+        self.notifier.notify("READY=1", f"STATUS=ready: {terminals} terminals, {sessions} sessions")
         for terminal in self.registry.terminals():
             if self.registry.queued(terminal.serial or ""):
                 self.router.kick(terminal)
+
+    def _startup_failed(self, problem: str) -> StartupError:
+        """The one line that ends a failed start-up, also shown by ``systemctl status``."""
+        self._failed = True
+        log.critical("m2mgw: {problem}", problem=problem)
+        self.notifier.notify(f"STATUS=start-up failed: {problem}")
+        return StartupError(problem)
 
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """Stop accepting, close connections, then flush and close the registry."""
         if self.ready is not None and not self.ready.called:
-            yield self.ready
+            # A DeferredList waits without taking the failure from ``ready``'s owner.
+            yield DeferredList([self.ready])
         service.Service.stopService(self)
+        if self._failed:
+            return
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        yield self._stop_all()
+        log.info("m2mgw stopped")
+
+    @inlineCallbacks
+    def _stop_all(self):  # type: ignore[no-untyped-def]
         yield DeferredList([d for child in reversed(list(self)) if (d := child.stopService())])
         self.router.stop()
         self.engine.refusals.flush()
         if self.tcp_factory is not None:
             self.tcp_factory.close_all()
         yield self.registry.close()
-        log.info("m2mgw stopped")
+        self._registry_open = False
 
     @property
     def udp_port(self) -> int | None:
         """The bound UDP port (useful with ``port = 0``)."""
-        if self.udp_server is None or self.udp_server._port is None:
-            return None
-        return self.udp_server._port.getHost().port
+        return self.port_of("udp")
+
+    def problems(self) -> list[str]:
+        """What keeps the gateway from serving, one line each; empty when all is up (D-163)."""
+        found = []
+        if not self.running:
+            found.append("gateway: stopping")
+        elif self.ready is None or not self.ready.called:
+            found.append("gateway: starting")
+        if not self._registry_open:
+            found.append(f"registry: not open ({self.config.registry.database})")
+        found += [
+            f"{listener.name}: not listening on {listener.description}"
+            for listener in self.listeners()
+            if listener.port is None
+        ]
+        if self.sms is not None and (modem := self._modem_problem()):
+            found.append(f"modem: {modem}")
+        return found
+
+    def _modem_problem(self) -> str | None:
+        assert self.sms is not None
+        serial = self.sms.serial
+        if serial.protocol is None:
+            error = serial.last_error
+            return f"not open ({serial.device}{': ' + os_reason(error) if error else ''})"
+        if not serial.protocol.ready:
+            return f"not initialised ({serial.device} open, AT set-up not finished)"
+        return None
+
+
+def exit_on_startup_failure(gateway: GatewayService) -> None:
+    """Under ``twistd``: a failed start-up stops the reactor and the process exits 1 (D-161).
+
+    twistd exits 0 after ``reactor.stop()`` whatever the reason and has no exit status
+    of its own to set, so the status is applied at interpreter exit, after twistd has
+    logged its last line and removed its pid file.
+    """
+    reactor = gateway.reactor
+
+    def failed(failure: Failure) -> None:
+        if not failure.check(StartupError):  # a bug, not an operator's problem
+            log.failure("m2mgw: start-up failed", failure)
+        atexit.register(_exit_now, 1)
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def watch() -> None:
+        assert gateway.ready is not None, "twistd starts the service before the reactor"
+        gateway.ready.addErrback(failed)
+
+    reactor.callWhenRunning(watch)
+
+
+def _exit_now(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

@@ -39,6 +39,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from m2mgw.service import GatewayService
+    from m2mgw.service import GatewayService, exit_on_startup_failure
+    from m2mgw.systemd import Notifier
 
-    return GatewayService(options["gateway_config"], reactor)
+    gateway = GatewayService(
+        options["gateway_config"], reactor, notifier=Notifier.from_environment()
+    )
+    exit_on_startup_failure(gateway)
+    return gateway

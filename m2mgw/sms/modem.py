@@ -365,6 +365,8 @@ class SerialService(Service):
         self.retry_policy = retry_policy or backoffPolicy()
         self.protocol: ModemProtocol | None = None
         self._port: SerialPort | None = None
+        #: Why the last open failed, for ``/health``; None once the port opened.
+        self.last_error: OSError | None = None
         self._failures = 0
         self._retry: IDelayedCall | None = None
         self._connected_waiters: list[Deferred[ModemProtocol]] = []
@@ -407,8 +409,10 @@ class SerialService(Service):
         try:
             self._port = SerialPort(protocol, self.device, self.reactor, baudrate=self.baudrate)
         except OSError as exc:  # pyserial's SerialException is an OSError
+            self.last_error = exc
             self._schedule_retry(str(exc))
             return
+        self.last_error = None
         self._failures = 0
         self.protocol = protocol
         log.info("Opened modem port {device}", device=self.device)

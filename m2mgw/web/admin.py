@@ -219,12 +219,18 @@ class _Registry(_Api):
 
 
 class _Health(_Api):
+    """200 ``ok`` only when the gateway serves; else 503 with its problems (D-163)."""
+
     def do_GET(self, request: Request) -> Result:
-        return 200, {
-            "status": "ok",
+        problems = self.gateway.problems()
+        body: dict[str, Any] = {
+            "status": "unavailable" if problems else "ok",
             "terminals": len(self.gateway.registry.terminals()),
             "sessions": len(self.gateway.engine.sessions),
         }
+        if problems:
+            body["problems"] = problems
+        return (503 if problems else 200), body
 
 
 class _Apps(_Api):
