@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite drives (gammu for the SMS modem tests).
+# Install the Debian packages the test suite drives (gammu for the SMS modem tests, promtool from prometheus for the metrics test).
 # Idempotent and quiet: exits 0 at once when everything is already installed.
 set -euo pipefail
-PACKAGES=(gammu)
+PACKAGES=(gammu prometheus)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
