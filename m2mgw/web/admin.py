@@ -27,6 +27,7 @@ from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.registry import RegistryError
 from m2mgw.protocol.constants import LogoutReason, SecurityOp
+from m2mgw.web.ui import ConsoleResource
 
 if TYPE_CHECKING:
     from m2mgw.service import GatewayService
@@ -204,6 +205,7 @@ class AdminResource(_Api):
         self.putChild(b"queue", _Queue(gateway))
         self.putChild(b"apps", _Apps(gateway))
         self.putChild(b"registry", _Registry(gateway))
+        self.putChild(b"console", ConsoleResource())
 
     def do_GET(self, request: Request) -> Result:
         return 200, {
