@@ -48,8 +48,10 @@ from m2mgw.app import client as app_client  # noqa: E402
 from m2mgw.app import operations as ops  # noqa: E402
 from m2mgw.app import soap  # noqa: E402
 from m2mgw.app.longconn import AppCredentials  # noqa: E402
+from m2mgw.config import load_config  # noqa: E402
 from m2mgw.core import terminal as core  # noqa: E402
 from m2mgw.protocol.framing import StreamFramer  # noqa: E402
+from m2mgw.web.auth import first_token  # noqa: E402
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 PASSWORD, BASE_KEY = "s3cretPW", "AppBaseKey0123456789ABCD"
@@ -278,10 +280,12 @@ level = warn
 """)
 
 
-def admin(ports: dict[str, int], path: str, body: Any) -> Any:
+def admin(ports: dict[str, int], path: str, body: Any, token: str) -> Any:
+    """POST to the admin API with the token the gateway created (D-190)."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{ports['admin']}{path}", data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"}, method="POST")
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+        method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -299,7 +303,7 @@ def wait_admin(ports: dict[str, int], child: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the gateway did not start within 60 s")
 
 
-def provision(ports: dict[str, int], terminals: int, callback_url: str) -> None:
+def provision(ports: dict[str, int], terminals: int, callback_url: str, token: str) -> None:
     serials = []
     for index in range(terminals):
         serial = f"A9720310{index:08d}"
@@ -307,11 +311,11 @@ def provision(ports: dict[str, int], terminals: int, callback_url: str) -> None:
         admin(ports, "/terminals", {
             "imei": f"86{index:013d}", "imsi": f"46000{index:010d}", "serial": serial,
             "uplink_password": UPLINK, "downlink_password": DOWNLINK,
-            "base_key": TERMINAL_KEY, "apps": ["BARE"]})
+            "base_key": TERMINAL_KEY, "apps": ["BARE"]}, token)
     admin(ports, "/apps", {"app_id": "EC0001", "password": PASSWORD, "base_key": BASE_KEY,
-                           "terminals": serials})
+                           "terminals": serials}, token)
     admin(ports, "/apps", {"app_id": "EC0002", "password": PASSWORD, "base_key": BASE_KEY,
-                           "terminals": serials, "callback_url": callback_url})
+                           "terminals": serials, "callback_url": callback_url}, token)
 
 
 def report(results: list[Meter]) -> None:
@@ -350,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_admin(ports, child)
         receiver = Receiver()
-        provision(ports, args.terminals, f"http://127.0.0.1:{ports['callback']}/notify")
+        token = first_token(load_config(str(ini)).admin_tokens_file) or ""
+        provision(ports, args.terminals, f"http://127.0.0.1:{ports['callback']}/notify", token)
         print(f"gateway pid {child.pid}, {args.terminals} terminals, "
               f"{args.messages} messages per phase (log: {work / 'twistd.log'})")
 

@@ -47,6 +47,7 @@ from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.protocol import tags
+from m2mgw.web import auth
 
 API_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
@@ -94,17 +95,40 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class AdminClient:
-    """Blocking JSON calls to the admin API: a short-lived command needs no reactor."""
+    """Blocking JSON calls to the admin API: a short-lived command needs no reactor.
 
-    def __init__(self, where: str, connect: Callable[[float], http.client.HTTPConnection]) -> None:
+    Each call carries the first token of the gateway's token file (D-190), read when
+    the first call is made, so commands that never reach the API never need the file.
+    """
+
+    def __init__(
+        self,
+        where: str,
+        connect: Callable[[float], http.client.HTTPConnection],
+        tokens_file: str | None = None,
+    ) -> None:
         self.where = where
         self._connect = connect
+        self.tokens_file = tokens_file
+        self._token: str | None = None
+
+    def token(self) -> str | None:
+        if self._token is None and self.tokens_file is not None:
+            try:
+                self._token = auth.first_token(self.tokens_file)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CliError(1, f"cannot read the admin token file {self.tokens_file}: "
+                               f"{auth.error_text(exc)}") from None
+        return self._token
 
     def call(
         self, method: str, path: str, body: Any = None, *, timeout: float = API_TIMEOUT
     ) -> Any:
         data = None if body is None else json.dumps(body).encode("utf-8")
         headers = {"content-type": "application/json", "accept": "application/json"}
+        token = self.token()
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
         connection = self._connect(timeout)
         try:
             connection.request(method, path, body=data, headers=headers)
@@ -116,6 +140,8 @@ class AdminClient:
             raise CliError(1, f"admin API at {self.where} failed: {exc}") from None
         finally:
             connection.close()
+        if response.status == 401:
+            raise _Unauthorised(self.where, self.tokens_file if token else None)
         if response.status >= 400:
             raise _Refused(_api_error(payload, response.status))
         try:
@@ -130,10 +156,13 @@ def admin_client(config: GatewayConfig) -> AdminClient | None:
     listen = config.admin.listen
     if listen is None:
         return None
+    tokens = os.path.abspath(config.admin_tokens_file)
     kind, args, kwargs = endpoint_parts(listen)
     if kind == "unix":
         path = os.path.abspath(args[0] if args else kwargs.get("address", ""))
-        return AdminClient(f"unix:{path}", lambda timeout: _UnixConnection(path, timeout))
+        return AdminClient(
+            f"unix:{path}", lambda timeout: _UnixConnection(path, timeout), tokens
+        )
     if kind not in ("tcp", "tcp6", "ssl"):
         return None
     port = int(args[0] if args else kwargs.get("port", "0"))
@@ -146,13 +175,23 @@ def admin_client(config: GatewayConfig) -> AdminClient | None:
     )
     shown = f"[{host}]" if ":" in host else host
     return AdminClient(
-        f"{scheme}://{shown}:{port}", lambda timeout: connection(host, port, timeout=timeout)
+        f"{scheme}://{shown}:{port}",
+        lambda timeout: connection(host, port, timeout=timeout),
+        tokens,
     )
 
 
 class _Unreachable(CliError):
     def __init__(self, where: str) -> None:
         super().__init__(1, f"gateway not running (admin API at {where} unreachable)")
+
+
+class _Unauthorised(CliError):
+    """The admin API refused our token (or its absence: ``tokens_file`` None)."""
+
+    def __init__(self, where: str, tokens_file: str | None) -> None:
+        what = f"the token of {tokens_file}" if tokens_file else "to answer without a token"
+        super().__init__(1, f"the admin API at {where} refused {what}")
 
 
 class _Refused(CliError):
@@ -286,6 +325,11 @@ class Context:
             served = api.call("GET", "/registry", timeout=PROBE_TIMEOUT)
         except _Unreachable:
             return None
+        except _Unauthorised as exc:
+            raise CliError(
+                1, f"{exc}: it is not the gateway on {self.database}, or it reads another "
+                f"[admin] tokens_file than {self.config.source} names"
+            ) from None
         except _Refused as exc:
             raise CliError(
                 1, f"the admin API at {api.where} does not say which registry it serves "

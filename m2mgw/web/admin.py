@@ -1,4 +1,4 @@
-"""The admin JSON API: provisioning, inspection and platform requests (loopback only).
+"""The admin JSON API: provisioning, inspection and platform requests, behind tokens.
 
 Every answer is ``application/json``; errors are ``{"error": "..."}`` with a status
 that tells the operator what to fix (400 bad input, 404 unknown, 409 conflict with
@@ -6,7 +6,9 @@ the current state, 500 our fault, logged, never a traceback). Handlers return
 ``(status, object)`` or a Deferred of it, so a request is answered only after the
 registry committed what it changed (a 202 means the request is durably queued).
 
-The API is not authenticated: ``[admin] listen`` must stay on loopback.
+Every route needs an admin token (:mod:`m2mgw.web.auth`, D-190) but the few in
+:data:`OPEN`: a request without one is answered 401 and nothing else, whatever its
+path, so not even the routes that exist are told.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.registry import RegistryError
 from m2mgw.protocol.constants import LogoutReason, SecurityOp
+from m2mgw.web import auth
 from m2mgw.web.ui import ConsoleResource
 
 if TYPE_CHECKING:
@@ -40,6 +43,14 @@ DEFAULT_LIMIT = 100
 MAX_TTL = float(0xFFFFFFFF)
 
 Result = tuple[int, Any]
+
+#: Routes served without a token, with the methods (None: all): liveness probes, the
+#: console's static files (no data in them) and the console's log-in (D-191).
+OPEN: dict[bytes, frozenset[bytes] | None] = {
+    b"health": None,
+    b"console": None,
+    b"session": frozenset({b"POST"}),
+}
 
 
 class ApiError(Exception):
@@ -66,6 +77,8 @@ def _error_of(exc: BaseException) -> tuple[int, str]:
 
 def _encode(request: Request, status: int, body: Any) -> bytes:
     request.setResponseCode(status)
+    if status == 204:
+        return b""
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body).encode("utf-8") + b"\n"
@@ -127,6 +140,14 @@ class _Json(Resource):
 class _NotFound(_Json):
     def render(self, request: Request) -> bytes:
         return _encode(request, 404, {"error": "no such resource"})
+
+
+class _Unauthorised(_Json):
+    isLeaf = True  # whatever the rest of the path: 401, and no hint of what exists
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"www-authenticate", b'Bearer realm="m2mgw"')
+        return _encode(request, 401, {"error": "authentication required"})
 
 
 class _Api(_Json):
@@ -206,11 +227,43 @@ class AdminResource(_Api):
         self.putChild(b"apps", _Apps(gateway))
         self.putChild(b"registry", _Registry(gateway))
         self.putChild(b"console", ConsoleResource())
+        self.putChild(b"session", _Session(gateway))
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        """Every request passes here first: refuse it unless open or authenticated."""
+        methods = OPEN.get(path, frozenset())
+        if not (methods is None or request.method in methods
+                or self.gateway.admin_tokens.allows(request)):
+            return _Unauthorised()
+        return super().getChildWithDefault(path, request)
 
     def do_GET(self, request: Request) -> Result:
         return 200, {
             "endpoints": ["/health", "/terminals", "/requests", "/queue", "/apps", "/registry"]
         }
+
+
+class _Session(_Api):
+    """The console's log-in: ``POST`` a token to get it as an HttpOnly cookie."""
+
+    def do_POST(self, request: Request) -> Result:
+        token = _json_body(request).get("token")
+        if not isinstance(token, str) or not self.gateway.admin_tokens.valid(token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="m2mgw"')
+            return 401, {"error": "authentication required"}
+        self._cookie(request, token)
+        return 204, None
+
+    def do_DELETE(self, request: Request) -> Result:
+        self._cookie(request, "", max_age="0")
+        return 204, None
+
+    @staticmethod
+    def _cookie(request: Request, value: str, **options: Any) -> None:
+        request.addCookie(
+            auth.COOKIE.encode("ascii"), value.encode("utf-8"), path=b"/", httpOnly=True,
+            secure=request.isSecure(), sameSite="strict", **options,
+        )
 
 
 class _Registry(_Api):

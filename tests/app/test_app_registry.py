@@ -20,6 +20,7 @@ from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Req
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.requests import RequestError
 from m2mgw.core.sqlite_registry import SqliteRegistry
+from tests.admin_token import bearer
 from tests.e2e.support import provisioned, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,19 +92,20 @@ class AdminApiTest(unittest.TestCase):
         yield gateway.registry.add(terminal)
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         base = f"http://127.0.0.1:{gateway.port_of('admin')}/apps"
+        auth = {"headers": bearer(gateway.config)}
         body = {"app_id": "EC0009", "password": "p4ssw0rdp4ss", "base_key": "0123456789ABCDEF",
                 "cipher": "aes", "terminals": [terminal.serial]}
-        response = yield http.post(base, json=body)
+        response = yield http.post(base, json=body, **auth)
         created = yield response.json()
         self.assertEqual((response.code, created["ec_code"], created["cipher"]),
                          (201, "EC0009", "aes"))
-        response = yield http.post(base, json={**body, "base_key": "x" * 24})
+        response = yield http.post(base, json={**body, "base_key": "x" * 24}, **auth)
         self.assertEqual(response.code, 400, "a 24-character key is not an aes key")
         yield response.content()
-        response = yield http.post(base, json=body)
+        response = yield http.post(base, json=body, **auth)
         self.assertEqual(response.code, 409, "taken app id")
         yield response.content()
-        response = yield http.get(base)
+        response = yield http.get(base, **auth)
         listing = yield response.json()
         self.assertEqual([(a["app_id"], a["terminals"]) for a in listing],
                          [("EC0009", [terminal.serial])])

@@ -156,13 +156,23 @@ def test_two_gateways_the_cli_refuses_the_admin_api_of_the_other(tmp_path: Path)
         done = cli(second.ini, "provision", "--imei", IMEI)
         assert done.returncode == 0, done.stderr
         refused = one_line(cli(crossed, "provision", "--imei", OTHER_IMEI))
+        # A's API refuses B's token (D-190) before it could tell which registry it serves.
+        assert refused == (
+            f"m2mgw: the admin API at http://127.0.0.1:{ports[0]} refused the token of "
+            f"{second.root / 'admin-tokens'}: it is not the gateway on {second.database}, or "
+            f"it reads another [admin] tokens_file than {crossed} names"
+        ), refused
+        assert one_line(cli(crossed, "terminals")) == refused
+        # With A's token too, A's API is checked for the registry it serves (D-171).
+        with crossed.open("a") as ini:
+            ini.write(f"tokens_file = {first.root / 'admin-tokens'}\n")
+        refused = one_line(cli(crossed, "provision", "--imei", OTHER_IMEI))
         assert refused.startswith(
             f"m2mgw: the admin API at http://127.0.0.1:{ports[0]} serves registry "
             f"{first.database} (instance "
         ), refused
         assert f"not {second.database} (instance " in refused
         assert refused.endswith(f"that {crossed} names")
-        assert one_line(cli(crossed, "terminals")) == refused
         listed = [json.loads(cli(gw.ini, "terminals", "--json").stdout) for gw in (first, second)]
         assert [[t["imei"] for t in listing] for listing in listed] == [[], [IMEI]]
         assert (imeis(first.database), imeis(second.database)) == ([], [IMEI])

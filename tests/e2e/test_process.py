@@ -21,6 +21,7 @@ import pytest
 
 from m2mgw.core import terminal as core
 from m2mgw.protocol.constants import Command
+from tests.admin_token import bearer
 from tests.spec_examples import (
     BASE_KEY,
     DOWNLINK_PASSWORD,
@@ -89,7 +90,8 @@ listen = tcp:{self.admin}:interface=127.0.0.1
             f"http://127.0.0.1:{self.admin}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json",
+                     **({} if path == "/health" else bearer(self.ini))},
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())

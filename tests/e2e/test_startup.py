@@ -36,6 +36,7 @@ from m2mgw.core import terminal as core
 from m2mgw.protocol.framing import StreamFramer
 from m2mgw.service import GatewayService, ListeningService, StartupError
 from m2mgw.systemd import Notifier
+from tests.admin_token import bearer
 from tests.e2e.support import client_for, gateway_config, provisioned
 from tests.e2e.test_process import TWISTD, free_port
 from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
@@ -88,12 +89,15 @@ def gateway_argv(ini: Path, log: Path | None = None) -> list[str]:
             "m2mgw", "--config", str(ini)]
 
 
-def admin_call(admin: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One admin API call: (status, JSON body), error statuses included."""
+def admin_call(
+    admin: int, method: str, path: str, body: Any = None, ini: Path | None = None
+) -> tuple[int, Any]:
+    """One admin API call: (status, JSON body), error statuses included; with the
+    admin token of the gateway of ``ini`` (``/health`` needs none)."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{admin}{path}", method=method,
         data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(bearer(ini) if ini else {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
@@ -298,7 +302,7 @@ def test_terminal_logs_in_through_a_socket_from_systemd(
         )
     processes.append(proc)
     wait_until(lambda: health(admin)[0] == 200, proc, log)
-    assert admin_call(admin, "POST", "/terminals", TERMINAL)[0] == 201
+    assert admin_call(admin, "POST", "/terminals", TERMINAL, ini)[0] == 201
 
     client = client_for(provisioned(), "tcp")
     framer = StreamFramer()
@@ -311,7 +315,7 @@ def test_terminal_logs_in_through_a_socket_from_systemd(
             for frame in framer.feed(data):
                 events.extend(client.receive(frame, time.time()))
         assert [type(e) for e in events] == [core.LoggedIn], events
-        status, shown = admin_call(admin, "GET", f"/terminals/{SERIAL}")
+        status, shown = admin_call(admin, "GET", f"/terminals/{SERIAL}", ini=ini)
         assert (status, shown["session"]["bearer"]) == (200, "tcp"), shown
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == -signal.SIGTERM

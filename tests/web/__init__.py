@@ -13,6 +13,7 @@ from twisted.trial import unittest
 
 from m2mgw.config import parse_config
 from m2mgw.service import GatewayService
+from tests.admin_token import admin_token
 
 SERIAL = "A972030012345678"
 IMEI = "860000000000001"
@@ -42,12 +43,18 @@ listen = tcp:0:interface=127.0.0.1
 
 @dataclass
 class Running:
-    """A started gateway and the base URLs of its HTTP listeners."""
+    """A started gateway, the base URLs of its HTTP listeners and its admin token."""
 
     gateway: GatewayService
     root: Path
     admin: str
     http: str
+    token: str
+
+    async def api(self, method: str, path: str, body: Any = None, **kw: Any
+                  ) -> tuple[int, Any, Any]:
+        """One authenticated admin API call (see :func:`call`)."""
+        return await call(method, self.admin + path, body, token=self.token, **kw)
 
 
 async def start_gateway(case: unittest.TestCase, *, udp: bool = False) -> Running:
@@ -66,17 +73,22 @@ async def start_gateway(case: unittest.TestCase, *, udp: bool = False) -> Runnin
         root,
         f"http://127.0.0.1:{gateway.port_of('admin')}",
         f"http://127.0.0.1:{gateway.port_of('http')}",
+        admin_token(config),
     )
 
 
 async def call(
-    method: str, url: str, body: Any = None, *, raw: bytes | None = None, **kw: Any
+    method: str, url: str, body: Any = None, *, raw: bytes | None = None,
+    token: str | None = None, **kw: Any
 ) -> tuple[int, Any, Any]:
-    """One HTTP request on a fresh connection: (status, JSON or bytes, response).
+    """One HTTP request on a fresh connection: (status, JSON or bytes, response);
+    with ``token``, as the admin bearer.
 
     The client keeps Content-Length out of ``response.headers``: read ``response.length``.
     """
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    if token is not None:
+        kw["headers"] = {**kw.get("headers", {}), "Authorization": f"Bearer {token}"}
     response = await treq.request(method, url, data=data, persistent=False, **kw)
     content = await treq.content(response)
     kind = response.headers.getRawHeaders(b"content-type", [b""])[0]

@@ -20,7 +20,7 @@ from m2mgw.core.terminal import (
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.checksum import crc16, crc32
 from m2mgw.protocol.constants import Command
-from tests.web import CREDENTIALS, IMEI, IMSI, SERIAL, call, header, start_gateway
+from tests.web import CREDENTIALS, IMEI, IMSI, SERIAL, header, start_gateway
 
 PRESET = {"imei": IMEI, "imsi": IMSI, "serial": SERIAL, "cipher": "legacy", **CREDENTIALS}
 
@@ -28,15 +28,14 @@ PRESET = {"imei": IMEI, "imsi": IMSI, "serial": SERIAL, "cipher": "legacy", **CR
 class AdminApiTests(unittest.TestCase):
     async def setUp(self) -> None:
         self.gw = await start_gateway(self)
-        self.api = self.gw.admin
 
     async def provision(self, body: dict | None = None) -> dict:
-        status, record, _ = await call("POST", f"{self.api}/terminals", body or PRESET)
+        status, record, _ = await self.gw.api("POST", "/terminals", body or PRESET)
         self.assertEqual(status, 201, record)
         return record
 
     async def test_health_is_json(self) -> None:
-        status, body, response = await call("GET", f"{self.api}/health")
+        status, body, response = await self.gw.api("GET", "/health")
         self.assertEqual(status, 200)
         self.assertEqual(header(response, "content-type"), [b"application/json"])
         self.assertEqual(body, {"status": "ok", "terminals": 0, "sessions": 0})
@@ -50,11 +49,11 @@ class AdminApiTests(unittest.TestCase):
         stored = self.gw.gateway.registry.get(SERIAL)
         self.assertEqual(stored.current.downlink_password, CREDENTIALS["downlink_password"])
 
-        status, listing, _ = await call("GET", f"{self.api}/terminals")
+        status, listing, _ = await self.gw.api("GET", "/terminals")
         self.assertEqual(status, 200)
         self.assertEqual([t["serial"] for t in listing], [SERIAL])
         self.assertEqual(listing[0]["imsi"], IMSI)
-        status, detail, _ = await call("GET", f"{self.api}/terminals/{SERIAL}")
+        status, detail, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual(status, 200)
         self.assertEqual(detail["cipher"], "legacy")
         self.assertEqual((detail["queue"], detail["session"], detail["config"]), ([], None, {}))
@@ -68,31 +67,30 @@ class AdminApiTests(unittest.TestCase):
         self.assertIsNone(record["serial"])
         self.assertIsNone(record["uplink_password"])
         self.assertEqual(record["msisdn"], "8613800138000")
-        status, detail, _ = await call("GET", f"{self.api}/terminals/{IMEI}")
+        status, detail, _ = await self.gw.api("GET", f"/terminals/{IMEI}")
         self.assertEqual((status, detail["apps"]), (200, ["EC01"]))
-        status, body, _ = await call(
-            "POST", f"{self.api}/terminals/{IMEI}/requests", {"command": "CONFIG_GET", "tags": [17]}
+        status, body, _ = await self.gw.api(
+            "POST", f"/terminals/{IMEI}/requests", {"command": "CONFIG_GET", "tags": [17]}
         )
         self.assertEqual(status, 409, body)
 
     async def test_provision_refusals(self) -> None:
         await self.provision()
-        status, body, _ = await call("POST", f"{self.api}/terminals", {**PRESET, "serial": None})
+        status, body, _ = await self.gw.api("POST", "/terminals", {**PRESET, "serial": None})
         self.assertEqual(status, 400)
         self.assertIn("together", body["error"])
-        status, body, _ = await call(
-            "POST", f"{self.api}/terminals", {**PRESET, "serial": "A972030099999999"}
+        status, body, _ = await self.gw.api(
+            "POST", "/terminals", {**PRESET, "serial": "A972030099999999"}
         )
         self.assertEqual(status, 409, body)
         self.assertIn("imei", body["error"])
-        status, body, _ = await call("POST", f"{self.api}/terminals", {"imei": "12ab"})
+        status, body, _ = await self.gw.api("POST", "/terminals", {"imei": "12ab"})
         self.assertEqual(status, 400)
 
     async def test_config_get_for_offline_terminal_stays_queued(self) -> None:
         await self.provision()
-        status, request, _ = await call(
-            "POST",
-            f"{self.api}/terminals/{SERIAL}/requests",
+        status, request, _ = await self.gw.api(
+            "POST", f"/terminals/{SERIAL}/requests",
             {"command": "config_get", "tags": ["0x0011", "M2MAPN"], "ttl": 600},
         )
         self.assertEqual(status, 202, request)
@@ -104,20 +102,20 @@ class AdminApiTests(unittest.TestCase):
         stored = await self.gw.gateway.registry.requests(SERIAL, [RequestState.QUEUED])
         self.assertEqual([r.id for r in stored], [request["id"]])
 
-        status, queue, _ = await call("GET", f"{self.api}/queue")
+        status, queue, _ = await self.gw.api("GET", "/queue")
         self.assertEqual([r["id"] for r in queue], [request["id"]])
-        status, one, _ = await call("GET", f"{self.api}/requests/{request['id']}")
+        status, one, _ = await self.gw.api("GET", f"/requests/{request['id']}")
         self.assertEqual((status, one["state"]), (200, "queued"))
-        status, history, _ = await call("GET", f"{self.api}/requests?serial={SERIAL}&state=queued")
+        status, history, _ = await self.gw.api("GET", f"/requests?serial={SERIAL}&state=queued")
         self.assertEqual([r["id"] for r in history], [request["id"]])
-        status, none, _ = await call("GET", f"{self.api}/requests?state=succeeded")
+        status, none, _ = await self.gw.api("GET", "/requests?state=succeeded")
         self.assertEqual((status, none), (200, []))
-        status, detail, _ = await call("GET", f"{self.api}/terminals/{SERIAL}")
+        status, detail, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual([r["id"] for r in detail["queue"]], [request["id"]])
 
     async def test_bad_requests(self) -> None:
         await self.provision()
-        url = f"{self.api}/terminals/{SERIAL}/requests"
+        url = f"/terminals/{SERIAL}/requests"
         cases = [
             (b"{not json", 400, "not valid JSON"),
             (b"[1, 2]", 400, "JSON object"),
@@ -131,7 +129,7 @@ class AdminApiTests(unittest.TestCase):
             (b" " * (64 * 1024 + 1), 413, "larger"),
         ]
         for raw, status, text in cases:
-            got, body, response = await call("POST", url, raw=raw)
+            got, body, response = await self.gw.api("POST", url, raw=raw)
             self.assertEqual((got, raw[:40]), (status, raw[:40]), body)
             self.assertIn(text, body["error"])
             self.assertEqual(header(response, "content-type"), [b"application/json"])
@@ -146,13 +144,13 @@ class AdminApiTests(unittest.TestCase):
             ("GET", "/nowhere"),
             ("GET", "/terminals/x/y/z"),
         ]:
-            status, body, _ = await call(method, self.api + path, {"command": "CONFIG_GET"})
+            status, body, _ = await self.gw.api(method, path, {"command": "CONFIG_GET"})
             self.assertEqual(status, 404, path)
             self.assertIn("error", body)
-        status, body, response = await call("PUT", f"{self.api}/terminals")
+        status, body, response = await self.gw.api("PUT", "/terminals")
         self.assertEqual(status, 405)
         self.assertEqual(header(response, "allow"), [b"GET, POST"])
-        status, body, _ = await call("GET", f"{self.api}/requests?state=bogus")
+        status, body, _ = await self.gw.api("GET", "/requests?state=bogus")
         self.assertEqual(status, 400)
 
     async def test_download_info_offers_and_queues(self) -> None:
@@ -160,9 +158,8 @@ class AdminApiTests(unittest.TestCase):
         image = self.gw.root / "fw 2.0.bin"
         data = bytes(range(256)) * 40
         image.write_bytes(data)
-        status, request, _ = await call(
-            "POST",
-            f"{self.api}/terminals/{SERIAL}/requests",
+        status, request, _ = await self.gw.api(
+            "POST", f"/terminals/{SERIAL}/requests",
             {"command": "DOWNLOAD_INFO", "path": str(image), "version": "2.0", "force": True},
         )
         self.assertEqual(status, 202, request)
@@ -175,9 +172,8 @@ class AdminApiTests(unittest.TestCase):
         self.assertEqual((offer.version, offer.trans_id), ("2.0", request["file"]["trans_id"]))
         self.assertEqual(urlsplit(msg.url).netloc, "192.0.2.10:8080")
         self.assertIn(b"\x10\x0b\x00\x01\x01", bytes.fromhex(request["body"]))  # 0x100B = 1
-        status, body, _ = await call(
-            "POST",
-            f"{self.api}/terminals/{SERIAL}/requests",
+        status, body, _ = await self.gw.api(
+            "POST", f"/terminals/{SERIAL}/requests",
             {"command": "DOWNLOAD_INFO", "path": str(self.gw.root / "missing"), "version": "1"},
         )
         self.assertEqual(status, 400, body)
@@ -186,12 +182,12 @@ class AdminApiTests(unittest.TestCase):
         await self.provision()
         gateway = self.gw.gateway
         await gateway.router.submit(SERIAL, Command.CONFIG_GET, b"\x00\x11\x00\x00")
-        status, body, _ = await call("DELETE", f"{self.api}/terminals/{SERIAL}")
+        status, body, _ = await self.gw.api("DELETE", f"/terminals/{SERIAL}")
         self.assertEqual(status, 200, body)
         self.assertIsNone(gateway.registry.get(SERIAL))
-        status, _, _ = await call("GET", f"{self.api}/terminals/{SERIAL}")
+        status, _, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual(status, 404)
-        status, queue, _ = await call("GET", f"{self.api}/queue")
+        status, queue, _ = await self.gw.api("GET", "/queue")
         self.assertEqual(queue, [])
 
 
@@ -225,7 +221,7 @@ class LiveTerminalTests(unittest.TestCase):
 
     async def test_config_get_delivered_then_platform_logout(self) -> None:
         gw = await start_gateway(self, udp=True)
-        status, _, _ = await call("POST", f"{gw.admin}/terminals", PRESET)
+        status, _, _ = await gw.api("POST", "/terminals", PRESET)
         self.assertEqual(status, 201)
         creds = Credentials(CREDENTIALS["uplink_password"], CREDENTIALS["downlink_password"],
                             base_key=CREDENTIALS["base_key"])
@@ -237,26 +233,26 @@ class LiveTerminalTests(unittest.TestCase):
 
         terminal.send(terminal.client.login())
         await until(lambda: terminal.client.logged_in)
-        status, request, _ = await call(
-            "POST", f"{gw.admin}/terminals/{SERIAL}/requests",
+        status, request, _ = await gw.api(
+            "POST", f"/terminals/{SERIAL}/requests",
             {"command": "CONFIG_GET", "tags": ["PERIOD_CFG"]},
         )
         self.assertEqual(status, 202, request)
-        url = f"{gw.admin}/requests/{request['id']}"
+        url = f"/requests/{request['id']}"
         await until(lambda: not gw.gateway.registry.request(request["id"]).active)
-        status, done, _ = await call("GET", url)
+        status, done, _ = await gw.api("GET", url)
         self.assertEqual((done["state"], done["result"]), ("succeeded", 0), done)
-        status, detail, _ = await call("GET", f"{gw.admin}/terminals/{SERIAL}")
+        status, detail, _ = await gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual(detail["config"]["PERIOD_CFG"]["value"], 60)
         self.assertEqual(detail["session"]["bearer"], "udp")
         self.assertFalse(detail["session"]["encrypted"])
         self.assertEqual(detail["state"], "LOGGED_IN")
 
-        status, answer, _ = await call(
-            "POST", f"{gw.admin}/terminals/{SERIAL}/requests", {"command": "LOGOUT", "reason": 4}
+        status, answer, _ = await gw.api(
+            "POST", f"/terminals/{SERIAL}/requests", {"command": "LOGOUT", "reason": 4}
         )
         self.assertEqual((status, answer["sent"]), (202, True), answer)
         await until(lambda: SERIAL not in gw.gateway.engine.sessions)
         self.assertFalse(terminal.client.logged_in)
-        status, health, _ = await call("GET", f"{gw.admin}/health")
+        status, health, _ = await gw.api("GET", "/health")
         self.assertEqual((health["terminals"], health["sessions"]), (1, 0))

@@ -26,9 +26,8 @@ class FileServiceTests(unittest.TestCase):
     async def setUp(self) -> None:
         self.gw = await start_gateway(self)
         registry = self.gw.gateway.registry
-        status, _, _ = await call(
-            "POST",
-            f"{self.gw.admin}/terminals",
+        status, _, _ = await self.gw.api(
+            "POST", "/terminals",
             {"imei": IMEI, "imsi": IMSI, "serial": SERIAL, **CREDENTIALS},
         )
         self.assertEqual(status, 201)
