@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from twisted.logger import InvalidLogLevelError, LogLevel
@@ -111,6 +111,24 @@ def _duration(lo: float = 0.0, hi: float = float(U32_MAX), *, never: bool = Fals
         return value
 
     return parse
+
+
+#: The value of a key left empty, to take the value of its section's general key.
+INHERIT: Literal["inherit"] = "inherit"
+
+
+def _or_inherit(parse: Parser, general: str) -> Parser:
+    """``parse``, or empty for :data:`INHERIT`: the value of the key ``general``."""
+
+    def parse_or_inherit(raw: str) -> Any:
+        if not raw.strip():
+            return INHERIT
+        try:
+            return parse(raw)
+        except _Invalid as e:
+            raise _Invalid(f"{e}, or empty for the value of {general}") from None
+
+    return parse_or_inherit
 
 
 _BOOLEANS = {
@@ -332,6 +350,10 @@ def derive_public_url(listen: str | None) -> str:
 # --- sections --------------------------------------------------------------------------
 
 
+_RETENTION = _duration(1, never=True)
+_RETENTION_KIND = _or_inherit(_RETENTION, "retention")
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     """``[registry]``: the persistent terminal registry."""
@@ -340,6 +362,19 @@ class RegistryConfig:
     serial_prefix: str = _setting("A9720300", _fixed_length(8))
     write_watermarks: tuple[int, int] = _setting((2000, 500), _watermarks(1_000_000))
     row_watermarks: tuple[int, int] = _setting((20_000, 5_000), _watermarks(100_000_000))
+    #: History is pruned once this old (D-200); ``retention_KIND`` overrides it per kind.
+    retention: float | None = _setting(30 * _DAY, _RETENTION)
+    retention_messages: float | Literal["inherit"] | None = _setting(INHERIT, _RETENTION_KIND)
+    retention_statistics: float | Literal["inherit"] | None = _setting(INHERIT, _RETENTION_KIND)
+    retention_alarms: float | Literal["inherit"] | None = _setting(INHERIT, _RETENTION_KIND)
+    retention_requests: float | Literal["inherit"] | None = _setting(INHERIT, _RETENTION_KIND)
+    retention_sms: float | Literal["inherit"] | None = _setting(INHERIT, _RETENTION_KIND)
+    retention_interval: float = _setting(60.0, _duration(0.1, _DAY))
+
+    def retention_of(self, kind: str) -> float | None:
+        """Seconds history of ``kind`` (messages, alarms...) is kept; None: forever."""
+        value: float | Literal["inherit"] | None = getattr(self, f"retention_{kind}")
+        return self.retention if value == INHERIT else value
 
 
 @dataclass(frozen=True)
@@ -372,11 +407,9 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """``[admin]``: the JSON admin API, loopback-only by default, behind tokens."""
+    """``[admin]``: the JSON admin API, loopback-only by default."""
 
     listen: str | None = _setting("tcp:8081:interface=127.0.0.1", _endpoint)
-    #: Empty: ``admin-tokens`` beside the database (:meth:`GatewayConfig.admin_tokens_file`).
-    tokens_file: str = _setting("", _text(allow_empty=True))
 
 
 @dataclass(frozen=True)
@@ -482,13 +515,6 @@ class GatewayConfig:
     app: AppConfig = field(default_factory=AppConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
-
-    @property
-    def admin_tokens_file(self) -> str:
-        """The admin token file: ``[admin] tokens_file``, else ``admin-tokens`` in the
-        database's directory; relative like the database (gateway and CLI agree)."""
-        database_dir = os.path.dirname(self.registry.database)
-        return self.admin.tokens_file or os.path.join(database_dir, "admin-tokens")
 
 
 _SECTIONS: dict[str, type] = {

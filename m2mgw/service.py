@@ -38,12 +38,12 @@ from m2mgw.core.router import Router
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.logsetup import DebugAccessLogSite
+from m2mgw.retention import RetentionService
 from m2mgw.sms.service import SmsService
 from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
 from m2mgw.web.admin import AdminResource
-from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
 
 log = Logger()
@@ -150,10 +150,6 @@ class GatewayService(service.MultiService):
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_protocol: TerminalDatagramProtocol | None = None
         self.sms: SmsService | None = None
-        #: The admin API's tokens (D-190); the file is created at start-up if missing.
-        self.admin_tokens = TokenFile(config.admin_tokens_file)
-        #: When the service started (``uptime`` in ``GET /stats``).
-        self.started_at: float | None = None
         self._build_children(clock)
         self.registry.add_pressure_observer(self._hold_terminal_input)
         #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
@@ -192,6 +188,8 @@ class GatewayService(service.MultiService):
             timer = TimerService(interval, call)
             timer.clock = clock
             timer.setServiceParent(self)
+        self.retention = RetentionService(self.registry, config.registry, clock)
+        self.retention.setServiceParent(self)
 
     def _listen(self, name: str, description: str, factory: Factory) -> None:
         self._add_listener(name, ListeningService.stream(self.reactor, description, factory))
@@ -225,7 +223,6 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         """Open the registry, then start the listeners (asynchronous start-up)."""
         service.Service.startService(self)
-        self.started_at = self.reactor.seconds()
         self.ready = self._start()
 
     @inlineCallbacks
@@ -235,12 +232,6 @@ class GatewayService(service.MultiService):
         except Exception as exc:
             raise self._startup_failed(f"cannot open the registry: {exc}") from None
         self._registry_open = True
-        try:
-            self.admin_tokens.prepare(self.config.admin.listen)
-        except AuthSetupError as exc:
-            yield self.registry.close()
-            self._registry_open = False
-            raise self._startup_failed(str(exc)) from None
         self.engine.restore_sessions()
         for child in self:
             child.startService()

@@ -23,6 +23,13 @@ class RegistryError(Exception):
     """A registry operation is invalid (duplicate, unknown terminal, schema too new...)."""
 
 
+#: The tables :meth:`ITerminalRegistry.prune` deletes history from (D-201).
+HISTORY_TABLES = (
+    "messages", "statistics", "alarm_history", "requests", "app_messages",
+    "file_transactions", "sms_outbox",
+)
+
+
 class SmsState(StrEnum):
     """Life of an outgoing SMS message: pending until every segment left, or failed."""
 
@@ -78,6 +85,24 @@ class ITerminalRegistry(Interface):
         """Call ``observer(True)`` when uncommitted writes pass the high watermark and
         ``observer(False)`` once they are back under the low one, so the gateway can
         stop reading terminal input instead of letting queued writes grow (backpressure).
+        """
+
+    # --- retention ------------------------------------------------------------------
+
+    def prune(table, before, limit):
+        """Delete at most ``limit`` of the oldest history rows of ``table`` older than
+        ``before`` (a time in seconds), in one transaction in order with the other writes.
+
+        History (D-201): every row of ``messages``, ``statistics`` and
+        ``alarm_history`` (aged by ``time``); ``requests`` and ``app_messages`` once
+        finished and ``sms_outbox`` rows once sent or failed (aged by their last
+        update); ``file_transactions`` (aged by their expiry). Live state (active
+        requests, pending SMS, notifications, alarm state, terminals, counters) is never
+        deleted. Cached copies of deleted rows are dropped. Raises RegistryError
+        synchronously for any other table.
+
+        :return: Deferred[int]: the rows deleted; fewer than ``limit`` means no older
+            history was left when the transaction ran.
         """
 
     # --- terminals ----------------------------------------------------------------

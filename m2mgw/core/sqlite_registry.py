@@ -19,6 +19,10 @@ pressure observers when either count reaches its high watermark and again when b
 are back at their low watermarks; the gateway then stops reading from terminals. No
 write is ever refused or dropped: bounding comes from not reading more input.
 
+Retention. ``prune`` deletes history (the message log, finished requests...) in small
+batches, each its own transaction on the one writer, so writes submitted meanwhile
+commit between two batches instead of waiting behind one large DELETE (D-202).
+
 Ownership. An open registry holds an exclusive ``flock`` on ``<database>.lock`` (the
 pid of its process written inside), so any other process can tell reliably that a
 gateway runs on the file, and a second gateway on the same file fails at open. The
@@ -200,6 +204,13 @@ def _apply(txn: Any, batch: Batch) -> None:
 
 def _barrier(txn: Any) -> None:
     """A no-op interaction: when it completes, every earlier one has."""
+
+
+def _prune(txn: Any, sql: str, before: float, limit: int) -> list[Any]:
+    """One pruning batch as a single transaction: the keys of the rows it deleted."""
+    txn.execute("BEGIN IMMEDIATE")
+    txn.execute(sql, (before, limit))
+    return [row[0] for row in txn.fetchall()]
 
 
 # --- ownership and identity ------------------------------------------------------------
@@ -431,6 +442,40 @@ _CONFIG_SOURCES = ("reported", "set")
 _ACTIVE_STATES_SQL = "('queued', 'sent')"
 
 
+class _History(NamedTuple):
+    """A history table (D-201): its key, the column its age counts from, and the SQL
+    term that tells finished rows (empty: every row is history)."""
+
+    key: str
+    age: str
+    finished: str = ""
+
+
+_HISTORY = {
+    "messages": _History("id", "time"),
+    "statistics": _History("id", "time"),
+    "alarm_history": _History("id", "time"),
+    "requests": _History("id", "updated_at", f"state NOT IN {_ACTIVE_STATES_SQL}"),
+    "app_messages": _History("id", "updated_at", "state NOT IN ('QUEUED', 'SENT')"),
+    "file_transactions": _History("trans_id", "expires_at"),
+    "sms_outbox": _History("id", "updated_at", "state <> 'pending'"),
+}
+
+
+def _prune_sql(table: str, history: _History) -> str:
+    """Delete the oldest ``LIMIT`` history rows, found through migration 006's indexes
+    (the ``finished`` term matches the partial indexes' WHERE, so they apply)."""
+    finished = f"{history.finished} AND " if history.finished else ""
+    key, age = history.key, history.age
+    return (
+        f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
+        f"WHERE {finished}{age} < ? ORDER BY {age} LIMIT ?) RETURNING {key}"
+    )
+
+
+_PRUNE_SQL = {table: _prune_sql(table, history) for table, history in _HISTORY.items()}
+
+
 def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
     """Everything the cache holds, read in one interaction at open."""
 
@@ -650,12 +695,16 @@ class SqliteRegistry:
         return self._identity
 
     def _write(self, batch: Batch) -> Deferred[None]:
+        rows = sum(len(batch_rows) for _, batch_rows in batch)
+        return self._submit(rows, _apply, batch)
+
+    def _submit(self, rows: int, interaction: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Queue a write transaction on the writer, counted for backpressure."""
         if self._pool is None:
             raise RegistryError(f"{self._path}: registry is not open")
         if self._read_only:
             raise RegistryError(f"{self._path}: registry is open read-only")
-        d: Deferred[None] = self._pool.runInteraction(_apply, batch)
-        rows = sum(len(batch_rows) for _, batch_rows in batch)
+        d: Deferred[Any] = self._pool.runInteraction(interaction, *args)
         self._pending_writes += 1
         self._pending_rows += rows
         if not self._saturated and (
@@ -731,6 +780,35 @@ class SqliteRegistry:
                 # It runs inside a write's callback chain: raising would fail the write.
                 _log.failure("registry {path}: pressure observer {observer} failed",
                              path=self._path, observer=observer)
+
+    # --- retention ------------------------------------------------------------------
+
+    def prune(self, table: str, before: float, limit: int) -> Deferred[int]:
+        sql = _PRUNE_SQL.get(table)
+        if sql is None:
+            raise RegistryError(f"{table!r} is not a history table ({', '.join(_PRUNE_SQL)})")
+        if limit < 1:
+            raise RegistryError(f"a pruning batch needs a limit of at least 1, got {limit}")
+        # No rows held in memory: it counts as one write for backpressure, not as rows.
+        d: Deferred[list[Any]] = self._submit(0, _prune, sql, before, limit)
+        return d.addCallback(self._forget, table)
+
+    def _forget(self, keys: list[Any], table: str) -> int:
+        """Drop the cached copies of pruned rows; the number of rows pruned."""
+        if table == "requests":
+            for key in keys:
+                self._finished.pop(key, None)
+        elif table == "app_messages":
+            for key in keys:
+                message = self._app_messages.pop(key, None)
+                if message is not None:
+                    self._forget_biz_seq(message)
+        elif table == "file_transactions":
+            for key in keys:
+                tx = self._files_by_trans_id.pop(key, None)
+                if tx is not None and self._files_by_token.get(tx.token) is tx:
+                    del self._files_by_token[tx.token]
+        return len(keys)
 
     # --- terminals ----------------------------------------------------------------
 
@@ -1237,6 +1315,10 @@ class SqliteRegistry:
             self._biz_seqs[(message.app_id, message.biz_seq)] = message
         if len(self._app_messages) > APP_MESSAGE_CACHE_SIZE:
             _, old = self._app_messages.popitem(last=False)
-            key = (old.app_id, old.biz_seq or "")
-            if self._biz_seqs.get(key) is old:
-                del self._biz_seqs[key]
+            self._forget_biz_seq(old)
+
+    def _forget_biz_seq(self, message: AppMessage) -> None:
+        """Unindex the bizSeq of a message leaving the cache, unless a newer one holds it."""
+        key = (message.app_id, message.biz_seq or "")
+        if self._biz_seqs.get(key) is message:
+            del self._biz_seqs[key]
