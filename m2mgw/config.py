@@ -407,9 +407,11 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """``[admin]``: the JSON admin API, loopback-only by default."""
+    """``[admin]``: the JSON admin API, loopback-only by default, behind tokens."""
 
     listen: str | None = _setting("tcp:8081:interface=127.0.0.1", _endpoint)
+    #: Empty: ``admin-tokens`` beside the database (:meth:`GatewayConfig.admin_tokens_file`).
+    tokens_file: str = _setting("", _text(allow_empty=True))
 
 
 @dataclass(frozen=True)
@@ -515,6 +517,13 @@ class GatewayConfig:
     app: AppConfig = field(default_factory=AppConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<defaults>"
+
+    @property
+    def admin_tokens_file(self) -> str:
+        """The admin token file: ``[admin] tokens_file``, else ``admin-tokens`` in the
+        database's directory; relative like the database (gateway and CLI agree)."""
+        database_dir = os.path.dirname(self.registry.database)
+        return self.admin.tokens_file or os.path.join(database_dir, "admin-tokens")
 
 
 _SECTIONS: dict[str, type] = {

@@ -44,6 +44,7 @@ from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
 from m2mgw.web.admin import AdminResource
+from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
 
 log = Logger()
@@ -150,6 +151,10 @@ class GatewayService(service.MultiService):
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_protocol: TerminalDatagramProtocol | None = None
         self.sms: SmsService | None = None
+        #: The admin API's tokens (D-190); the file is created at start-up if missing.
+        self.admin_tokens = TokenFile(config.admin_tokens_file)
+        #: When the service started (``uptime`` in ``GET /stats``).
+        self.started_at: float | None = None
         self._build_children(clock)
         self.registry.add_pressure_observer(self._hold_terminal_input)
         #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
@@ -223,6 +228,7 @@ class GatewayService(service.MultiService):
     def startService(self) -> None:
         """Open the registry, then start the listeners (asynchronous start-up)."""
         service.Service.startService(self)
+        self.started_at = self.reactor.seconds()
         self.ready = self._start()
 
     @inlineCallbacks
@@ -232,6 +238,12 @@ class GatewayService(service.MultiService):
         except Exception as exc:
             raise self._startup_failed(f"cannot open the registry: {exc}") from None
         self._registry_open = True
+        try:
+            self.admin_tokens.prepare(self.config.admin.listen)
+        except AuthSetupError as exc:
+            yield self.registry.close()
+            self._registry_open = False
+            raise self._startup_failed(str(exc)) from None
         self.engine.restore_sessions()
         for child in self:
             child.startService()
