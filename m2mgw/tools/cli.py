@@ -47,6 +47,7 @@ from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.protocol import tags
+from m2mgw.protocol.constants import Command, result_label
 from m2mgw.web import auth
 
 API_TIMEOUT = 10.0
@@ -502,7 +503,10 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     if answer["state"] not in FINAL_STATES:
         raise CliError(1, f"request {answer['id']} still {answer['state']} after {args.wait:g} s")
     if answer["state"] != "succeeded":
-        raise CliError(1, f"request {answer['id']} {answer['state']}: {answer['outcome']}")
+        result, command = answer.get("result"), Command.__members__.get(answer["command"])
+        named = "" if result is None or command is None else (
+            f", {command.name}_ACK {result_label(command, result)}")  # fmt: skip
+        raise CliError(1, f"request {answer['id']} {answer['state']}: {answer['outcome']}{named}")
     return 0
 
 

@@ -465,8 +465,13 @@ class SimulatedTerminal:
             self._end(False)
             return
         self._outstanding.discard(event.sequence_id)
-        if not self._outstanding and self._worked and self.mode == "tcp-short":
+        if not self._outstanding and self._worked and self._done_when_answered:
             self.finish()
+
+    @property
+    def _done_when_answered(self) -> bool:
+        """tcp-short, or --logout-when-done: log out once what was sent is answered."""
+        return self.mode == "tcp-short" or self.fleet.args.logout_when_done
 
     def _work(self) -> None:
         """The exchange after the first login: traps and data, then heartbeats or logout."""
@@ -479,11 +484,9 @@ class SimulatedTerminal:
         for frame in frames:
             self._outstanding.add(int.from_bytes(frame[4:8], "big"))
             self._transmit(frame)
-        if self.mode == "tcp-short":
-            if not self._outstanding:
-                self.finish()
-            return
-        if self.mode != "sms":  # HEART_BEAT is never sent by SMS (10.4.5)
+        if self._done_when_answered and not self._outstanding:
+            self.finish()
+        elif self.mode not in ("tcp-short", "sms"):  # HEART_BEAT is never sent by SMS (10.4.5)
             self._schedule_heartbeat()
 
     def finish(self) -> None:
@@ -1007,6 +1010,12 @@ def parser() -> argparse.ArgumentParser:
         type=_positive,
         metavar="SECONDS",
         help="log every terminal out after this long (default: at Ctrl-C)",
+    )
+    p.add_argument(
+        "--logout-when-done",
+        action="store_true",
+        help="log out once the post-login trap, --trap and --send-data are answered "
+        "(what --mode tcp-short always does)",
     )
     p.add_argument(
         "--json-events",
