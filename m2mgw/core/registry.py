@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class RegistryError(Exception):
@@ -80,6 +80,12 @@ class ITerminalRegistry(Interface):
 
         :return: Deferred[None]
         """
+
+    pending_writes = Attribute("Write transactions submitted and not yet committed.")
+    pending_rows = Attribute("Rows of those transactions.")
+    request_observers = Attribute(
+        "A list of callables, each called with every Request enqueued or updated, at once."
+    )
 
     def add_pressure_observer(observer):
         """Call ``observer(True)`` when uncommitted writes pass the high watermark and
@@ -187,6 +193,15 @@ class ITerminalRegistry(Interface):
         :return: Deferred[list[Alarm]]
         """
 
+    def alarm_page(serial=None, *, active_only=False, code=None, status=None, before=None,
+                   offset=0, limit=100):
+        """A page of ``alarms``, each filter applied when not None; history rows with an
+        id below ``before`` (a cursor), after skipping ``offset``. Raised alarms
+        (``active_only``) have no id and page by ``offset`` only.
+
+        :return: Deferred[list[tuple[int | None, Alarm]]] of (history row id, alarm).
+        """
+
     def record_statistics(serial, values, now):
         """Append statistics TLVs ``{tag: value}`` reported at ``now``.
 
@@ -218,6 +233,14 @@ class ITerminalRegistry(Interface):
         :return: Deferred[list[LogEntry]]
         """
 
+    def message_page(serial=None, *, direction=None, event=None, before=None, offset=0,
+                     limit=100):
+        """A page of the whole log (including unflushed entries), newest first, each
+        filter applied when not None, ids below ``before``, after ``offset`` rows.
+
+        :return: Deferred[list[tuple[int, LogEntry]]] of (row id, entry).
+        """
+
     # --- request queue --------------------------------------------------------------
 
     def enqueue(request):
@@ -240,11 +263,18 @@ class ITerminalRegistry(Interface):
         (older history: ``requests``). None when not in memory.
         """
 
-    def requests(serial=None, states=None, limit=100):
-        """Request history, newest first, optionally filtered by serial and states.
+    def requests(serial=None, states=None, limit=100, *, before=None, offset=0):
+        """Request history, newest first, optionally filtered by serial and states;
+        ids below ``before`` (a cursor), after skipping ``offset`` rows.
 
         :return: Deferred[list[Request]]
         """
+
+    def active_requests():
+        """Every active (queued or sent) request, FIFO by id, from memory."""
+
+    def queue_stats():
+        """(number of active requests, ``created_at`` of the oldest or None), in O(1)."""
 
     def expire_requests(now):
         """Mark queued requests whose ``expires_at`` <= ``now`` as 'expired'.
@@ -294,6 +324,13 @@ class ITerminalRegistry(Interface):
 
     def pending_sms():
         """The pending outgoing SMS messages, FIFO by id, from memory."""
+
+    def sms_page(*, states=None, msisdn=None, before=None, offset=0, limit=100):
+        """A page of the whole outbox (pending, sent, failed), newest first, by states
+        and destination (normalised, PD-30); ids below ``before``, after ``offset``.
+
+        :return: Deferred[list[OutgoingSms]]
+        """
 
     # --- applications (application spec 2.6, 4.7, 7.1) -------------------------------
 

@@ -476,6 +476,22 @@ def _prune_sql(table: str, history: _History) -> str:
 _PRUNE_SQL = {table: _prune_sql(table, history) for table, history in _HISTORY.items()}
 
 
+def _filters(**columns: Any) -> tuple[str, list[Any]]:
+    """A WHERE clause matching every column given (not None); a list value is IN."""
+    terms: list[str] = []
+    params: list[Any] = []
+    for name, value in columns.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            terms.append(f"{name} IN ({', '.join('?' * len(value))})")
+            params += value
+        else:
+            terms.append(f"{name} = ?")
+            params.append(value)
+    return (f" WHERE {' AND '.join(terms)}" if terms else ""), params
+
+
 def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
     """Everything the cache holds, read in one interaction at open."""
 
@@ -547,6 +563,8 @@ class SqliteRegistry:
         self._pending_rows = 0
         self._saturated = False
         self._pressure_observers: list[PressureObserver] = []
+        #: Called with each request enqueued or updated (the admin API's /events).
+        self.request_observers: list[Callable[[Request], None]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -975,6 +993,40 @@ class SqliteRegistry:
             lambda rows: [table.load(row) for row in rows]
         )
 
+    def alarm_page(
+        self,
+        serial: str | None = None,
+        *,
+        active_only: bool = False,
+        code: int | None = None,
+        status: int | None = None,
+        before: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Deferred[list[tuple[int | None, Alarm]]]:
+        if active_only:  # alarm_state has no ids: newest first, paged by offset
+            where, params = _filters(serial=serial, code=code, status=1)
+            sql = f"{_ALARM_STATE.select}{where} ORDER BY time DESC LIMIT ? OFFSET ?"
+            return self._query(sql, *params, limit, offset).addCallback(
+                lambda rows: [(None, _ALARM_STATE.load(row)) for row in rows]
+            )
+        where, params = _filters(serial=serial, code=code, status=status)
+        return self._history_page(_ALARM_HISTORY, where, params, before, offset, limit)
+
+    def _history_page(
+        self, table: _Table, where: str, params: list[Any], before: int | None,
+        offset: int, limit: int,
+    ) -> Deferred[list[tuple[int, Any]]]:
+        """Rows of a history table with their ids, newest first, before id ``before``."""
+        if before is not None:
+            where = f"{where} AND id < ?" if where else " WHERE id < ?"
+            params = [*params, before]
+        names = ", ".join(f'"{c}"' for c in table.columns)
+        sql = f"SELECT id, {names} FROM {table.name}{where} ORDER BY id DESC LIMIT ? OFFSET ?"
+        return self._query(sql, *params, limit, offset).addCallback(
+            lambda rows: [(row[0], table.load(row[1:])) for row in rows]
+        )
+
     def record_statistics(
         self, serial: str, values: dict[int, bytes], now: float
     ) -> Deferred[None]:
@@ -1042,6 +1094,20 @@ class SqliteRegistry:
             lambda rows: [_MESSAGES.load(row) for row in rows]
         )
 
+    def message_page(
+        self,
+        serial: str | None = None,
+        *,
+        direction: str | None = None,
+        event: str | None = None,
+        before: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Deferred[list[tuple[int, LogEntry]]]:
+        self._flush_tick()
+        where, params = _filters(serial=serial, direction=direction, event=event)
+        return self._history_page(_MESSAGES, where, params, before, offset, limit)
+
     def _flush_tick(self) -> None:
         """Persist coalesced touches and buffered log entries, fire-and-forget."""
         d = self._flush()
@@ -1072,6 +1138,7 @@ class SqliteRegistry:
         request.updated_at = self._reactor.seconds()
         row = self._new_row(request, _REQUESTS)
         self._track(request)
+        self._tell(request)
         return self._write([(_REQUESTS.insert, [row])]).addCallback(lambda _: request)
 
     def update_request(self, request: Request) -> Deferred[None]:
@@ -1082,6 +1149,15 @@ class SqliteRegistry:
     def queued(self, serial: str) -> list[Request]:
         return sorted(self._queues.get(serial, {}).values(), key=lambda r: r.id or 0)
 
+    def active_requests(self) -> list[Request]:
+        return sorted(self._active.values(), key=lambda r: r.id or 0)
+
+    def queue_stats(self) -> tuple[int, float | None]:
+        # Active requests are filed by increasing id (enqueue, and load ORDER BY id), and
+        # a re-filed one keeps its place: the first is the oldest.
+        oldest = next(iter(self._active.values()), None)
+        return len(self._active), None if oldest is None else oldest.created_at
+
     def request(self, id: int) -> Request | None:
         return self._active.get(id) or self._finished.get(id)
 
@@ -1090,24 +1166,19 @@ class SqliteRegistry:
         serial: str | None = None,
         states: Iterable[str] | None = None,
         limit: int = 100,
+        *,
+        before: int | None = None,
+        offset: int = 0,
     ) -> Deferred[list[Request]]:
-        where: list[str] = []
-        params: list[Any] = []
-        if serial is not None:
-            where.append("serial = ?")
-            params.append(serial)
-        if states is not None:
-            values = [RequestState(s).value for s in states]
-            where.append(f"state IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        sql = f"{_REQUESTS.select}{clause} ORDER BY id DESC LIMIT ?"
+        values = None if states is None else [RequestState(s).value for s in states]
+        where, params = _filters(serial=serial, state=values)
 
-        def load(rows: list[Row]) -> list[Request]:
-            loaded = [_REQUESTS.load(row) for row in rows]
-            return [self.request(r.id) or r for r in loaded]
+        def load(rows: list[tuple[int, Request]]) -> list[Request]:
+            return [self.request(r.id) or r for _, r in rows]
 
-        return self._query(sql, *params, limit).addCallback(load)
+        return self._history_page(_REQUESTS, where, params, before, offset, limit).addCallback(
+            load
+        )
 
     def expire_requests(self, now: float) -> Deferred[list[Request]]:
         expired = [
@@ -1129,7 +1200,16 @@ class SqliteRegistry:
             request.updated_at = now
             rows.append(_REQUESTS.update_row(request))
             self._track(request)
+            self._tell(request)
         return [(_REQUESTS.update, rows)] if rows else []
+
+    def _tell(self, request: Request) -> None:
+        for observer in self.request_observers:
+            try:
+                observer(request)
+            except Exception:  # an observer's bug must not fail the write
+                _log.failure("registry {path}: request observer {observer} failed",
+                             path=self._path, observer=observer)
 
     def _track(self, request: Request) -> None:
         """File a request in the active queue or the finished cache by its state."""
@@ -1207,6 +1287,21 @@ class SqliteRegistry:
 
     def pending_sms(self) -> list[OutgoingSms]:
         return sorted(self._sms_pending.values(), key=lambda sms: sms.id or 0)
+
+    def sms_page(
+        self,
+        *,
+        states: Iterable[str] | None = None,
+        msisdn: str | None = None,
+        before: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Deferred[list[OutgoingSms]]:
+        values = None if states is None else [SmsState(s).value for s in states]
+        number = None if msisdn is None else normalize_msisdn(msisdn)
+        where, params = _filters(state=values, msisdn=number)
+        d = self._history_page(_SMS_OUTBOX, where, params, before, offset, limit)
+        return d.addCallback(lambda rows: [self._sms_pending.get(s.id, s) for _, s in rows])
 
     # --- applications ---------------------------------------------------------------
 
