@@ -34,6 +34,7 @@ from m2mgw.app import client as app_client
 from m2mgw.app import operations as ops
 from m2mgw.app.longconn import AppCredentials
 from m2mgw.protocol.constants import RESULT_CODES, Command, code_label, code_name
+from m2mgw.tools import argtypes
 
 #: How long a request waits for the gateway's answer: above the gateway's default
 #: ``[app] sync_wait`` (50 s), which a ``get-config --sync`` may take (AD-13).
@@ -86,13 +87,6 @@ def _result_name(payload: Any, field: str) -> dict[str, str]:
     return {}
 
 
-def _hex(text: str) -> bytes:
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
-
-
 def _tag(text: str) -> int:
     try:
         value = int(text, 0)
@@ -107,7 +101,7 @@ def _item(text: str) -> ops.TlvItem:
     tag, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected TAG=HEX, got {text!r}")
-    return ops.TlvItem(tag=_tag(tag), value=_hex(value))
+    return ops.TlvItem(tag=_tag(tag), value=argtypes.hex_bytes(value))
 
 
 def build_request(args: argparse.Namespace) -> object | None:
@@ -145,22 +139,6 @@ def build_request(args: argparse.Namespace) -> object | None:
     return None
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port (1-65535): {text!r}")
-    return int(text)
-
-
 REQUIRED = ("app_id", "password", "base_key")
 
 
@@ -175,7 +153,7 @@ def _connection_options(parser: argparse.ArgumentParser, *, after: bool) -> None
     add("--host", default=default("127.0.0.1"), help="the gateway's address (default 127.0.0.1)")
     add(
         "--port",
-        type=_port,
+        type=argtypes.port,
         default=default(5300),
         help="the gateway's [app] listen port (default 5300)",
     )
@@ -196,13 +174,14 @@ def _connection_options(parser: argparse.ArgumentParser, *, after: bool) -> None
     )
     add(
         "--wait",
-        type=_positive,
+        type=argtypes.positive,
         default=default(None),
         metavar="SECONDS",
         help="then print (and answer) notifications; a downlink ends at its final result "
         "(watch: default 60)",
     )
-    add("--answer-timeout", type=_positive, default=default(ANSWER_TIMEOUT), metavar="SECONDS",
+    add("--answer-timeout", type=argtypes.positive, default=default(ANSWER_TIMEOUT),
+        metavar="SECONDS",
         help=f"how long a request waits for the gateway's answer (default {ANSWER_TIMEOUT:g}, "
              "above the gateway's [app] sync_wait)")  # fmt: skip
 
@@ -230,13 +209,13 @@ def make_parser() -> argparse.ArgumentParser:
         return p
 
     p = downlink("send-data", "transparent data to a terminal")
-    p.add_argument("data", type=_hex, metavar="HEX", help="the data, in hex")
+    p.add_argument("data", type=argtypes.hex_bytes, metavar="HEX", help="the data, in hex")
     p.add_argument("--no-ack", action="store_true", help="no NotifyResult on success")
     p = downlink("send-cmd", "a transparent command to a terminal")
-    p.add_argument("data", type=_hex, metavar="HEX", help="the command, in hex")
+    p.add_argument("data", type=argtypes.hex_bytes, metavar="HEX", help="the command, in hex")
     p.add_argument(
         "--fixed",
-        type=_hex,
+        type=argtypes.hex_bytes,
         default=b"",
         metavar="HEX",
         help="the command's fixed part (TLV 0x4016), in hex",

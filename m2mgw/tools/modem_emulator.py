@@ -40,6 +40,7 @@ from m2mgw.sms.pdu import (
     encode_smsc_info,
     gsm7_encode,
 )
+from m2mgw.tools import argtypes
 
 log = Logger()
 
@@ -656,12 +657,6 @@ def _digits(length: range) -> Callable[[str], str]:
     return check
 
 
-def _control_port(text: str) -> int:
-    if not (text.isdigit() and int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"not a TCP port (0-65535): {text!r}")
-    return int(text)
-
-
 def _smsc(text: str) -> str:
     _digits(range(1, 21))(text.removeprefix("+"))
     return text
@@ -674,7 +669,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link", default="/tmp/m2mgw-modem",
                         help="symlink to the pty slave: the [sms] device of the gateway "
                              "(default /tmp/m2mgw-modem)")  # fmt: skip
-    parser.add_argument("--control-port", type=_control_port, default=0,
+    parser.add_argument("--control-port", type=argtypes.listen_port, default=0,
                         help="TCP port of the control socket on 127.0.0.1 (default 0: any "
                              "free port, printed at start)")  # fmt: skip
     parser.add_argument(

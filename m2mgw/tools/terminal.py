@@ -55,6 +55,7 @@ from m2mgw.protocol.tags import BY_NAME, encode_value
 from m2mgw.protocol.tlv import Tlv
 from m2mgw.sms.bearer import SMS_PLATFORM_PORT, SmsReassembler, WmmpSms
 from m2mgw.sms.pdu import SmsDeliver, decode_submit
+from m2mgw.tools import argtypes
 
 log = Logger()
 
@@ -900,47 +901,6 @@ class Fleet:
 # --- command line ----------------------------------------------------------------------
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port (1-65535): {text!r}")
-    return int(text)
-
-
-def _host_port(text: str) -> str:
-    host, _, port = text.rpartition(":")
-    if not host:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
-    _port(port)
-    return text
-
-
-def _hex_data(text: str) -> bytes:
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="m2mgw-terminal", description=__doc__.splitlines()[0].replace("``", "")
@@ -949,8 +909,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the gateway's ini file: take the platform's address and ports from "
                         "its [tcp] listen and [udp] port/interface")  # fmt: skip
     p.add_argument("--host", help="the platform's address (default 127.0.0.1)")
-    p.add_argument("--tcp-port", type=_port, help="the platform's TCP port (default 5236)")
-    p.add_argument("--udp-port", type=_port, help="the platform's UDP port (default 5235)")
+    p.add_argument("--tcp-port", type=argtypes.port, help="the platform's TCP port (default 5236)")
+    p.add_argument("--udp-port", type=argtypes.port, help="the platform's UDP port (default 5235)")
     p.add_argument("--mode", choices=MODES, default="tcp-long",
                    help="bearer and connection: TCP long or short connection, UDP, or SMS "
                         "through the modem emulator (default tcp-long)")  # fmt: skip
@@ -979,7 +939,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--software-version", default="1.01", help="reported in LOGIN (default 1.01)")
     p.add_argument(
         "--heartbeat",
-        type=_positive,
+        type=argtypes.positive,
         metavar="SECONDS",
         help="heartbeat interval, also reported in TLV 0x0011 (default 90)",
     )
@@ -990,7 +950,10 @@ def parser() -> argparse.ArgumentParser:
         help="send REGISTER with this op first (0 new ... 4 cleared)",
     )
     p.add_argument(
-        "--send-data", type=_hex_data, metavar="HEX", help="send this TRANSPARENT_DATA after login"
+        "--send-data",
+        type=argtypes.hex_bytes,
+        metavar="HEX",
+        help="send this TRANSPARENT_DATA after login",
     )
     p.add_argument("--dest-ec", help="EC code of the data's destination application")
     p.add_argument(
@@ -1002,12 +965,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fetch", choices=("none", "http", "file"), default="none",
                    help="on DOWNLOAD_INFO: nothing, an HTTP GET, or FILE_REQ")  # fmt: skip
-    p.add_argument("--count", type=_count, default=1, help="how many terminals (default 1)")
+    p.add_argument(
+        "--count", type=argtypes.at_least_one, default=1, help="how many terminals (default 1)"
+    )
     p.add_argument("--credentials-file", help="JSON lines: serial, imei, imsi, passwords, ...")
     p.add_argument("--stagger", type=float, default=0.005, help="seconds between starts")
     p.add_argument(
         "--duration",
-        type=_positive,
+        type=argtypes.positive,
         metavar="SECONDS",
         help="log every terminal out after this long (default: at Ctrl-C)",
     )
@@ -1022,10 +987,10 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one JSON object per event instead of a readable line",
     )
-    p.add_argument("--modem-control", type=_host_port, metavar="HOST:PORT",
+    p.add_argument("--modem-control", type=argtypes.host_port, metavar="HOST:PORT",
                    help="--mode sms: the modem emulator's control socket")  # fmt: skip
     p.add_argument("--msisdn", help="--mode sms: the (first) terminal's MSISDN")
-    p.add_argument("--sms-poll", type=_positive, default=0.5, metavar="SECONDS",
+    p.add_argument("--sms-poll", type=argtypes.positive, default=0.5, metavar="SECONDS",
                    help="--mode sms: seconds between polls for the gateway's SMS")  # fmt: skip
     return p
 
