@@ -45,10 +45,20 @@ class Reason(StrEnum):
     CONNECTION_CAP = "connection-cap"
     UNMATCHED_ANSWER = "unmatched-answer"
     REJECTED = "rejected"
+    #: A TRANSPARENT_DATA whose CRC16 does not match its data (answered result 4).
+    CRC_MISMATCH = "crc-mismatch"
+    #: A digest over the 28-byte header alone (spec 1.6 C4): no profile accepts it.
+    HEADER_ONLY_DIGEST = "header-only-digest"
+    #: A reported value outside its tag's range, not stored (D-240).
+    OUT_OF_RANGE = "out-of-range"
+    #: A platform request or answer the terminal's compatibility profile cannot take.
+    PROFILE = "profile"
 
 
 #: Refusals that point at an attack or a misconfigured secret: logged as warnings.
-_WARN = frozenset({Reason.AUTH_FAILED, Reason.MISSING_DIGEST, Reason.CONNECTION_CAP})
+_WARN = frozenset(
+    {Reason.AUTH_FAILED, Reason.MISSING_DIGEST, Reason.HEADER_ONLY_DIGEST, Reason.CONNECTION_CAP}
+)
 
 #: The optional terminal keys of a refusal line, in the order its text names them.
 _TEXT_PARTS = (
@@ -113,10 +123,12 @@ class Refusals:
         bearer: str | None = None,
         command: str | None = None,
         sequence_id: int | None = None,
+        hint: str | None = None,
         **fields: object,
     ) -> None:
         """Count one refusal and log it unless its source or the whole gateway is over
-        its rate; ``fields`` are extra event keys."""
+        its rate; ``hint`` ends the line (which compatibility profile would accept the
+        message, issue #10); ``fields`` are extra event keys."""
         self.totals[reason] += 1
         if serial:
             self._count(serial, reason)
@@ -137,6 +149,9 @@ class Refusals:
         present = {k: v for k, v in keys.items() if v is not None}
         text = "Refused" + "".join(part for k, part in _TEXT_PARTS if k in present)
         text += ": {reason} ({detail})" if detail else ": {reason}"
+        if hint:
+            present["hint"] = hint
+            text += "; {hint}"
         log.emit(
             LogLevel.warn if reason in _WARN else LogLevel.info,
             text,

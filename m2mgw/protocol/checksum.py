@@ -39,6 +39,22 @@ def crc16(data: bytes, crc: int = CRC16_INIT) -> int:
     return crc
 
 
+def crc16_cmcc(data: bytes) -> bytes:
+    """The CMCC Java ME client's CRC16, as the two bytes it sends (PD-08, 1.6 C5).
+
+    The variant XORs each data byte into the high byte of the register instead of the
+    low byte (same reflected polynomial and start value, no final XOR) and sends the
+    register low byte first: ``"123456789"`` gives ``AE CC``. Only a terminal on a
+    profile that accepts C5 is checked against it.
+    """
+    crc = CRC16_INIT
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = (crc >> 1) ^ _CRC16_POLY if crc & 1 else crc >> 1
+    return crc.to_bytes(2, "little")
+
+
 def crc32(data: bytes, crc: int = 0) -> int:
     """CRC-32 of zlib/ISO-HDLC (check value 0xCBF43926); ``crc`` chains blocks."""
     return zlib.crc32(data, crc)

@@ -135,25 +135,63 @@ def build_frame(
     flag: int = 0,
     key: DigestKey | None = None,
     timestamp: int = 0,
+    flag_digest: bool = True,
+    header_only: bool = False,
 ) -> bytes:
     """Header + body, signed with ``key`` when given (which sets flag 0x20).
 
     Signing follows spec 6.2 "Sending": Total_Length and the flag already count the
-    digest TLV when the MD5 over header and body is taken.
+    digest TLV when the MD5 over header and body is taken. Two departures of the
+    CMCC Java ME client (1.6) can be reproduced, for the simulator and tests:
+    ``flag_digest=False`` appends the digest without setting flag 0x20 (C1), and
+    ``header_only`` digests the 28-byte header alone (C4, which every profile refuses).
     """
     if key is None:
         if flag & _DIGEST:
             raise HeaderError("digest flag without a key to sign with")
         length = HEADER_SIZE + len(body)
     else:
-        flag |= _DIGEST
+        if flag_digest:
+            flag |= _DIGEST
         length = HEADER_SIZE + len(body) + DIGEST_TLV_SIZE
     if length > MAX_LENGTH:
         raise BodyError(f"message of {length} bytes exceeds {MAX_LENGTH}")
-    frame = pack_header(length, command_id, sequence_id, version, flag, serial) + body
+    header = pack_header(length, command_id, sequence_id, version, flag, serial)
+    frame = header + body
     if key is None:
         return frame
-    return frame + DIGEST_PREFIX + compute_digest(frame, timestamp, key)
+    return frame + DIGEST_PREFIX + compute_digest(header if header_only else frame, timestamp, key)
+
+
+def unflagged_digest(frame: Frame) -> Frame | None:
+    """``frame`` read as ending in a digest TLV although flag 0x20 is clear (1.6 C1).
+
+    None when the frame has its digest already or does not end with ``E021 0010``.
+    The caller verifies the result with :func:`verify_frame` (over the bytes as sent)
+    and keeps the original frame when that fails: the bytes may be data after all.
+    """
+    raw = frame.raw
+    if frame.digest is not None or len(raw) < HEADER_SIZE + DIGEST_TLV_SIZE:
+        return None
+    if raw[_PREFIX_AT:_DIGEST_AT] != DIGEST_PREFIX:
+        return None
+    return _new_tuple(Frame, (frame.header, raw, raw[HEADER_SIZE:_PREFIX_AT], raw[_DIGEST_AT:]))
+
+
+def header_only_digest(frame: Frame, timestamp: int, key: DigestKey) -> bool:
+    """Whether the frame's digest is the MD5 of its 28-byte header alone (1.6 C4).
+
+    Such a digest authenticates no body byte: it is only recognised, so that the
+    refusal can say what the terminal does.
+    """
+    digest = frame.digest
+    if digest is None:
+        return False
+    try:
+        expected = compute_digest(frame.raw[:HEADER_SIZE], timestamp, key)
+    except (ProtocolError, TypeError, ValueError):
+        return False
+    return hmac.compare_digest(expected, digest)
 
 
 def encrypted_container(cipher: Cipher, body: bytes) -> bytes:

@@ -37,21 +37,38 @@ _INT_WIDTH = {Kind.U8: 1, Kind.U16: 2, Kind.U32: 4}
 @dataclass(frozen=True, slots=True)
 class TagSpec:
     """One registry entry; ``size`` is the max string length, the fixed bytes/struct
-    length or the record length, 0 when unbounded."""
+    length or the record length, 0 when unbounded; ``valid`` the (low, high) bounds of
+    an integer value that a terminal may report (D-240), None when any fits."""
 
     tag: int
     name: str
     kind: Kind
     size: int = 0
     opaque: bool = False
+    valid: tuple[int, int] | None = None
 
     @property
     def is_security(self) -> bool:
         return 0xE000 <= self.tag <= 0xE0FF
 
 
-def _T(tag: int, name: str, kind: Kind, size: int, *, opaque: bool = False) -> TagSpec:
-    return TagSpec(tag, name, kind, size, opaque)
+def _T(
+    tag: int,
+    name: str,
+    kind: Kind,
+    size: int,
+    *,
+    opaque: bool = False,
+    valid: tuple[int, int] | None = None,
+) -> TagSpec:
+    return TagSpec(tag, name, kind, size, opaque, valid)
+
+
+#: Bounds of the timer tags (D-240): seconds, at least 1; an interval at most a day,
+#: like the platform's own heartbeat_interval_default; a report period at most the
+#: 30-day "month" of 0x2011.
+_DAY = 86_400
+_PERIOD = (1, _DAY)
 
 
 _SPECS = (
@@ -70,12 +87,12 @@ _SPECS = (
     _T(0x000D, "APPSRVIPADDR", Kind.U32, 0),
     _T(0x000E, "APPSRVPORT", Kind.U32, 0),
     _T(0x0010, "DNSADDR", Kind.STR, 0),
-    _T(0x0011, "PERIOD_CFG", Kind.U32, 0),
+    _T(0x0011, "PERIOD_CFG", Kind.U32, 0, valid=_PERIOD),
     _T(0x0012, "APPUSSDSMSSPECIALNUM", Kind.STR, 0),
     _T(0x0013, "M2MAPPAPN", Kind.STR, 0),
     _T(0x0014, "BACKUPDNSADDR", Kind.STR, 0),
     _T(0x0025, "TLVSYNCTAGVALUE", Kind.U16_LIST, 0),
-    _T(0x0026, "SMSRECVOVERTIME", Kind.U16, 0),
+    _T(0x0026, "SMSRECVOVERTIME", Kind.U16, 0, valid=(1, 0xFFFF)),
     _T(0x0027, "MAXLOGINRETRYTIMES", Kind.U8, 0),
     _T(0x0028, "DEFAULTECCODE", Kind.STR, 16),
     _T(0x0101, "LOCALPTRVALUE", Kind.U16, 0, opaque=True),
@@ -83,7 +100,7 @@ _SPECS = (
     _T(0x0103, "LOCALPORTHALT", Kind.U8, 0, opaque=True),
     _T(0x0104, "LOCALPORTVERIFY", Kind.U8, 0, opaque=True),
     _T(0x0105, "LOCALPORTSCANPERIOD", Kind.U16, 0, opaque=True),
-    _T(0x0107, "DATAPACKRESPOVERTIME", Kind.U32, 0),
+    _T(0x0107, "DATAPACKRESPOVERTIME", Kind.U32, 0, valid=_PERIOD),
     _T(0x0108, "TRANSFAILRETRYTIMES", Kind.U8, 0),
     _T(0x0109, "GATELIMIT", Kind.U8, 0, opaque=True),
     _T(0x1000, "UPDATEMODE", Kind.U8, 0, opaque=True),
@@ -101,7 +118,7 @@ _SPECS = (
     _T(0x100C, "CURRENTFILEREV", Kind.STR, 0),
     _T(0x2001, "STATINFOREPORT", Kind.U8, 0),
     _T(0x2002, "REPORTTIME", Kind.U32, 0),
-    _T(0x2003, "PERIODREPORT", Kind.U32, 0),
+    _T(0x2003, "PERIODREPORT", Kind.U32, 0, valid=(1, 30 * _DAY)),
     _T(0x2004, "MONTHLYOPERATIONSIGN", Kind.U8, 0),
     _T(0x2005, "CLEARSTATDATA", Kind.U8, 0),
     _T(0x2006, "STATSTARTTIME", Kind.U32, 0),
@@ -143,9 +160,9 @@ _SPECS = (
     _T(0x3011, "PACKLOSTNUM", Kind.U32, 0),
     _T(0x3012, "FAILWARNING", Kind.U32, 0),
     _T(0x4001, "SETCOMMAND", Kind.U8, 0),
-    _T(0x4002, "CONNECTMODE", Kind.U8, 0),
+    _T(0x4002, "CONNECTMODE", Kind.U8, 0, valid=(0, 4)),
     _T(0x4003, "DATATRANSMODE", Kind.U8, 0, opaque=True),
-    _T(0x4004, "PERIOD_CTRL", Kind.U16, 0),
+    _T(0x4004, "PERIOD_CTRL", Kind.U16, 0, valid=(1, 0xFFFF)),
     _T(0x4005, "COLLECTDATATRANSMODE", Kind.U8, 0, opaque=True),
     _T(0x4006, "M2MCONNECTMODEONIP", Kind.STRUCT, 2, opaque=True),
     _T(0x4007, "USERDATAID", Kind.BYTES, 0),
@@ -278,6 +295,35 @@ def length_fits(tag: int, length: int) -> bool:
     if kind is Kind.FRAGMENT:
         return length >= 7
     return True
+
+
+def value_error(tag: int, raw: bytes) -> str | None:
+    """Why a reported integer value is unusable: outside its tag's ``valid`` bounds.
+
+    None when the value fits, or the tag has no bounds, or the length does not fit
+    (that is :func:`length_fits`' verdict). Checked wherever reported values are
+    stored, whatever the terminal's compatibility profile (D-240).
+    """
+    spec = TAGS.get(tag)
+    if spec is None or spec.valid is None or len(raw) not in (1, 2, 4):
+        return None
+    low, high = spec.valid
+    value = int.from_bytes(raw, "big")
+    if low <= value <= high:
+        return None
+    return f"0x{tag:04X} ({spec.name}) = {value:,} is outside {low:,}-{high:,}"
+
+
+def swap_integer(tag: int, raw: bytes) -> bytes:
+    """An integer tag's 2- or 4-byte value in the other byte order; anything else as is.
+
+    Terminals that send integer TLVs little-endian (1.6 C6) are read and written
+    through this, so that the registry always holds the numbers they mean.
+    """
+    spec = TAGS.get(tag)
+    if spec is None or spec.kind not in INTEGER_KINDS or len(raw) not in (2, 4):
+        return raw
+    return raw[::-1]
 
 
 def decode_int(raw: bytes) -> int:

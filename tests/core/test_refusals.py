@@ -121,6 +121,15 @@ class RefusalsTest(unittest.TestCase):
             ],
         )
 
+    def test_the_hint_names_the_profile_that_would_accept_it(self) -> None:
+        """Issue #10: not silence, but which accommodation would have taken it."""
+        hint = "this terminal sends unsigned LOGOUT; the cmcc-javame profile accepts it (C3)"
+        with capturedLogs() as events:
+            self.refusals.report(Reason.MISSING_DIGEST, "no digest", serial="S", hint=hint)
+        [line] = events
+        self.assertEqual(formatEvent(line), f"Refused from S: missing-digest (no digest); {hint}")
+        self.assertEqual(line["hint"], hint)
+
 
 class EngineRefusalsTest(unittest.TestCase):
     """What the engine refuses reaches its Refusals with the terminal's keys."""

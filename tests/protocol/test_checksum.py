@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from m2mgw.protocol.checksum import crc16, crc32
+from m2mgw.protocol.checksum import crc16, crc16_cmcc, crc32
 from tests.spec_examples import SYNC_CRC, SYNC_STREAM
 
 
@@ -61,3 +61,11 @@ def test_crc16_table_matches_bitwise_definition(data: bytes) -> None:
 def test_chaining_equals_whole(a: bytes, b: bytes) -> None:
     assert crc16(b, crc16(a)) == crc16(a + b)
     assert crc32(b, crc32(a)) == crc32(a + b)
+
+
+def test_crc16_cmcc_variant_vectors() -> None:
+    """PD-08 as corrected, 1.6 C5: the CMCC Java ME client's CRC16, as its wire bytes."""
+    assert crc16_cmcc(b"123456789") == bytes.fromhex("AE CC")
+    assert crc16_cmcc(bytes.fromhex("01 02 03 04")) == bytes.fromhex("14 85")
+    # A variant, not CRC-16/MODBUS in another byte order.
+    assert crc16_cmcc(b"123456789") not in (b"\x4b\x37", b"\x37\x4b")
