@@ -26,9 +26,9 @@ _m2mgw_bootstrap() {
         stamp=$venv/.m2mgw-installed
         if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
             "$venv/bin/python" -m pip install -q --upgrade pip || exit
-            # compat mode puts the checkout on sys.path, so twistd finds twisted/plugins/.
-            "$venv/bin/python" -m pip install -q -e '.[test]' \
-                --config-settings editable_mode=compat || exit
+            # An editable install: setup.cfg's `package_dir = =.` makes it a plain .pth
+            # entry for the checkout, where twistd finds twisted/plugins/ (D-148).
+            "$venv/bin/python" -m pip install -q -e '.[test]' || exit
             touch "$stamp"
         fi
     ) || {
