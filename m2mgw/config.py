@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from twisted.logger import InvalidLogLevelError, LogLevel
 
+from m2mgw.protocol import compat
 from m2mgw.protocol.constants import DEFAULT_ACCEPTED_VERSIONS
 
 Parser = Callable[[str], Any]
@@ -439,7 +440,10 @@ class ProtocolConfig:
     credential_renew_margin: float = _setting(7 * _DAY, _duration(0))
     wakeup_min_interval: float = _setting(600.0, _duration(0))
     file_block_max: int = _setting(887, _integer(1, 65_000))
+    #: Deprecated alias (D-238): ``yes`` means ``default_compat = simcom``.
     register_op3_digest_optional: bool = _setting(False, _boolean)
+    #: The compatibility profile of terminals provisioned without one (spec 1.6).
+    default_compat: str = _setting("strict", _one_of(*compat.NAMES))
     default_sync_tags: tuple[int, ...] = _setting(
         (0x0002, 0x0007, 0x0009, 0x000A, 0x0011), _hex_list(allow_empty=True)
     )
@@ -600,6 +604,14 @@ def _build_section(source: str, name: str, items: Mapping[str, str]) -> Any:
             values[key] = known[key].metadata["parse"](raw.strip())
         except _Invalid as e:
             raise ConfigError(f"{source}: [{name}] {key}: expected {e}, got {raw!r}") from None
+    if name == "protocol" and values.get("register_op3_digest_optional"):
+        # D-238: the old global switch is the simcom profile for the whole deployment.
+        if values.setdefault("default_compat", compat.SIMCOM.name) != compat.SIMCOM.name:
+            raise ConfigError(
+                f"{source}: [protocol] register_op3_digest_optional: deprecated, it means "
+                f"default_compat = simcom, which contradicts default_compat = "
+                f"{values['default_compat']}; remove it (give terminals --compat simcom)"
+            )
     if name == "http" and "public_url" not in values:
         try:
             values["public_url"] = derive_public_url(values.get("listen", HttpConfig.listen))

@@ -42,6 +42,7 @@ from m2mgw.core.model import (
     TerminalState,
 )
 from m2mgw.protocol import messages as m
+from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import Command, TransparentResult
 from m2mgw.protocol.errors import ProtocolError
 
@@ -514,6 +515,11 @@ class ApplicationService(service.Service):
             return succeed(respond(ops.Response, R.UNSUPPORTED, "unsupported operation"))
 
         def failed(failure: Failure) -> Any:
+            if failure.check(ProfileRefused):
+                # The terminal's compatibility profile cannot carry it (C7, C9): 10 or 12.
+                refused = failure.value
+                code = R.TOO_LARGE if refused.too_large else R.UNSUPPORTED
+                return respond(spec.response, code, refused.reason)
             log.failure("{operation} of {app_id} failed", failure, operation=name,
                         app_id=app.app_id)
             return respond(spec.response, R.INTERNAL_ERROR, "internal error")
@@ -545,7 +551,12 @@ class ApplicationService(service.Service):
     def _submit(self, app: Application, operation: str, terminal: Terminal,
                 built: build.Built, ttl: int, biz_seq: str | None,
                 need_ack: bool = True) -> Deferred[tuple[int, AppMessage]]:
-        """Store the msgId, queue the terminal request; (0 sent now | 5 queued, message)."""
+        """Store the msgId, queue the terminal request; (0 sent now | 5 queued, message).
+
+        A request the terminal's profile cannot carry raises ProfileRefused first, so
+        that no msgId is stored for it (issue #10).
+        """
+        self.engine.check_deliverable(terminal, *built)
         serial = terminal.serial or ""
         reachable = self.engine.reachable(terminal) is not None
         message = AppMessage(app_id=app.app_id, operation=operation, serial=serial,
@@ -669,6 +680,8 @@ class ApplicationService(service.Service):
                                         request.biz_seq, response)
         if terminal is None:
             return refused
+        # Before any file is fetched or stored: a terminal that cannot take one (C9).
+        self.engine.check_deliverable(terminal, Command.DOWNLOAD_INFO, b"")
         if request.file_size > ops.MAX_FILE_SIZE:
             return respond(response, R.BAD_PARAMETER, "fileSize above max_file_size")
         if request.file_data is not None and len(request.file_data) != request.file_size:

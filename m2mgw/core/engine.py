@@ -35,9 +35,9 @@ from m2mgw.core.refusals import Reason, Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.session import Bearer, Session, digest_keys
 from m2mgw.core.uplink import UplinkSink
+from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
-from m2mgw.protocol import tags
-from m2mgw.protocol.checksum import crc16, crc32
+from m2mgw.protocol.checksum import crc16, crc16_cmcc, crc32
 from m2mgw.protocol.codec import (
     ENCRYPTED_FLAG,
     FRAGMENT_FLAG,
@@ -46,12 +46,17 @@ from m2mgw.protocol.codec import (
     Frame,
     build_frame,
     encrypted_container,
+    header_only_digest,
     parse_frame,
+    unflagged_digest,
     verify_frame,
 )
+from m2mgw.protocol.compat import CompatProfile, ProfileRefused, would_accept
 from m2mgw.protocol.constants import (
     ACK_BIT,
+    DIGEST_TLV_SIZE,
     GENERIC_ERROR_RESULT,
+    HEADER_SIZE,
     Command,
     Flag,
     LoginResult,
@@ -233,6 +238,18 @@ class PlatformEngine:
         #: Per serial, the pending set the platform last queued and when: the re-delivery
         #: clock of a set the terminal has not acknowledged (``delivered_at`` is on the ACK).
         self._credential_sent: dict[str, tuple[CredentialSet, float]] = {}
+        if config.register_op3_digest_optional:
+            log.warn(
+                "[protocol] register_op3_digest_optional is deprecated: it now means "
+                "default_compat = simcom; give such terminals --compat simcom (D-238)"
+            )
+
+    def profile_of(self, terminal: Terminal | None) -> CompatProfile:
+        """The terminal's compatibility profile (spec 1.6): its own, else the deployment's
+        ``default_compat``; ``strict`` for a message from no known terminal."""
+        if terminal is None:
+            return compat.STRICT
+        return compat.profile(terminal.compat or self.config.default_compat)
 
     # ------------------------------------------------------------------ receiving
 
@@ -334,6 +351,10 @@ class PlatformEngine:
         ):
             body = encrypted_container(session.cipher, body)
             flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
+        limit = self.profile_of(ex.terminal).max_frame
+        if limit is not None and HEADER_SIZE + len(body) + DIGEST_TLV_SIZE * bool(key) > limit:
+            self._oversized_answer(ex, message, limit)
+            return
         if len(body) > self.config.fragment_threshold and key is not None:
             frame = self._first_answer_part(ex, message.COMMAND, body, flag, key)
         else:
@@ -366,6 +387,18 @@ class PlatformEngine:
             event,
             detail,
         )
+
+    def _oversized_answer(self, ex: _Exchange, message: m.Message, limit: int) -> None:
+        """C7: an answer the terminal could not read goes out as the command's generic
+        error answer, or not at all; either way the operator is told (issue #10)."""
+        self._refuse(
+            ex,
+            Reason.PROFILE,
+            f"{message.name} would exceed the {limit}-byte frames this terminal reads (C7)",
+        )
+        error = _error_answer(ex.header.command_id)  # a few bytes: always fits
+        if error is not None:
+            self._answer(ex, error)
 
     def _first_answer_part(
         self, ex: _Exchange, command_id: int, body: bytes, flag: int, key: DigestKey
@@ -501,11 +534,19 @@ class PlatformEngine:
         if creds is None:
             self._register_deliver(ex, terminal, msg, msisdn, fresh=False)
             return
-        has_digest = ex.frame.digest is not None
-        if not ex.sms and (has_digest or not self.config.register_op3_digest_optional):
-            if not self._register_verify(ex, msg.imei, msg.imsi, creds):
-                self._auth_failure(ex, terminal, "REGISTER op 3 digest does not verify")
+        if not ex.sms and ex.frame.digest is None:
+            if not self.profile_of(terminal).register_op3_digest_optional:
+                self._auth_failure(
+                    ex,
+                    terminal,
+                    "REGISTER op 3 lacks its digest",
+                    reason=Reason.MISSING_DIGEST,
+                    hint=would_accept("PD-06", "sends REGISTER op 3 without a digest"),
+                )
                 return
+        elif not self._register_verify(ex, msg.imei, msg.imsi, creds):
+            self._auth_failure(ex, terminal, "REGISTER op 3 digest does not verify")
+            return
         given = tlv_dict(msg.tlvs)
         expected = {
             TAG_UPLINK_PROOF: uplink_proof(creds.uplink_password, creds.uplink_expiry),
@@ -602,7 +643,6 @@ class PlatformEngine:
             self._refuse(ex, Reason.UNKNOWN_SERIAL, detail)
             self._answer(ex, m.LoginAck(LoginResult.UNKNOWN_SERIAL, 0), flag=Flag.AUTH)
             return
-        msg = m.Login.decode_body(frame.body)
         if ex.sms:
             if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
                 self._refuse(ex, Reason.WRONG_PATH, "LOGIN by SMS from a number not bound to it")
@@ -612,10 +652,10 @@ class PlatformEngine:
         else:
             verified = self._login_credentials(ex, terminal)
             if verified is None:
-                self._auth_failure(ex, terminal, "LOGIN digest does not verify")
                 self._answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0), flag=Flag.AUTH)
                 return
             creds = verified
+        msg = m.Login.decode_body(ex.frame.body)
         if not terminal.enabled:
             self._refuse(ex, Reason.DISABLED, "terminal disabled")
             self._answer(ex, m.LoginAck(LoginResult.DISABLED, 0))
@@ -637,6 +677,12 @@ class PlatformEngine:
         result = (
             LoginResult.OK if self._sync_consistent(terminal, msg.sync_crc) else LoginResult.OK_SYNC
         )
+        if result == LoginResult.OK_SYNC and msg.sync_crc == 0:
+            log.info(
+                "LOGIN of {serial} has sync CRC32 0: answered result 1; {hint}",
+                hint=would_accept("C2", "may never track its sync values"),
+                **ex.log_keys,
+            )
         timestamp = max(int(ex.now), terminal.last_session_timestamp + 1)
         if terminal.session_timestamp is not None:
             timestamp = max(timestamp, terminal.session_timestamp + 1)
@@ -663,20 +709,38 @@ class PlatformEngine:
             self.router.on_login(terminal)
 
     def _login_credentials(self, ex: _Exchange, terminal: Terminal) -> CredentialSet | None:
-        """The set whose uplink password verifies the LOGIN digest: current, then pending."""
-        if ex.frame.digest is None:
+        """The set whose uplink password verifies the LOGIN digest: current, then pending.
+
+        A digest appended with flag 0x20 clear counts only under C1 (spec 1.6); every
+        failure is refused here with its reason (2.2 step 4, 6.2).
+        """
+        frame = ex.frame
+        signed = frame if frame.digest is not None else unflagged_digest(frame)
+        found = None if signed is None else _verifying_set(terminal, signed)
+        accepted = signed is frame or self.profile_of(terminal).digest_without_flag
+        if signed is not None and found is not None and accepted:
+            ex.frame, ex.key = signed, found[1]
+            return found[0]
+        if frame.digest is not None:
+            self._auth_failure(ex, terminal, "LOGIN digest does not verify")
             return None
-        for creds in (terminal.current, terminal.pending):
-            if creds is None:
-                continue
-            up, down = digest_keys(terminal, creds)
-            if verify_frame(ex.frame, 0, up):
-                ex.key = down
-                return creds
+        hint = None
+        if found is not None:
+            hint = would_accept("C1", "appends a valid E021 to LOGIN without setting flag 0x20")
+        self._auth_failure(
+            ex,
+            terminal,
+            "LOGIN lacks its digest (flag 0x20 clear)",
+            reason=Reason.MISSING_DIGEST,
+            hint=hint,
+        )
         return None
 
     def _sync_consistent(self, terminal: Terminal, sync_crc: int) -> bool:
-        """Step 7 of 4.4: CRC32 over the stored sync values equals the terminal's."""
+        """Step 7 of 4.4: CRC32 over the stored sync values equals the terminal's; 0 from
+        a C2 terminal means "not tracked" and is consistent (spec 1.6)."""
+        if sync_crc == 0 and self.profile_of(terminal).sync_crc_zero_untracked:
+            return True
         values = self.registry.config_values(terminal.serial or "")
         sync_tags = terminal.sync_tags or list(self.config.default_sync_tags)
         stream = []
@@ -742,11 +806,11 @@ class PlatformEngine:
             self._refuse(ex, Reason.UNKNOWN_SERIAL, "not provisioned")
             return
         ex.terminal = terminal
-        msg = m.Logout.decode_body(frame.body, padded=True)
         session = self.sessions.get(serial)
         timestamp = session.timestamp if session else terminal.last_session_timestamp
         if not self._authenticate(ex, terminal, timestamp):
             return
+        msg = m.Logout.decode_body(ex.frame.body, padded=True)
         ex.session = session
         self._answer(ex, m.LogoutAck(), encrypt=False)
         if session is None:
@@ -772,28 +836,63 @@ class PlatformEngine:
         self.end_session(terminal, reason, state, ex.now, via=ex)
 
     def _authenticate(self, ex: _Exchange, terminal: Terminal, timestamp: int) -> bool:
-        """Digest (IP) or MSISDN (SMS) check of a request; sets the answer's key (6.2)."""
+        """Digest (IP) or MSISDN (SMS) check of a request or answer; sets the answer's key
+        (6.2). The terminal's profile may take a digest without its flag (C1), or no
+        digest on the session's TCP connection (C3, answered unsigned as PD-05 does);
+        each refusal says which profile would have taken the message (spec 1.6)."""
         if ex.sms:
             if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
                 self._refuse(ex, Reason.WRONG_PATH, "by SMS from a number not bound to it")
                 return False
             return True
-        if ex.frame.digest is None:
-            self._refuse(ex, Reason.MISSING_DIGEST, "the required digest is missing")
-            return False
         session = self.sessions.get(terminal.serial or "")
-        if session is not None:
-            up, down = session.up, session.down
-        else:
-            try:
-                up, down = digest_keys(terminal)
-            except LookupError:
-                self._refuse(ex, Reason.AUTH_FAILED, "no credential set to verify the digest")
-                return False
-        if not verify_frame(ex.frame, timestamp, up):
-            self._auth_failure(ex, terminal, f"{ex.header.command_name} digest does not verify")
+        try:
+            up, down = (session.up, session.down) if session else digest_keys(terminal)
+        except LookupError:
+            self._refuse(ex, Reason.AUTH_FAILED, "no credential set to verify the digest")
             return False
-        ex.key = down
+        frame, name = ex.frame, ex.header.command_name
+        profile = self.profile_of(terminal)
+        signed = frame if frame.digest is not None else unflagged_digest(frame)
+        if signed is not None and verify_frame(signed, timestamp, up):
+            if signed is frame or profile.digest_without_flag:
+                ex.frame, ex.key, ex.timestamp = signed, down, timestamp
+                return True
+            self._refuse(
+                ex,
+                Reason.MISSING_DIGEST,
+                f"{name} lacks its digest (flag 0x20 clear)",
+                hint=would_accept("C1", f"appends a valid E021 to {name} without flag 0x20"),
+            )
+            return False
+        if signed is not None and header_only_digest(signed, timestamp, up):
+            self._auth_failure(
+                ex,
+                terminal,
+                f"the {name} digest covers the 28-byte header alone: the body is unauthenticated",
+                reason=Reason.HEADER_ONLY_DIGEST,
+                hint=would_accept("C4", f"signs {name} over its header alone"),
+            )
+            return False
+        if frame.digest is not None:
+            self._auth_failure(ex, terminal, f"{name} digest does not verify")
+            return False
+        if not profile.accepts_unsigned(ex.header.command_id):
+            self._refuse(
+                ex,
+                Reason.MISSING_DIGEST,
+                "the required digest is missing",
+                hint=compat.unsigned_hint(ex.header.command_id, name),
+            )
+            return False
+        if session is None or session.tcp is None or not session.tcp.same_path(ex.bearer):
+            self._refuse(
+                ex,
+                Reason.MISSING_DIGEST,
+                f"unsigned {name} is accepted only on the TCP connection of the "
+                "logged-in session (C3)",
+            )
+            return False
         ex.timestamp = timestamp
         return True
 
@@ -871,9 +970,14 @@ class PlatformEngine:
         )
         if ex.frame.body:
             try:
-                values = tlv_dict(decode_tlvs(ex.frame.body))
+                tlvs = decode_tlvs(ex.frame.body)
             except ProtocolError:
                 return
+            terminal = self.registry.get(header.serial)
+            if self.profile_of(terminal).little_endian_integers:
+                tlvs = compat.integers_swapped(tlvs)
+            keys = ex.log_keys
+            values = tlv_dict(t for t in tlvs if not self.value_refused(terminal, t, keys))
             # Status and vendor TLVs (e.g. CSQ) ride on every heartbeat: store changes only.
             stored = self.registry.config_values(header.serial)
             changed = {tag: raw for tag, raw in values.items() if stored.get(tag) != raw}
@@ -935,9 +1039,15 @@ class PlatformEngine:
         except BodyError as exc:
             self._unparseable(ex, command, exc)
             return
+        self._read_integers(terminal, msg)
         ex.request = msg  # logged with its answer: one row per exchange
         handler = self._handlers[command]
         handler(self, ex, terminal, session, msg)
+
+    def _read_integers(self, terminal: Terminal | None, msg: m.Message) -> None:
+        """C6: a little-endian terminal's integer TLVs become the numbers they mean."""
+        if self.profile_of(terminal).little_endian_integers:
+            msg.tlvs = compat.integers_swapped(msg.tlvs)
 
     def _accepted(self, ex: _Exchange, session: Session, terminal: Terminal) -> None:
         """A valid message: traffic for offline detection, current bearer (9.4, 9.6)."""
@@ -948,14 +1058,9 @@ class PlatformEngine:
     def _unparseable(self, ex: _Exchange, command: int, exc: BodyError) -> None:
         """Spec 4.2 rule 4: the generic error answer, or a discard."""
         self._refuse(ex, Reason.MALFORMED, exc.reason)
-        result = GENERIC_ERROR_RESULT.get(command)
-        if result is None:
-            return
-        cls = m.MESSAGE_TYPES[command | ACK_BIT]
-        if cls is m.FileReqAck:
-            self._answer(ex, m.FileReqAck(0, result, 0, 0))
-        else:
-            self._answer(ex, cls(result))  # type: ignore[call-arg]
+        error = _error_answer(command)
+        if error is not None:
+            self._answer(ex, error)
 
     def _reassemble(self, ex: _Exchange, part: FragmentPart) -> bytes | None:
         """Feed a part of a fragmented request; the body once complete (7.4)."""
@@ -996,7 +1101,7 @@ class PlatformEngine:
         """TRANSPARENT_DATA / TRANSPARENT_CMD from a terminal (4.7, 4.16, PD-27)."""
         assert isinstance(msg, m.TransparentData | m.TransparentCmd)
         ack = m.MESSAGE_TYPES[msg.COMMAND | ACK_BIT]
-        if isinstance(msg, m.TransparentData) and not msg.crc_ok:
+        if isinstance(msg, m.TransparentData) and not self._crc_ok(ex, terminal, msg):
             self._answer(ex, ack(TransparentResult.CRC_MISMATCH))  # type: ignore[call-arg]
             return
         result = self.route_transparent(terminal, msg)
@@ -1016,6 +1121,18 @@ class PlatformEngine:
             result.addCallbacks(answer, failed)
             return
         self._answer(ex, ack(result))  # type: ignore[call-arg]
+
+    def _crc_ok(self, ex: _Exchange, terminal: Terminal, msg: m.TransparentData) -> bool:
+        """The CRC16 of 6.5, or the CMCC variant for a C5 terminal; a mismatch is
+        reported (its data is dropped, result 4), naming C5 when the variant matches."""
+        if msg.crc_ok:
+            return True
+        variant = msg.crc16.to_bytes(2, "big") == crc16_cmcc(msg.user_data)
+        if variant and self.profile_of(terminal).crc16_cmcc:
+            return True
+        hint = would_accept("C5", "sends the CMCC CRC16 variant") if variant else None
+        self._refuse(ex, Reason.CRC_MISMATCH, "CRC16 does not match the user data", hint=hint)
+        return False
 
     def route_transparent(
         self, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
@@ -1049,13 +1166,39 @@ class PlatformEngine:
         self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message
     ) -> None:
         """CONFIG_TRAP (4.9): validate all, store all, then act on the special tags."""
-        tlvs = msg.tlvs
+        if self._trap_refused(ex, terminal, msg.tlvs):
+            return
+        self._answer(ex, m.ConfigTrapAck(0))
+        self.apply_trap(terminal, msg.tlvs, ex.now, session)
+
+    def _trap_refused(self, ex: _Exchange, terminal: Terminal | None, tlvs: list[Tlv]) -> bool:
+        """4.9 validation, and the value ranges (D-240): a trap with any unusable TLV
+        is answered ret 1 with that tag, reported, and nothing of it is stored."""
         for tlv in tlvs:
             if not tags.length_fits(tlv.tag, len(tlv.raw)):
-                self._answer(ex, m.ConfigTrapAck(1, tlv.tag))
-                return
-        self._answer(ex, m.ConfigTrapAck(0))
-        self.apply_trap(terminal, tlvs, ex.now, session)
+                self._refuse(ex, Reason.MALFORMED, f"0x{tlv.tag:04X} has length {len(tlv.raw)}")
+            elif not self.value_refused(terminal, tlv, ex.log_keys):
+                continue
+            self._answer(ex, m.ConfigTrapAck(1, tlv.tag))
+            return True
+        return False
+
+    def value_refused(self, terminal: Terminal | None, tlv: Tlv, keys: dict[str, object]) -> bool:
+        """True, and reported, when a value the terminal reports is outside its tag's
+        range (D-240): whatever the profile, such a value is never stored."""
+        problem = tags.value_error(tlv.tag, tlv.raw)
+        if problem is None:
+            return False
+        swapped = tags.swap_integer(tlv.tag, tlv.raw)
+        hint = None
+        if (
+            not self.profile_of(terminal).little_endian_integers
+            and tags.value_error(tlv.tag, swapped) is None
+        ):
+            number = int.from_bytes(swapped, "big")
+            hint = would_accept("C6", f"may send integers little-endian (read so: {number:,})")
+        self.refusals.report(Reason.OUT_OF_RANGE, f"{problem}: not stored", hint=hint, **keys)
+        return True
 
     def apply_trap(
         self, terminal: Terminal, tlvs: list[Tlv], now: float, session: Session | None
@@ -1142,7 +1285,10 @@ class PlatformEngine:
         except BodyError as exc:
             self._unparseable(ex, Command.CONFIG_TRAP, exc)
             return
+        self._read_integers(terminal, msg)
         values = tlv_dict(msg.tlvs)
+        if TAG_ALARM_STATUS in values and self._trap_refused(ex, terminal, msg.tlvs):
+            return
         if TAG_ALARM_STATUS not in values:
             self._refuse(ex, Reason.NOT_LOGGED_IN, "no session and not an alarm (10.4.6)")
             return
@@ -1244,6 +1390,7 @@ class PlatformEngine:
         # On SMS this is the MSISDN identification of 10.4.4 (no digest).
         if not self._authenticate(ex, terminal, timestamp):
             return
+        frame = ex.frame  # C1: the digest may have been found without its flag
         if session is not None:
             self._accepted(ex, session, terminal)
         cipher = session.cipher if session else None
@@ -1260,6 +1407,7 @@ class PlatformEngine:
                 body = decrypt_body(cipher, frame.container_value())
                 padded = cipher.name == "legacy"
             message = m.decode_message(header.command_id, body, padded=padded)
+            self._read_integers(terminal, message)
         except ProtocolError as exc:
             self.refusals.report(Reason.MALFORMED, exc.reason, **terminal_keys(header, bearer))
             message = None
@@ -1278,6 +1426,11 @@ class PlatformEngine:
         serial = terminal.serial or ""
         session = self.sessions.get(serial)
         version = session.version if session else terminal.protocol_version or 0x0300
+        self.check_deliverable(terminal, command, body)
+        if self.profile_of(terminal).little_endian_integers:
+            message = m.decode_message(command, body)
+            message.tlvs = compat.integers_swapped(message.tlvs)  # C6, as the terminal reads
+            body = message.encode_body()
         if bearer.kind == "sms":
             flag = Flag.AUTH if command == Command.SECURITY_CONFIG else Flag.NONE
             return [build_frame(command, sequence_id, serial, body, version=version, flag=flag)]
@@ -1287,6 +1440,7 @@ class PlatformEngine:
         if session.cipher is not None and body:
             body = encrypted_container(session.cipher, body)
             flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
+            self.check_deliverable(terminal, command, body)  # C7 once the cipher padded it
         return [
             build_frame(
                 command,
@@ -1299,6 +1453,32 @@ class PlatformEngine:
                 timestamp=session.timestamp,
             )
         ]
+
+    def check_deliverable(self, terminal: Terminal, command: int, body: bytes) -> None:
+        """Refuse, at once and reported, a platform request the terminal's profile cannot
+        carry: a command it cannot take (C9), or a frame beyond what it reads (C7).
+
+        Raises :class:`~m2mgw.protocol.compat.ProfileRefused` with the reason for the
+        operator or application; the router calls this before queueing and sending.
+        """
+        profile = self.profile_of(terminal)
+        name = m.MESSAGE_NAMES[command]
+        limit = profile.max_frame
+        size = HEADER_SIZE + len(body) + DIGEST_TLV_SIZE
+        if command in profile.refused_requests:
+            refused = ProfileRefused(
+                f"{name} is never sent to a {profile.name} terminal: it cannot take one (C9)"
+            )
+        elif limit is not None and size > limit:
+            refused = ProfileRefused(
+                f"{name} of {size} bytes is more than the {limit}-byte frames a "
+                f"{profile.name} terminal reads (C7)",
+                too_large=True,
+            )
+        else:
+            return
+        self.refusals.report(Reason.PROFILE, refused.reason, serial=terminal.serial, command=name)
+        raise refused
 
     def reachable(self, terminal: Terminal) -> Bearer | None:
         """The bearer for a platform request, in the order of spec 9.6."""
@@ -1527,13 +1707,31 @@ class PlatformEngine:
         for observer in self.state_observers:
             observer(terminal, old, state, reason)
 
-    def _refuse(self, ex: _Exchange, reason: Reason, detail: str, **fields: object) -> None:
-        """Report what this exchange is refused for, with its terminal keys."""
-        self.refusals.report(reason, detail, **ex.log_keys, **fields)
+    def _refuse(
+        self,
+        ex: _Exchange,
+        reason: Reason,
+        detail: str,
+        *,
+        hint: str | None = None,
+        **fields: object,
+    ) -> None:
+        """Report what this exchange is refused for, with its terminal keys; ``hint``
+        names the compatibility profile that would accept it (issue #10)."""
+        self.refusals.report(reason, detail, hint=hint, **ex.log_keys, **fields)
 
-    def _auth_failure(self, ex: _Exchange, terminal: Terminal, reason: str) -> None:
+    def _auth_failure(
+        self,
+        ex: _Exchange,
+        terminal: Terminal,
+        detail: str,
+        *,
+        reason: Reason = Reason.AUTH_FAILED,
+        hint: str | None = None,
+    ) -> None:
+        """A message that failed authentication: counted on the record (6.2) and refused."""
         terminal.auth_failures += 1
-        self._refuse(ex, Reason.AUTH_FAILED, reason, failures=terminal.auth_failures)
+        self._refuse(ex, reason, detail, hint=hint, failures=terminal.auth_failures)
         self._log(
             terminal,
             ex.header.serial,
@@ -1542,7 +1740,7 @@ class PlatformEngine:
             ex.header.command_id,
             ex.header.sequence_id,
             "auth-failure",
-            reason,
+            detail,
         )
 
     def _log(
@@ -1579,6 +1777,29 @@ def terminal_keys(header: Header, bearer: Bearer) -> dict[str, object]:
         "bearer": bearer.kind,
         "peer": bearer.address,
     }
+
+
+def _verifying_set(terminal: Terminal, frame: Frame) -> tuple[CredentialSet, DigestKey] | None:
+    """The credential set (current, then pending) whose uplink password verifies a
+    LOGIN's digest, with the downlink key of the answer (4.4 step 3)."""
+    for creds in (terminal.current, terminal.pending):
+        if creds is None:
+            continue
+        up, down = digest_keys(terminal, creds)
+        if verify_frame(frame, 0, up):
+            return creds, down
+    return None
+
+
+def _error_answer(command: int) -> m.Message | None:
+    """The generic error answer of spec 4.2 rule 4; None for commands without one."""
+    result = GENERIC_ERROR_RESULT.get(command)
+    if result is None:
+        return None
+    cls = m.MESSAGE_TYPES[command | ACK_BIT]
+    if cls is m.FileReqAck:
+        return m.FileReqAck(0, result, 0, 0)
+    return cls(result)  # type: ignore[call-arg]
 
 
 def _requestable(tag: int, values: dict[int, bytes]) -> bool:

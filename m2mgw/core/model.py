@@ -120,6 +120,9 @@ class Terminal:
     apps: set[str] = field(default_factory=set)
     config_unverified: bool = False
     auth_failures: int = 0
+    #: Compatibility profile (spec 1.6, m2mgw.protocol.compat); None follows
+    #: ``[protocol] default_compat``.
+    compat: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 

@@ -21,8 +21,8 @@ from m2mgw.core.model import (
     TerminalState,
     normalize_msisdn,
 )
+from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
-from m2mgw.protocol import tags
 from m2mgw.protocol.constants import Command, RemoteControl, SecurityOp
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.security import NEVER, generate_base_key, generate_password
@@ -382,11 +382,19 @@ DETAIL_FIELDS = (
 )
 
 
-def describe_terminal(terminal: Terminal, *, detail: bool = False) -> dict[str, Any]:
-    """JSON view of a terminal record; never passwords or keys (6.3.2)."""
+def describe_terminal(
+    terminal: Terminal, *, detail: bool = False, default_compat: str = compat.STRICT.name
+) -> dict[str, Any]:
+    """JSON view of a terminal record; never passwords or keys (6.3.2).
+
+    ``compat`` is the profile the terminal is served by: its own, else
+    ``default_compat`` (``[protocol] default_compat``), with ``compat_default`` true.
+    """
     names = SUMMARY_FIELDS + DETAIL_FIELDS if detail else SUMMARY_FIELDS
     view = {name: getattr(terminal, name) for name in names}
     view["state"] = str(terminal.state)
+    view["compat"] = terminal.compat or default_compat
+    view["compat_default"] = terminal.compat is None
     if detail:
         view["apps"] = sorted(terminal.apps)
         view["protocol_version"] = (
@@ -453,7 +461,7 @@ def _json_value(tag: int, raw: bytes) -> Any:
 PROVISION_FIELDS = (
     "imei", "imsi", "msisdn", "cipher", "serial", "uplink_password", "downlink_password",
     "base_key", "apps", "default_app", "sms_wakeup", "sms_terminal_port",
-    "require_encryption",
+    "require_encryption", "compat",
 )
 CREDENTIAL_FIELDS = ("uplink_password", "downlink_password", "base_key")
 
@@ -546,6 +554,14 @@ def terminal_from_json(params: Params, *, expiry: int) -> Terminal:
     if require_encryption and cipher == "none":
         raise RequestError("require_encryption needs cipher legacy or aes")
     port = params.get("sms_terminal_port")
+    profile = params.get("compat")
+    if profile is not None:
+        try:
+            compat.profile(profile)
+        except (TypeError, ValueError):
+            raise RequestError(
+                f"compat must be one of {', '.join(compat.NAMES)}, got {profile!r}"
+            ) from None
     terminal = Terminal(
         imei=imei,
         imsi=imsi,
@@ -558,15 +574,18 @@ def terminal_from_json(params: Params, *, expiry: int) -> Terminal:
         current=creds,
         default_app=default_app,
         apps=app_set,
+        compat=profile,
     )
     if port is not None:
         terminal.sms_terminal_port = _integer(port, "sms_terminal_port", 0, 0xFFFF)
     return terminal
 
 
-def describe_provisioned(terminal: Terminal) -> dict[str, Any]:
+def describe_provisioned(
+    terminal: Terminal, default_compat: str = compat.STRICT.name
+) -> dict[str, Any]:
     """The provisioning answer: the record and, if set, its credentials in clear."""
-    view = describe_terminal(terminal, detail=True)
+    view = describe_terminal(terminal, detail=True, default_compat=default_compat)
     view.pop("credentials")
     empty = dict.fromkeys(CREDENTIAL_FIELDS)
     view.update(describe_credentials(terminal.current) if terminal.current else empty)

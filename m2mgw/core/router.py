@@ -27,6 +27,7 @@ from m2mgw.core.session import Bearer
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.checksum import crc32
 from m2mgw.protocol.codec import FRAGMENT_FLAG, build_frame
+from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import ACK_BIT, Command, Flag, SecurityOp, TransparentResult
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.fragment import FragmentAbort, FragmentPart, FragmentSender
@@ -107,11 +108,17 @@ class Router:
         ttl: float | None = None,
         msg_id: str | None = None,
     ) -> Deferred[Request]:
-        """Queue a request durably; the Deferred fires once it is committed."""
-        if self.registry.get(serial) is None:
+        """Queue a request durably; the Deferred fires once it is committed.
+
+        A request the terminal's compatibility profile cannot carry raises
+        :class:`~m2mgw.protocol.compat.ProfileRefused` at once: nothing is queued.
+        """
+        terminal = self.registry.get(serial)
+        if terminal is None:
             raise LookupError(f"unknown terminal {serial}")
         if command & ACK_BIT or command not in {c.value for c in Command}:
             raise ValueError(f"0x{command:04X} is not a request Command_ID")
+        self.engine.check_deliverable(terminal, command, body)
         now = self.clock.seconds()
         request = Request(
             serial=serial,
@@ -167,8 +174,9 @@ class Router:
 
     def relay(
         self, source: Terminal, target: Terminal, msg: m.TransparentData | m.TransparentCmd
-    ) -> Deferred[int]:
-        """Terminal-to-terminal data (4.7): queued durably, result 0 if reachable now."""
+    ) -> int | Deferred[int]:
+        """Terminal-to-terminal data (4.7): queued durably, result 0 if reachable now;
+        result 3 when the target's profile cannot take it (C9)."""
         address = Tlv.of(m.TAG_SRC_SERIAL, source.serial or "")
         if isinstance(msg, m.TransparentData):
             out: m.Message = m.TransparentData.build(msg.user_data, address)
@@ -176,9 +184,15 @@ class Router:
             kept = [t for t in msg.tlvs if t.tag in (m.TAG_CMD_FIXED, m.TAG_USER_DATA)]
             out = m.TransparentCmd(tlvs=[address, *kept])
         reachable = self.engine.reachable(target) is not None
-        d = self.submit(
-            target.serial or "", out.COMMAND, out.encode_body(), origin=f"terminal:{source.serial}"
-        )
+        try:
+            d = self.submit(
+                target.serial or "",
+                out.COMMAND,
+                out.encode_body(),
+                origin=f"terminal:{source.serial}",
+            )
+        except ProfileRefused:
+            return TransparentResult.REJECTED
         return d.addCallback(
             lambda _: TransparentResult.ACCEPTED if reachable else TransparentResult.QUEUED
         )
@@ -231,8 +245,9 @@ class Router:
             frames = self.engine.request_frames(
                 terminal, request.command, sequence_id, request.body, bearer
             )
-        except ProtocolError as exc:
+        except (ProtocolError, ProfileRefused) as exc:
             self._finish(request, RequestState.FAILED, None, f"cannot be sent: {exc.reason}")
+            self.kick(terminal)  # the next queued request need not wait for another kick
             return
         sender = None
         if len(request.body) > self.config.fragment_threshold and bearer.kind != "sms":
@@ -384,7 +399,13 @@ class Router:
         """Command-specific effects of a successful answer."""
         serial = terminal.serial or ""
         if request.command == Command.CONFIG_GET and result == 0:
-            self.registry.store_config(serial, {t.tag: t.raw for t in message.tlvs}, "reported")
+            keys = {"serial": serial, "command": m.MESSAGE_NAMES[message.COMMAND]}
+            values = {
+                t.tag: t.raw
+                for t in message.tlvs
+                if not self.engine.value_refused(terminal, t, keys)
+            }
+            self.registry.store_config(serial, values, "reported")
         elif request.command == Command.CONFIG_SET and result == 0:
             sent = m.ConfigSet.decode_body(request.body).tlvs
             self.config_sent(terminal, request.sequence_id or 0, sent)
@@ -521,9 +542,11 @@ class Router:
         """PD-29: no sync trap after LOGIN_ACK 1; read the sync tags with CONFIG_GET."""
         sync_tags = terminal.sync_tags or list(self.config.default_sync_tags)
         body = m.ConfigGet(tlvs=[Tlv.query(tag) for tag in sync_tags]).encode_body()
-        self.submit(
-            terminal.serial or "", Command.CONFIG_GET, body, origin=ORIGIN_PLATFORM
-        ).addErrback(_log_failure)
+        try:
+            d = self.submit(terminal.serial or "", Command.CONFIG_GET, body, origin=ORIGIN_PLATFORM)
+        except ProfileRefused:
+            return  # reported: its profile takes no CONFIG_GET (C9)
+        d.addErrback(_log_failure)
 
     def on_session_ended(self, terminal: Terminal, why: str) -> None:
         """The outstanding request fails; queued ones stay queued (9.5)."""

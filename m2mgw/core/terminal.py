@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.logger import Logger
 
 from m2mgw.protocol import messages as m
-from m2mgw.protocol.checksum import crc16, crc32
+from m2mgw.protocol.checksum import crc16, crc16_cmcc, crc32
 from m2mgw.protocol.codec import (
     ENCRYPTED_FLAG,
     FRAGMENT_FLAG,
@@ -35,6 +35,7 @@ from m2mgw.protocol.codec import (
     encrypted_container,
     parse_frame,
 )
+from m2mgw.protocol.compat import C7_MAX_FRAME, integers_swapped
 from m2mgw.protocol.constants import (
     ACK_BIT,
     DEFAULT_ACCEPTED_VERSIONS,
@@ -82,6 +83,7 @@ from m2mgw.protocol.tlv import Tlv, encode_tlv, find, tlv_dict
 
 __all__ = [
     "DEFAULT_SYNC_TAGS",
+    "HABITS",
     "Answer",
     "Credentials",
     "CredentialsChanged",
@@ -98,6 +100,7 @@ __all__ = [
     "Registered",
     "RequestFailed",
     "RequestTimedOut",
+    "StackHabits",
     "TerminalClient",
     "TerminalIdentity",
     "TerminalStateError",
@@ -153,6 +156,63 @@ _PLAIN_COMMANDS = frozenset({Command.REGISTER, Command.LOGIN, Command.HEART_BEAT
 
 class TerminalStateError(ProtocolError):
     """A method was called that the terminal cannot honour (e.g. no base key)."""
+
+
+# --- deployed stacks' habits -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StackHabits:
+    """How a deployed terminal stack departs from the profile on the wire (spec 1.6).
+
+    The simulator reproduces them byte for byte, so that the gateway's compatibility
+    profiles (:mod:`m2mgw.protocol.compat`, same names) are tested against what such
+    terminals really send. The defaults are a terminal that follows the profile.
+    """
+
+    #: Every request and answer with flag 0x00 (the CMCC client's only value).
+    zero_flag: bool = False
+    #: C1: these requests carry an ``E021`` although flag 0x20 is clear.
+    unflagged_digest: frozenset[int] = frozenset()
+    #: C4: these requests are signed over the 28-byte header alone.
+    header_only_digest: frozenset[int] = frozenset()
+    #: C2: the LOGIN sync CRC32 is always 0.
+    zero_sync_crc: bool = False
+    #: C3: these requests, and (``unsigned_answers``) every answer, carry no digest.
+    unsigned: frozenset[int] = frozenset()
+    unsigned_answers: bool = False
+    #: C8: the Protocol_Version of its answers, whatever the request's.
+    answer_version: int | None = None
+    #: C5: TRANSPARENT_DATA carries the CMCC CRC16 variant.
+    crc16_cmcc: bool = False
+    #: C6: integer TLVs little-endian, both ways.
+    little_endian: bool = False
+    #: C7: a frame longer than this breaks the receiver (Total_Length read modulo 256).
+    max_frame: int | None = None
+    #: C9: platform requests that are never answered.
+    ignored: frozenset[int] = frozenset()
+    #: PD-06: REGISTER op 3 is sent without a digest (flag 0x80).
+    unsigned_register_op3: bool = False
+
+
+HABITS: dict[str, StackHabits] = {
+    "strict": StackHabits(),
+    "cmcc-javame": StackHabits(
+        zero_flag=True,
+        unflagged_digest=frozenset({Command.LOGIN, Command.CONFIG_TRAP}),
+        header_only_digest=frozenset({Command.CONFIG_TRAP}),
+        zero_sync_crc=True,
+        unsigned=frozenset({Command.LOGOUT, Command.TRANSPARENT_DATA, Command.CONFIG_REQ}),
+        unsigned_answers=True,
+        answer_version=0x0301,
+        crc16_cmcc=True,
+        little_endian=True,
+        max_frame=C7_MAX_FRAME,
+        ignored=frozenset({Command.CONFIG_GET, Command.TRANSPARENT_DATA, Command.DOWNLOAD_INFO}),
+    ),
+    "simcom": StackHabits(unsigned_register_op3=True),
+}
+"""The habits of each stack, by the name of the gateway's profile made for it."""
 
 
 # --- identity --------------------------------------------------------------------------
@@ -385,6 +445,8 @@ class _Pending:
     timestamp: int
     deadline: float
     encrypted: bool = False
+    #: False for a request sent without a digest (C3): its answer may be unsigned too.
+    signed: bool = True
     sends: int = 1
     context: Any = None
     sender: FragmentSender | None = None
@@ -404,7 +466,9 @@ class TerminalClient:
 
     The client owns ``identity`` and keeps it current, as a terminal's flash would: the
     serial after REGISTER_ACK, the credentials after SECURITY_CONFIG op 0, the sync
-    list after a CONFIG_SET of ``0x0025``.
+    list after a CONFIG_SET of ``0x0025``. ``habits`` makes it send what a deployed
+    stack sends instead (:data:`HABITS`, spec 1.6); its config always holds the values
+    as numbers mean them, whatever byte order ``habits`` puts on the wire.
     """
 
     def __init__(
@@ -422,10 +486,12 @@ class TerminalClient:
         first_sequence: int = 1,
         accepted_versions: tuple[int, ...] = DEFAULT_ACCEPTED_VERSIONS,
         fragment_threshold: int = DEFAULT_THRESHOLD,
+        habits: StackHabits = HABITS["strict"],
     ) -> None:
         if bearer not in BEARER_TIMERS:
             raise TerminalStateError(f"unknown bearer {bearer!r}")
         self.identity = identity
+        self.habits = habits
         self.bearer = bearer
         self.encrypt_bodies = encrypt_bodies
         self.download = download
@@ -502,6 +568,8 @@ class TerminalClient:
                     Tlv(0xE029, downlink_proof(creds.downlink_password, creds.downlink_expiry)),
                     Tlv(0xE03A, base_key_proof(creds.base_key or "", creds.base_key_expiry)),
                 ]
+                if self.habits.unsigned_register_op3:  # PD-06: the proofs alone
+                    key, sign = None, False
         elif op == RegisterOp.NEW:
             flag = Flag.AUTH
         elif op == RegisterOp.CLEARED:
@@ -511,7 +579,8 @@ class TerminalClient:
     def login(self, request_session_key: bool = False) -> bytes:
         """LOGIN (4.4): digest with timestamp 0; flag ``0xE0`` and ``E03A`` for a key."""
         creds = self._require_credentials()
-        message = m.Login(self.identity.software_version, sync_crc(self.sync_tags, self.config))
+        crc = 0 if self.habits.zero_sync_crc else sync_crc(self.sync_tags, self.config)
+        message = m.Login(self.identity.software_version, crc)
         flag = Flag.AUTH
         if request_session_key:
             if self.identity.cipher is None or creds.base_key is None:
@@ -549,7 +618,10 @@ class TerminalClient:
         self, data: bytes, destination: str | None = None, *, to_terminal: str | None = None
     ) -> bytes:
         """TRANSPARENT_DATA (4.7) to EC code ``destination``, a terminal, or the default."""
-        return self._request(m.TransparentData.build(data, _address(destination, to_terminal)))
+        message = m.TransparentData.build(data, _address(destination, to_terminal))
+        if self.habits.crc16_cmcc:  # C5
+            message.crc16 = int.from_bytes(crc16_cmcc(data), "big")
+        return self._request(message)
 
     def transparent_cmd(
         self,
@@ -630,6 +702,10 @@ class TerminalClient:
 
     def receive(self, data: bytes, now: float) -> list[Event]:
         """Consume one complete message; answers and follow-ups go to data_to_send()."""
+        limit = self.habits.max_frame
+        if limit is not None and len(data) > limit:
+            return [Discarded(f"a frame of {len(data)} bytes: this stack reads Total_Length "
+                              "modulo 256 (C7)")]  # fmt: skip
         try:
             frame = parse_frame(data, self.accepted_versions)
         except ProtocolError as exc:
@@ -669,8 +745,9 @@ class TerminalClient:
         return self._complete(pending, decode_frame(frame, self._cipher), frame.header.has_digest)
 
     def _check_answer_digest(self, frame: Frame, pending: _Pending) -> None:
-        """REGISTER_ACK and HEART_BEAT_ACK may be unsigned; others must verify (PD-05)."""
-        optional = pending.command in (Command.REGISTER, Command.HEART_BEAT)
+        """REGISTER_ACK and HEART_BEAT_ACK may be unsigned, and the answer to an unsigned
+        request (C3); others must verify (PD-05)."""
+        optional = pending.command in (Command.REGISTER, Command.HEART_BEAT) or not pending.signed
         self._check_digest(frame, pending.timestamp, required=not optional)
 
     def _check_digest(self, frame: Frame, timestamp: int, *, required: bool) -> None:
@@ -749,6 +826,8 @@ class TerminalClient:
     def _complete(self, pending: _Pending, message: m.Message, signed: bool) -> list[Event]:
         """The normal answer to ``pending`` arrived (its digest checked): act on it."""
         del self._pending[pending.sequence_id]
+        if self.habits.little_endian:  # C6: the platform wrote integers as this stack reads
+            message.tlvs = integers_swapped(message.tlvs)
         if isinstance(message, m.RegisterAck):
             return self._on_register_ack(message, pending, signed)
         if isinstance(message, m.LogoutAck):
@@ -847,6 +926,9 @@ class TerminalClient:
         handler = self._HANDLERS.get(header.command_id)
         if handler is None:
             raise ProtocolError(f"{header.command_name} is not a platform request")
+        if header.command_id in self.habits.ignored:
+            return [Discarded(f"{header.command_name} is never answered by this stack (C9)",
+                              header.command_id, header.sequence_id)]  # fmt: skip
         follow: list[Callable[[], bytes | None]] = []
         try:
             message = decode_frame(frame, self._cipher)
@@ -857,6 +939,8 @@ class TerminalClient:
             error_answer = m.MESSAGE_TYPES[header.command_id | ACK_BIT](result)  # type: ignore[call-arg]
             self._answer_message(header, error_answer, key, frame.raw, now)
             return [Discarded(exc.reason, header.command_id, header.sequence_id)]
+        if self.habits.little_endian:  # C6
+            message.tlvs = integers_swapped(message.tlvs)
         reply, events = handler(self, header, message, follow)
         self.received.append(message)
         self._answer_message(header, reply, key, frame.raw, now)
@@ -881,10 +965,16 @@ class TerminalClient:
         self, header: Header, body: bytes, flag: int, key: tuple[str, int, int, int],
         raw: bytes, now: float,
     ) -> None:  # fmt: skip
-        """Queue an answer (request's version and Sequence_ID) and cache it (8.2)."""
+        """Queue an answer (request's version and Sequence_ID) and cache it (8.2); a C3
+        stack answers unsigned, a C8 one in its own version."""
+        habits = self.habits
+        signer = None if habits.unsigned_answers else self._up_key
+        if signer is None:
+            flag &= ~Flag.DIGEST
         answer = self._build(
-            header.command_id | ACK_BIT, header.sequence_id, body, flag=flag,
-            timestamp=self._timestamp(), key=self._up_key, version=header.version,
+            header.command_id | ACK_BIT, header.sequence_id, body, flag=self._flag(flag),
+            timestamp=self._timestamp(), key=signer,
+            version=habits.answer_version or header.version,
         )  # fmt: skip
         self._cache.store(key, raw, [answer], now)
         self._out.append(answer)
@@ -1012,27 +1102,34 @@ class TerminalClient:
         """
         if timestamp is None:
             timestamp = self._timestamp()
+        habits = self.habits
+        command = message.COMMAND
+        sign = sign and command not in habits.unsigned  # C3
         if sign and key is None:
             key = self._up_key
             if key is None and self.bearer != "sms":
                 raise TerminalStateError(f"{self.serial} has no credentials to sign with")
         sequence_id = self._sequence
         self._sequence = self._sequence % 0xFFFFFFFF + 1
+        if habits.little_endian:  # C6
+            message.tlvs = integers_swapped(message.tlvs)
+        flag = self._flag(flag)
         body = message.encode_body()
         encrypted = bool(body) and self._encrypting(message.COMMAND)
         if encrypted:
             body, flag = encrypted_container(self._require_cipher(), body), ENCRYPTED_FLAG
         pending = _Pending(
-            message.COMMAND, sequence_id, b"", timestamp,
-            self._clock() + self._answer_timeout, encrypted, context=context,
+            command, sequence_id, b"", timestamp,
+            self._clock() + self._answer_timeout, encrypted, sign, context=context,
         )  # fmt: skip
         if len(body) > self._threshold and self.bearer != "sms":
             pending.sender = FragmentSender(body, self._trans_ids.next(), self._threshold)
             pending.frame = self._part_frame(pending, pending.sender.first(), is_answer=False)
         else:
             pending.frame = self._build(
-                message.COMMAND, sequence_id, body, flag=flag, timestamp=timestamp,
-                key=key if sign else None,
+                command, sequence_id, body, flag=flag, timestamp=timestamp,
+                key=key if sign else None, flag_digest=command not in habits.unflagged_digest,
+                header_only=command in habits.header_only_digest,
             )  # fmt: skip
         self._pending[sequence_id] = pending
         return pending.frame
@@ -1053,16 +1150,24 @@ class TerminalClient:
 
     def _build(
         self, command: int, sequence_id: int, body: bytes, *, flag: int, timestamp: int,
-        key: DigestKey | None, version: int | None = None,
+        key: DigestKey | None, version: int | None = None, flag_digest: bool = True,
+        header_only: bool = False,
     ) -> bytes:  # fmt: skip
         if self.bearer == "sms":
             key, flag = None, flag & ~(Flag.DIGEST | Flag.CONTAINER)
         frame = build_frame(
             command, sequence_id, self.serial, body, version=version or self.version,
-            flag=flag, key=key, timestamp=timestamp,
+            flag=flag, key=key, timestamp=timestamp, flag_digest=flag_digest,
+            header_only=header_only,
         )  # fmt: skip
         self._count(frame)
         return frame
+
+    def _flag(self, flag: int) -> int:
+        """The flag a stack that always sends 0x00 sends; a container keeps its bits."""
+        if self.habits.zero_flag and not flag & Flag.CONTAINER:
+            return Flag.NONE
+        return flag
 
     def _count(self, frame: bytes) -> None:
         self.stats["sent"] += 1

@@ -46,7 +46,7 @@ from m2mgw.config import (
 from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
-from m2mgw.protocol import tags
+from m2mgw.protocol import compat, tags
 from m2mgw.protocol.constants import Command, result_label
 from m2mgw.web import auth
 
@@ -384,6 +384,7 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
             ("base_key", args.base_key),
             ("apps", args.app),
             ("default_app", args.default_app),
+            ("compat", args.compat),
         )
         if value is not None
     }
@@ -398,7 +399,8 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
         raise CliError(2, str(exc)) from None
 
     def add(registry: SqliteRegistry) -> Any:
-        return registry.add(terminal).addCallback(build.describe_provisioned)
+        default = ctx.config.protocol.default_compat
+        return registry.add(terminal).addCallback(build.describe_provisioned, default)
 
     record = ctx.either("POST", "/terminals", add, body=params, write=True)
     _print(record, args.json)
@@ -446,7 +448,12 @@ def cmd_apps(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
     listing = ctx.either(
-        "GET", "/terminals", lambda r: [build.describe_terminal(t) for t in r.terminals()]
+        "GET",
+        "/terminals",
+        lambda r: [
+            build.describe_terminal(t, default_compat=ctx.config.protocol.default_compat)
+            for t in r.terminals()
+        ],
     )
     if args.json:
         _print(listing, True)
@@ -460,7 +467,9 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     def show(registry: SqliteRegistry) -> dict[str, Any]:
         terminal = _find(registry, args.terminal)
         serial = terminal.serial or ""
-        view = build.describe_terminal(terminal, detail=True)
+        view = build.describe_terminal(
+            terminal, detail=True, default_compat=ctx.config.protocol.default_compat
+        )
         view["config"] = build.describe_config(registry.config_values(serial))
         view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
         return view
@@ -627,6 +636,12 @@ def make_parser() -> _Parser:
     p.add_argument("--base-key")
     p.add_argument("--app", action="append", help="bound application EC code (repeatable)")
     p.add_argument("--default-app")
+    p.add_argument(
+        "--compat",
+        choices=compat.NAMES,
+        help="compatibility profile (spec 1.6): strict, cmcc-javame or simcom; "
+        "default: [protocol] default_compat",
+    )
     p.add_argument("--json", action="store_true", help="print the record as one JSON object")
     p.set_defaults(run=cmd_provision)
 

@@ -85,7 +85,10 @@ class Reactor(TypingProtocol):
 
 
 def derive(value: str, index: int) -> str:
-    """``value`` with ``index`` added to its trailing digits, keeping the width."""
+    """``value`` with ``index`` added to its trailing digits, keeping the width; the
+    first terminal's value is taken as given (the CMCC default serial ends in a letter)."""
+    if index == 0:
+        return value
     stem = value.rstrip("0123456789")
     digits = value[len(stem) :]
     if not digits:
@@ -786,6 +789,7 @@ class Fleet:
                     identity, bearer, clock=reactor.seconds, encrypt_bodies=args.encrypt,
                     download="file" if args.fetch == "file" else "none",
                     want_session_key=args.session_key, post_login_trap=True,
+                    habits=core.HABITS[args.compat],
                 ),
                 self,
                 mode=args.mode,
@@ -937,6 +941,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session-key", action="store_true", help="request a session key at login")
     p.add_argument("--encrypt", action="store_true", help="send E042 bodies with a session key")
     p.add_argument("--software-version", default="1.01", help="reported in LOGIN (default 1.01)")
+    p.add_argument("--compat", choices=tuple(core.HABITS), default="strict",
+                   help="behave as a deployed stack does, byte for byte (spec 1.6): "
+                        "cmcc-javame (C1-C9) or simcom (PD-06); default strict")  # fmt: skip
     p.add_argument(
         "--heartbeat",
         type=argtypes.positive,

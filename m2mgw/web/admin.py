@@ -28,7 +28,8 @@ from m2mgw.app import provision
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.registry import RegistryError
-from m2mgw.protocol.constants import LogoutReason, SecurityOp
+from m2mgw.protocol.compat import ProfileRefused
+from m2mgw.protocol.constants import Command, LogoutReason, SecurityOp
 from m2mgw.web import auth
 from m2mgw.web.ui import ConsoleResource
 
@@ -70,7 +71,7 @@ def _error_of(exc: BaseException) -> tuple[int, str]:
         return 400, str(exc)
     if isinstance(exc, LookupError) and not isinstance(exc, KeyError | IndexError):
         return 404, str(exc)
-    if isinstance(exc, RegistryError):
+    if isinstance(exc, RegistryError | ProfileRefused):
         return 409, str(exc)
     return 500, "internal error (see the gateway log)"
 
@@ -312,7 +313,8 @@ class _Terminals(_Api):
         terminals = sorted(
             self.gateway.registry.terminals(), key=lambda t: (t.serial or "", t.imei)
         )
-        return 200, [build.describe_terminal(t) for t in terminals]
+        default = self.gateway.config.protocol.default_compat
+        return 200, [build.describe_terminal(t, default_compat=default) for t in terminals]
 
     def do_POST(self, request: Request) -> Deferred[Result]:
         params = _json_body(request)
@@ -325,7 +327,8 @@ class _Terminals(_Api):
             "Provisioned terminal IMEI {imei} serial {serial} ({state}) via admin API",
             imei=terminal.imei, serial=terminal.serial, state=terminal.state,
         )
-        return d.addCallback(lambda t: (201, build.describe_provisioned(t)))
+        default = self.gateway.config.protocol.default_compat
+        return d.addCallback(lambda t: (201, build.describe_provisioned(t, default)))
 
 
 class _TerminalItem(_Api):
@@ -346,7 +349,11 @@ class _TerminalItem(_Api):
         gateway = self.gateway
         terminal = self.terminal(self.key)
         serial = terminal.serial or ""
-        view = build.describe_terminal(terminal, detail=True)
+        view = build.describe_terminal(
+            terminal, detail=True, default_compat=gateway.config.protocol.default_compat
+        )
+        # What was refused from this terminal, by reason (issue #10: for the console).
+        view["refusals"] = {str(r): n for r, n in gateway.engine.refusals.counts(serial).items()}
         view["config"] = build.describe_config(gateway.registry.config_values(serial))
         view["queue"] = [build.describe_request(r) for r in gateway.registry.queued(serial)]
         outstanding = gateway.router.outstanding(serial)
@@ -457,6 +464,8 @@ class _TerminalRequests(_Api):
         config = self.gateway.config
         if config.http.listen is None:
             raise ApiError(409, "the HTTP file service is disabled ([http] listen = none)")
+        # Before the file is copied: a terminal that cannot take one gets no offer (C9).
+        self.gateway.engine.check_deliverable(self.terminal(serial), Command.DOWNLOAD_INFO, b"")
         files = self.gateway.files
 
         def queue(tx: Any) -> Deferred[Result]:

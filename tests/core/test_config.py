@@ -215,3 +215,25 @@ def test_the_shipped_sample_is_the_checkout_ini_and_parses_to_the_defaults() -> 
     sample = sample_config()
     assert SHIPPED_INI.read_text() == sample
     assert parse_config(sample, source="sample") == GatewayConfig(source="sample")
+
+
+def test_default_compat_and_the_deprecated_register_op3_switch() -> None:
+    """Spec 1.6 profiles for a whole deployment; the old PD-06 switch means simcom (D-238)."""
+    assert parse_config("").protocol.default_compat == "strict"
+    config = parse_config("[protocol]\ndefault_compat = cmcc-javame\n")
+    assert config.protocol.default_compat == "cmcc-javame"
+    assert error_of("[protocol]\ndefault_compat = lenient\n") == (
+        "etc/m2mgw.ini: [protocol] default_compat: expected one of strict, cmcc-javame, "
+        "simcom, got 'lenient'"
+    )
+    old = parse_config("[protocol]\nregister_op3_digest_optional = yes\n").protocol
+    assert (old.register_op3_digest_optional, old.default_compat) == (True, "simcom")
+    both = "[protocol]\nregister_op3_digest_optional = yes\ndefault_compat = simcom\n"
+    assert parse_config(both).protocol.default_compat == "simcom"
+    message = error_of(
+        "[protocol]\nregister_op3_digest_optional = yes\ndefault_compat = cmcc-javame\n"
+    )
+    assert "contradicts default_compat = cmcc-javame" in message
+    assert parse_config("[protocol]\nregister_op3_digest_optional = no\n").protocol == (
+        parse_config("").protocol
+    )

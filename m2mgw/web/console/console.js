@@ -47,7 +47,7 @@ function when(seconds) {
   const d = new Date(seconds * 1000);
   const text = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} `
     + `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-  return el('span', { title: `${duration(Date.now() / 1000 - seconds)} ago` }, text);
+  return el('span', { class: 'time', title: `${duration(Date.now() / 1000 - seconds)} ago` }, text);
 }
 
 function duration(seconds) {
@@ -135,13 +135,11 @@ function query(params) {
   return entries.length ? `?${new URLSearchParams(entries)}` : '';
 }
 
-const itemsOf = (data) => (Array.isArray(data) ? data : data.items);
-
 /** Fill ``target`` with a table of ``path``'s items, or the error that prevented it. */
 async function section(target, path, columns) {
   try {
     const data = await api(path);
-    $(target)?.replaceChildren(table(itemsOf(data), columns));
+    $(target)?.replaceChildren(table(data.items, columns));
   } catch (error) {
     if (error.status !== 401) $(target)?.replaceChildren(el('p', { class: 'error' }, error.message));
   }
@@ -183,9 +181,10 @@ function setLive(on) {
   $('live').textContent = on ? 'live' : 'reconnecting';
 }
 
-/** Keep the latest stats and turn the cumulative message counters into rates. */
+/** Keep the latest stats and turn the cumulative message counters into rates; a counter
+ * that went back (the gateway restarted) gives 0, not a negative rate. */
 function record(stats) {
-  const now = performance.now() / 1000;
+  const now = stats.time; // the gateway's clock: rates do not depend on event delays
   const totals = { t: now, in: stats.messages.in, out: stats.messages.out };
   const before = live.previous;
   if (before && now > before.t) {
@@ -237,28 +236,46 @@ function loggedOut() {
 
 // --- dashboard ----------------------------------------------------------------------------
 
+const counts = (object, key) => Object.entries(object ?? {}).map(([name, n]) => ({ [key]: name.replaceAll('_', ' '), count: n }));
+const APP_COLUMNS = [
+  ['app_id', 'application'], ['connections', 'connections'], ['callback', 'callback'],
+  ['backlog', 'undelivered'], ['kept', 'kept'], ['oldest_age', 'oldest', (a) => duration(a.oldest_age)],
+];
+
+function modemText(sms) {
+  if (!sms) return 'SMS bearer off';
+  const modem = sms.modem;
+  if (!modem) return 'no modem';
+  const dbm = modem.signal?.dbm;
+  return `modem ${modem.up ? 'up' : 'DOWN'}${dbm === null || dbm === undefined ? '' : `, ${dbm} dBm`}`;
+}
+
 function dashboardView() {
   mount('dashboard-view');
   const chart = $('chart');
   const show = (stats) => {
     const t = stats.terminals;
-    $('s-online').textContent = t.online;
-    $('s-offline').textContent = t.known - t.online;
+    $('s-online').textContent = t.online.total;
+    $('s-offline').textContent = t.known - t.online.total;
     $('s-known').textContent = t.known;
     const last = live.samples.at(-1);
     $('s-rate-in').textContent = last ? rate(last.in) : '–';
     $('s-rate-out').textContent = last ? rate(last.out) : '–';
     $('s-queue').textContent = stats.queue.depth;
     $('s-queue-age').textContent = stats.queue.oldest_age === null ? '' : `oldest ${duration(stats.queue.oldest_age)}`;
-    $('s-sms').textContent = stats.sms.outbox;
-    const modem = stats.sms.modem;
-    $('s-modem').textContent = modem ? `modem ${modem.state}${modem.signal === null ? '' : `, signal ${modem.signal}`}` : 'no modem';
-    $('s-backlog').textContent = stats.registry.write_backlog;
+    $('s-sms').textContent = stats.sms ? stats.sms.outbox : '–';
+    $('s-modem').textContent = modemText(stats.sms);
+    $('s-backlog').textContent = stats.registry.pending_writes;
+    $('s-rows').textContent = `${stats.registry.pending_rows} rows`;
     $('s-uptime').textContent = duration(stats.uptime);
-    $('bearers').replaceChildren(table(Object.entries(t.by_bearer).map(([bearer, n]) => ({ bearer, online: n }))));
-    $('apps').replaceChildren(table(stats.applications, [
-      ['app_id', 'application'], ['connected', 'connected'], ['backlog', 'outbox backlog'],
-    ]));
+    $('states').replaceChildren(table(counts(t.by_state, 'state'), [['state', 'state'], ['count', 'terminals']]));
+    const { total, ...bearers } = t.online;
+    $('bearers').replaceChildren(table(counts(bearers, 'bearer'), [['bearer', 'bearer'], ['count', 'online']]));
+    $('refusals').replaceChildren(table(counts(stats.refusals, 'reason'), [['reason', 'reason'], ['count', 'count']]));
+    $('apps').replaceChildren(table(stats.applications, APP_COLUMNS));
+    const problems = stats.problems ?? [];
+    $('problems').hidden = !problems.length;
+    $('problems').replaceChildren(el('h2', {}, 'Problems'), el('ul', {}, problems.map((p) => el('li', {}, p))));
     drawChart(chart, live.samples);
   };
   const redraw = () => drawChart(chart, live.samples);
@@ -341,7 +358,7 @@ function pager(render) {
     const first = before.reduce((n, [, count]) => n + count, 0);
     const n = page.items.length;
     const total = page.total === undefined || page.total === null ? '' : ` of ${page.total}`;
-    $('page-info').textContent = n ? `${first + 1}–${first + n}${total}` : `none${total}`;
+    $('page-info').textContent = n ? `${first + 1}–${first + n}${total}` : '';
     $('prev').disabled = !before.length;
     $('next').disabled = !next;
   };
@@ -458,6 +475,7 @@ function terminalView(params, key) {
       return;
     }
     config = t.config ?? {};
+    $('t-refusals').replaceChildren(table(counts(t.refusals, 'reason'), [['reason', 'reason'], ['count', 'count']]));
     const creds = t.credentials ?? {};
     const s = t.session;
     facts('t-summary', [
@@ -478,6 +496,7 @@ function terminalView(params, key) {
     }))));
   };
   const requests = () => section('t-requests', `${base}/requests${query({ limit: 20 })}`, REQUEST_COLUMNS);
+  const messages = () => section('t-messages', `${base}/messages${query({ limit: 20 })}`, MESSAGE_COLUMNS);
   const refresh = async (id) => {
     try {
       const request = await api(`/requests/${id}`);
@@ -490,20 +509,24 @@ function terminalView(params, key) {
 
   summary();
   requests();
-  section('t-messages', `${base}/messages${query({ limit: 20 })}`, MESSAGE_COLUMNS);
+  messages();
   section('t-alarms', `${base}/alarms${query({ limit: 20 })}`, ALARM_COLUMNS);
-  section('t-refusals', `${base}/refusals`);
   requestForm(base, (request) => {
     const box = el('div', { class: 'outcome' });
     tracked.set(request.id, box);
     $('r-outcomes').prepend(box);
     outcome(box, request, config);
+    // Its events may have come before this answer: read its state once now.
+    if (!FINAL.has(request.state)) refresh(request.id);
     requests();
   });
   return {
     terminal(change) {
-      if (change.serial === key) summary();
+      if (change.serial !== key) return;
+      summary();
+      messages();
     },
+    stats: messages, // the log is written a moment after an exchange: follow it
     request(change) {
       if (change.serial !== key) return;
       requests();
