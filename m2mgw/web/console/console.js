@@ -5,9 +5,9 @@
 const PAGE = 50; // rows per page of a listing: the server pages, the page never holds all
 const HISTORY = 150; // rate samples kept for the chart: 5 minutes of 2-second stats
 const FINAL = new Set(['succeeded', 'failed', 'expired', 'cancelled']);
-const GOOD = new Set(['LOGGED_IN', 'succeeded', 'up', 'online', 'sent']);
-const BAD = new Set(['failed', 'expired', 'down', 'OFFLINE', 'UNREGISTERED']);
-const WAIT = new Set(['queued', 'pending']);
+const GOOD = new Set(['LOGGED_IN', 'succeeded']);
+const BAD = new Set(['failed', 'expired', 'OFFLINE']);
+const WAIT = new Set(['queued', 'sent', 'pending']);
 // REMOTE_CTRL codes of spec table 3.6.1 (the gateway checks them again).
 const REMOTE_CODES = [
   'SUSPEND', 'RESUME', 'REBOOT', 'REQUEST_LOGIN', 'REPORT_STATISTICS', 'RESET_STATISTICS',
@@ -181,20 +181,21 @@ function setLive(on) {
   $('live').textContent = on ? 'live' : 'reconnecting';
 }
 
-/** Keep the latest stats and turn the cumulative message counters into rates; a counter
+/** Keep the latest stats and turn the cumulative message counters into rates, over the
+ * gateway's clock (late events make no spike) and at least a second apart; a counter
  * that went back (the gateway restarted) gives 0, not a negative rate. */
 function record(stats) {
-  const now = stats.time; // the gateway's clock: rates do not depend on event delays
-  const totals = { t: now, in: stats.messages.in, out: stats.messages.out };
-  const before = live.previous;
-  if (before && now > before.t) {
-    const dt = now - before.t;
-    live.samples.push({ in: Math.max(0, (totals.in - before.in) / dt), out: Math.max(0, (totals.out - before.out) / dt) });
-    if (live.samples.length > HISTORY) live.samples.shift();
-  }
-  live.previous = totals;
   live.stats = stats;
   $('version').textContent = stats.version ? `m2mgw ${stats.version}` : '';
+  const now = { t: stats.time, in: stats.messages.in, out: stats.messages.out };
+  const before = live.previous;
+  if (before && now.t - before.t < 1) return;
+  if (before) {
+    const dt = now.t - before.t;
+    live.samples.push({ in: Math.max(0, (now.in - before.in) / dt), out: Math.max(0, (now.out - before.out) / dt) });
+    if (live.samples.length > HISTORY) live.samples.shift();
+  }
+  live.previous = now;
 }
 
 // --- log-in -------------------------------------------------------------------------------
@@ -342,12 +343,17 @@ function pager(render) {
   let ticket = 0;
   const show = async (path) => {
     const mine = ++ticket;
+    const buttons = () => {
+      $('prev').disabled = !before.length;
+      $('next').disabled = !next;
+    };
     $('prev').disabled = $('next').disabled = true;
     let page;
     try {
       page = await api(path);
     } catch (error) {
       if (error.status !== 401) notice(error.message);
+      buttons();
       return;
     }
     if (mine !== ticket) return; // a later search overtook this one
@@ -359,8 +365,7 @@ function pager(render) {
     const n = page.items.length;
     const total = page.total === undefined || page.total === null ? '' : ` of ${page.total}`;
     $('page-info').textContent = n ? `${first + 1}–${first + n}${total}` : '';
-    $('prev').disabled = !before.length;
-    $('next').disabled = !next;
+    buttons();
   };
   $('next').addEventListener('click', () => {
     if (!next || !current) return;
@@ -459,7 +464,7 @@ const ALARM_COLUMNS = [
   ['cleared_code', 'cleared'],
 ];
 
-function terminalView(params, key) {
+function terminalView(_params, key) {
   mount('terminal-view');
   $('t-title').textContent = key;
   const base = `/terminals/${encodeURIComponent(key)}`;
@@ -526,7 +531,7 @@ function terminalView(params, key) {
       summary();
       messages();
     },
-    stats: messages, // the log is written a moment after an exchange: follow it
+    stats: messages, // the log grows with every exchange of the terminal: follow it
     request(change) {
       if (change.serial !== key) return;
       requests();
