@@ -3,8 +3,9 @@
 Either way the file ends up in a temporary file with its size and MD5, which the
 caller checks against ``fileSize`` and ``fileMd5`` and hands to the file service.
 A fetch is bounded in size (the body is cut off past the limit, whatever the
-``Content-Length`` said) and in time, and every way it can fail is a
-:class:`FetchError`, which the operation answers with result 8.
+``Content-Length`` said), in time and in redirects, each of which is checked like the
+first URL, and every way it can fail is a :class:`FetchError`, which the operation
+answers with result 8.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, fail, maybeDeferred
@@ -32,6 +33,9 @@ log = Logger()
 
 MAX_URL_LENGTH = 2048
 PREFIX = "upgrade-"
+#: Redirects followed from a sourceUrl, each hop checked like the first URL.
+MAX_REDIRECTS = 5
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
 class FetchError(ProtocolError):
@@ -120,13 +124,38 @@ class _FileSink(Protocol):
             self.transport.loseConnection()
 
 
+class _HangUp(Protocol):
+    """A redirect's body is never read: the connection is closed at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _redirect_target(response: Any, current: str, hops: int,
+                     allowed_hosts: tuple[str, ...]) -> str:
+    """Where a redirect leads, held to the rules of the first URL (:func:`check_url`)."""
+    if hops >= MAX_REDIRECTS:
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+    locations = response.headers.getRawHeaders(b"location") or [b""]
+    if not locations[0]:
+        raise FetchError(f"HTTP status {response.code} without a Location")
+    target = urljoin(current, locations[0].decode("latin-1"))
+    check_url(target, allowed_hosts)
+    return target
+
+
 def fetch_file(
     reactor: Any, url: str, *, max_size: int, timeout: float, allowed_hosts: tuple[str, ...] = ()
 ) -> Deferred[StoredFile]:
-    """GET ``url`` once into a temporary file (redirects followed, as treq does).
+    """GET ``url`` once into a temporary file, following up to :data:`MAX_REDIRECTS`.
 
-    Fails with :class:`FetchError`: bad URL, no connection, a status other than 200,
-    more than ``max_size`` bytes, or no complete answer within ``timeout`` seconds.
+    Redirects are followed here, hop by hop, not by treq: each Location must pass
+    :func:`check_url` with ``allowed_hosts`` before it is requested, so an allowed
+    host cannot send the platform on to a forbidden one.
+
+    Fails with :class:`FetchError`: bad URL or redirect, no connection, a status other
+    than 200, more than ``max_size`` bytes, or no complete answer within ``timeout``
+    seconds (all hops together).
     """
     try:
         check_url(url, allowed_hosts)
@@ -137,7 +166,15 @@ def fetch_file(
     sink = _FileSink(out, max_size)
     http = HTTPClient(Agent(reactor))
 
-    def receive(response: Any) -> Deferred[None]:
+    def get(target: str, hops: int) -> Deferred[None]:
+        d = maybeDeferred(http.get, target, reactor=reactor, allow_redirects=False,
+                          unbuffered=True)
+        return d.addCallback(receive, target, hops)
+
+    def receive(response: Any, target: str, hops: int) -> Deferred[None]:
+        if response.code in _REDIRECT_CODES:
+            response.deliverBody(_HangUp())
+            return get(_redirect_target(response, target, hops, allowed_hosts), hops + 1)
         if response.code != 200:
             sink.refusal = FetchError(f"HTTP status {response.code}")
         elif response.length is not None and response.length > max_size:
@@ -159,7 +196,6 @@ def fetch_file(
     def timed_out(result: object, seconds: float) -> None:
         raise FetchError(f"no complete answer within {seconds} s")
 
-    d = maybeDeferred(http.get, url, reactor=reactor)
-    d.addCallback(receive)
+    d = get(url, 0)
     d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)
     return d.addBoth(done)
