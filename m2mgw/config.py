@@ -416,6 +416,14 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics, also at ``/metrics`` of the admin API (token)."""
+
+    #: A listener serving only ``/metrics``, without a token (loopback, scrape network).
+    listen: str | None = _setting(None, _endpoint)
+
+
+@dataclass(frozen=True)
 class ProtocolConfig:
     """``[protocol]``: the profile parameters of spec 1.5 (defaults are normative)."""
 
@@ -516,6 +524,7 @@ class GatewayConfig:
     udp: UdpConfig = field(default_factory=UdpConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     sms: SmsConfig = field(default_factory=SmsConfig)
     app: AppConfig = field(default_factory=AppConfig)

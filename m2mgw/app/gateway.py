@@ -14,6 +14,7 @@ kept for ``FetchMessages`` or the next long-connection login.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -199,6 +200,11 @@ class ApplicationService(service.Service):
         self._apps: dict[str, _AppState] = {}
         self._sync_waiters: dict[int, Deferred[Request]] = {}
         self._expiry: IDelayedCall | None = None
+        #: Since start-up, for the metrics: notifications the application accepted and
+        #: offers that failed, by (app id, channel), and those discarded unsent by app id.
+        self.delivered: Counter[tuple[str, str]] = Counter()
+        self.delivery_failures: Counter[tuple[str, str]] = Counter()
+        self.discarded: Counter[str] = Counter()
         #: Logs every uplink; keeps data for EC codes no application is provisioned for.
         self.stored = gateway.uplink
         gateway.engine.uplink = self
@@ -238,6 +244,7 @@ class ApplicationService(service.Service):
             if old:
                 log.warn("Discarded {count} undelivered notifications of {app_id}",
                          count=len(old), app_id=app.app_id)
+                self.discarded[app.app_id] += len(old)
                 self.registry.delete_notifications(old)
         self._schedule_expiry()
 
@@ -451,6 +458,7 @@ class ApplicationService(service.Service):
         assert entry.id is not None
         state.inflight.add(entry.id)
         d = maybeDeferred(channel.offer, app, decode_notification(entry))
+        counted = (app.app_id, "callback" if channel is self.callbacks else "long_connection")
 
         def done(ok: bool | Failure) -> None:
             state.inflight.discard(entry.id or 0)
@@ -460,6 +468,7 @@ class ApplicationService(service.Service):
                 log.failure("Notification {id} to {app_id} failed", ok, id=entry.id,
                             app_id=app.app_id)
                 ok = False
+            (self.delivered if ok else self.delivery_failures)[counted] += 1
             # An entry acknowledged meanwhile (AckMessages) is simply gone.
             stored = entry.id in {n.id for n in self.registry.notifications(app.app_id)}
             if stored and ok:

@@ -14,7 +14,7 @@ import heapq
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -334,9 +334,14 @@ class PlatformEngine:
     def _answer(
         self, ex: _Exchange, message: m.Message, *, flag: int | None = None, encrypt: bool = True
     ) -> None:
-        """Send the answer on the request's bearer, signed and encrypted per 6.1-6.4."""
+        """Send the answer on the request's bearer, signed and encrypted per 6.1-6.4, and
+        as the terminal's profile reads it (C6, C7)."""
         header = ex.header
-        body = message.encode_body()
+        profile = self.profile_of(ex.terminal)
+        if profile.little_endian_integers and message.tlvs:
+            body = replace(message, tlvs=compat.integers_swapped(message.tlvs)).encode_body()
+        else:
+            body = message.encode_body()
         if flag is None:
             flag = self._default_flag(message.COMMAND, ex.sms)
         key = None if ex.sms else ex.key
@@ -351,7 +356,7 @@ class PlatformEngine:
         ):
             body = encrypted_container(session.cipher, body)
             flag = Flag.AUTH | Flag.KEY_REQUEST | Flag.CONTAINER
-        limit = self.profile_of(ex.terminal).max_frame
+        limit = profile.max_frame
         if limit is not None and HEADER_SIZE + len(body) + DIGEST_TLV_SIZE * bool(key) > limit:
             self._oversized_answer(ex, message, limit)
             return

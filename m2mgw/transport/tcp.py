@@ -59,6 +59,7 @@ class TerminalConnection(protocol.Protocol):
                 )
                 self.transport.abortConnection()  # type: ignore[union-attr]
                 return
+        self.factory.engine.stats.count_sent(data)
         self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -113,6 +114,7 @@ class TerminalConnection(protocol.Protocol):
             return
         self._open = True
         factory.connections.add(self)
+        factory.opened += 1
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         if factory.reading_held:
             self.hold_reading(True)
@@ -187,6 +189,11 @@ class TerminalTcpFactory(protocol.Factory):
         self.login_timeout = login_timeout
         self.connections: set[TerminalConnection] = set()
         self.reading_held = False
+        #: Connections accepted since start-up (the refused ones are refusals).
+        self.opened = 0
+        #: Connections closed to make room for new ones: none yet, as there is no
+        #: eviction policy; the metric exists so dashboards need not change with one.
+        self.evicted = 0
 
     def hold_reading(self, held: bool) -> None:
         """Backpressure: stop (True) or restart reading every connection, new ones too."""

@@ -8,6 +8,7 @@ from twisted.logger import Logger
 
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.refusals import Reason
+from m2mgw.core.stats import EngineStats
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import parse_datagram
 
@@ -19,10 +20,13 @@ class UdpBearer:
 
     kind = "udp"
     is_open = True
-    __slots__ = ("_transport", "addr", "address", "host")
+    __slots__ = ("_stats", "_transport", "addr", "address", "host")
 
-    def __init__(self, transport: IUDPTransport, addr: tuple[str, int]) -> None:
+    def __init__(
+        self, transport: IUDPTransport, addr: tuple[str, int], stats: EngineStats
+    ) -> None:
         self._transport = transport
+        self._stats = stats
         self.addr = addr
         self.host = addr[0]
         self.address = f"{addr[0]}:{addr[1]}"
@@ -34,6 +38,8 @@ class UdpBearer:
             log.info(
                 "UDP send to {peer} failed: {error}", bearer=self.kind, peer=self.address, error=exc
             )
+        else:
+            self._stats.count_sent(data)
 
     def close(self) -> None:
         """Nothing to close on UDP."""
@@ -79,4 +85,5 @@ class TerminalDatagramProtocol(DatagramProtocol):
                 Reason.FRAMING, exc.reason, bearer=UdpBearer.kind, peer=f"{addr[0]}:{addr[1]}"
             )
             return
-        self.engine.receive(frame, UdpBearer(self.transport, addr))  # type: ignore[arg-type]
+        bearer = UdpBearer(self.transport, addr, self.engine.stats)  # type: ignore[arg-type]
+        self.engine.receive(frame, bearer)

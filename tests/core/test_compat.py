@@ -196,8 +196,15 @@ class CmccProfileTest(ProfileTestCase):
         self.assertEqual(request.body, bytes.fromhex("0011 0004 78000000"))
         self.assertLess(len(bearer.sent[1]), 256)
         bearer.sent.clear()
+        # The values it asks for come little-endian as well (stored: 120 s, big-endian).
+        yield self.fx.registry.store_config(cmcc.SERIAL, {0x0011: (120).to_bytes(4, "big")},
+                                            "set")  # fmt: skip
+        self.receive(sent_by_cmcc(m.ConfigReq(tlvs=[Tlv.query(0x0011)]), 3), bearer)
+        [raw] = bearer.sent
+        self.assertEqual(parse_frame(raw).body, bytes.fromhex("00 0011 0004 78000000"))
+        bearer.sent.clear()
         yield self.fx.registry.store_config(cmcc.SERIAL, {0x0003: b"u" * 240}, "set")
-        [line] = self.receive(sent_by_cmcc(m.ConfigReq(tlvs=[Tlv.query(0x0003)]), 3), bearer)
+        [line] = self.receive(sent_by_cmcc(m.ConfigReq(tlvs=[Tlv.query(0x0003)]), 4), bearer)
         self.assertIn("(C7)", line)
         self.assertEqual(bearer.take(), [m.ConfigReqAck(1)])
 
@@ -334,3 +341,12 @@ class SimcomProfileTest(ProfileTestCase):
         self.assertIn("REGISTER op 3 lacks its digest", line)
         self.assertIn("the simcom profile accepts it (PD-06)", line)
         self.assertEqual(self.counts(), {Reason.MISSING_DIGEST: 1})
+
+
+class DeprecatedSwitchTest(unittest.TestCase):
+    def test_the_old_switch_is_logged_as_deprecated(self) -> None:
+        """D-238: the gateway says what the key now means, once, at start."""
+        with capturedLogs() as events:
+            EngineFixture(self.mktemp() + ".db", register_op3_digest_optional=True)
+        [line] = [formatEvent(e) for e in events if "deprecated" in formatEvent(e)]
+        self.assertIn("default_compat = simcom", line)
