@@ -38,6 +38,7 @@ from m2mgw.core.router import Router
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.logsetup import DebugAccessLogSite
+from m2mgw.metrics import gateway_metrics, metrics_site
 from m2mgw.retention import RetentionService
 from m2mgw.sms.service import SmsService
 from m2mgw.systemd import Notifier, inherited_socket_problem
@@ -155,6 +156,8 @@ class GatewayService(service.MultiService):
         self.admin_tokens = TokenFile(config.admin_tokens_file)
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
+        #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
+        self.metrics = gateway_metrics(self)
         self._build_children(clock)
         self.registry.add_pressure_observer(self._hold_terminal_input)
         #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
@@ -189,6 +192,8 @@ class GatewayService(service.MultiService):
             site = DebugAccessLogSite(admin)
             site.displayTracebacks = False
             self._listen("admin", config.admin.listen, site)
+        if config.metrics.listen:
+            self._listen("metrics", config.metrics.listen, metrics_site(self.metrics))
         for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
@@ -208,7 +213,8 @@ class GatewayService(service.MultiService):
         return [child for child in self if isinstance(child, ListeningService)]
 
     def port_of(self, name: str) -> int | None:
-        """The bound port of listener ``tcp``, ``udp``, ``http``, ``admin`` or ``app``."""
+        """The bound port of listener ``tcp``, ``udp``, ``http``, ``admin``, ``app`` or
+        ``metrics``."""
         try:
             listener = self.getServiceNamed(name)
         except KeyError:

@@ -34,6 +34,7 @@ from m2mgw.core.model import (
 from m2mgw.core.refusals import Reason, Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.session import Bearer, Session, digest_keys
+from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import UplinkSink
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
@@ -212,6 +213,8 @@ class PlatformEngine:
         self.router: Router | None = None
         #: Every refusal of this engine and its transports is reported here.
         self.refusals = refusals or Refusals(clock)
+        #: Messages by Command_ID, logins by result, answer latency (for the metrics).
+        self.stats = EngineStats()
         self.sessions: dict[str, Session] = {}
         self.accepted_versions = frozenset(config.accepted_versions)
         self.cache = ResponseCache(config.response_cache_window, config.response_cache_entries)
@@ -266,6 +269,7 @@ class PlatformEngine:
                 Reason.MALFORMED, exc.reason, peer=bearer.address, bearer=bearer.kind
             )
             return
+        self.stats.received[frame.header.command_id] += 1
         try:
             if frame.header.is_answer:
                 self._on_answer(frame, bearer, now)
@@ -374,6 +378,10 @@ class PlatformEngine:
                 timestamp=ex.timestamp,
             )
         ex.bearer.send(frame)
+        stats = self.stats
+        stats.answer_latency[header.command_id].observe(self.clock.seconds() - ex.now)
+        if isinstance(message, m.LoginAck):
+            stats.logins[message.result] += 1
         if ex.cache_key is not None:
             self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
         if ex.request is not None:
@@ -973,6 +981,7 @@ class PlatformEngine:
                 version=header.version,
             )
         )
+        self.stats.answer_latency[header.command_id].observe(self.clock.seconds() - ex.now)
         if ex.frame.body:
             try:
                 tlvs = decode_tlvs(ex.frame.body)

@@ -83,6 +83,12 @@ class ITerminalRegistry(Interface):
 
     pending_writes = Attribute("Write transactions submitted and not yet committed.")
     pending_rows = Attribute("Rows of those transactions.")
+    commit_latency = Attribute(
+        "m2mgw.core.stats.Histogram of the seconds from a write's submission to its commit."
+    )
+    request_outcomes = Attribute(
+        "collections.Counter of the requests that left the queue, by (Command_ID, state)."
+    )
     request_observers = Attribute(
         "A list of callables, each called with every Request enqueued or updated, at once."
     )

@@ -41,7 +41,7 @@ import operator
 import os
 import re
 import sqlite3
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -72,6 +72,7 @@ from m2mgw.core.model import (
     normalize_msisdn,
 )
 from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, RegistryError, SmsState
+from m2mgw.core.stats import Histogram
 
 _log = Logger()
 
@@ -565,6 +566,10 @@ class SqliteRegistry:
         self._pressure_observers: list[PressureObserver] = []
         #: Called with each request enqueued or updated (the admin API's /events).
         self.request_observers: list[Callable[[Request], None]] = []
+        #: Seconds from a write's submission to its commit (the writer's backlog included).
+        self.commit_latency = Histogram()
+        #: Requests that left the queue, by (Command_ID, final state), since start-up.
+        self.request_outcomes: Counter[tuple[int, str]] = Counter()
         self._reset()
 
     def _reset(self) -> None:
@@ -730,7 +735,7 @@ class SqliteRegistry:
             or self._pending_rows >= self._row_watermarks[0]
         ):
             self._set_saturated(True)
-        d.addBoth(self._committed, rows)
+        d.addBoth(self._committed, rows, self._reactor.seconds())
         return d.addErrback(self._write_failed)
 
     def _write_failed(self, failure: Failure) -> Failure:
@@ -773,10 +778,12 @@ class SqliteRegistry:
     def remove_pressure_observer(self, observer: PressureObserver) -> None:
         self._pressure_observers.remove(observer)
 
-    def _committed(self, result: Any, rows: int) -> Any:
+    def _committed(self, result: Any, rows: int, submitted: float) -> Any:
         """A write left the queue (committed or failed): maybe release the pressure."""
         self._pending_writes -= 1
         self._pending_rows -= rows
+        if not isinstance(result, Failure):
+            self.commit_latency.observe(self._reactor.seconds() - submitted)
         if self._saturated and (
             self._pending_writes <= self._watermarks[1]
             and self._pending_rows <= self._row_watermarks[1]
@@ -1219,7 +1226,9 @@ class SqliteRegistry:
             self._finished.pop(request_id, None)
             self._active[request_id] = queue[request_id] = request
             return
-        self._active.pop(request_id, None)
+        if self._active.pop(request_id, None) is not None:
+            # Counted once, on leaving the queue: a later outcome (0x4010) is not a second.
+            self.request_outcomes[(request.command, request.state)] += 1
         queue.pop(request_id, None)
         if not queue:
             del self._queues[request.serial]

@@ -40,6 +40,7 @@ from twisted.application.internet import TimerService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -87,6 +88,36 @@ class ModemTuning:
     )
     #: Consecutive ``+CMS``/``+CME ERROR`` refusals after which a message fails.
     max_refusals: int = 5
+    #: Seconds between ``AT+CSQ`` signal readings while the modem is ready.
+    signal_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """The modem's last ``+CSQ`` reading (27.007 8.5); 99 means unknown."""
+
+    rssi: int
+    ber: int
+    measured_at: float
+
+    @property
+    def dbm(self) -> int | None:
+        """The received strength: rssi 0 is -113 dBm or less, 31 is -51 dBm or more."""
+        return -113 + 2 * self.rssi if 0 <= self.rssi <= 31 else None
+
+
+@dataclass(slots=True)
+class SmsCounts:
+    """What the modem did since start-up, for the metrics."""
+
+    #: SMS (segments) the modem confirmed sent (``+CMGS``).
+    sent: int = 0
+    #: SMS-DELIVERs from the modem, second presentations of one not counted.
+    received: int = 0
+    #: Segment sends that failed (each is retried, or its message fails).
+    send_errors: int = 0
+    #: Messages of the outbox given up (state failed).
+    failed: int = 0
 
 
 class SmsBearer:
@@ -152,6 +183,11 @@ class SmsService(MultiService):
         self._failures = 0
         self._refusals: dict[int, int] = {}
         self._recent: OrderedDict[SmsDeliver, None] = OrderedDict()
+        self.counts = SmsCounts()
+        #: The last signal reading of the modem now open, if any.
+        self.signal: Signal | None = None
+        self._signal_poll = LoopingCall(self._read_signal)
+        self._signal_poll.clock = clock
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -159,12 +195,15 @@ class SmsService(MultiService):
         self._stopping = False
         self.serial.retry_policy = self.tuning.reopen_policy
         super().startService()
+        self._signal_poll.start(self.tuning.signal_interval, now=False)
         self._pump()
 
     @inlineCallbacks
     def stopService(self):  # type: ignore[no-untyped-def]
         """Let a send in progress finish and be recorded, then close the port."""
         self._stopping = True
+        if self._signal_poll.running:
+            self._signal_poll.stop()
         for delayed in (self._retry, self._expiry):
             if delayed is not None and delayed.active():
                 delayed.cancel()
@@ -200,6 +239,7 @@ class SmsService(MultiService):
         )
         d = self.registry.enqueue_sms(sms)
         d.addErrback(lambda failure: log.failure("Outgoing SMS not stored", failure))
+        self.gateway.engine.stats.count_sent(message)
         log.debug(
             "SMS {id} to {msisdn} queued ({size} bytes)",
             id=sms.id,
@@ -224,6 +264,10 @@ class SmsService(MultiService):
         )
         if self.config.smsc:
             protocol.when_ready().addCallback(lambda _: self._set_smsc(protocol))
+        # The first reading at once; a port lost before the modem was ready has none.
+        protocol.when_ready().addCallbacks(
+            lambda _: self._read_signal(), lambda failure: failure.trap(ModemError)
+        )
         return protocol
 
     def _set_smsc(self, protocol: ModemProtocol) -> None:
@@ -232,6 +276,31 @@ class SmsService(MultiService):
         toa = 145 if smsc.startswith("+") else 129
         d = protocol.command(at.Command(f'AT+CSCA="{smsc}",{toa}', self.config.command_timeout))
         d.addErrback(lambda f: log.warn("Cannot set the SMSC: {e}", e=f.getErrorMessage()))
+
+    @property
+    def modem_up(self) -> bool:
+        """Whether the modem port is open and initialised, so SMS can go out."""
+        protocol = self.serial.protocol
+        return protocol is not None and protocol.ready
+
+    def _read_signal(self) -> None:
+        """``AT+CSQ`` (27.007 8.5) while the modem is ready; ``signal`` keeps the answer."""
+        protocol = self.serial.protocol
+        if protocol is None or not protocol.ready:
+            self.signal = None
+            return
+        d = protocol.command(at.signal_command(self.config.command_timeout))
+        d.addCallback(at.parse_csq)
+        d.addCallbacks(self._signal_read, self._signal_failed)
+
+    def _signal_read(self, reading: tuple[int, int]) -> None:
+        self.signal = Signal(*reading, measured_at=self.clock.seconds())
+        log.debug("Modem signal: rssi {rssi}, ber {ber}", rssi=reading[0], ber=reading[1])
+
+    def _signal_failed(self, failure: Failure) -> None:
+        self.signal = None
+        failure.trap(ModemError, at.AtError)
+        log.info("Cannot read the modem's signal: {error}", error=failure.getErrorMessage())
 
     def _on_sms(self, deliver: SmsDeliver) -> None:
         """One SMS-DELIVER from the modem: reassemble, then hand WMMP to the engine.
@@ -243,6 +312,7 @@ class SmsService(MultiService):
         if deliver in self._recent:
             log.debug("SMS from {msisdn} presented again: dropped", msisdn=deliver.originator)
             return
+        self.counts.received += 1
         self._recent[deliver] = None
         if len(self._recent) > RECENT_SMS:
             self._recent.popitem(last=False)
@@ -329,6 +399,7 @@ class SmsService(MultiService):
     def _segment_sent(self, reference: int, sms: OutgoingSms, total: int) -> None:
         self._failures = 0
         self._refusals.pop(sms.id or 0, None)
+        self.counts.sent += 1
         sms.parts_sent += 1
         if sms.parts_sent >= total:
             sms.state = SmsState.SENT
@@ -349,6 +420,7 @@ class SmsService(MultiService):
             log.failure("Unexpected error sending SMS {id}", failure, id=sms.id)
             error = ModemError(failure.getErrorMessage(), maybe_sent=True)
         self._failures += 1
+        self.counts.send_errors += 1
         sms.attempts += 1
         sms.error = str(error)
         if error.maybe_sent:
@@ -385,6 +457,7 @@ class SmsService(MultiService):
 
     def _give_up(self, sms: OutgoingSms, why: str) -> None:
         self._refusals.pop(sms.id or 0, None)
+        self.counts.failed += 1
         sms.state = SmsState.FAILED
         sms.error = why
         self.registry.update_sms(sms)

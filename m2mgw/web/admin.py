@@ -28,6 +28,7 @@ from m2mgw.app import provision
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.registry import RegistryError
+from m2mgw.metrics import MetricsResource
 from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import Command, LogoutReason, SecurityOp
 from m2mgw.web import auth
@@ -227,6 +228,7 @@ class AdminResource(_Api):
         self.putChild(b"queue", _Queue(gateway))
         self.putChild(b"apps", _Apps(gateway))
         self.putChild(b"registry", _Registry(gateway))
+        self.putChild(b"metrics", MetricsResource(gateway.metrics))
         self.putChild(b"console", ConsoleResource())
         self.putChild(b"session", _Session(gateway))
 
