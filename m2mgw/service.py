@@ -189,6 +189,7 @@ class GatewayService(service.MultiService):
             self._listen("app", config.app.listen, self.apps.listener())
         if config.admin.listen:
             admin = AdminResource(self)
+            admin.events.setServiceParent(self)
             site = DebugAccessLogSite(admin)
             site.displayTracebacks = False
             self._listen("admin", config.admin.listen, site)

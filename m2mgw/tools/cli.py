@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred, maybeDeferred
@@ -44,11 +44,12 @@ from m2mgw.config import (
     sample_config,
 )
 from m2mgw.core import requests as build
+from m2mgw.core.model import RequestState
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol.constants import Command, result_label
-from m2mgw.web import auth
+from m2mgw.web import auth, views
 
 API_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
@@ -57,6 +58,14 @@ FINAL_STATES = frozenset({"succeeded", "failed", "expired", "cancelled"})
 LIST_COLUMNS = ("serial", "imei", "imsi", "msisdn", "state", "bearer", "last_seen")
 REQUEST_COLUMNS = ("id", "serial", "command", "state", "outcome", "created_at")
 APP_COLUMNS = ("app_id", "ec_code", "cipher", "callback_url", "terminals")
+ALARM_COLUMNS = ("id", "time", "serial", "code", "type", "status", "cleared_code")
+SMS_COLUMNS = ("id", "created_at", "msisdn", "serial", "command", "state", "parts_sent",
+               "attempts", "error")
+NOTIFICATION_COLUMNS = ("id", "app_id", "kind", "delivery", "attempts", "next_attempt",
+                        "created_at")
+MESSAGE_COLUMNS = ("id", "time", "direction", "bearer", "command", "sequence_id", "event",
+                   "detail")
+REQUEST_STATES = tuple(s.value for s in RequestState)
 
 
 class CliError(Exception):
@@ -402,8 +411,8 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
         default = ctx.config.protocol.default_compat
         return registry.add(terminal).addCallback(build.describe_provisioned, default)
 
-    record = ctx.either("POST", "/terminals", add, body=params, write=True)
-    _print(record, args.json)
+    record = ctx.either("POST", _asking(args, "/terminals"), add, body=params, write=True)
+    _print(record, args)
     return 0
 
 
@@ -426,40 +435,30 @@ def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
     }
     record = ctx.either(
         "POST",
-        "/apps",
+        _asking(args, "/apps"),
         lambda registry: provision.provision(registry, params),
         body=params,
         write=True,
     )
-    _print(record, args.json)
+    _print(record, args)
     return 0
 
 
 def cmd_apps(ctx: Context, args: argparse.Namespace) -> int:
-    listing = ctx.either(
-        "GET", "/apps", lambda r: [provision.describe_application(a) for a in r.applications()]
-    )
-    if args.json:
-        _print(listing, True)
-    else:
-        _table([{**a, "terminals": ",".join(a["terminals"])} for a in listing], APP_COLUMNS)
-    return 0
+    page = _listing(ctx, args, "/apps", views.list_apps, _query(args))
+    return _show_page(page, args, APP_COLUMNS,
+                      lambda app: {**app, "terminals": ",".join(app["terminals"])})
 
 
 def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
-    listing = ctx.either(
-        "GET",
-        "/terminals",
-        lambda r: [
-            build.describe_terminal(t, default_compat=ctx.config.protocol.default_compat)
-            for t in r.terminals()
-        ],
-    )
-    if args.json:
-        _print(listing, True)
-    else:
-        _table(listing, LIST_COLUMNS)
-    return 0
+    query = _query(args, search=args.search, state=args.state, bearer=args.bearer)
+
+    def listing(registry: SqliteRegistry, query: Query) -> views.Page:
+        return views.list_terminals(registry.terminals(), query, lambda t: build.describe_terminal(
+            t, default_compat=ctx.config.protocol.default_compat
+        ))
+
+    return _show_page(_listing(ctx, args, "/terminals", listing, query), args, LIST_COLUMNS)
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
@@ -474,25 +473,52 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
         view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
         return view
 
-    record = ctx.either("GET", f"/terminals/{quote(args.terminal, safe='')}", show)
-    _print(record, args.json)
+    path = _asking(args, f"/terminals/{quote(args.terminal, safe='')}")
+    _print(ctx.either("GET", path, show), args)
     return 0
 
 
 def cmd_requests(ctx: Context, args: argparse.Namespace) -> int:
-    query = [("limit", args.limit)] + [("state", s) for s in args.state or []]
-    if args.serial:
-        query.append(("serial", args.serial))
+    query = _query(args, serial=args.serial, state=args.state)
+    page = _listing(ctx, args, "/requests", views.list_requests, query)
+    return _show_page(page, args, REQUEST_COLUMNS)
 
-    def history(registry: SqliteRegistry) -> Any:
-        d = registry.requests(args.serial, args.state or None, args.limit)
-        return d.addCallback(lambda rs: [build.describe_request(r) for r in rs])
 
-    listing = ctx.either("GET", f"/requests?{urlencode(query)}", history)
+def cmd_alarms(ctx: Context, args: argparse.Namespace) -> int:
+    query = _query(args, serial=args.serial, code=args.code, status=args.status,
+                   active=args.active)
+    return _show_page(_listing(ctx, args, "/alarms", views.list_alarms, query), args,
+                      ALARM_COLUMNS)
+
+
+def cmd_outbox(ctx: Context, args: argparse.Namespace) -> int:
+    query = _query(args, state=args.state, msisdn=args.msisdn)
+    return _show_page(_listing(ctx, args, "/sms/outbox", views.list_sms, query), args,
+                      SMS_COLUMNS)
+
+
+def cmd_notifications(ctx: Context, args: argparse.Namespace) -> int:
+    query = _query(args, app=args.app, state=args.state)
+
+    def listing(registry: SqliteRegistry, query: Query) -> views.Page:
+        return views.list_notifications(registry, query, time.time())
+
+    return _show_page(_listing(ctx, args, "/notifications", listing, query), args,
+                      NOTIFICATION_COLUMNS)
+
+
+def cmd_messages(ctx: Context, args: argparse.Namespace) -> int:
+    query = _query(args, serial=args.serial, direction=args.direction, event=args.event)
+    return _show_page(_listing(ctx, args, "/messages", views.list_messages, query), args,
+                      MESSAGE_COLUMNS)
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    stats = ctx.either("GET", "/stats", lambda r: views.registry_stats(r, time.time()))
     if args.json:
-        _print(listing, True)
+        _print(stats, args)
     else:
-        _table(listing, REQUEST_COLUMNS)
+        print("\n".join(views.status_lines(stats)))
     return 0
 
 
@@ -500,15 +526,15 @@ def cmd_send(ctx: Context, args: argparse.Namespace) -> int:
     body = send_body(args)
     api = ctx.require_live()
     serial = quote(args.serial, safe="")
-    answer = api.call("POST", f"/terminals/{serial}/requests", body)
+    answer = api.call("POST", _asking(args, f"/terminals/{serial}/requests"), body)
     if args.wait is None or "id" not in answer:
-        _print(answer, args.json)
+        _print(answer, args)
         return 0
     deadline = time.monotonic() + args.wait
     while answer["state"] not in FINAL_STATES and time.monotonic() < deadline:
         time.sleep(POLL_INTERVAL)
-        answer = api.call("GET", f"/requests/{answer['id']}")
-    _print(answer, args.json)
+        answer = api.call("GET", _asking(args, f"/requests/{answer['id']}"))
+    _print(answer, args)
     if answer["state"] not in FINAL_STATES:
         raise CliError(1, f"request {answer['id']} still {answer['state']} after {args.wait:g} s")
     if answer["state"] != "succeeded":
@@ -583,8 +609,92 @@ def _setting(item: str) -> tuple[str, Any]:
 # --- output -------------------------------------------------------------------------
 
 
-def _print(value: Any, compact: bool) -> None:
-    print(json.dumps(value) if compact else json.dumps(value, indent=2))
+Query = dict[str, Any]
+
+
+def _output(p: argparse.ArgumentParser, what: str = "print the page as one JSON object "
+            '({"items": [...], "total": N, "next": ...})') -> None:
+    """The output options of a command that prints records."""
+    p.add_argument("--json", action="store_true", help=what)
+    p.add_argument("--show-secrets", action="store_true",
+                   help="show passwords, keys and SECURITY_CONFIG bodies instead of ***")
+
+
+def _paging(p: argparse.ArgumentParser, *, cursor: bool) -> None:
+    p.add_argument("--limit", type=_page_size, default=views.DEFAULT_LIMIT,
+                   help=f"rows to show, 1-{views.MAX_LIMIT} (default {views.DEFAULT_LIMIT})")
+    p.add_argument("--offset", type=_count, help="skip this many rows first")
+    if cursor:
+        p.add_argument("--before", type=_count, metavar="ID",
+                       help="only rows older than id ID (the next page: see the last line)")
+
+
+def _page_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= views.MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer 1-{views.MAX_LIMIT}, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 0, got {text!r}")
+    return int(text)
+
+
+def _query(args: argparse.Namespace, **filters: Any) -> Query:
+    """A listing's query, as the admin API takes it (views.link leaves out the unset)."""
+    paging = {name: getattr(args, name, None) for name in ("limit", "offset", "before")}
+    return {**paging, "show_secrets": args.show_secrets, **filters}
+
+
+def _asking(args: argparse.Namespace, path: str) -> str:
+    """``path``, asking the API for the secrets when ``--show-secrets`` is given."""
+    return views.link(path, {"show_secrets": args.show_secrets})
+
+
+def _listing(
+    ctx: Context,
+    args: argparse.Namespace,
+    path: str,
+    offline: Callable[[SqliteRegistry, Query], Any],
+    query: Query,
+) -> views.Page:
+    """A page of a listing: through the running gateway, else from the file."""
+    page: views.Page = ctx.either("GET", views.link(path, query), lambda r: offline(r, query))
+    return page
+
+
+def _show_page(
+    page: views.Page,
+    args: argparse.Namespace,
+    columns: Sequence[str],
+    row: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+) -> int:
+    """The page as a table of ``row(item)`` (or JSON); where the next page starts goes
+    to stderr."""
+    if args.json:
+        _print(page, args)
+        return 0
+    _table([row(item) for item in _shown(page["items"], args)], columns)
+    following = page.get("next")
+    if following:
+        options = parse_qs(urlsplit(following).query)
+        start = (f"--before {options['before'][0]}" if "before" in options
+                 else f"--offset {options['offset'][0]}")
+        total = page.get("total")
+        of = f" of {total}" if total is not None else ""
+        print(f"m2mgw: {len(page['items'])}{of} shown; more with {start}", file=sys.stderr)
+    return 0
+
+
+def _shown(value: Any, args: argparse.Namespace) -> Any:
+    """What may be printed: secrets masked unless ``--show-secrets`` (D-193)."""
+    return value if getattr(args, "show_secrets", False) else views.redact(value)
+
+
+def _print(value: Any, args: argparse.Namespace) -> None:
+    value = _shown(value, args)
+    print(json.dumps(value) if args.json else json.dumps(value, indent=2))
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -626,43 +736,90 @@ def make_parser() -> _Parser:
     p.set_defaults(run=cmd_sample_config, needs_config=False)
 
     p = sub.add_parser("provision", help="add a terminal")
-    p.add_argument("--imei", required=True)
-    p.add_argument("--imsi")
-    p.add_argument("--msisdn")
-    p.add_argument("--cipher", choices=build.CIPHERS)
+    p.add_argument("--imei", required=True, help="the terminal's IMEI, 15 digits")
+    p.add_argument("--imsi", help="the IMSI of its SIM, 15 digits (needed with --serial)")
+    p.add_argument("--msisdn", help="its SIM's phone number (for SMS and wake-up)")
+    p.add_argument("--cipher", choices=build.CIPHERS, help="message encryption (default: none)")
     p.add_argument("--serial", help="preset serial (credentials are generated if not given)")
-    p.add_argument("--uplink-password")
-    p.add_argument("--downlink-password")
-    p.add_argument("--base-key")
+    p.add_argument("--uplink-password", help="preset uplink password, 8 characters")
+    p.add_argument("--downlink-password", help="preset downlink password, 8 characters")
+    p.add_argument("--base-key", help="preset Base Key (legacy: 24 characters, aes: 16)")
     p.add_argument("--app", action="append", help="bound application EC code (repeatable)")
-    p.add_argument("--default-app")
+    p.add_argument("--default-app", help="EC code of the application for unaddressed data")
     p.add_argument(
         "--compat",
         choices=compat.NAMES,
         help="compatibility profile (spec 1.6): strict, cmcc-javame or simcom; "
         "default: [protocol] default_compat",
     )
-    p.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    _output(p, "print the record as one JSON object")
     p.set_defaults(run=cmd_provision)
 
     p = sub.add_parser("terminals", help="list terminals")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--search", metavar="TEXT",
+                   help="only terminals whose serial, IMEI, IMSI, MSISDN or address has TEXT")
+    p.add_argument("--state", action="append", choices=sorted(views.TERMINAL_STATES),
+                   help="only terminals in this state; online = logged in (repeatable)")
+    p.add_argument("--bearer", action="append", choices=views.BEARERS,
+                   help="only terminals last seen on this bearer (repeatable)")
+    _paging(p, cursor=False)
+    _output(p)
     p.set_defaults(run=cmd_terminals)
 
     p = sub.add_parser("show", help="one terminal in detail")
     p.add_argument("terminal", metavar="SERIAL", help="serial (or IMEI if unregistered)")
-    p.add_argument("--json", action="store_true")
+    _output(p, "print the record as one JSON object")
     p.set_defaults(run=cmd_show)
 
-    p = sub.add_parser("requests", help="request history")
-    p.add_argument("serial", nargs="?", metavar="SERIAL")
-    p.add_argument("--state", action="append", help="queued, sent, succeeded... (repeatable)")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("requests", help="request history, newest first")
+    p.add_argument("serial", nargs="?", metavar="SERIAL", help="only this terminal's requests")
+    p.add_argument("--state", action="append", choices=REQUEST_STATES,
+                   help="only requests in this state (repeatable)")
+    _paging(p, cursor=True)
+    _output(p)
     p.set_defaults(run=cmd_requests)
 
+    p = sub.add_parser("alarms", help="alarm history, newest first (--active: raised now)")
+    p.add_argument("serial", nargs="?", metavar="SERIAL", help="only this terminal's alarms")
+    p.add_argument("--code", type=lambda v: int(v, 0), help="only this alarm code (0x0001)")
+    p.add_argument("--status", type=int, choices=(0, 1), help="only raised (1) or cleared (0)")
+    p.add_argument("--active", action="store_true", help="the alarms raised now instead")
+    _paging(p, cursor=True)
+    _output(p)
+    p.set_defaults(run=cmd_alarms)
+
+    p = sub.add_parser("outbox", help="the SMS outbox, newest first")
+    p.add_argument("--state", action="append", choices=views.SMS_STATES,
+                   help="only messages in this state (repeatable)")
+    p.add_argument("--msisdn", help="only messages to this number")
+    _paging(p, cursor=True)
+    _output(p)
+    p.set_defaults(run=cmd_outbox)
+
+    p = sub.add_parser("notifications",
+                       help="undelivered application notifications and their delivery state")
+    p.add_argument("--app", metavar="APP_ID", help="only this application's")
+    p.add_argument("--state", action="append", choices=views.NOTIFICATION_STATES,
+                   help="only these: pending, retrying (an offer failed), leased "
+                   "(fetched, not acknowledged) or kept (retries used up) (repeatable)")
+    _paging(p, cursor=False)
+    _output(p)
+    p.set_defaults(run=cmd_notifications)
+
+    p = sub.add_parser("messages", help="a terminal's message log, newest first")
+    p.add_argument("serial", metavar="SERIAL", help="the terminal")
+    p.add_argument("--direction", choices=("in", "out"), help="only received or sent")
+    p.add_argument("--event", help="only this event (login, uplink-data, ...)")
+    _paging(p, cursor=True)
+    _output(p)
+    p.set_defaults(run=cmd_messages)
+
+    p = sub.add_parser("status", help="one-screen summary of the gateway (GET /stats)")
+    p.add_argument("--json", action="store_true", help="print GET /stats as one JSON object")
+    p.set_defaults(run=cmd_status)
+
     p = sub.add_parser("send", help="queue a platform request (gateway must be running)")
-    p.add_argument("serial", metavar="SERIAL")
+    p.add_argument("serial", metavar="SERIAL", help="the terminal")
     p.add_argument("command", metavar="COMMAND", help="CONFIG_GET, CONFIG_SET, REMOTE_CTRL, ...")
     p.add_argument("--tag", action="append", help="CONFIG_GET/SECURITY_CONFIG tag")
     p.add_argument("--set", action="append", metavar="TAG=VALUE", help="CONFIG_SET value")
@@ -678,19 +835,19 @@ def make_parser() -> _Parser:
     p.add_argument("--source-ec", help="TRANSPARENT_* source EC code")
     p.add_argument("--ttl", type=float, help="queue lifetime in seconds")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the outcome")
-    p.add_argument("--json", action="store_true")
+    _output(p, "print the request as one JSON object")
     p.set_defaults(run=cmd_send)
 
     p = sub.add_parser("app-provision", help="add an M2M application")
     p.add_argument("--app-id", required=True, help="user name, 1-16 of A-Z a-z 0-9 _ -")
-    p.add_argument("--password", required=True)
+    p.add_argument("--password", required=True, help="its password (application spec 7.1)")
     p.add_argument("--base-key", required=True, help="16 or 24 ASCII characters (aes: 16)")
     p.add_argument("--ec-code", help="EC code terminals address it by (default: the app id)")
     p.add_argument("--callback-url", help="its M2MAppNotifyService endpoint")
     p.add_argument(
         "--terminal", action="append", metavar="SERIAL", help="bound terminal (repeatable)"
     )
-    p.add_argument("--cipher", choices=("legacy", "aes"))
+    p.add_argument("--cipher", choices=("legacy", "aes"), help="its cipher (default: legacy)")
     p.add_argument("--next-base-key", help="the Base Key that follows (APP_KEY_UPDATE type 2)")
     p.add_argument(
         "--next-base-key-from",
@@ -698,11 +855,12 @@ def make_parser() -> _Parser:
         metavar="TIME",
         help="UNIX time from which logins use --next-base-key",
     )
-    p.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    _output(p, "print the record as one JSON object")
     p.set_defaults(run=cmd_app_provision)
 
     p = sub.add_parser("apps", help="list applications")
-    p.add_argument("--json", action="store_true")
+    _paging(p, cursor=False)
+    _output(p)
     p.set_defaults(run=cmd_apps)
     return parser
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -31,7 +31,8 @@ from m2mgw.core.registry import RegistryError
 from m2mgw.metrics import MetricsResource
 from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import Command, LogoutReason, SecurityOp
-from m2mgw.web import auth
+from m2mgw.web import auth, openapi, views
+from m2mgw.web.events import EventStream
 from m2mgw.web.ui import ConsoleResource
 
 if TYPE_CHECKING:
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 MAX_BODY = 64 * 1024
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
 MAX_TTL = float(0xFFFFFFFF)
 
 Result = tuple[int, Any]
@@ -83,7 +82,15 @@ def _encode(request: Request, status: int, body: Any) -> bytes:
         return b""
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
+    if not _show_secrets(request):
+        body = views.redact(body)
     return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def _show_secrets(request: Request) -> bool:
+    """``?show_secrets=1``: the answer keeps passwords, keys and SECURITY_CONFIG bodies
+    (D-193); without it every answer is redacted."""
+    return _flag("show_secrets", _raw(request, "show_secrets")) or False
 
 
 def _error(request: Request, exc: BaseException, failure: Failure | None = None) -> bytes:
@@ -99,16 +106,35 @@ def _error(request: Request, exc: BaseException, failure: Failure | None = None)
 
 
 class _Json(Resource):
-    """Dispatches ``do_<METHOD>`` handlers and renders their results as JSON."""
+    """Dispatches ``do_<METHOD>`` handlers and renders their results as JSON.
+
+    Sub-routes are declared, never hidden in code, so that :func:`route_table` (and
+    the test that holds ``/openapi.json`` to it) sees every one: static children
+    (``putChild``), ``routes`` made per request, and one ``item`` for any other path
+    segment (``/terminals/<serial>``).
+    """
+
+    routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {}
+    #: (parameter name, factory(parent, segment)) of ``/<segment>`` below this resource.
+    item: ClassVar[tuple[str, Callable[[Any, str], IResource]] | None] = None
 
     def getChild(self, path: bytes, request: Request) -> IResource:
-        return self if path == b"" else _NotFound()
+        if path == b"":
+            return self
+        route = self.routes.get(path)
+        if route is not None:
+            return route(self)
+        if self.item is not None:
+            return self.item[1](self, path.decode("utf-8", "replace"))
+        return _NotFound()
 
     def render(self, request: Request) -> bytes | int:
         method = request.method.decode("ascii", "replace")
-        handler: Callable[[Request], Result | Deferred[Result]] | None = getattr(
+        handler: Callable[[Request], Result | Deferred[Result] | int] | None = getattr(
             self, f"do_{'GET' if method == 'HEAD' else method}", None
         )
+        if not methods_of(self):
+            return _encode(request, 404, {"error": "no such resource"})
         if handler is None:
             allowed = sorted(name[3:] for name in dir(self) if name.startswith("do_"))
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
@@ -117,6 +143,8 @@ class _Json(Resource):
             result = handler(request)
         except Exception as exc:
             return _error(request, exc)
+        if isinstance(result, int):  # NOT_DONE_YET: the handler answers by itself (/events)
+            return result
         if not isinstance(result, Deferred):
             return _encode(request, *result)
         gone: list[Failure] = []
@@ -137,6 +165,14 @@ class _Json(Resource):
             lambda f: log.failure("Admin API could not answer", f)
         )
         return NOT_DONE_YET
+
+
+def methods_of(resource: object) -> list[str]:
+    """The HTTP methods a resource answers: its ``do_X`` (JSON) or ``render_X``; HEAD,
+    which every resource answers like GET, is left out."""
+    prefix = "do_" if isinstance(resource, _Json) else "render_"
+    names = {n.removeprefix(prefix) for n in dir(resource) if n.startswith(prefix)}
+    return sorted(n for n in names if n.isupper() and n != "HEAD")
 
 
 class _NotFound(_Json):
@@ -169,6 +205,23 @@ class _Api(_Json):
         return terminal
 
 
+class _Scoped(_Api):
+    """A listing of the whole gateway, or of one terminal at ``/terminals/<key>/...``."""
+
+    def __init__(self, gateway: GatewayService, key: str | None = None) -> None:
+        super().__init__(gateway)
+        self.key = key
+
+    def scope(self) -> dict[str, str]:
+        """The ``serial`` a terminal's listing is limited to; none for the gateway's."""
+        if self.key is None:
+            return {}
+        terminal = self.terminal(self.key)
+        if terminal.serial is None:
+            raise ApiError(409, f"terminal IMEI {terminal.imei} has no serial yet (unregistered)")
+        return {"serial": terminal.serial}
+
+
 def _json_body(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, at most MAX_BODY bytes."""
     assert request.content is not None
@@ -184,37 +237,82 @@ def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _arg(request: Request, name: str) -> list[str]:
-    """Query values of ``name``, comma lists split (``state=queued,sent``)."""
+def _raw(request: Request, name: str) -> list[str]:
+    """Query values of ``name`` as given (``search`` may hold commas)."""
     values = request.args.get(name.encode("ascii"), []) if request.args else []
-    return [
-        item.strip()
-        for raw in values
-        for item in raw.decode("utf-8", "replace").split(",")
-        if item.strip()
-    ]
+    return [raw.decode("utf-8", "replace") for raw in values]
 
 
-def _limit(request: Request) -> int:
-    values = _arg(request, "limit")
+#: Parses the values of one query parameter (name, values) into its typed value.
+Parse = Callable[[str, list[str]], Any]
+
+
+def _text(name: str, values: list[str]) -> str | None:
+    return values[-1].strip() or None
+
+
+def _flag(name: str, values: list[str]) -> bool | None:
     if not values:
-        return DEFAULT_LIMIT
-    if not values[-1].isdigit() or not 1 <= int(values[-1]) <= MAX_LIMIT:
-        raise ApiError(400, f"limit must be an integer 1-{MAX_LIMIT}")
-    return int(values[-1])
+        return None
+    if values[-1].lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+        raise ApiError(400, f"{name} must be 1 or 0, got {values[-1]!r}")
+    return values[-1].lower() in ("1", "true", "yes")
 
 
-def _states(request: Request) -> list[str] | None:
-    states = _arg(request, "state")
-    known = {s.value for s in RequestState}
-    bad = [s for s in states if s not in known]
-    if bad:
-        raise ApiError(400, f"unknown state {bad[0]!r}; one of {', '.join(sorted(known))}")
-    return states or None
+def _integer(lo: int, hi: int) -> Parse:
+    def parse(name: str, values: list[str]) -> int:
+        try:
+            value = int(values[-1], 0)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise ApiError(400, f"{name} must be an integer {lo}-{hi}, got {values[-1]!r}")
+        return value
+
+    return parse
 
 
-def _listing(requests: list[Any]) -> Result:
-    return 200, [build.describe_request(r) for r in requests]
+def _choices(known: Iterable[str]) -> Parse:
+    """A comma list of known words (``state=queued,sent``), case-insensitive."""
+    words = tuple(known)
+
+    def parse(name: str, values: list[str]) -> list[str]:
+        chosen = [v.strip().lower() for raw in values for v in raw.split(",") if v.strip()]
+        bad = [v for v in chosen if v not in words]
+        if bad:
+            raise ApiError(400, f"unknown {name} {bad[0]!r}; one of {', '.join(words)}")
+        return chosen
+
+    return parse
+
+
+def _params(request: Request, **filters: Parse) -> dict[str, Any]:
+    """The paging (``limit``, ``offset``, ``before``) and ``filters`` of a listing, typed
+    and checked; what was not given is left out (D-194)."""
+    parsers: dict[str, Parse] = {
+        "limit": _integer(1, views.MAX_LIMIT),
+        "offset": _integer(0, 1 << 31),
+        "before": _integer(1, 1 << 62),
+        "show_secrets": _flag,
+        **filters,
+    }
+    query = {}
+    for name, parse in parsers.items():
+        values = _raw(request, name)
+        if values and (value := parse(name, values)) is not None:
+            query[name] = value
+    return query
+
+
+def _path(request: Request) -> str:
+    return request.path.decode("utf-8", "replace")
+
+
+def _page(d: Deferred[views.Page]) -> Deferred[Result]:
+    return d.addCallback(lambda page: (200, page))
+
+
+_REQUEST_STATES = _choices(s.value for s in RequestState)
 
 
 class AdminResource(_Api):
@@ -228,6 +326,15 @@ class AdminResource(_Api):
         self.putChild(b"queue", _Queue(gateway))
         self.putChild(b"apps", _Apps(gateway))
         self.putChild(b"registry", _Registry(gateway))
+        self.putChild(b"alarms", _Alarms(gateway))
+        self.putChild(b"messages", _Messages(gateway))
+        self.putChild(b"notifications", _Notifications(gateway))
+        self.putChild(b"sms", _Sms(gateway))
+        self.putChild(b"stats", _Stats(gateway))
+        #: The ``/events`` stream; a child service of the gateway (stops with it).
+        self.events = EventStream(gateway, lambda: views.gateway_stats(gateway))
+        self.putChild(b"events", _Events(gateway, self.events))
+        self.putChild(b"openapi.json", _OpenApi(gateway))
         self.putChild(b"metrics", MetricsResource(gateway.metrics))
         self.putChild(b"console", ConsoleResource())
         self.putChild(b"session", _Session(gateway))
@@ -241,9 +348,56 @@ class AdminResource(_Api):
         return super().getChildWithDefault(path, request)
 
     def do_GET(self, request: Request) -> Result:
-        return 200, {
-            "endpoints": ["/health", "/terminals", "/requests", "/queue", "/apps", "/registry"]
-        }
+        return 200, {"endpoints": sorted(f"/{name.decode()}" for name in self.children)}
+
+
+class _Stats(_Api):
+    """The summary of the dashboard and ``m2mgw status`` (D-195)."""
+
+    def do_GET(self, request: Request) -> Result:
+        return 200, views.gateway_stats(self.gateway)
+
+
+class _Events(_Api):
+    """Server-Sent Events: stats, terminal and request changes (D-196)."""
+
+    def __init__(self, gateway: GatewayService, stream: EventStream) -> None:
+        super().__init__(gateway)
+        self.stream = stream
+
+    def do_GET(self, request: Request) -> int:  # type: ignore[override]
+        return self.stream.attach(request)
+
+
+class _OpenApi(_Api):
+    """This API described in OpenAPI 3.1 (D-197)."""
+
+    def do_GET(self, request: Request) -> Result:
+        return 200, openapi.spec()
+
+
+def route_table(root: IResource) -> dict[str, list[str]]:
+    """Every route below ``root`` as an OpenAPI path template and the methods it answers:
+    static children, declared ``routes`` and the ``item`` of each JSON resource. Other
+    resources (the console's files, /metrics) are leaves."""
+    table: dict[str, list[str]] = {}
+
+    def walk(resource: IResource, path: str) -> None:
+        methods = methods_of(resource)
+        if methods:
+            table[path or "/"] = methods
+        if not isinstance(resource, _Json):
+            return
+        children: dict[bytes, IResource] = dict(resource.children)
+        children.update((name, make(resource)) for name, make in resource.routes.items())
+        for name, child in sorted(children.items()):
+            walk(child, f"{path}/{name.decode()}")
+        if resource.item is not None:
+            name, make_item = resource.item
+            walk(make_item(resource, f"{{{name}}}"), f"{path}/{{{name}}}")
+
+    walk(root, "")
+    return table
 
 
 class _Session(_Api):
@@ -295,8 +449,7 @@ class _Apps(_Api):
     """``GET`` lists applications (no secrets), ``POST`` provisions one (application 7.1)."""
 
     def do_GET(self, request: Request) -> Result:
-        apps = sorted(self.gateway.registry.applications(), key=lambda a: a.app_id)
-        return 200, [provision.describe_application(a) for a in apps]
+        return 200, views.list_apps(self.gateway.registry, _params(request))
 
     def do_POST(self, request: Request) -> Deferred[Result]:
         d = provision.provision(self.gateway.registry, _json_body(request))
@@ -304,19 +457,18 @@ class _Apps(_Api):
 
 
 class _Terminals(_Api):
-    """``GET`` lists terminals, ``POST`` provisions one."""
+    """``GET`` lists terminals (search, state, bearer; paged), ``POST`` provisions one."""
 
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        if path == b"":
-            return self
-        return _TerminalItem(self.gateway, path.decode("utf-8", "replace"))
+    item = ("serial", lambda parent, key: _TerminalItem(parent.gateway, key))
 
     def do_GET(self, request: Request) -> Result:
-        terminals = sorted(
-            self.gateway.registry.terminals(), key=lambda t: (t.serial or "", t.imei)
-        )
+        query = _params(request, search=_text, state=_choices(views.TERMINAL_STATES),
+                        bearer=_choices(views.BEARERS))
         default = self.gateway.config.protocol.default_compat
-        return 200, [build.describe_terminal(t, default_compat=default) for t in terminals]
+        return 200, views.list_terminals(
+            self.gateway.registry.terminals(), query,
+            lambda t: build.describe_terminal(t, default_compat=default),
+        )
 
     def do_POST(self, request: Request) -> Deferred[Result]:
         params = _json_body(request)
@@ -334,18 +486,19 @@ class _Terminals(_Api):
 
 
 class _TerminalItem(_Api):
-    """``/terminals/<serial or IMEI>``: details, removal, and its requests."""
+    """``/terminals/<serial or IMEI>``: details, removal, its requests, messages,
+    alarms and refusals."""
+
+    routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
+        b"requests": lambda item: _TerminalRequests(item.gateway, item.key),
+        b"messages": lambda item: _Messages(item.gateway, item.key),
+        b"alarms": lambda item: _Alarms(item.gateway, item.key),
+        b"refusals": lambda item: _Refusals(item.gateway, item.key),
+    }
 
     def __init__(self, gateway: GatewayService, key: str) -> None:
         super().__init__(gateway)
         self.key = key
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        if path == b"":
-            return self
-        if path == b"requests":
-            return _TerminalRequests(self.gateway, self.key)
-        return _NotFound()
 
     def do_GET(self, request: Request) -> Result:
         gateway = self.gateway
@@ -388,23 +541,15 @@ class _TerminalItem(_Api):
         )
 
 
-class _TerminalRequests(_Api):
+class _TerminalRequests(_Scoped):
     """``POST`` queues a platform request; ``GET`` is the terminal's request history."""
 
-    def __init__(self, gateway: GatewayService, key: str) -> None:
-        super().__init__(gateway)
-        self.key = key
-
     def do_GET(self, request: Request) -> Deferred[Result]:
-        serial = self._serial()
-        d = self.gateway.registry.requests(serial, _states(request), _limit(request))
-        return d.addCallback(_listing)
+        query = {**_params(request, state=_REQUEST_STATES), **self.scope()}
+        return _page(views.list_requests(self.gateway.registry, query, _path(request)))
 
     def _serial(self) -> str:
-        terminal = self.terminal(self.key)
-        if terminal.serial is None:
-            raise ApiError(409, f"terminal IMEI {terminal.imei} has no serial yet (unregistered)")
-        return terminal.serial
+        return self.scope()["serial"]
 
     def do_POST(self, request: Request) -> Result | Deferred[Result]:
         serial = self._serial()
@@ -494,19 +639,13 @@ def _ttl(value: Any) -> float | None:
 
 
 class _Requests(_Api):
-    """``/requests?serial=&state=&limit=`` history; ``/requests/<id>`` one request."""
+    """``/requests?serial=&state=`` history, newest first; ``/requests/<id>`` one."""
 
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        if path == b"":
-            return self
-        return _RequestItem(self.gateway, path.decode("utf-8", "replace"))
+    item = ("id", lambda parent, key: _RequestItem(parent.gateway, key))
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        serials = _arg(request, "serial")
-        d = self.gateway.registry.requests(
-            serials[-1] if serials else None, _states(request), _limit(request)
-        )
-        return d.addCallback(_listing)
+        query = _params(request, serial=_text, state=_REQUEST_STATES)
+        return _page(views.list_requests(self.gateway.registry, query, _path(request)))
 
 
 class _RequestItem(_Api):
@@ -525,9 +664,71 @@ class _Queue(_Api):
     """All active (queued or sent) requests across terminals, oldest first."""
 
     def do_GET(self, request: Request) -> Result:
-        registry = self.gateway.registry
-        active = [
-            r for t in registry.terminals() if t.serial for r in registry.queued(t.serial)
-        ]
-        return _listing(sorted(active, key=lambda r: r.id or 0))
+        return 200, views.list_queue(self.gateway.registry, _params(request), _path(request))
+
+
+class _Alarms(_Scoped):
+    """Alarm history (``active=1``: the alarms raised now), newest first."""
+
+    def do_GET(self, request: Request) -> Deferred[Result]:
+        query = {**_params(request, serial=_text, code=_integer(0, 0xFFFF),
+                           status=_integer(0, 1), active=_flag), **self.scope()}
+        return _page(views.list_alarms(self.gateway.registry, query, _path(request)))
+
+
+class _Messages(_Scoped):
+    """The message log, newest first."""
+
+    def do_GET(self, request: Request) -> Deferred[Result]:
+        query = {**_params(request, serial=_text, direction=_one_of("in", "out"),
+                           event=_text), **self.scope()}
+        return _page(views.list_messages(self.gateway.registry, query, _path(request)))
+
+
+class _Refusals(_Scoped):
+    """What the gateway refused from one terminal since start-up, by reason (D-153)."""
+
+    def do_GET(self, request: Request) -> Result:
+        serial = self.scope()["serial"]
+        counts = self.gateway.engine.refusals.counts(serial)
+        return 200, {"serial": serial, "total": sum(counts.values()),
+                     "refusals": {str(reason): n for reason, n in sorted(counts.items())}}
+
+
+class _Notifications(_Api):
+    """Undelivered application notifications and where their delivery stands."""
+
+    def do_GET(self, request: Request) -> Result:
+        query = _params(request, app=_text, state=_choices(views.NOTIFICATION_STATES))
+        if "app" in query and self.gateway.registry.application(query["app"]) is None:
+            raise ApiError(404, f"unknown application {query['app']}")
+        return 200, views.list_notifications(
+            self.gateway.registry, query, self.now(), _path(request)
+        )
+
+
+class _Sms(_Api):
+    """``/sms/outbox``: every outgoing SMS, pending, sent or failed."""
+
+    routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
+        b"outbox": lambda sms: _SmsOutbox(sms.gateway),
+    }
+
+
+class _SmsOutbox(_Api):
+    def do_GET(self, request: Request) -> Deferred[Result]:
+        query = _params(request, state=_choices(views.SMS_STATES), msisdn=_text)
+        return _page(views.list_sms(self.gateway.registry, query, _path(request)))
+
+
+def _one_of(*words: str) -> Parse:
+    choose = _choices(words)
+
+    def parse(name: str, values: list[str]) -> str:
+        chosen = choose(name, values[-1:])
+        if len(chosen) != 1:
+            raise ApiError(400, f"{name} must be one of {', '.join(words)}")
+        return chosen[0]
+
+    return parse
 

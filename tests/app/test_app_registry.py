@@ -106,7 +106,7 @@ class AdminApiTest(unittest.TestCase):
         self.assertEqual(response.code, 409, "taken app id")
         yield response.content()
         response = yield http.get(base, **auth)
-        listing = yield response.json()
+        listing = (yield response.json())["items"]
         self.assertEqual([(a["app_id"], a["terminals"]) for a in listing],
                          [("EC0009", [terminal.serial])])
         self.assertNotIn("password", listing[0], "secrets are shown only once")
@@ -122,7 +122,8 @@ def test_cli_provisions_an_application_without_a_running_gateway(tmp_path: Path)
     ini = tmp_path / "m2mgw.ini"
     ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
     done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
-                   "--base-key", KEY, "--callback-url", "http://127.0.0.1:9000/n", "--json")
+                   "--base-key", KEY, "--callback-url", "http://127.0.0.1:9000/n", "--json",
+                   "--show-secrets")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert (record["app_id"], record["base_key"], record["cipher"]) == ("EC0001", KEY, "legacy")
@@ -144,7 +145,7 @@ def test_cli_provisions_a_base_key_rotation(tmp_path: Path) -> None:
     ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
     done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
                    "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC",
-                   "--next-base-key-from", "1900000000", "--json")
+                   "--next-base-key-from", "1900000000", "--json", "--show-secrets")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert (record["next_base_key"], record["next_base_key_from"]) == (

@@ -115,7 +115,7 @@ def test_no_write_under_a_gateway_without_admin_api(tmp_path: Path) -> None:
         # Listings read the file read-only beside the gateway (WAL readers).
         listed = cli(gateway.ini, "terminals", "--json")
         assert listed.returncode == 0, listed.stderr
-        assert [t["serial"] for t in json.loads(listed.stdout)] == [SERIAL]
+        assert [t["serial"] for t in json.loads(listed.stdout)["items"]] == [SERIAL]
 
         gateway.stop()
         again = cli(gateway.ini, "provision", "--imei", OTHER_IMEI)
@@ -133,7 +133,7 @@ def test_unix_admin_socket_provisions_into_the_running_gateway(tmp_path: Path) -
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["serial"] == SERIAL
         listed = cli(gateway.ini, "terminals", "--json")
-        assert [t["serial"] for t in json.loads(listed.stdout)] == [SERIAL]
+        assert [t["serial"] for t in json.loads(listed.stdout)["items"]] == [SERIAL]
 
         terminal = UdpTerminal(gateway.udp)
         terminal.send(terminal.client.login())
@@ -174,7 +174,7 @@ def test_two_gateways_the_cli_refuses_the_admin_api_of_the_other(tmp_path: Path)
         assert f"not {second.database} (instance " in refused
         assert refused.endswith(f"that {crossed} names")
         listed = [json.loads(cli(gw.ini, "terminals", "--json").stdout) for gw in (first, second)]
-        assert [[t["imei"] for t in listing] for listing in listed] == [[], [IMEI]]
+        assert [[t["imei"] for t in page["items"]] for page in listed] == [[], [IMEI]]
         assert (imeis(first.database), imeis(second.database)) == ([], [IMEI])
 
         # A third gateway on A's database is refused at start-up, in one line.
@@ -189,7 +189,7 @@ def test_two_gateways_the_cli_refuses_the_admin_api_of_the_other(tmp_path: Path)
             f"(pid {first.proc.pid})"
         ) in output
         assert "Traceback" not in output
-        assert json.loads(cli(first.ini, "terminals", "--json").stdout) == []
+        assert json.loads(cli(first.ini, "terminals", "--json").stdout)["items"] == []
     finally:
         first.stop()
         second.stop()

@@ -117,7 +117,7 @@ def gateway(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_twistd_plugin_starts_and_stops_cleanly(gateway: Gateway) -> None:
     gateway.start()
-    assert gateway.call("GET", "/terminals") == []
+    assert gateway.call("GET", "/terminals") == {"items": [], "total": 0, "next": None}
     # twistd handles SIGTERM, shuts down, then exits by the same signal (-15).
     assert gateway.stop() == -signal.SIGTERM
     log = gateway.logtext()
@@ -206,7 +206,7 @@ def test_sigkill_with_queued_requests_loses_nothing(gateway: Gateway) -> None:
     gateway.stop(signal.SIGKILL)
 
     gateway.start()
-    waiting = gateway.call("GET", "/queue")
+    waiting = gateway.call("GET", "/queue")["items"]
     assert [r["id"] for r in waiting] == [r["id"] for r in queued]
 
     terminal = UdpTerminal(gateway.udp)

@@ -80,7 +80,8 @@ class DirectDatabaseTests(unittest.TestCase):
 
     def test_provision_preset_serial_generates_credentials(self) -> None:
         done = cli(self.ini, "provision", "--imei", IMEI, "--imsi", IMSI, "--serial", SERIAL,
-                   "--cipher", "aes", "--msisdn", "+8613800138000", "--app", "EC01", "--json")
+                   "--cipher", "aes", "--msisdn", "+8613800138000", "--app", "EC01", "--json",
+                   "--show-secrets")
         self.assertEqual(done.returncode, 0, done.stderr)
         record = json.loads(done.stdout)
         self.assertLessEqual(FIELDS, set(record))
@@ -99,7 +100,7 @@ class DirectDatabaseTests(unittest.TestCase):
 
         listed = cli(self.ini, "terminals", "--json")
         self.assertEqual(listed.returncode, 0, listed.stderr)
-        [terminal] = json.loads(listed.stdout)
+        [terminal] = json.loads(listed.stdout)["items"]
         self.assertEqual((terminal["serial"], terminal["imei"]), (SERIAL, IMEI))
         self.assertNotIn(record["uplink_password"], listed.stdout)
         shown = cli(self.ini, "show", SERIAL, "--json")
@@ -132,17 +133,22 @@ class DirectDatabaseTests(unittest.TestCase):
         self.assertEqual((missing.returncode, missing.stdout), (2, ""))
 
 
+async def run_cli(ini: Path, *args: str) -> tuple[int, str, str]:
+    """The CLI in a subprocess, without blocking the reactor of an in-process gateway."""
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "m2mgw.tools.cli", "--config", str(ini), *args],
+        env=dict(os.environ),
+        path=str(REPO),
+    )
+    return code, out.decode(), err.decode()
+
+
 class LiveGatewayTests(unittest.TestCase):
     """A gateway running in this process; the CLI talks to its admin API."""
 
     async def run_cli(self, *args: str) -> tuple[int, str, str]:
-        out, err, code = await utils.getProcessOutputAndValue(
-            sys.executable,
-            ["-m", "m2mgw.tools.cli", "--config", str(self.ini), *args],
-            env=dict(os.environ),
-            path=str(REPO),
-        )
-        return code, out.decode(), err.decode()
+        return await run_cli(self.ini, *args)
 
     async def test_round_trip_through_the_admin_api(self) -> None:
         running = await start_gateway(self)
@@ -151,7 +157,8 @@ class LiveGatewayTests(unittest.TestCase):
         registry = running.gateway.registry
 
         code, out, err = await self.run_cli(
-            "provision", "--imei", IMEI, "--imsi", IMSI, "--serial", SERIAL, "--json"
+            "provision", "--imei", IMEI, "--imsi", IMSI, "--serial", SERIAL, "--json",
+            "--show-secrets",
         )
         self.assertEqual(code, 0, err)
         record = json.loads(out)
@@ -178,7 +185,8 @@ class LiveGatewayTests(unittest.TestCase):
 
         code, out, err = await self.run_cli("requests", SERIAL, "--json")
         self.assertEqual(code, 0, err)
-        self.assertEqual([r["command"] for r in json.loads(out)], ["CONFIG_SET", "CONFIG_GET"])
+        self.assertEqual([r["command"] for r in json.loads(out)["items"]],
+                         ["CONFIG_SET", "CONFIG_GET"])
 
 
 class ForeignAdminApiTests(unittest.TestCase):

@@ -30,7 +30,9 @@ class AdminApiTests(unittest.TestCase):
         self.gw = await start_gateway(self)
 
     async def provision(self, body: dict | None = None) -> dict:
-        status, record, _ = await self.gw.api("POST", "/terminals", body or PRESET)
+        status, record, _ = await self.gw.api(
+            "POST", "/terminals?show_secrets=1", body or PRESET
+        )
         self.assertEqual(status, 201, record)
         return record
 
@@ -40,7 +42,11 @@ class AdminApiTests(unittest.TestCase):
         self.assertEqual(header(response, "content-type"), [b"application/json"])
         self.assertEqual(body, {"status": "ok", "terminals": 0, "sessions": 0})
 
-    async def test_provision_preregistered_shows_credentials_once(self) -> None:
+    async def test_provision_preregistered_shows_credentials_once_if_asked(self) -> None:
+        status, hidden, _ = await self.gw.api("POST", "/terminals", PRESET)
+        self.assertEqual(status, 201)
+        self.assertEqual([hidden[k] for k in CREDENTIALS], ["***"] * 3)
+        await self.gw.gateway.registry.remove(SERIAL)
         record = await self.provision()
         self.assertEqual(record["serial"], SERIAL)
         self.assertEqual(record["state"], TerminalState.REGISTERED)
@@ -49,11 +55,12 @@ class AdminApiTests(unittest.TestCase):
         stored = self.gw.gateway.registry.get(SERIAL)
         self.assertEqual(stored.current.downlink_password, CREDENTIALS["downlink_password"])
 
-        status, listing, _ = await self.gw.api("GET", "/terminals")
+        status, page, _ = await self.gw.api("GET", "/terminals?show_secrets=1")
         self.assertEqual(status, 200)
+        listing = page["items"]
         self.assertEqual([t["serial"] for t in listing], [SERIAL])
         self.assertEqual(listing[0]["imsi"], IMSI)
-        status, detail, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
+        status, detail, _ = await self.gw.api("GET", f"/terminals/{SERIAL}?show_secrets=1")
         self.assertEqual(status, 200)
         self.assertEqual(detail["cipher"], "legacy")
         self.assertEqual((detail["queue"], detail["session"], detail["config"]), ([], None, {}))
@@ -103,13 +110,13 @@ class AdminApiTests(unittest.TestCase):
         self.assertEqual([r.id for r in stored], [request["id"]])
 
         status, queue, _ = await self.gw.api("GET", "/queue")
-        self.assertEqual([r["id"] for r in queue], [request["id"]])
+        self.assertEqual([r["id"] for r in queue["items"]], [request["id"]])
         status, one, _ = await self.gw.api("GET", f"/requests/{request['id']}")
         self.assertEqual((status, one["state"]), (200, "queued"))
         status, history, _ = await self.gw.api("GET", f"/requests?serial={SERIAL}&state=queued")
-        self.assertEqual([r["id"] for r in history], [request["id"]])
+        self.assertEqual([r["id"] for r in history["items"]], [request["id"]])
         status, none, _ = await self.gw.api("GET", "/requests?state=succeeded")
-        self.assertEqual((status, none), (200, []))
+        self.assertEqual((status, none), (200, {"items": [], "next": None}))
         status, detail, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual([r["id"] for r in detail["queue"]], [request["id"]])
 
@@ -188,7 +195,7 @@ class AdminApiTests(unittest.TestCase):
         status, _, _ = await self.gw.api("GET", f"/terminals/{SERIAL}")
         self.assertEqual(status, 404)
         status, queue, _ = await self.gw.api("GET", "/queue")
-        self.assertEqual(queue, [])
+        self.assertEqual(queue, {"items": [], "total": 0, "next": None})
 
 
 class _UdpTerminal(DatagramProtocol):
