@@ -28,7 +28,14 @@ from m2mgw.protocol import messages as m
 from m2mgw.protocol.checksum import crc32
 from m2mgw.protocol.codec import FRAGMENT_FLAG, build_frame
 from m2mgw.protocol.compat import ProfileRefused
-from m2mgw.protocol.constants import ACK_BIT, Command, Flag, SecurityOp, TransparentResult
+from m2mgw.protocol.constants import (
+    ACK_BIT,
+    Command,
+    Flag,
+    SecurityOp,
+    TransparentResult,
+    result_label,
+)
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.fragment import FragmentAbort, FragmentPart, FragmentSender
 from m2mgw.protocol.header import Header
@@ -367,7 +374,7 @@ class Router:
             serial,
             RequestState.SUCCEEDED if ok else RequestState.FAILED,
             result,
-            outcome if ok else f"result {result}",
+            outcome if ok else f"result {result_label(request.command, result)}",
         )
 
     def on_answer_part(

@@ -188,7 +188,7 @@ def test_authorisation_tables() -> None:
     [
         ("succeeded", 0, "ok", ("ACKED", 0, 0)),
         ("succeeded", 0, "applied", ("APPLIED", 0, 0)),
-        ("failed", 3, "result 3", ("FAILED", 7, 3)),
+        ("failed", 3, "result 3 (REJECTED)", ("FAILED", 7, 3)),
         ("failed", None, "no answer (timeout)", ("FAILED", 6, None)),
         ("expired", None, "TTL expired while queued", ("EXPIRED", 5, None)),
         ("queued", None, None, ("QUEUED", 0, None)),

@@ -232,6 +232,20 @@ class EngineTest(unittest.TestCase):
         self.assertIn("timeout", request.outcome)
 
 
+    @inlineCallbacks
+    def test_a_refused_request_names_its_result_code(self):  # type: ignore[no-untyped-def]
+        bearer = self.login()
+        self.fx.engine.receive(terminal_message(m.ConfigTrap(), 2, timestamp=TS_11_3), bearer)
+        bearer.sent.clear()
+        body = m.ConfigSet(tlvs=[Tlv.of(0x0011, 60)]).encode_body()
+        request = yield self.fx.router.submit(SERIAL, Command.CONFIG_SET, body)
+        [sent] = bearer.sent
+        seq = parse_frame(sent).header.sequence_id
+        self.fx.engine.receive(terminal_message(m.ConfigSetAck(1), seq, timestamp=TS_11_3), bearer)
+        self.assertEqual(request.state, RequestState.FAILED)
+        self.assertEqual(request.outcome, "result 1 (ERROR)")
+
+
 class AsyncOutcomeTest(unittest.TestCase):
     """Outcomes that arrive after the ACK, and the timers around them."""
 
