@@ -10,13 +10,17 @@ requests. Measured, each with p50/p99 latency:
 * uplink long:     terminal -> DeliverData on the long connection;
 * uplink SOAP:     terminal -> DeliverData callback to M2MAppNotifyService;
 * downlink long:   APP_SEND_DATA -> TRANSPARENT_DATA at the terminal;
-* downlink SOAP:   SendData POST -> TRANSPARENT_DATA at the terminal.
+* downlink SOAP:   SendData POST -> TRANSPARENT_DATA at the terminal;
+* backlog drain:   ``--backlog`` uplinks stored while EC0001 is away, then delivered
+                   on its next login: the rate at which a long outbox drains, with
+                   p50/p99 of the time since that login (D-255).
 
 Every figure is printed beside the bare rate of the same run. Usage::
 
     python bench/app.py [--terminals 8] [--messages 2000] [--phase-seconds 15]
+                        [--backlog 10000]
 
-It stops by itself (each phase is capped, and a watchdog ends the run at 110 s).
+It stops by itself (each phase is capped, and a watchdog ends the run at 150 s).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ UPLINK, DOWNLINK, TERMINAL_KEY = "12345678", "87654321", "1122334455667788990012
 STAMP = struct.Struct(">Id")  # message index, send time
 WINDOW = 8  # uplink messages in flight per terminal
 SOAP_CONCURRENCY = 8
-WATCHDOG = 110.0
+WATCHDOG = 150.0
 
 
 def free_port() -> int:
@@ -244,6 +248,26 @@ class Bench:
         await defer.DeferredList(workers)
         self.results.append(meter)
 
+    async def backlog(self, name: str, count: int) -> None:
+        """Uplink to EC0001 while it is logged out, then the drain at its next login."""
+        await self.app.logout()
+        stored = Meter("backlog stored", count)
+        for link in self.terminals:
+            link.on_ack = stored.record
+        templates = stamped(count)
+        for index, link in enumerate(self.terminals):
+            link.send_all(templates[index::len(self.terminals)], "EC0001")
+        await stored.finish(self.args.phase_seconds)
+        for link in self.terminals:
+            link.queue, link.on_ack = [], lambda sent: None
+        meter = Meter(f"{name} of {len(stored.latencies)}", len(stored.latencies))
+        self.deliveries = lambda data: meter.record(meter.started)
+        self.app = await app_client.connect(
+            reactor, "127.0.0.1", self.ports["app"], AppCredentials("EC0001", PASSWORD, BASE_KEY),
+            on_notification=self._notified)
+        await meter.finish(self.args.phase_seconds)
+        self.results.append(meter)
+
     def send_long(self, serial: str, data: bytes) -> defer.Deferred[Any]:
         return self.app.call(ops.SendData(terminal_id=serial, data=data,
                                           need_terminal_ack=False))
@@ -335,6 +359,8 @@ async def run(args: argparse.Namespace, ports: dict[str, int], receiver: Receive
     await bench.uplink("uplink: terminal -> SOAP callback", "EC0002", "soap")
     await bench.downlink("downlink: long conn -> terminal", bench.send_long, 16)
     await bench.downlink("downlink: SOAP -> terminal", bench.send_soap, SOAP_CONCURRENCY)
+    if args.backlog:
+        await bench.backlog("backlog drain", args.backlog)
     report(bench.results)
     await bench.app.logout()
 
@@ -344,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terminals", type=int, default=8)
     parser.add_argument("--messages", type=int, default=2000, help="per phase")
     parser.add_argument("--phase-seconds", type=float, default=15.0, help="cap per phase")
+    parser.add_argument("--backlog", type=int, default=10_000,
+                        help="outbox length of the drain phase (0: no such phase)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="m2mgw-bench-app-"))
     ports = {name: free_port() for name in ("tcp", "http", "admin", "app", "callback")}

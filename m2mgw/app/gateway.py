@@ -15,7 +15,7 @@ kept for ``FetchMessages`` or the next long-connection login.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,7 @@ from twisted.web.server import Site
 
 from m2mgw.app import fetch, keys, server, soap, web
 from m2mgw.app import operations as ops
+from m2mgw.app.longconn import embeddable
 from m2mgw.core import requests as build
 from m2mgw.core.model import (
     Application,
@@ -130,6 +131,25 @@ def message_outcome(request: Request) -> tuple[str, int, int | None]:
     return ("SENT" if request.state == RequestState.SENT else "QUEUED"), R.OK, None
 
 
+def carried_items(
+    cls: type, tlvs: Iterable[tuple[int, bytes]]
+) -> tuple[list[ops.TlvItem], list[int]]:
+    """Terminal TLVs as the items of a ``cls`` body, and the tags left out.
+
+    Left out are the tags the long connection cannot embed there (the application
+    family, the body's own tags such as ``0x4013``): for both bindings alike, so that a
+    notification is the same whichever way it travels (D-251).
+    """
+    items: list[ops.TlvItem] = []
+    left_out: list[int] = []
+    for tag, value in tlvs:
+        if embeddable(cls, tag):
+            items.append(ops.TlvItem(tag=tag, value=value))
+        else:
+            left_out.append(tag)
+    return items, left_out
+
+
 def answer_items(request: Request) -> tuple[list[ops.TlvItem], list[int]]:
     """Values (ret 0) or failed tags (any other ret) of a CONFIG_GET/SET or REMOTE_CTRL answer."""
     if request.answer_body is None or request.command not in (
@@ -142,7 +162,7 @@ def answer_items(request: Request) -> tuple[list[ops.TlvItem], list[int]]:
     except ProtocolError:
         return [], []
     if getattr(ack, "ret", 0) == 0 and request.command == Command.CONFIG_GET:
-        return [ops.TlvItem(tag=t.tag, value=t.raw) for t in ack.tlvs], []
+        return carried_items(ops.NotifyResult, ((t.tag, t.raw) for t in ack.tlvs))[0], []
     if getattr(ack, "ret", 0) != 0:
         return [], [t.tag for t in ack.tlvs]
     return [], []
@@ -205,6 +225,10 @@ class ApplicationService(service.Service):
         self.delivered: Counter[tuple[str, str]] = Counter()
         self.delivery_failures: Counter[tuple[str, str]] = Counter()
         self.discarded: Counter[str] = Counter()
+        #: Notifications set aside, by app id, because a binding cannot carry them (D-253,
+        #: D-254); trap TLVs left out of notifications, by terminal serial (D-251).
+        self.unencodable: Counter[str] = Counter()
+        self.tags_left_out: Counter[str] = Counter()
         #: Logs every uplink; keeps data for EC codes no application is provisioned for.
         self.stored = gateway.uplink
         gateway.engine.uplink = self
@@ -325,10 +349,16 @@ class ApplicationService(service.Service):
         )
         reachable = bool(self._live(app.app_id) or app.callback_url)
         result = TransparentResult.ACCEPTED if reachable else TransparentResult.QUEUED
-        return self.notify(app, payload).addCallback(lambda _: result)
+        # Not stored as a notification (D-253): the message log still holds it.
+        return self.notify(app, payload).addCallback(
+            lambda entry: result if entry is not None else kept)
 
     def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
-        """NotifyAlarm for an alarm report, NotifyConfigTrap for any other non-empty trap."""
+        """NotifyAlarm for an alarm report, NotifyConfigTrap for any other non-empty trap.
+
+        Its items are the TLVs both bindings can carry (D-251); the restore code is
+        escaped like every terminal string (D-252).
+        """
         if not values:
             return
         now = int(self.clock.seconds())
@@ -339,21 +369,25 @@ class ApplicationService(service.Service):
                 return int.from_bytes(raw, "big") if len(raw) in (1, 2, 4) else 0
 
             restore = values.get(0x300E)
+            items, left_out = carried_items(
+                ops.NotifyAlarm, ((t, v) for t, v in values.items() if t not in ALARM_TAGS))
             payload: object = ops.NotifyAlarm(
                 notify_id=0, terminal_id=serial,
                 alarm=ops.AlarmInfo(status=num(0x300B) & 0xFF, type=num(0x300C) & 0xFF,
                                     code=num(0x300D) & 0xFFFF, time=now,
                                     restore_code=None if restore is None
-                                    else restore.decode("latin-1")),
-                items=[ops.TlvItem(tag=t, value=v) for t, v in values.items()
-                       if t not in ALARM_TAGS],
-                bearer=_bearer_name(terminal.bearer),
+                                    else ops.terminal_text(restore.decode("latin-1"))),
+                items=items, bearer=_bearer_name(terminal.bearer),
             )
         else:
-            payload = ops.NotifyConfigTrap(
-                notify_id=0, terminal_id=serial, time=now,
-                items=[ops.TlvItem(tag=t, value=v) for t, v in values.items()],
-            )
+            items, left_out = carried_items(ops.NotifyConfigTrap, values.items())
+            payload = ops.NotifyConfigTrap(notify_id=0, terminal_id=serial, time=now,
+                                           items=items)
+        if left_out:
+            self.tags_left_out[serial] += len(left_out)
+            log.info("CONFIG_TRAP of {serial}: {tags} left out of its notification, the "
+                     "application interface uses them itself", serial=serial,
+                     tags=" ".join(f"0x{tag:04X}" for tag in left_out))
         for app in self._apps_of(terminal):
             self.notify(app, payload)
 
@@ -406,11 +440,23 @@ class ApplicationService(service.Service):
 
     # --- the outbox -----------------------------------------------------------------
 
-    def notify(self, app: Application, payload: object) -> Deferred[AppNotification]:
-        """Store a notification durably, then offer it; fires once it is committed."""
+    def notify(self, app: Application, payload: object) -> Deferred[AppNotification | None]:
+        """Store a notification durably, then offer it; fires once it is committed.
+
+        Never raises: it runs after a terminal's ACK was built, and an exception here
+        would abort that terminal's connection. A payload that cannot be stored at all
+        is logged, counted and fires None (D-253).
+        """
         now = self.clock.seconds()
-        entry = AppNotification(app_id=app.app_id, kind=type(payload).__name__,
-                                body=encode_notification(payload), next_attempt=now,
+        kind = type(payload).__name__
+        try:
+            body = encode_notification(payload)
+        except (ValueError, TypeError) as exc:  # e.g. text that XML 1.0 cannot carry
+            self.unencodable[app.app_id] += 1
+            log.error("{kind} for {app_id} cannot be stored: {why}", kind=kind,
+                      app_id=app.app_id, why=str(exc))
+            return succeed(None)
+        entry = AppNotification(app_id=app.app_id, kind=kind, body=body, next_attempt=now,
                                 created_at=now)
         d = self.registry.enqueue_notification(entry)
         self.pump(app.app_id)
@@ -422,7 +468,11 @@ class ApplicationService(service.Service):
         return live[-1] if live else None
 
     def pump(self, app_id: str) -> None:
-        """Offer the app's due notifications, oldest first, on its best channel."""
+        """Offer the app's due notifications, oldest first, on its best channel.
+
+        It reads the head of the app's ready queue only (D-255): what is in flight or
+        leased there, then as many entries as the channel has room for.
+        """
         app = self.application(app_id)
         if app is None or not self.running:
             return
@@ -433,15 +483,24 @@ class ApplicationService(service.Service):
         if channel is None:
             return
         now = self.clock.seconds()
-        for entry in self.registry.notifications(app_id):
-            if entry.id in state.inflight or entry.state == NotificationState.KEPT:
+        room = channel.capacity(app_id)
+        batch: list[AppNotification] = []
+        for entry in self.registry.ready_notifications(app_id):
+            if len(batch) >= room:
+                break
+            if entry.id in state.inflight:
                 continue
             if entry.leased_until is not None and entry.leased_until > now:
                 continue
             if entry.next_attempt > now:
                 self._wake(app_id, entry.next_attempt - now)
-                return  # keep creation order behind a retry
+                break  # keep creation order behind a retry
+            batch.append(entry)
+        # All taken before the first offer, which may finish at once and pump again.
+        state.inflight.update(entry.id or 0 for entry in batch)
+        for done, entry in enumerate(batch):
             if channel.capacity(app_id) <= 0:
+                state.inflight.difference_update(e.id or 0 for e in batch[done:])
                 return
             self._offer(app, entry, channel)
 
@@ -456,7 +515,6 @@ class ApplicationService(service.Service):
     def _offer(self, app: Application, entry: AppNotification, channel: Channel) -> None:
         state = self._state(app.app_id)
         assert entry.id is not None
-        state.inflight.add(entry.id)
         d = maybeDeferred(channel.offer, app, decode_notification(entry))
         counted = (app.app_id, "callback" if channel is self.callbacks else "long_connection")
 
@@ -464,13 +522,17 @@ class ApplicationService(service.Service):
             state.inflight.discard(entry.id or 0)
             if not self.running:
                 return  # stopping: the stored entry is offered again after the restart
+            if isinstance(ok, Failure) and ok.check(ops.Unencodable):
+                self._set_aside(entry, ok.value.reason)
+                self.pump(app.app_id)
+                return
             if isinstance(ok, Failure):
                 log.failure("Notification {id} to {app_id} failed", ok, id=entry.id,
                             app_id=app.app_id)
                 ok = False
             (self.delivered if ok else self.delivery_failures)[counted] += 1
             # An entry acknowledged meanwhile (AckMessages) is simply gone.
-            stored = entry.id in {n.id for n in self.registry.notifications(app.app_id)}
+            stored = self.registry.notification(entry.id or 0) is entry
             if stored and ok:
                 self.registry.delete_notifications([entry.id or 0])
             elif stored:
@@ -478,6 +540,17 @@ class ApplicationService(service.Service):
             self.pump(app.app_id)
 
         d.addBoth(done)
+
+    def _set_aside(self, entry: AppNotification, reason: str) -> None:
+        """Out of the line for good, never retried (D-254): FetchMessages still has it."""
+        if self.registry.notification(entry.id or 0) is not entry:
+            return  # acknowledged meanwhile
+        entry.state = NotificationState.UNENCODABLE
+        self.unencodable[entry.app_id] += 1
+        log.warn("Notification {id} ({kind}) to {app_id} cannot be sent on the long "
+                 "connection: {reason}; set aside for FetchMessages", id=entry.id,
+                 kind=entry.kind, app_id=entry.app_id, reason=reason)
+        self.registry.update_notification(entry)
 
     def _failed(self, entry: AppNotification) -> None:
         """AD-09: retry on the schedule, each delay capped; then keep it."""
@@ -740,7 +813,8 @@ class ApplicationService(service.Service):
             terminal_id=serial, state=_STATES[terminal.state],
             last_active=None if terminal.last_seen is None else int(terminal.last_seen),
             bearer=_bearer_name(terminal.bearer) if online else "NONE",
-            address=terminal.address if online else None, connect_mode=terminal.connect_mode,
+            address=_text(terminal.address) if online else None,
+            connect_mode=terminal.connect_mode,
         )
 
     def _op_QueryTerminalStatus(self, app: Application, request: ops.QueryTerminalStatus) -> Any:
@@ -754,13 +828,14 @@ class ApplicationService(service.Service):
         if terminal is None:
             return respond(ops.QueryTerminalInfoResponse, R.TERMINAL_UNKNOWN, "not bound")
         stored = self.registry.config_values(request.terminal_id)
-        info = ops.TerminalInfo(
-            terminal_id=request.terminal_id, imei=terminal.imei, imsi=terminal.imsi or "",
-            msisdn=terminal.msisdn, software_version=terminal.software_version,
+        items, _ = carried_items(ops.QueryTerminalInfoResponse, (
+            (tag, value) for tag, value in sorted(stored.items()) if 0x3000 <= tag <= 0x3FFF))
+        info = ops.TerminalInfo(  # every string as the terminal sent it, escaped (D-252)
+            terminal_id=request.terminal_id, imei=ops.terminal_text(terminal.imei),
+            imsi=ops.terminal_text(terminal.imsi or ""), msisdn=_text(terminal.msisdn),
+            software_version=_text(terminal.software_version),
             state=_STATES[terminal.state], connect_mode=terminal.connect_mode,
-            heartbeat_interval=terminal.heartbeat_interval,
-            items=[ops.TlvItem(tag=t, value=v) for t, v in sorted(stored.items())
-                   if 0x3000 <= t <= 0x3FFF],
+            heartbeat_interval=terminal.heartbeat_interval, items=items,
         )
         return ops.QueryTerminalInfoResponse(result_desc="OK", info=info)
 
@@ -814,10 +889,14 @@ class ApplicationService(service.Service):
     def _op_AckMessages(self, app: Application, request: ops.AckMessages) -> Any:
         if not 1 <= len(request.notify_ids) <= MAX_FETCH:
             return respond(ops.AckMessagesResponse, R.BAD_PARAMETER, "1-500 notifyIds")
-        wanted = set(request.notify_ids)
-        mine = [n.id or 0 for n in self.registry.notifications(app.app_id) if n.id in wanted]
+        entries = (self.registry.notification(i) for i in set(request.notify_ids))
+        mine = [n.id or 0 for n in entries if n is not None and n.app_id == app.app_id]
         return self.registry.delete_notifications(mine).addCallback(
             lambda _: ops.AckMessagesResponse(result_desc="OK"))
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else ops.terminal_text(value)
 
 
 def _remove_then(result: Any, stored: fetch.StoredFile) -> Any:

@@ -84,6 +84,7 @@ __all__ = [
     "Tag",
     "command_for",
     "decode_body",
+    "embeddable",
     "encode_body",
     "encode_message",
     "iter_tlvs",
@@ -766,6 +767,17 @@ def command_for(payload: object) -> int:
         raise LongConnError(f"{type(payload).__name__} has no long-connection command") from None
 
 
+def embeddable(cls: type, tag: int) -> bool:
+    """Whether the body of ``cls`` can carry a terminal TLV of ``tag`` among its items.
+
+    Not the application family (6.4: a decoder reads those as the body's own fields or
+    ignores them) and not a tag the layout itself uses, such as the source terminal
+    ``0x4013`` of a notification: the last occurrence would win ([T] 3.1).
+    """
+    layout = LAYOUTS[_COMMAND_BY_CLASS[cls]]
+    return layout.items is not None and not _is_app_tag(tag) and tag not in layout.claimed
+
+
 def _get(obj: object, path: str) -> Any:
     for part in path.split("."):
         if obj is None:
@@ -817,7 +829,7 @@ def encode_body(command_id: int, payload: object) -> bytes:
             out += tlv(rule.tag, rule.codec.pack(value))
     if layout.items is not None:
         for item in _get(payload, layout.items) or ():
-            if _is_app_tag(item.tag) or item.tag in layout.claimed:
+            if not embeddable(layout.cls, item.tag):
                 raise BodyError(f"tag 0x{item.tag:04X} cannot be an embedded TLV here")
             out += tlv(item.tag, _BYTES.pack(item.value))
     return bytes(out)

@@ -47,6 +47,7 @@ __all__ = [
     "TerminalInfo",
     "TerminalStatus",
     "TlvItem",
+    "Unencodable",
     "element_class",
     "fields_of",
     "format_datetime",
@@ -59,6 +60,7 @@ __all__ = [
     "next_id",
     "parse_datetime",
     "parse_soap_timestamp",
+    "terminal_text",
 ]
 
 NAMESPACE = "urn:gbz41383:m2m:app:1"
@@ -130,6 +132,32 @@ def is_valid_biz_seq(value: str) -> bool:
 
 def is_valid_session_id(value: str) -> bool:
     return isinstance(value, str) and _SESSION_ID.fullmatch(value) is not None
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def terminal_text(value: str) -> str:
+    """A terminal's ``str`` value ([T] 3.1) as applications receive it, in both bindings.
+
+    Printable ASCII is unchanged; any other character becomes ``\\xHH`` (the byte as
+    the terminal codec decoded it, latin-1) or ``\\uHHHH``. XML 1.0 cannot carry most
+    control characters at all, not even as character references, and the long
+    connection carries ASCII only: escaped, a broken terminal's value still arrives,
+    recognisably, and cannot break the message that carries it (D-252).
+    """
+    return _UNPRINTABLE.sub(_escape, value)
+
+
+class Unencodable(ProtocolError):
+    """A binding cannot carry this notification at all: it is set aside, not retried."""
 
 
 def next_id(current: int) -> int:

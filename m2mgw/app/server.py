@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -77,12 +77,18 @@ class AppConnection(Protocol):
         return lc.WINDOW - session.outstanding
 
     def offer(self, app: Application, notification: object) -> Deferred[bool]:
-        """Send a notification as a platform request (6.6); True on result 0 or 11."""
+        """Send a notification as a platform request (6.6); True on result 0 or 11.
+
+        Fails with :class:`~m2mgw.app.operations.Unencodable` when no long-connection
+        body can carry it: retrying would only put it at the head of the line again.
+        """
         assert self.session is not None
         try:
             seq = self.session.send_request(notification, self.clock.seconds())
         except lc.SessionError:
             return succeed(False)
+        except lc.BodyError as exc:
+            return fail(ops.Unencodable(exc.reason))
         d: Deferred[bool] = Deferred()
         self._offers[seq] = d
         self._after([])

@@ -250,10 +250,15 @@ class Application:
 
 
 class NotificationState(StrEnum):
-    """An undelivered notification: being offered, or kept for ``FetchMessages`` (4.7)."""
+    """An undelivered notification: being offered, or kept for ``FetchMessages`` (4.7).
+
+    ``unencodable``: the long connection cannot carry it; it is never offered again
+    (not even after a new APP_LOGIN) and waits for ``FetchMessages`` like a kept one.
+    """
 
     PENDING = "pending"
     KEPT = "kept"
+    UNENCODABLE = "unencodable"
 
 
 @dataclass(slots=True, kw_only=True)

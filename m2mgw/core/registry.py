@@ -380,7 +380,21 @@ class ITerminalRegistry(Interface):
         """
 
     def notifications(app_id):
-        """The application's undelivered notifications, FIFO by id, from memory."""
+        """The application's undelivered notifications, FIFO by id, from memory.
+
+        A copy, O(n): for listings; delivery uses :meth:`ready_notifications` and
+        :meth:`notification`.
+        """
+
+    def notification(notify_id):
+        """The undelivered AppNotification with this notifyId, or None; O(1)."""
+
+    def ready_notifications(app_id):
+        """The application's ``pending`` notifications, FIFO by id, as a lazy iterator.
+
+        Reaching the next one costs O(1) however many others wait (D-255). The iterator
+        is invalid once the outbox changes: collect what is needed before acting on it.
+        """
 
     def add_app_message(message):
         """Store a new AppMessage and assign its ``id`` (the msgId).

@@ -42,7 +42,7 @@ import os
 import re
 import sqlite3
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -433,6 +433,39 @@ _APP_MESSAGES = _Table("app_messages", AppMessage, key="id", codecs={"need_ack":
 #: Application messages (msgId) kept in memory for status queries and bizSeq (AD-14).
 APP_MESSAGE_CACHE_SIZE = 100_000
 
+
+class _Outbox:
+    """One application's undelivered notifications, in notifyId (= creation) order.
+
+    ``ready`` holds those in state ``pending``, the only ones the outbox pump offers,
+    so that its next entry is found in O(1) whatever else waits (D-255). An entry
+    that comes back to it (a kept one, after a new session) is usually older than its
+    tail: the queue is then sorted once, at its next read, not at each change.
+    """
+
+    __slots__ = ("entries", "ready", "unsorted")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, AppNotification] = {}
+        self.ready: dict[int, AppNotification] = {}
+        self.unsorted = False
+
+    def file(self, entry: AppNotification) -> None:
+        """Put ``entry`` into the ready queue or take it out, by its state."""
+        notify_id = entry.id or 0
+        if entry.state != NotificationState.PENDING:
+            self.ready.pop(notify_id, None)
+        elif notify_id not in self.ready:
+            if self.ready and next(reversed(self.ready)) > notify_id:
+                self.unsorted = True
+            self.ready[notify_id] = entry
+
+    def head(self) -> Iterator[AppNotification]:
+        if self.unsorted:
+            self.ready = dict(sorted(self.ready.items()))
+            self.unsorted = False
+        return iter(self.ready.values())
+
 _TOUCH = 'UPDATE terminals SET last_seen = ?, bearer = ?, address = ? WHERE id = ?'
 _SET_COUNTER = "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)"
 _STORE_CONFIG = (
@@ -592,7 +625,8 @@ class SqliteRegistry:
         self._sms_pending: dict[int, OutgoingSms] = {}
         self._apps: dict[str, Application] = {}
         self._apps_by_ec: dict[str, Application] = {}
-        self._outboxes: dict[str, dict[int, AppNotification]] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._notifications: dict[int, AppNotification] = {}
         self._app_messages: OrderedDict[int, AppMessage] = OrderedDict()
         self._biz_seqs: dict[tuple[str, str], AppMessage] = {}
 
@@ -1318,8 +1352,7 @@ class SqliteRegistry:
         for row in loaded["applications"]:
             self._index_application(_APPLICATIONS.load(row))
         for row in loaded["notifications"]:
-            notification = _NOTIFICATIONS.load(row)
-            self._outboxes.setdefault(notification.app_id, {})[notification.id] = notification
+            self._add_notification(_NOTIFICATIONS.load(row))
         for row in reversed(loaded["app_messages"]):
             self._cache_app_message(_APP_MESSAGES.load(row))
 
@@ -1366,28 +1399,50 @@ class SqliteRegistry:
             raise RegistryError(f"notification {notification.id} is already enqueued")
         notification.updated_at = self._reactor.seconds()
         row = self._new_row(notification, _NOTIFICATIONS)
-        self._outboxes.setdefault(notification.app_id, {})[notification.id] = notification
+        self._add_notification(notification)
         return self._write([(_NOTIFICATIONS.insert, [row])]).addCallback(lambda _: notification)
+
+    def _add_notification(self, notification: AppNotification) -> None:
+        """Ids only grow, so appending keeps each outbox in notifyId order."""
+        outbox = self._outboxes.get(notification.app_id)
+        if outbox is None:
+            outbox = self._outboxes[notification.app_id] = _Outbox()
+        outbox.entries[notification.id or 0] = notification
+        outbox.file(notification)
+        self._notifications[notification.id or 0] = notification
 
     def update_notification(self, notification: AppNotification) -> Deferred[None]:
         if notification.id is None:
             raise RegistryError("update of a notification that was never enqueued")
         notification.updated_at = self._reactor.seconds()
+        if self._notifications.get(notification.id) is notification:  # not deleted since
+            self._outboxes[notification.app_id].file(notification)
         row = _NOTIFICATIONS.update_row(notification)
         return self._write([(_NOTIFICATIONS.update, [row])])
 
     def delete_notifications(self, ids: Iterable[int]) -> Deferred[None]:
         gone = []
-        for outbox in self._outboxes.values():
-            for notify_id in ids:
-                if outbox.pop(notify_id, None) is not None:
-                    gone.append((notify_id,))
+        for notify_id in ids:
+            notification = self._notifications.pop(notify_id, None)
+            if notification is not None:
+                outbox = self._outboxes[notification.app_id]
+                del outbox.entries[notify_id]
+                outbox.ready.pop(notify_id, None)
+                gone.append((notify_id,))
         if not gone:
             return succeed(None)
         return self._write([("DELETE FROM app_notifications WHERE id = ?", gone)])
 
     def notifications(self, app_id: str) -> list[AppNotification]:
-        return sorted(self._outboxes.get(app_id, {}).values(), key=lambda n: n.id or 0)
+        outbox = self._outboxes.get(app_id)
+        return [] if outbox is None else list(outbox.entries.values())
+
+    def notification(self, notify_id: int) -> AppNotification | None:
+        return self._notifications.get(notify_id)
+
+    def ready_notifications(self, app_id: str) -> Iterator[AppNotification]:
+        outbox = self._outboxes.get(app_id)
+        return iter(()) if outbox is None else outbox.head()
 
     def add_app_message(self, message: AppMessage) -> Deferred[AppMessage]:
         if message.id is not None:
