@@ -1399,8 +1399,15 @@ class SqliteRegistry:
             raise RegistryError(f"notification {notification.id} is already enqueued")
         notification.updated_at = self._reactor.seconds()
         row = self._new_row(notification, _NOTIFICATIONS)
-        self._add_notification(notification)
-        return self._write([(_NOTIFICATIONS.insert, [row])]).addCallback(lambda _: notification)
+
+        def stored(_: None) -> AppNotification:
+            # Into the outbox only once committed: a notifyId offered before its row is
+            # durable would be handed out again after a crash, for another notification
+            # that applications then discard as a duplicate (D-277).
+            self._add_notification(notification)
+            return notification
+
+        return self._write([(_NOTIFICATIONS.insert, [row])]).addCallback(stored)
 
     def _add_notification(self, notification: AppNotification) -> None:
         """Ids only grow, so appending keeps each outbox in notifyId order."""
