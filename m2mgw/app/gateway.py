@@ -458,12 +458,9 @@ class ApplicationService(service.Service):
             return succeed(None)
         entry = AppNotification(app_id=app.app_id, kind=kind, body=body, next_attempt=now,
                                 created_at=now)
-        # Offered once committed, never before: its notifyId is then never reused (D-277).
-        return self.registry.enqueue_notification(entry).addCallback(self._stored)
-
-    def _stored(self, entry: AppNotification) -> AppNotification:
-        self.pump(entry.app_id)
-        return entry
+        d = self.registry.enqueue_notification(entry)
+        self.pump(app.app_id)
+        return d
 
     def _live(self, app_id: str) -> Any:
         """The most recently logged-in live long connection of the app (6.6), or None."""
@@ -571,7 +568,8 @@ class ApplicationService(service.Service):
     # --- long connections -----------------------------------------------------------
 
     def connection_opened(self, app_id: str, connection: Any) -> None:
-        """A new long-connection session: kept notifications are offered on it (6.6)."""
+        """A new, confirmed long-connection session (D-256): kept notifications are
+        offered on it (6.6)."""
         self._state(app_id).connections.append(connection)
         now = self.clock.seconds()
         for entry in self.registry.notifications(app_id):

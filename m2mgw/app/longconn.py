@@ -73,6 +73,7 @@ __all__ = [
     "HeaderError",
     "KeyUpdated",
     "LoggedIn",
+    "LoginConfirmed",
     "LoginRejected",
     "LoginRequested",
     "LogoutReceived",
@@ -1030,6 +1031,15 @@ class LoggedIn:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginConfirmed:
+    """Platform: the first message after the ACK verified under the session timestamp.
+
+    APP_LOGIN itself proves nothing (its digest has TS 0, 5.2, so its bytes can be
+    replayed); a message signed with the fresh session timestamp does (D-256).
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class LoginRejected:
     """Client: APP_LOGIN_ACK with a failure result (``trusted``: it carried a valid digest)."""
 
@@ -1095,8 +1105,8 @@ class Closed:
 
 
 Event = (
-    LoginRequested | LoggedIn | LoginRejected | RequestReceived | AnswerReceived
-    | RequestFailed | KeyUpdated | BaseKeyAnnounced | LogoutReceived | Closed
+    LoginRequested | LoggedIn | LoginConfirmed | LoginRejected | RequestReceived
+    | AnswerReceived | RequestFailed | KeyUpdated | BaseKeyAnnounced | LogoutReceived | Closed
 )
 
 
@@ -1291,6 +1301,9 @@ class _Session:
     def _on_before_login(self, frame: Frame, now: float) -> None:
         raise NotImplementedError
 
+    def _on_verified(self, frame: Frame) -> None:
+        """A frame of the session passed its digest check."""
+
     def _on_answer(self, seq: int, pending: _Outstanding, response: Any, now: float) -> None:
         self._events.append(AnswerReceived(seq, pending.command_id, pending.payload, response))
 
@@ -1412,6 +1425,7 @@ class _Session:
             raise HeaderError(f"AppID {header.app_id!r} on the session of {self.app_id!r}")
         if not self._verified(frame):
             raise HeaderError(f"{command_name(header.command_id)}: digest does not verify")
+        self._on_verified(frame)
         if header.is_ack:
             self._on_ack_frame(frame, now)
         else:
@@ -1669,6 +1683,10 @@ class PlatformSession(_Session):
         self._login_frame: Frame | None = None
         self._ttl_end: float | None = None
         self._key_update: tuple[int, bytes | None] | None = None  # (seq, new session key)
+        #: Whether the application proved, after the ACK, that it holds the password
+        #: (:class:`LoginConfirmed`); until then nothing but APP_LOGOUT is sent (D-256).
+        self.confirmed = False
+        self._confirm_by: float | None = None
 
     @property
     def encrypt_notifications(self) -> bool:
@@ -1747,6 +1765,8 @@ class PlatformSession(_Session):
         self.cipher = keys.session_cipher(creds.profile, key, self._random)
         self.state = State.ACTIVE
         self._ttl_end = now + session_ttl
+        # A conforming application speaks within one heartbeat interval (6.6).
+        self._confirm_by = now + self.heartbeat + ANSWER_TIMEOUT
         self.last_received = now
         _log.info("application {app_id} logged in (timestamp {timestamp})",
                   app_id=self.app_id, timestamp=timestamp)
@@ -1778,8 +1798,17 @@ class PlatformSession(_Session):
             return
         super()._on_request_frame(frame, now)
 
+    def _on_verified(self, frame: Frame) -> None:
+        # A retransmitted APP_LOGIN verifies with TS 0 too: it proves nothing.
+        if not self.confirmed and frame.header.command_id != Command.APP_LOGIN:
+            self.confirmed = True
+            self._confirm_by = None
+            self._events.append(LoginConfirmed())
+
     def _check_can_send(self, command_id: int) -> None:
         super()._check_can_send(command_id)
+        if not self.confirmed and command_id != Command.APP_LOGOUT:
+            raise SessionError("the login is not confirmed yet")
         if self._key_update is not None:
             raise SessionError("a key update is outstanding (AD-12)")
 
@@ -1862,12 +1891,18 @@ class PlatformSession(_Session):
         times = [self.last_received + 3 * self.heartbeat]
         if self._ttl_end is not None and self.state is State.ACTIVE:
             times.append(self._ttl_end)
+        if self._confirm_by is not None:
+            times.append(self._confirm_by)
         return times
 
     def _on_timers(self, now: float) -> None:
         if self.state in (State.AWAIT_LOGIN, State.LOGIN_PENDING):
             if now >= self.connected_at + LOGIN_TIMEOUT:
                 self._close("no login")
+        elif self._confirm_by is not None and now >= self._confirm_by:
+            _log.warn("application {app_id}: nothing signed followed its APP_LOGIN; closed "
+                      "(a replayed login?)", app_id=self.app_id)
+            self._close("login not confirmed")
         elif now >= self.last_received + 3 * self.heartbeat:
             if self.state is State.ACTIVE:
                 self._logout_and_close(2, "heartbeat lost", now)
@@ -1940,6 +1975,8 @@ class ClientSession(_Session):
         self.timestamp = response.server_time or 0
         self.heartbeat = clamp_heartbeat(response.heartbeat_interval)
         self.state = State.ACTIVE
+        # Signed with the new session timestamp, it confirms the login at once (D-258).
+        self._send_request(Command.APP_HEARTBEAT, ops.Heartbeat(), now)
         self._events.append(LoggedIn(response))
 
     def _dispatch(self, frame: Frame, payload: Any, encrypted: bool, now: float) -> None:

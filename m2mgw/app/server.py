@@ -38,6 +38,7 @@ class AppConnection(Protocol):
         self.session: lc.PlatformSession | None = None
         self.app: Application | None = None
         self.replaced = False
+        self.login_type = 0
         self._timer: IDelayedCall | None = None
         self._offers: dict[int, Deferred[bool]] = {}
 
@@ -70,7 +71,8 @@ class AppConnection(Protocol):
     def capacity(self, app_id: str | None = None) -> int:
         """Free places in the window; -1 when the session cannot carry notifications."""
         session = self.session
-        if session is None or session.state is not lc.State.ACTIVE or self.replaced:
+        if (session is None or session.state is not lc.State.ACTIVE or self.replaced
+                or not session.confirmed):
             return -1
         if session.key_update_outstanding:
             return 0  # 7.5: nothing else is sent until APP_KEY_UPDATE is answered
@@ -120,6 +122,8 @@ class AppConnection(Protocol):
     def _on_event(self, event: Any) -> None:
         if isinstance(event, lc.LoginRequested):
             self._login(event)
+        elif isinstance(event, lc.LoginConfirmed):
+            self._confirmed()
         elif isinstance(event, lc.RequestReceived):
             self._request(event)
         elif isinstance(event, lc.KeyUpdated):
@@ -140,7 +144,12 @@ class AppConnection(Protocol):
                 self.transport.loseConnection()
 
     def _login(self, event: lc.LoginRequested) -> None:
-        """Policy of APP_LOGIN: enabled app, Base Key, session limit (6.5.1, AD-20)."""
+        """Policy of APP_LOGIN: enabled app, Base Key, session limit (6.5.1, AD-20).
+
+        The session limit counts confirmed sessions only, and a login of type 1
+        replaces the oldest one only once it is confirmed itself (:meth:`_confirmed`):
+        a replayed APP_LOGIN can neither hold a place nor take one (D-257).
+        """
         session = self.session
         assert session is not None
         now = self.clock.seconds()
@@ -152,24 +161,42 @@ class AppConnection(Protocol):
         if base_key is None:
             session.reject_login(R.AUTH_FAILED, now)
             return
-        live = [c for c in self.apps.connections(app.app_id) if c.capacity() >= 0]
-        if len(live) >= self.apps.config.max_app_connections:
+        if len(self._live(app)) >= self.apps.config.max_app_connections:
             if event.request.login_type != 1:
                 session.reject_login(R.DUPLICATE, now)
                 return
-            live[0].replace(now)
         session.accept_login(now, timestamp=self.apps.session_timestamp(app, now),
                              session_ttl=int(self.apps.config.session_ttl), base_key=base_key)
-        self.app = app
-        self._announce_base_key(app, now)
+        self.app, self.login_type = app, event.request.login_type
+
+    def _live(self, app: Application) -> list[AppConnection]:
+        """The application's confirmed sessions, oldest first."""
+        return [c for c in self.apps.connections(app.app_id) if c.capacity() >= 0]
+
+    def _confirmed(self) -> None:
+        """Signed proof after the ACK: only now does the session act for the application.
+
+        Type 1 replaces the oldest session beyond the limit; a type 0 login that
+        another session of the application beat to its confirmation is logged out
+        with reason 3, as if replaced (D-257).
+        """
+        app, now = self.app, self.clock.seconds()
+        assert app is not None and self.session is not None
+        live = self._live(app)
+        if len(live) >= self.apps.config.max_app_connections:
+            if self.login_type != 1:
+                self.replace(now)
+                return
+            live[0].replace(now)
         self.apps.connection_opened(app.app_id, self)
+        self._announce_base_key(app, now)
 
     def _announce_base_key(self, app: Application, now: float) -> None:
         """7.2 step 3: a provisioned next Base Key goes out with APP_KEY_UPDATE type 2.
 
-        Once per connection, right after the login; a login at or after the effective
-        time has already rotated (``ApplicationService.base_key``), so nothing is left
-        to announce then. A refusal or timeout ends the session with APP_LOGOUT 6.
+        Once per connection, once the login is confirmed; a login at or after the
+        effective time has already rotated (``ApplicationService.base_key``), so nothing
+        is left to announce then. A refusal or timeout ends the session with APP_LOGOUT 6.
         """
         if app.next_base_key is None or app.next_base_key_from is None:
             return

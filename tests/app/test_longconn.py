@@ -253,6 +253,10 @@ class Link:
         self.platform.accept_login(self.now, timestamp=TS)
         [logged_in] = self.to_client()
         assert isinstance(request, lc.LoginRequested) and isinstance(logged_in, lc.LoggedIn)
+        # The client's heartbeat right after the ACK confirms the login (D-256, D-258).
+        assert not self.platform.confirmed
+        assert self.to_platform() == [lc.LoginConfirmed()] and self.platform.confirmed
+        assert self.to_client() == [] and self.client.outstanding == 0
 
     def to_platform(self) -> list[lc.Event]:
         return self.platform.receive_data(self.client.data_to_send(), self.now)
@@ -337,6 +341,46 @@ def test_reject_login_is_signed() -> None:
     platform.reject_login(ops.ResultCode.DUPLICATE, 0.0)
     answer = platform.data_to_send()
     assert answer[28] == 11 and lc_verify(answer, 0, "EC0001", "s3cretPW") and platform.closed
+
+
+def test_a_login_counts_once_a_message_signed_after_it_verified() -> None:
+    """APP_LOGIN's digest has TS 0: its bytes replay, so only what follows proves (D-256)."""
+    platform = lc.PlatformSession(lookup, 0.0)
+    platform.receive_data(LOGIN, 0.0)
+    platform.accept_login(0.0, timestamp=TS, session_key=SESSION_KEY)
+    assert platform.data_to_send() == LOGIN_ACK and not platform.confirmed
+    state = ops.NotifyTerminalState(notify_id=1, terminal_id=TID, event="OFFLINE", time=T0)
+    with pytest.raises(lc.SessionError, match="not confirmed"):
+        platform.send_request(state, 1.0)
+    with pytest.raises(lc.SessionError, match="not confirmed"):
+        platform.announce_base_key(1.0, "NextBaseKey0123456789ABC", T0)
+    # The same APP_LOGIN again verifies (TS 0), is answered from the cache, proves nothing.
+    assert platform.receive_data(LOGIN, 1.0) == [] and not platform.confirmed
+    assert platform.data_to_send() == LOGIN_ACK
+    # A message signed with the session timestamp does.
+    heartbeat = lc.encode_message(0x0103, 2, "EC0001", ops.Heartbeat(), timestamp=TS,
+                                  password="s3cretPW")
+    assert platform.receive_data(heartbeat, 2.0) == [lc.LoginConfirmed()]
+    assert platform.confirmed and platform.receive_data(
+        lc.encode_message(0x0103, 3, "EC0001", ops.Heartbeat(), timestamp=TS,
+                          password="s3cretPW"), 3.0) == []
+    platform.send_request(state, 3.0)
+
+
+def test_an_unconfirmed_login_is_closed_after_one_heartbeat_interval() -> None:
+    platform = lc.PlatformSession(lookup, 0.0)
+    platform.receive_data(LOGIN, 0.0)  # requests 60 s
+    platform.accept_login(0.0, timestamp=TS, session_key=SESSION_KEY)
+    platform.data_to_send()
+    deadline = 60 + lc.ANSWER_TIMEOUT
+    assert platform.next_deadline() == deadline
+    # Signed with TS 0 like the login, a heartbeat is discarded: it proves nothing.
+    forged = lc.encode_message(0x0103, 2, "EC0001", ops.Heartbeat(), timestamp=0,
+                               password="s3cretPW")
+    assert platform.receive_data(forged, 10.0) == [] and not platform.confirmed
+    assert platform.tick(deadline - 1) == []
+    assert platform.tick(deadline) == [lc.Closed("login not confirmed")]
+    assert platform.data_to_send() == b"", "nothing for whoever sent the login"
 
 
 def test_login_timeout_closes() -> None:
