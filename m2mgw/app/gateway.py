@@ -458,9 +458,12 @@ class ApplicationService(service.Service):
             return succeed(None)
         entry = AppNotification(app_id=app.app_id, kind=kind, body=body, next_attempt=now,
                                 created_at=now)
-        d = self.registry.enqueue_notification(entry)
-        self.pump(app.app_id)
-        return d
+        # Offered once committed, never before: its notifyId is then never reused (D-277).
+        return self.registry.enqueue_notification(entry).addCallback(self._stored)
+
+    def _stored(self, entry: AppNotification) -> AppNotification:
+        self.pump(entry.app_id)
+        return entry
 
     def _live(self, app_id: str) -> Any:
         """The most recently logged-in live long connection of the app (6.6), or None."""
