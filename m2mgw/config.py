@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from twisted.logger import InvalidLogLevelError, LogLevel
 
+from m2mgw.core.vault import default_key_path
 from m2mgw.protocol import compat
 from m2mgw.protocol.constants import DEFAULT_ACCEPTED_VERSIONS
 
@@ -360,6 +361,8 @@ class RegistryConfig:
     """``[registry]``: the persistent terminal registry."""
 
     database: str = _setting("m2mgw.db", _text(allow_empty=False))
+    #: The key secrets are sealed under (D-280); empty: :attr:`master_key_path`.
+    master_key_file: str = _setting("", _text(allow_empty=True))
     serial_prefix: str = _setting("A9720300", _fixed_length(8))
     write_watermarks: tuple[int, int] = _setting((2000, 500), _watermarks(1_000_000))
     row_watermarks: tuple[int, int] = _setting((20_000, 5_000), _watermarks(100_000_000))
@@ -376,6 +379,12 @@ class RegistryConfig:
         """Seconds history of ``kind`` (messages, alarms...) is kept; None: forever."""
         value: float | Literal["inherit"] | None = getattr(self, f"retention_{kind}")
         return self.retention if value == INHERIT else value
+
+    @property
+    def master_key_path(self) -> str:
+        """``master_key_file``, else ``m2mgw.key`` in the database's directory; relative
+        like the database, so that the gateway and the CLI open the same file."""
+        return self.master_key_file or default_key_path(self.database)
 
 
 @dataclass(frozen=True)

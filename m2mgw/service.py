@@ -133,6 +133,7 @@ class GatewayService(service.MultiService):
             reactor,
             watermarks=config.registry.write_watermarks,
             row_watermarks=config.registry.row_watermarks,
+            master_key_file=config.registry.master_key_path,
         )
         self.uplink = StoredUplink(self.registry, clock.seconds)
         self.engine = PlatformEngine(

@@ -29,6 +29,12 @@ gateway runs on the file, and a second gateway on the same file fails at open. T
 lock is on a sidecar file because SQLite's own POSIX locks on the database are
 separate and released by any ``close()`` of the file in the process. A read-only
 registry takes no lock: WAL lets readers run beside the one writer.
+
+Secrets at rest. Passwords, keys and the bodies that carry them are sealed
+(:mod:`m2mgw.core.vault`) under the master key file when written and opened when
+loaded: the caches hold plaintext, so no message costs a decryption. Migration 008
+seals a database from before in one transaction and records the key's check value;
+a sealed database whose key file is missing or different is refused at open (D-280).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import operator
 import os
 import re
 import sqlite3
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -73,6 +80,17 @@ from m2mgw.core.model import (
 )
 from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, RegistryError, SmsState
 from m2mgw.core.stats import Histogram
+from m2mgw.core.vault import (
+    MasterKey,
+    Vault,
+    VaultError,
+    create_key,
+    create_private,
+    default_key_path,
+    is_sealed,
+    read_key,
+)
+from m2mgw.protocol.constants import Command
 
 _log = Logger()
 
@@ -143,35 +161,167 @@ def _schema_version(conn: Any, latest: int, path: str) -> int:
     return current
 
 
-def _migrate(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
-    """Bring the schema to the newest version; each migration in its own transaction."""
-    current = _schema_version(conn, len(migrations), path)
+def _migrate(
+    conn: Any, migrations: Sequence[Migration], path: str, current: int,
+    unlocked: _Unlocked | None,
+) -> list[str]:
+    """Bring the schema from ``current`` to the newest version; each migration in its
+    own transaction, the sealing one with its Python step (D-281)."""
     applied = []
     for migration in migrations[current:]:
-        # executescript() commits any open transaction first, so the BEGIN/COMMIT
-        # pair lives inside the script; user_version is transactional too.
+        sealing = migration.name == SEALING_MIGRATION
+        if sealing and current:
+            _rewrite(conn)
+        # executescript() commits any open transaction first, so the BEGIN lives inside
+        # the script; user_version is transactional too.
         script = (
             f"BEGIN IMMEDIATE;\n{migration.sql}\n;\n"
-            f"PRAGMA user_version = {migration.version};\nCOMMIT;"
+            f"PRAGMA user_version = {migration.version};"
         )
         try:
             conn.executescript(script)
+            if sealing and unlocked is not None:
+                _seal_stored(conn, unlocked)
+            conn.execute("COMMIT")
         except sqlite3.Error as e:
             conn.rollback()
             raise RegistryError(f"{path}: schema migration {migration.name} failed: {e}") from e
+        if sealing:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         applied.append(migration.name)
     return applied
 
 
-def _check_schema(conn: Any, migrations: Sequence[Migration], path: str) -> list[str]:
+def _check_schema(current: int, migrations: Sequence[Migration], path: str) -> None:
     """Read-only open: nothing may be migrated, so the schema must be the newest."""
-    current = _schema_version(conn, len(migrations), path)
     if current < len(migrations):
         raise RegistryError(
             f"{path}: database schema version {current} is older than this m2mgw's "
             f"({len(migrations)}); it cannot be read without migrating it"
         )
-    return []
+
+
+# --- secrets at rest -------------------------------------------------------------------
+
+#: The migration that seals the secrets (D-281). A migration list without it is the
+#: schema from before, whose secret columns hold plaintext.
+SEALING_MIGRATION = "008_sealed_secrets.sql"
+_KEY_CHECK = "master_key_check"
+_KEY_CREATED = "master_key_created"
+
+
+class _Unlocked(NamedTuple):
+    """The master key of an open registry; ``created`` if this open made its file."""
+
+    key: MasterKey
+    vault: Vault
+    created: bool
+
+
+class _Prepared(NamedTuple):
+    applied: list[str]
+    unlocked: _Unlocked | None
+
+
+def _prepare(
+    conn: Any, migrations: Sequence[Migration], path: str, key_path: str, read_only: bool
+) -> _Prepared:
+    """Check or migrate the schema and unlock the secrets (in the pool thread)."""
+    current = _schema_version(conn, len(migrations), path)
+    if read_only:
+        _check_schema(current, migrations, path)
+    sealing = next((m.version for m in migrations if m.name == SEALING_MIGRATION), None)
+    unlocked = None
+    if sealing is not None:
+        unlocked = _unlock(conn, path, key_path, sealed=current >= sealing)
+    applied = [] if read_only else _migrate(conn, migrations, path, current, unlocked)
+    return _Prepared(applied, unlocked)
+
+
+def _unlock(conn: Any, path: str, key_path: str, *, sealed: bool) -> _Unlocked:
+    """The key of a sealed database, checked against the one it records; for one not
+    sealed yet, the key file's key, created if missing. Never a new key over a sealed
+    database: its secrets would be lost (D-283)."""
+    key = read_key(key_path)
+    if not sealed:
+        created = key is None
+        key = create_key(key_path) if key is None else key
+        return _Unlocked(key, Vault(key.key), created)
+    recorded = dict(conn.execute(
+        f"SELECT name, value FROM registry_meta WHERE name IN ('{_KEY_CHECK}', '{_KEY_CREATED}')"
+    ).fetchall())
+    check = recorded.get(_KEY_CHECK)
+    if check is None:
+        raise VaultError(f"registry {path} is encrypted, but records no master key check value")
+    known = f"the registry's key has check value {check}, created {recorded.get(_KEY_CREATED)}"
+    if key is None:
+        raise VaultError(
+            f"registry {path} is encrypted, but the master key file {key_path} is missing "
+            f"({known})"
+        )
+    vault = Vault(key.key)
+    if vault.check_value != check:
+        raise VaultError(
+            f"registry {path} is encrypted, but the master key file {key_path} does not "
+            f"match (its check value is {vault.check_value}; {known})"
+        )
+    return _Unlocked(key, vault, False)
+
+
+def _rewrite(conn: Any) -> None:
+    """Before sealing an existing file: rebuild it from its live rows and empty the WAL,
+    so that no plaintext secret stays in a freed page (a retired credential set) or an
+    old WAL frame (D-284). Sealing then zeroes what it frees (``secure_delete``)."""
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _seal_stored(conn: Any, unlocked: _Unlocked) -> None:
+    """Migration 008's step, in its transaction: seal every secret stored in plaintext
+    and record which key sealed them."""
+    vault = unlocked.vault
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        for table in _SEALED_TABLES:
+            table.seal_stored(conn, vault)
+        rows = conn.execute(
+            f"SELECT terminal_id, tag, value FROM terminal_config WHERE {_SECRET_CONFIG_SQL}"
+        ).fetchall()
+        conn.executemany(
+            "UPDATE terminal_config SET value = ? WHERE terminal_id = ? AND tag = ?",
+            [(vault.seal(value, _config_context(terminal_id, tag)), terminal_id, tag)
+             for terminal_id, tag, value in rows if not is_sealed(value)],
+        )
+        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlocked.key.created))
+        conn.executemany(
+            "INSERT OR REPLACE INTO registry_meta (name, value) VALUES (?, ?)",
+            [(_KEY_CHECK, vault.check_value), (_KEY_CREATED, created)],
+        )
+    finally:
+        conn.execute("PRAGMA secure_delete = OFF")
+
+
+#: Security tags (spec 3.7: passwords, keys, SIM PINs...): their configuration values
+#: are sealed (a SECURITY_CONFIG op 4 report stores them).
+_SECRET_CONFIG_TAGS = range(0xE000, 0xE100)
+_SECRET_CONFIG_SQL = (
+    f"tag BETWEEN {_SECRET_CONFIG_TAGS.start} AND {_SECRET_CONFIG_TAGS.stop - 1}"
+)
+
+
+def _config_secret(
+    transform: Callable[[bytes, str], bytes] | None, terminal_id: int, tag: int, value: bytes
+) -> bytes:
+    """A configuration value through ``transform`` (a vault's seal or open) if its tag
+    is a security tag; else, or without a vault, unchanged."""
+    if transform is None or tag not in _SECRET_CONFIG_TAGS:
+        return value
+    return transform(value, _config_context(terminal_id, tag))
+
+
+def _config_context(terminal_id: int, tag: int) -> str:
+    return f"terminal_config/{terminal_id}:{tag}/value"
 
 
 def _watermarks(pair: tuple[int, int], what: str) -> tuple[int, int]:
@@ -346,13 +496,22 @@ class _Table:
 
     def __init__(
         self, name: str, cls: type, key: str | None = None,
-        codecs: Mapping[str, Codec] | None = None,
+        codecs: Mapping[str, Codec] | None = None, *,
+        sealed: Mapping[str, type] | None = None, sealed_if: tuple[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.cls = cls
         self.key = key
         self.columns = tuple(f.name for f in dataclasses.fields(cls))
         self.codecs = codecs or {}
+        #: Secret columns (D-281): (index, name, str or bytes), sealed when written and
+        #: opened when loaded, in the rows where column ``sealed_if[0]`` is
+        #: ``sealed_if[1]`` (all rows without it). Sealing binds a value to its row key.
+        self._sealed = tuple((self.columns.index(c), c, t) for c, t in (sealed or {}).items())
+        self._sealed_if = (
+            None if sealed_if is None else (self.columns.index(sealed_if[0]), sealed_if[1])
+        )
+        self._key_index = -1 if key is None else self.columns.index(key)
         # attrgetter builds the row tuple in C: ``row`` runs for every logged message.
         getter = operator.attrgetter(*self.columns)
         self._values = getter if len(self.columns) > 1 else lambda obj: (getter(obj),)
@@ -368,28 +527,75 @@ class _Table:
             sets = ", ".join(f'"{c}" = ?' for c in self.columns if c != key)
             self.update = f'UPDATE {name} SET {sets} WHERE "{key}" = ?'
 
-    def row(self, obj: Any) -> Row:
+    def row(self, obj: Any, vault: Vault | None = None) -> Row:
+        """``obj``'s column values, encoded; its secrets sealed by ``vault`` (None: the
+        schema from before sealing, which holds them in plaintext)."""
         values: Row = self._values(obj)
-        if not self._encoders:
+        if not self._encoders and not self._sealed:
             return values
         row = list(values)
         for i, encode in self._encoders:
             row[i] = encode(row[i])
+        if self._sealed and vault is not None and self._holds_secrets(row):
+            key = row[self._key_index]
+            for i, column, _ in self._sealed:
+                if row[i] is not None:
+                    row[i] = vault.seal(_data(row[i]), self.context(key, column))
         return tuple(row)
 
-    def update_row(self, obj: Any) -> Row:
+    def update_row(self, obj: Any, vault: Vault | None = None) -> Row:
         """Parameters of ``update``: the non-key columns, then the key."""
-        row = self.row(obj)
-        index = self.columns.index(self.key)
+        row = self.row(obj, vault)
+        index = self._key_index
         return row[:index] + row[index + 1 :] + (row[index],)
 
-    def load(self, row: Row) -> Any:
+    def load(self, row: Row, vault: Vault | None = None) -> Any:
+        if self._sealed and vault is not None and self._holds_secrets(row):
+            row = self._opened(row, vault)
         return self.cls(
             **{
                 c: self.codecs[c][1](v) if c in self.codecs else v
                 for c, v in zip(self.columns, row, strict=True)
             }
         )
+
+    def context(self, key: Any, column: str) -> str:
+        """What a sealed value is bound to: table, row key and column (D-282)."""
+        return f"{self.name}/{key}/{column}"
+
+    def _holds_secrets(self, row: Row | list[Any]) -> bool:
+        return self._sealed_if is None or row[self._sealed_if[0]] == self._sealed_if[1]
+
+    def _opened(self, row: Row, vault: Vault) -> Row:
+        values = list(row)
+        key = values[self._key_index]
+        for i, column, kind in self._sealed:
+            if values[i] is not None:
+                data = vault.open(values[i], self.context(key, column))
+                values[i] = data.decode() if kind is str else data
+        return tuple(values)
+
+    def seal_stored(self, conn: Any, vault: Vault) -> None:
+        """Seal the secrets the table holds in plaintext (migration 008)."""
+        names = ", ".join(f'"{column}"' for _, column, _ in self._sealed)
+        where, params = "", []
+        if self._sealed_if is not None:
+            where = f' WHERE "{self.columns[self._sealed_if[0]]}" = ?'
+            params.append(int(self._sealed_if[1]))
+        rows = conn.execute(f'SELECT "{self.key}", {names} FROM {self.name}{where}', params)
+        for key, *values in rows.fetchall():
+            for (_, column, _), value in zip(self._sealed, values, strict=True):
+                if value is not None and not is_sealed(value):
+                    sealed = vault.seal(_data(value), self.context(key, column))
+                    conn.execute(
+                        f'UPDATE {self.name} SET "{column}" = ? WHERE "{self.key}" = ?',
+                        (sealed, key),
+                    )
+
+
+def _data(value: str | bytes) -> bytes:
+    """The bytes a secret is sealed as: text columns in UTF-8."""
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 _TERMINALS = _Table(
@@ -408,14 +614,24 @@ _TERMINALS = _Table(
         "apps": _STR_SET,
         "config_unverified": _BOOL,
     },
+    sealed={"current": str, "pending": str, "session_key": str},
 )
-_REQUESTS = _Table("requests", Request, key="id", codecs={"state": _enum(RequestState)})
+#: SECURITY_CONFIG bodies carry fresh passwords and the Base Key (op 0), its answers
+#: the values read (op 1); other bodies hold no secret of the platform (D-281).
+_REQUESTS = _Table(
+    "requests", Request, key="id", codecs={"state": _enum(RequestState)},
+    sealed={"body": bytes, "answer_body": bytes},
+    sealed_if=("command", Command.SECURITY_CONFIG),
+)
 _FILES = _Table("file_transactions", FileTransaction, key="trans_id",
                 codecs={"state": _enum(FileState)})
 _MESSAGES = _Table("messages", LogEntry)
 _ALARM_HISTORY = _Table("alarm_history", Alarm)
 _ALARM_STATE = _Table("alarm_state", Alarm)
-_SMS_OUTBOX = _Table("sms_outbox", OutgoingSms, key="id", codecs={"state": _enum(SmsState)})
+#: Every message: an SMS does not record its command, and op 0 travels by SMS in
+#: plaintext (PD-21); a modem sends a few a second, so sealing costs nothing (D-281).
+_SMS_OUTBOX = _Table("sms_outbox", OutgoingSms, key="id", codecs={"state": _enum(SmsState)},
+                     sealed={"message": bytes})
 _APPLICATIONS = _Table(
     "applications",
     Application,
@@ -426,7 +642,9 @@ _APPLICATIONS = _Table(
         "require_session": _BOOL,
         "enabled": _BOOL,
     },
+    sealed={"password": str, "base_key": str, "next_base_key": str},
 )
+_SEALED_TABLES = (_TERMINALS, _APPLICATIONS, _REQUESTS, _SMS_OUTBOX)
 _NOTIFICATIONS = _Table("app_notifications", AppNotification, key="id",
                         codecs={"state": _enum(NotificationState)})
 _APP_MESSAGES = _Table("app_messages", AppMessage, key="id", codecs={"need_ack": _BOOL})
@@ -565,6 +783,8 @@ class SqliteRegistry:
     One process owns a database: ids and counters are allocated in memory, and the
     lock taken at open keeps a second owner out. ``read_only`` opens a snapshot for
     reading beside the owner: no lock, no migration, and every write refused.
+    ``master_key_file`` (default: ``m2mgw.key`` beside the database) holds the key the
+    secrets are sealed under; it is created when the database is new or not sealed yet.
     """
 
     def __init__(
@@ -576,6 +796,7 @@ class SqliteRegistry:
         watermarks: tuple[int, int] = WRITE_WATERMARKS,
         row_watermarks: tuple[int, int] = ROW_WATERMARKS,
         read_only: bool = False,
+        master_key_file: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -585,6 +806,9 @@ class SqliteRegistry:
         self._reactor = reactor
         self._migrations = load_migrations() if migrations is None else _checked(migrations)
         self._read_only = read_only
+        self._key_path = master_key_file or default_key_path(path)
+        #: Seals and opens the secrets while open; None for a schema from before sealing.
+        self._vault: Vault | None = None
         self._pool: ConnectionPool | None = None
         self._lock_fd: int | None = None
         self._identity: RegistryIdentity | None = None
@@ -637,14 +861,16 @@ class SqliteRegistry:
             raise RegistryError(f"{self._path}: registry already open")
         if self._read_only:
             target, options = _read_only_uri(self._path), {"uri": True}
-            configure, prepare = _configure_read_only, _check_schema
+            configure = _configure_read_only
         else:
             try:
                 self._lock_fd = _acquire_lock(self._path)
+                self._create_private()
             except RegistryError as exc:
+                self._unlock()
                 return fail(exc)
             target, options = self._path, {}
-            configure, prepare = _configure, _migrate
+            configure = _configure
         pool = self._pool = ConnectionPool(
             "sqlite3",
             target,
@@ -656,15 +882,37 @@ class SqliteRegistry:
             isolation_level=None,
             **options,
         )
-        d = pool.runWithConnection(prepare, self._migrations, self._path)
+        d = pool.runWithConnection(
+            _prepare, self._migrations, self._path, self._key_path, self._read_only
+        )
         d.addCallback(self._migrated)
         d.addCallback(lambda _: pool.runInteraction(_load_all, self._reactor.seconds()))
         d.addCallback(self._install)
         d.addErrback(self._open_failed)
         return d
 
-    def _migrated(self, applied: list[str]) -> None:
-        for name in applied:
+    def _create_private(self) -> None:
+        """A new database file is created mode 0600 before SQLite opens it (D-286)."""
+        try:
+            create_private(self._path)
+        except OSError as exc:
+            raise RegistryError(f"{self._path}: cannot open database: {exc.strerror}") from None
+
+    def _migrated(self, prepared: _Prepared) -> None:
+        unlocked = prepared.unlocked
+        if unlocked is not None:
+            self._vault = unlocked.vault
+            if unlocked.created:
+                _log.info(
+                    "registry {path}: created the master key file {key} (check value "
+                    "{check}); back it up apart from the database: without it the "
+                    "registry's secrets are lost",
+                    path=self._path, key=self._key_path, check=unlocked.vault.check_value,
+                )
+            if unlocked.key.exposed:
+                _log.warn("master key file {key} is readable by other users (mode {mode:o}): "
+                          "chmod 600 it", key=self._key_path, mode=unlocked.key.mode)
+        for name in prepared.applied:
             _log.info("registry {path}: applied schema migration {name}",
                       path=self._path, name=name)
 
@@ -672,6 +920,7 @@ class SqliteRegistry:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        self._vault = None
         self._unlock()
         if failure.check(sqlite3.Error):
             raise RegistryError(f"{self._path}: cannot open database: {failure.value}")
@@ -687,16 +936,18 @@ class SqliteRegistry:
         self._identity = RegistryIdentity(
             "sqlite", os.path.abspath(self._path), dict(loaded["meta"])["instance_id"]
         )
+        vault = self._vault
         for row in loaded["terminals"]:
-            terminal = _TERMINALS.load(row)
+            terminal = _TERMINALS.load(row, vault)
             self._terminals[terminal.id] = terminal
             self._reindex(terminal, self._keys(terminal))
         for terminal_id, tag, value in loaded["config"]:
-            self._config.setdefault(terminal_id, {})[tag] = value
+            opened = _config_secret(vault and vault.open, terminal_id, tag, value)
+            self._config.setdefault(terminal_id, {})[tag] = opened
         for row in loaded["active"]:
-            self._track(_REQUESTS.load(row))
+            self._track(_REQUESTS.load(row, vault))
         for row in reversed(loaded["finished"]):
-            self._track(_REQUESTS.load(row))
+            self._track(_REQUESTS.load(row, vault))
         for row in loaded["files"]:
             self._index_file(_FILES.load(row))
         self._counters = dict(loaded["counters"])
@@ -707,7 +958,7 @@ class SqliteRegistry:
                           "app_messages")
         }
         for row in loaded["sms_pending"]:
-            sms = _SMS_OUTBOX.load(row)
+            sms = _SMS_OUTBOX.load(row, vault)
             self._sms_pending[sms.id] = sms
         self._install_applications(loaded)
         self._flusher.start(FLUSH_INTERVAL, now=False)
@@ -736,6 +987,7 @@ class SqliteRegistry:
         self._flush_tick()
         self._pool = None
         self._identity = None
+        self._vault = None
         done: Deferred[None] = pool.runInteraction(_barrier)
 
         def closed(result: Any) -> Any:
@@ -902,7 +1154,7 @@ class SqliteRegistry:
         keys = self._keys(terminal)
         self._check_unique(terminal, keys)
         terminal.updated_at = self._reactor.seconds()
-        row = _TERMINALS.update_row(terminal)
+        row = _TERMINALS.update_row(terminal, self._vault)
         self._terminals[terminal.id] = terminal
         self._reindex(terminal, keys)
         self._touched.discard(terminal.id)
@@ -975,7 +1227,7 @@ class SqliteRegistry:
         """Give ``obj`` the table's next id and encode it; no change if encoding fails."""
         obj.id = self._next_id[table.name]
         try:
-            row = table.row(obj)
+            row = table.row(obj, self._vault)
         except ValueError:
             obj.id = None
             raise
@@ -1003,7 +1255,11 @@ class SqliteRegistry:
             raise RegistryError(f"config source must be one of {_CONFIG_SOURCES}, got {source!r}")
         terminal_id = self._require(serial).id
         now = self._reactor.seconds()
-        rows = [(terminal_id, tag, bytes(value), source, now) for tag, value in values.items()]
+        seal = self._vault and self._vault.seal
+        rows = [
+            (terminal_id, tag, _config_secret(seal, terminal_id, tag, bytes(value)), source, now)
+            for tag, value in values.items()
+        ]
         self._config.setdefault(terminal_id, {}).update(
             (tag, bytes(value)) for tag, value in values.items()
         )
@@ -1065,7 +1321,7 @@ class SqliteRegistry:
         names = ", ".join(f'"{c}"' for c in table.columns)
         sql = f"SELECT id, {names} FROM {table.name}{where} ORDER BY id DESC LIMIT ? OFFSET ?"
         return self._query(sql, *params, limit, offset).addCallback(
-            lambda rows: [(row[0], table.load(row[1:])) for row in rows]
+            lambda rows: [(row[0], table.load(row[1:], self._vault)) for row in rows]
         )
 
     def record_statistics(
@@ -1239,7 +1495,7 @@ class SqliteRegistry:
         rows = []
         for request in requests:
             request.updated_at = now
-            rows.append(_REQUESTS.update_row(request))
+            rows.append(_REQUESTS.update_row(request, self._vault))
             self._track(request)
             self._tell(request)
         return [(_REQUESTS.update, rows)] if rows else []
@@ -1321,7 +1577,7 @@ class SqliteRegistry:
         if sms.id is None:
             raise RegistryError("update of an outgoing SMS that was never enqueued")
         sms.updated_at = self._reactor.seconds()
-        row = _SMS_OUTBOX.update_row(sms)
+        row = _SMS_OUTBOX.update_row(sms, self._vault)
         if sms.state == SmsState.PENDING:
             self._sms_pending[sms.id] = sms
         else:
@@ -1350,7 +1606,7 @@ class SqliteRegistry:
 
     def _install_applications(self, loaded: dict[str, list[Row]]) -> None:
         for row in loaded["applications"]:
-            self._index_application(_APPLICATIONS.load(row))
+            self._index_application(_APPLICATIONS.load(row, self._vault))
         for row in loaded["notifications"]:
             self._add_notification(_NOTIFICATIONS.load(row))
         for row in reversed(loaded["app_messages"]):
@@ -1374,7 +1630,7 @@ class SqliteRegistry:
         now = self._reactor.seconds()
         app.created_at = app.created_at or now
         app.updated_at = now
-        row = _APPLICATIONS.row(app)
+        row = _APPLICATIONS.row(app, self._vault)
         self._index_application(app)
         return self._write([(_APPLICATIONS.insert, [row])]).addCallback(lambda _: app)
 
@@ -1388,7 +1644,8 @@ class SqliteRegistry:
         app.updated_at = self._reactor.seconds()
         self._apps_by_ec.pop(known.ec_code, None)
         self._index_application(app)
-        return self._write([(_APPLICATIONS.update, [_APPLICATIONS.update_row(app)])])
+        row = _APPLICATIONS.update_row(app, self._vault)
+        return self._write([(_APPLICATIONS.update, [row])])
 
     def _index_application(self, app: Application) -> None:
         self._apps[app.app_id] = app

@@ -237,7 +237,9 @@ def with_registry(
     outcome: dict[str, Any] = {}
 
     async def run(reactor: Any) -> None:
-        registry = SqliteRegistry(path, reactor, read_only=read_only)
+        registry = SqliteRegistry(
+            path, reactor, read_only=read_only, master_key_file=config.registry.master_key_path
+        )
         try:
             await registry.open()
             try:

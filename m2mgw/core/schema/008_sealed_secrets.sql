@@ -1,0 +1,7 @@
+-- m2mgw registry, schema version 8: secrets sealed under the master key (spec 6.3.2,
+-- D-280..D-287). No table changes: in this migration's transaction the registry
+-- encrypts every secret still stored in plaintext (terminals' credential sets and
+-- session keys, applications' passwords and Base Keys, SECURITY_CONFIG request
+-- bodies and answers, the SMS outbox, security-tag configuration values) and records
+-- the key's check value in registry_meta. An older m2mgw refuses this version instead
+-- of reading sealed values as passwords.

@@ -1,0 +1,192 @@
+"""Secrets at rest with a real ``twistd`` gateway (issue #11 part 3, D-280..D-287).
+
+Nothing secret reaches the database or its WAL in plaintext; a gateway killed and
+started again still verifies its terminal's digests and hands out session keys under
+its Base Key (so every decrypted value is right), and so does the CLI on the stopped
+gateway's file; without the right key file the gateway refuses to start, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from m2mgw.core import terminal as core
+from m2mgw.core.model import CredentialSet
+from m2mgw.protocol.framing import StreamFramer
+from tests.e2e.support import client_for, provisioned
+from tests.e2e.test_process import free_port
+from tests.e2e.test_startup import (
+    NotifySocket,
+    admin_call,
+    failed_start,
+    gateway_argv,
+    health,
+    local,
+    wait_until,
+    write_ini,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+UPLINK, DOWNLINK, BASE_KEY = "Up1ink0A", "Dnl1nk0B", "BaseKey0123456789ABCDEF0"
+APP = {"app_id": "EC0001", "password": "AppPassw0rd", "base_key": "AppBaseKey0123456789ABCD",
+       "next_base_key": "NextBaseKey0123456789ABC", "next_base_key_from": 2_000_000_000}
+TERMINAL = provisioned(current=CredentialSet(
+    uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY))
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    listener = NotifySocket()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def provision_body() -> dict[str, Any]:
+    return {"imei": TERMINAL.imei, "imsi": TERMINAL.imsi, "serial": TERMINAL.serial,
+            "uplink_password": UPLINK, "downlink_password": DOWNLINK, "base_key": BASE_KEY,
+            "cipher": "legacy", "apps": ["EC0001"], "default_app": "EC0001"}
+
+
+def login(port: int) -> core.TerminalClient:
+    """A LOGIN asking for a session key over TCP: it succeeds only if the gateway's
+    uplink and downlink passwords are right, and the key arrives wrapped in its Base Key."""
+    client = client_for(TERMINAL, "tcp")
+    framer = StreamFramer()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
+        link.sendall(client.login(request_session_key=True))
+        events: list[Any] = []
+        while not any(isinstance(e, core.LoggedIn | core.LoginFailed) for e in events):
+            data = link.recv(65536)
+            assert data, "the gateway closed the connection"
+            for frame in framer.feed(data):
+                events.extend(client.receive(frame, time.time()))
+    assert [type(e) for e in events] == [core.LoggedIn], events
+    assert client.session_key is not None and len(client.session_key) == 16
+    return client
+
+
+def start(ini: Path, log: Path, admin: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(gateway_argv(ini, log), cwd=ini.parent)
+    wait_until(lambda: health(admin)[0] == 200, proc, log)
+    return proc
+
+
+def on_disk(database: Path) -> bytes:
+    wal = database.with_name(database.name + "-wal")
+    return database.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_secrets_stay_sealed_and_a_restarted_gateway_still_verifies(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    tcp = free_port()
+    ini, admin = write_ini(tmp_path, tcp={"listen": local(tcp)})
+    database, key = tmp_path / "m2mgw.db", tmp_path / "m2mgw.key"
+    log = tmp_path / "twistd.log"
+    proc = start(ini, log, admin)
+    processes.append(proc)
+    assert admin_call(admin, "POST", "/terminals", provision_body(), ini)[0] == 201
+    assert admin_call(admin, "POST", "/apps", APP, ini)[0] == 201
+    session_key = login(tcp).session_key
+    assert session_key is not None
+    secrets = [UPLINK, DOWNLINK, BASE_KEY, session_key, APP["password"], APP["base_key"],
+               APP["next_base_key"]]
+    # The session key is in the registry (sessions survive a restart, 9.1) ...
+    status, shown = admin_call(admin, "GET", f"/terminals/{TERMINAL.serial}", ini=ini)
+    assert (status, shown["state"]) == (200, "LOGGED_IN"), shown
+    # ... but none of the secrets is on disk in plaintext, database or WAL.
+    wait_until(lambda: database.with_name("m2mgw.db-wal").exists(), proc, log)
+    raw = on_disk(database)
+    assert TERMINAL.imei.encode() in raw  # the test reads the right file
+    assert [s for s in secrets if s.encode() in raw] == []
+    for path in (database, key, database.with_name("m2mgw.db-wal"),
+                 database.with_name("m2mgw.db-shm")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+    proc.send_signal(signal.SIGKILL)  # no clean close: the WAL is what holds the data
+    proc.wait(timeout=10)
+    assert [s for s in secrets if s.encode() in on_disk(database)] == []
+    again = start(ini, log, admin)
+    processes.append(again)
+    # The session was read back from the file (its row holds the sealed session key)...
+    status, shown = admin_call(admin, "GET", f"/terminals/{TERMINAL.serial}", ini=ini)
+    assert (status, shown["state"]) == (200, "LOGGED_IN"), shown
+    # ... and a new LOGIN verifies under the decrypted passwords and Base Key.
+    assert login(tcp).session_key not in (None, session_key)
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(timeout=20) == -signal.SIGTERM
+    assert "Traceback" not in log.read_text()
+
+    # The CLI on the stopped gateway's file opens the same key file (opening decrypts
+    # every secret: a wrong value would fail it), and cannot without it.
+    shown = cli(ini, "show", TERMINAL.serial or "", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["credentials"]["current"]["uplink_expiry"] == 0xFFFFFFFF
+    key.unlink()
+    refused = cli(ini, "show", TERMINAL.serial or "", "--json")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"m2mgw: registry {database} is encrypted, but the master key file {key} is missing "
+        + refused.stderr.split("is missing ", 1)[1].strip()
+    ]
+
+
+def sealed_registry(tmp_path: Path) -> tuple[Path, Path]:
+    """A sealed database, made by the CLI on a stopped gateway's config; (ini, key)."""
+    ini, _ = write_ini(tmp_path)
+    done = cli(ini, "provision", "--imei", TERMINAL.imei, "--json")
+    assert done.returncode == 0, done.stderr
+    key = tmp_path / "m2mgw.key"
+    assert key.exists()
+    return ini, key
+
+
+def test_a_missing_key_file_stops_start_up_in_one_line(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    ini, key = sealed_registry(tmp_path)
+    key.unlink()
+    line = failed_start(ini, notify_socket, (
+        f"m2mgw: cannot open the registry: registry {tmp_path / 'm2mgw.db'} is encrypted, but "
+        f"the master key file {key} is missing (the registry's key has check value "))
+    assert line.endswith(" UTC)"), line
+    assert not key.exists(), "no new key over an encrypted database"
+
+
+def test_a_different_key_file_stops_start_up_in_one_line(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    ini, key = sealed_registry(tmp_path)
+    other = os.urandom(32)
+    key.write_bytes(other)
+    failed_start(ini, notify_socket, (
+        f"m2mgw: cannot open the registry: registry {tmp_path / 'm2mgw.db'} is encrypted, but "
+        f"the master key file {key} does not match (its check value is "))
+    assert key.read_bytes() == other
