@@ -298,15 +298,17 @@ def list_messages(registry: ITerminalRegistry, query: Query, path: str = "/messa
 # --- notifications -----------------------------------------------------------------------
 
 #: ``state=`` values of the notification listing: stored state or delivery state.
-NOTIFICATION_STATES = ("pending", "retrying", "leased", "kept")
+NOTIFICATION_STATES = ("pending", "retrying", "leased", "kept", "unencodable")
 
 
 def delivery_state(entry: AppNotification, now: float) -> str:
     """Where an undelivered notification stands with its application's callback:
-    ``kept`` (retries used up: waits for FetchMessages or a new session), ``leased``
-    (fetched, awaiting AckMessages), ``retrying`` (an offer failed), else ``pending``."""
-    if entry.state == NotificationState.KEPT:
-        return "kept"
+    ``kept`` (retries used up: waits for FetchMessages or a new session),
+    ``unencodable`` (the long connection cannot carry it: waits for FetchMessages,
+    D-254), ``leased`` (fetched, awaiting AckMessages), ``retrying`` (an offer
+    failed), else ``pending``."""
+    if entry.state in (NotificationState.KEPT, NotificationState.UNENCODABLE):
+        return str(entry.state)
     if entry.leased_until is not None and entry.leased_until > now:
         return "leased"
     return "retrying" if entry.attempts else "pending"

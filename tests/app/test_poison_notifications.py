@@ -14,6 +14,7 @@ from m2mgw.app import operations as ops
 from m2mgw.core.model import NotificationState
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
+from m2mgw.web import views
 
 from .gateway_support import PASSWORD, AppGatewayTestCase, sleep
 from .test_soap_e2e import ZeepApp, in_thread
@@ -73,6 +74,10 @@ class PoisonTrapTest(AppGatewayTestCase):
         self.assertEqual(registry.notification(poison.id).state, NotificationState.UNENCODABLE)
         self.assertEqual(apps.unencodable["EC0001"], 1)
         self.assertEqual(apps.delivery_failures["EC0001", "long_connection"], 0, "no retry")
+        # What the admin API and the CLI list for the operator.
+        listed = views.list_notifications(registry, {"state": ["unencodable"]}, 0.0)
+        self.assertEqual([(n["id"], n["state"], n["delivery"]) for n in listed["items"]],
+                         [(poison.id, "unencodable", "unencodable")])
         # A new session does not put it back at the head of the line ...
         yield client.logout()
         _, inbox = yield self.connect_app()
