@@ -724,12 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     # From here on the log (kept until now) goes to stderr: a failed start is one line.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     address = control.getHost()
-    print(
-        json.dumps(
-            {"device": device, "link": args.link, "control": f"{address.host}:{address.port}"}
-        ),
-        flush=True,
-    )
+    started = {"device": device, "link": args.link, "control": f"{address.host}:{address.port}"}
+    # Announced once the reactor runs, so its SIGTERM handler (which removes the link)
+    # is in place before anyone who read the line can signal us.
+    reactor.callWhenRunning(print, json.dumps(started), flush=True)
     reactor.addSystemEventTrigger("before", "shutdown", emulator.stop)
     reactor.run()
     return 0
