@@ -413,6 +413,10 @@ class HttpConfig:
     listen: str | None = _setting("tcp:8080:interface=127.0.0.1", _endpoint)
     public_url: str = _setting("http://127.0.0.1:8080", _http_url)
     files_dir: str = _setting("files", _text(allow_empty=False))
+    #: Bounds of every HTTP listener (D-310..D-313): connections, header and body time.
+    max_connections: int = _setting(256, _integer(1, 1_000_000))
+    header_timeout: float = _setting(20.0, _duration(0.1, 3600))
+    body_timeout: float = _setting(60.0, _duration(0.1, _DAY))
 
 
 @dataclass(frozen=True)
@@ -422,6 +426,11 @@ class AdminConfig:
     listen: str | None = _setting("tcp:8081:interface=127.0.0.1", _endpoint)
     #: Empty: ``admin-tokens`` beside the database (:meth:`GatewayConfig.admin_tokens_file`).
     tokens_file: str = _setting("", _text(allow_empty=True))
+    max_connections: int = _setting(64, _integer(1, 100_000))
+    header_timeout: float = _setting(20.0, _duration(0.1, 3600))
+    body_timeout: float = _setting(20.0, _duration(0.1, 3600))
+    #: Host names (besides the listener's own address) the API answers to (D-318).
+    allowed_hosts: tuple[str, ...] = _setting((), _host_list)
 
 
 @dataclass(frozen=True)
@@ -430,6 +439,9 @@ class MetricsConfig:
 
     #: A listener serving only ``/metrics``, without a token (loopback, scrape network).
     listen: str | None = _setting(None, _endpoint)
+    max_connections: int = _setting(16, _integer(1, 100_000))
+    header_timeout: float = _setting(10.0, _duration(0.1, 3600))
+    body_timeout: float = _setting(10.0, _duration(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -510,6 +522,8 @@ class AppConfig:
     session_ttl: float = _setting(_DAY, _duration(60, 30 * _DAY))
     max_soap_sessions: int = _setting(4, _integer(1, 1000))
     max_app_connections: int = _setting(1, _integer(1, 100))
+    #: Long connections in all, logged in or not (D-314).
+    max_connections: int = _setting(64, _integer(1, 100_000))
     upgrade_source_hosts: tuple[str, ...] = _setting((), _host_list)
 
 

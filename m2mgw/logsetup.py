@@ -14,6 +14,7 @@ Admin API access lines go out at debug through :class:`DebugAccessLogSite` (D-15
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -42,6 +43,10 @@ access_log = Logger(namespace="m2mgw.admin.access")
 #: text says all they say.
 _LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "printed", "format", "why"})
 _LEGACY_NAMESPACE = "log_legacy"
+
+#: The mode of a log file the gateway creates: the log names terminals, addresses and
+#: applications, so other users do not read it; the group may (log shippers). D-321.
+LOG_FILE_MODE = 0o640
 
 #: What :func:`use_for_twistd` hands to :func:`twistd_observer`. twistd calls the
 #: factory without arguments, so its inputs wait here (one twistd per process).
@@ -134,14 +139,19 @@ def twistd_log_file(options: Mapping[str, Any]) -> IO[Any]:
     """The file twistd's own Unix logger would write to, chosen the same way.
 
     ``-l -`` or ``-n`` without ``-l``: standard output; else ``-l FILE`` (default
-    ``twistd.log``) as a :class:`LogFile` that rotates by size and on SIGUSR1.
+    ``twistd.log``) as a :class:`LogFile` that rotates by size and on SIGUSR1, created
+    with :data:`LOG_FILE_MODE` (an existing file keeps its mode, and so do the files
+    rotation creates after it).
     """
     name = options.get("logfile") or ""
     if name == "-" or (not name and options.get("nodaemon")):
         if not options.get("nodaemon"):
             raise SystemExit("Daemons cannot log to stdout, exiting!")
         return sys.stdout
-    logfile = LogFile.fromFullPath(name or "twistd.log")
+    path = name or "twistd.log"
+    logfile = LogFile.fromFullPath(
+        path, defaultMode=None if os.path.exists(path) else LOG_FILE_MODE
+    )
     if not signal.getsignal(signal.SIGUSR1):
 
         def rotate(signum: int, frame: object) -> None:

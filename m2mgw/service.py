@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
@@ -37,6 +38,13 @@ from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
+from m2mgw.limits import (
+    HttpLimits,
+    capped_long_connections,
+    descriptor_needs,
+    fit_descriptor_limit,
+    limited_site,
+)
 from m2mgw.logsetup import DebugAccessLogSite
 from m2mgw.metrics import gateway_metrics, metrics_site
 from m2mgw.retention import RetentionService
@@ -185,17 +193,20 @@ class GatewayService(service.MultiService):
             self.sms = SmsService(self, clock)
             self.sms.setServiceParent(self)
         if config.http.listen:
-            self._listen("http", config.http.listen, self.apps.http_site(self.files.resource()))
+            site = self.apps.http_site(self.files.resource())
+            self._listen_http("http", config.http.listen, site, HttpLimits.of(config.http))
         if config.app.listen:
-            self._listen("app", config.app.listen, self.apps.listener())
+            self._listen("app", config.app.listen, capped_long_connections(
+                self.apps.listener(), config.app.max_connections, clock))
         if config.admin.listen:
             admin = AdminResource(self)
             admin.events.setServiceParent(self)
             site = DebugAccessLogSite(admin)
             site.displayTracebacks = False
-            self._listen("admin", config.admin.listen, site)
+            self._listen_http("admin", config.admin.listen, site, HttpLimits.of(config.admin))
         if config.metrics.listen:
-            self._listen("metrics", config.metrics.listen, metrics_site(self.metrics))
+            self._listen_http("metrics", config.metrics.listen, metrics_site(self.metrics),
+                              HttpLimits.of(config.metrics))
         for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
@@ -205,6 +216,10 @@ class GatewayService(service.MultiService):
 
     def _listen(self, name: str, description: str, factory: Factory) -> None:
         self._add_listener(name, ListeningService.stream(self.reactor, description, factory))
+
+    def _listen_http(self, name: str, description: str, site: Site, limits: HttpLimits) -> None:
+        """An HTTP listener with request deadlines and a connection cap (D-310..D-312)."""
+        self._listen(name, description, limited_site(name, site, limits, self.reactor))
 
     def _add_listener(self, name: str, listener: ListeningService) -> None:
         listener.setName(name)
@@ -241,6 +256,7 @@ class GatewayService(service.MultiService):
 
     @inlineCallbacks
     def _start(self):  # type: ignore[no-untyped-def]
+        fit_descriptor_limit(descriptor_needs(self.config))
         try:
             yield self.registry.open()
         except Exception as exc:

@@ -8,7 +8,10 @@ registry committed what it changed (a 202 means the request is durably queued).
 
 Every route needs an admin token (:mod:`m2mgw.web.auth`, D-190) but the few in
 :data:`OPEN`: a request without one is answered 401 and nothing else, whatever its
-path, so not even the routes that exist are told.
+path, so not even the routes that exist are told. Before that, whatever the route, a
+Host header that does not name this listener is answered 421 (DNS rebinding) and a
+body that is not ``application/json`` 415 (a cross-origin form or ``text/plain``
+POST), D-318, D-319.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ MAX_TTL = float(0xFFFFFFFF)
 Result = tuple[int, Any]
 
 #: Routes served without a token, with the methods (None: all): liveness probes, the
-#: console's static files (no data in them) and the console's log-in (D-191).
+#: console's static files (no data in them) and the console's log-in (D-191); and the
+#: root, which sends browsers to the console but tells the rest nothing without one.
 OPEN: dict[bytes, frozenset[bytes] | None] = {
     b"health": None,
     b"console": None,
     b"session": frozenset({b"POST"}),
+    b"": frozenset({b"GET", b"HEAD"}),
 }
 
 
@@ -180,12 +185,33 @@ class _NotFound(_Json):
         return _encode(request, 404, {"error": "no such resource"})
 
 
-class _Unauthorised(_Json):
-    isLeaf = True  # whatever the rest of the path: 401, and no hint of what exists
+def _unauthorised(request: Request) -> Result:
+    request.setHeader(b"www-authenticate", b'Bearer realm="m2mgw"')
+    return 401, {"error": "authentication required"}
+
+
+class _Refused(_Json):
+    """One answer whatever the rest of the path, with no hint of what exists."""
+
+    isLeaf = True
+
+    def __init__(self, answer: Callable[[Request], Result]) -> None:
+        super().__init__()
+        self.answer = answer
 
     def render(self, request: Request) -> bytes:
-        request.setHeader(b"www-authenticate", b'Bearer realm="m2mgw"')
-        return _encode(request, 401, {"error": "authentication required"})
+        return _encode(request, *self.answer(request))
+
+
+def _has_body(request: Request) -> bool:
+    length = request.getHeader(b"content-length")
+    chunked = request.getHeader(b"transfer-encoding") is not None
+    return chunked or (length is not None and length.strip() not in (b"", b"0"))
+
+
+def _is_json(request: Request) -> bool:
+    kind = request.getHeader(b"content-type") or b""
+    return kind.split(b";", 1)[0].strip().lower() == b"application/json"
 
 
 class _Api(_Json):
@@ -340,14 +366,27 @@ class AdminResource(_Api):
         self.putChild(b"session", _Session(gateway))
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
-        """Every request passes here first: refuse it unless open or authenticated."""
+        """Every request passes here first: refuse a foreign Host (421), a body that is
+        not JSON (415), then anything neither open nor authenticated (401)."""
+        if not auth.host_allowed(request, self.gateway.config.admin.allowed_hosts):
+            return _Refused(lambda _: (421, {
+                "error": "the Host header does not name this admin listener (add the name "
+                         "to [admin] allowed_hosts if it is yours)"}))
+        if _has_body(request) and not _is_json(request):
+            return _Refused(lambda _: (415, {"error": "request bodies must be application/json"}))
         methods = OPEN.get(path, frozenset())
         if not (methods is None or request.method in methods
                 or self.gateway.admin_tokens.allows(request)):
-            return _Unauthorised()
+            return _Refused(_unauthorised)
         return super().getChildWithDefault(path, request)
 
     def do_GET(self, request: Request) -> Result:
+        """A browser is sent to the console; the list of endpoints needs a token."""
+        if b"text/html" in (request.getHeader(b"accept") or b""):
+            request.setHeader(b"location", b"/console/")
+            return 302, {"location": "/console/"}
+        if not self.gateway.admin_tokens.allows(request):
+            return _unauthorised(request)
         return 200, {"endpoints": sorted(f"/{name.decode()}" for name in self.children)}
 
 
@@ -406,8 +445,7 @@ class _Session(_Api):
     def do_POST(self, request: Request) -> Result:
         token = _json_body(request).get("token")
         if not isinstance(token, str) or not self.gateway.admin_tokens.valid(token):
-            request.setHeader(b"www-authenticate", b'Bearer realm="m2mgw"')
-            return 401, {"error": "authentication required"}
+            return _unauthorised(request)
         self._cookie(request, token)
         return 204, None
 
@@ -611,9 +649,10 @@ class _TerminalRequests(_Scoped):
         config = self.gateway.config
         if config.http.listen is None:
             raise ApiError(409, "the HTTP file service is disabled ([http] listen = none)")
+        files = self.gateway.files
+        source = files.operator_file(path)  # under [http] files_dir only (D-320)
         # Before the file is copied: a terminal that cannot take one gets no offer (C9).
         self.gateway.engine.check_deliverable(self.terminal(serial), Command.DOWNLOAD_INFO, b"")
-        files = self.gateway.files
 
         def queue(tx: Any) -> Deferred[Result]:
             command_id, body = build.download_info(tx, config.http.public_url, force=force)
@@ -622,7 +661,7 @@ class _TerminalRequests(_Scoped):
                 lambda r: (r[0], {**r[1], "file": build.describe_file(tx, config.http.public_url)})
             )
 
-        return files.offer(serial, path, version).addCallback(queue)
+        return files.offer(serial, source, version).addCallback(queue)
 
 
 def _ttl(value: Any) -> float | None:

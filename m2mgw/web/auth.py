@@ -10,6 +10,10 @@ reads the same file and sends its first token.
 An admin API reachable from other hosts without a token would hand out terminal
 secrets and the power to reconfigure devices, so :meth:`TokenFile.prepare` refuses a
 non-loopback ``[admin] listen`` unless the file already holds a token.
+
+:func:`host_allowed` holds requests to a Host header that names this listener, so that
+a web page whose name was rebound to the gateway's address (DNS rebinding) is not
+answered as if it came from the operator's own browser tab (D-318).
 """
 
 from __future__ import annotations
@@ -81,6 +85,60 @@ def is_local(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: The names a request reaching the listener over loopback (or a unix: socket) may give.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_of(header: bytes) -> str | None:
+    """The host of a Host header value: lower case, without port, brackets or final dot;
+    None when it is not a host[:port]."""
+    text = header.decode("ascii", "replace").strip().lower()
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        host, _, port = text.partition(":")
+    if port and not port.isdigit():
+        return None  # also an IPv6 address without brackets
+    return host.rstrip(".") or None
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address, IPv4-mapped IPv6 ones as IPv4; None for a name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def host_allowed(request: Any, allowed: tuple[str, ...]) -> bool:
+    """Whether the request's Host names the listener it reached (D-318): the local
+    address of its connection; localhost, 127.0.0.1 or ::1 over loopback or a unix:
+    socket; or a name of ``allowed``. The port is not compared (an SSH tunnel changes
+    it, and rebinding cannot choose it). No Host at all (HTTP/1.0) passes: browsers
+    always send one."""
+    values = request.requestHeaders.getRawHeaders(b"host")
+    if not values:
+        return True
+    host = host_of(values[0]) if len(values) == 1 else None
+    if host is None:
+        return False
+    if host in allowed:
+        return True
+    local = getattr(request.getHost(), "host", None)
+    if local is None:  # a unix: socket, reached from this machine only
+        return host in LOOPBACK_HOSTS
+    own = _address(local)
+    if own is not None and own.is_loopback and host in LOOPBACK_HOSTS:
+        return True
+    return own is not None and _address(host) == own
 
 
 def presented_token(request: Any) -> str | None:

@@ -7,6 +7,10 @@ runs in the reactor's thread pool when there is one, so a large image does not s
 the protocol. Serving goes through ``twisted.web.static.File``, which does ``HEAD``
 and single and multiple ``Range`` requests; a token is served only while its
 transaction is active.
+
+What an operator offers through the admin API must already lie under ``files_dir``
+(:meth:`FileService.operator_file`, D-320): the gateway reads files its users cannot,
+its database and keys among them, and must not hand them out by URL.
 """
 
 from __future__ import annotations
@@ -57,6 +61,22 @@ class FileService:
         bad version, URL too long).
         """
         return maybeDeferred(self._offer_checked, serial, path, version)
+
+    def operator_file(self, path: str) -> str:
+        """The real path of a file an operator offers, which must lie under ``[http]
+        files_dir``: a relative ``path`` starts there, symlinks are resolved before the
+        check. RequestError otherwise (D-320)."""
+        root = os.path.realpath(self.config.http.files_dir)
+        try:
+            resolved = os.path.realpath(os.path.join(root, path))
+        except ValueError:  # a NUL in the path
+            raise RequestError(f"cannot offer {path!r}: not a file name") from None
+        if resolved == root or os.path.commonpath((root, resolved)) != root:
+            raise RequestError(
+                f"cannot offer {path}: only files under [http] files_dir ({root}) are "
+                "offered; copy it there first"
+            )
+        return resolved
 
     def _offer_checked(self, serial: str, path: str, version: str) -> Deferred[FileTransaction]:
         if self.registry.get(serial) is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +28,17 @@ from tests.spec_examples import (
 
 
 def gateway_config(db: str, extra: str = "") -> Any:
-    return parse_config(
-        f"""
+    """The loopback test gateway's config; ``extra`` adds sections or, for the sections
+    below, keys of its own (its value wins)."""
+    merged = configparser.ConfigParser(interpolation=None)
+    merged.read_string(_BASE_CONFIG.format(db=db))
+    merged.read_string(extra)  # a second source: its sections merge into the base's
+    text = io.StringIO()
+    merged.write(text)
+    return parse_config(text.getvalue())
+
+
+_BASE_CONFIG = """
 [registry]
 database = {db}
 [tcp]
@@ -41,9 +52,7 @@ public_url = http://127.0.0.1:1
 files_dir = {db}.files
 [admin]
 listen = tcp:0:interface=127.0.0.1
-{extra}
 """
-    )
 
 
 @defer.inlineCallbacks

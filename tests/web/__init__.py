@@ -57,11 +57,13 @@ class Running:
         return await call(method, self.admin + path, body, token=self.token, **kw)
 
 
-async def start_gateway(case: unittest.TestCase, *, udp: bool = False) -> Running:
-    """A GatewayService on a temporary SQLite file, stopped at the end of the test."""
+async def start_gateway(case: unittest.TestCase, *, udp: bool = False, admin: str = ""
+                        ) -> Running:
+    """A GatewayService on a temporary SQLite file, stopped at the end of the test;
+    ``admin`` holds more lines of its ``[admin]`` section (``{root}`` is replaced)."""
     root = Path(case.mktemp()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    text = CONFIG.format(root=root, udp="yes" if udp else "no")
+    text = CONFIG.format(root=root, udp="yes" if udp else "no") + admin.format(root=root)
     config = parse_config(text, source="test.ini")
     gateway = GatewayService(config, reactor)
     gateway.startService()
@@ -82,13 +84,18 @@ async def call(
     token: str | None = None, **kw: Any
 ) -> tuple[int, Any, Any]:
     """One HTTP request on a fresh connection: (status, JSON or bytes, response);
-    with ``token``, as the admin bearer.
+    with ``token``, as the admin bearer. A body goes as ``application/json`` unless
+    ``headers`` give another Content-Type.
 
     The client keeps Content-Length out of ``response.headers``: read ``response.length``.
     """
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = dict(kw.pop("headers", {}))
+    if data is not None and not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/json"
     if token is not None:
-        kw["headers"] = {**kw.get("headers", {}), "Authorization": f"Bearer {token}"}
+        headers["Authorization"] = f"Bearer {token}"
+    kw["headers"] = headers
     response = await treq.request(method, url, data=data, persistent=False, **kw)
     content = await treq.content(response)
     kind = response.headers.getRawHeaders(b"content-type", [b""])[0]

@@ -162,7 +162,8 @@ class AdminApiTests(unittest.TestCase):
 
     async def test_download_info_offers_and_queues(self) -> None:
         await self.provision()
-        image = self.gw.root / "fw 2.0.bin"
+        image = self.gw.root / "files" / "fw 2.0.bin"  # offers come from files_dir (D-320)
+        image.parent.mkdir()
         data = bytes(range(256)) * 40
         image.write_bytes(data)
         status, request, _ = await self.gw.api(
@@ -181,7 +182,7 @@ class AdminApiTests(unittest.TestCase):
         self.assertIn(b"\x10\x0b\x00\x01\x01", bytes.fromhex(request["body"]))  # 0x100B = 1
         status, body, _ = await self.gw.api(
             "POST", f"/terminals/{SERIAL}/requests",
-            {"command": "DOWNLOAD_INFO", "path": str(self.gw.root / "missing"), "version": "1"},
+            {"command": "DOWNLOAD_INFO", "path": str(image.parent / "missing"), "version": "1"},
         )
         self.assertEqual(status, 400, body)
 

@@ -106,7 +106,7 @@ class EventTests(unittest.TestCase):
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.connect(("127.0.0.1", self.gateway.port_of("admin")))
         self.addCleanup(slow.close)
-        slow.sendall(f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        slow.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
                      f"{self.gw.token}\r\n\r\n".encode())
         await until(lambda: len(self.stream.clients) == 2)
         chunk = "x" * 60_000
