@@ -353,7 +353,7 @@ class ApplicationService(service.Service):
         return self.notify(app, payload).addCallback(
             lambda entry: result if entry is not None else kept)
 
-    def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
+    def notify_trap(self, terminal: Terminal, values: dict[int, bytes], bearer: str) -> None:
         """NotifyAlarm for an alarm report, NotifyConfigTrap for any other non-empty trap.
 
         Its items are the TLVs both bindings can carry (D-251); the restore code is
@@ -377,7 +377,7 @@ class ApplicationService(service.Service):
                                     code=num(0x300D) & 0xFFFF, time=now,
                                     restore_code=None if restore is None
                                     else ops.terminal_text(restore.decode("latin-1"))),
-                items=items, bearer=_bearer_name(terminal.bearer),
+                items=items, bearer=_bearer_name(bearer),  # the alarm's own (D-333)
             )
         else:
             items, left_out = carried_items(ops.NotifyConfigTrap, values.items())
@@ -815,6 +815,7 @@ class ApplicationService(service.Service):
         online = terminal.state == TerminalState.LOGGED_IN
         return ops.TerminalStatus(
             terminal_id=serial, state=_STATES[terminal.state],
+            last_login=_last_login(terminal),
             last_active=None if terminal.last_seen is None else int(terminal.last_seen),
             bearer=_bearer_name(terminal.bearer) if online else "NONE",
             address=_text(terminal.address) if online else None,
@@ -897,6 +898,12 @@ class ApplicationService(service.Service):
         mine = [n.id or 0 for n in entries if n is not None and n.app_id == app.app_id]
         return self.registry.delete_notifications(mine).addCallback(
             lambda _: ops.AckMessagesResponse(result_desc="OK"))
+
+
+def _last_login(terminal: Terminal) -> int | None:
+    """The session timestamp, the time the platform gave the last accepted LOGIN
+    ([T] 4.4), kept as the last one once the session ends (D-331)."""
+    return terminal.session_timestamp or terminal.last_session_timestamp or None
 
 
 def _text(value: str | None) -> str | None:

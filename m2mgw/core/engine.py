@@ -597,7 +597,10 @@ class PlatformEngine:
     ) -> None:
         """Ops 0, 1 and 4: bind, choose a credential set, deliver it by SMS (4.3)."""
         if terminal.serial is None:
+            # Saved at once: whoever hears of the registration finds the terminal under
+            # its serial, as the applications' NotifyTerminalState must (D-330).
             terminal.serial = self.registry.allocate_serial(self.serial_prefix)
+            self.registry.save(terminal)
         if not msisdn:
             self._register_ack(ex, RegisterResult.RETRY_BY_SMS, None)
             return
@@ -1066,8 +1069,13 @@ class PlatformEngine:
     def _accepted(self, ex: _Exchange, session: Session, terminal: Terminal) -> None:
         """A valid message: traffic for offline detection, current bearer (9.4, 9.6)."""
         session.last_valid = ex.now
+        stalled = self.reachable(terminal) is None
         self._bind(session, ex.bearer)
         self.registry.touch(terminal.serial or "", ex.now, ex.bearer.kind, ex.bearer.address)
+        if stalled and self.router is not None:
+            # The live session has a path again (a new connection, 9.6): its queue
+            # moves now, as after a LOGIN, not at the next request that comes (D-332).
+            self.router.kick(terminal)
 
     def _unparseable(self, ex: _Exchange, command: int, exc: BodyError) -> None:
         """Spec 4.2 rule 4: the generic error answer, or a discard."""
@@ -1183,7 +1191,7 @@ class PlatformEngine:
         if self._trap_refused(ex, terminal, msg.tlvs):
             return
         self._answer(ex, m.ConfigTrapAck(0))
-        self.apply_trap(terminal, msg.tlvs, ex.now, session)
+        self.apply_trap(terminal, msg.tlvs, ex.now, session, ex.bearer.kind)
 
     def _trap_refused(self, ex: _Exchange, terminal: Terminal | None, tlvs: list[Tlv]) -> bool:
         """4.9 validation, and the value ranges (D-240): a trap with any unusable TLV
@@ -1215,9 +1223,15 @@ class PlatformEngine:
         return True
 
     def apply_trap(
-        self, terminal: Terminal, tlvs: list[Tlv], now: float, session: Session | None
+        self,
+        terminal: Terminal,
+        tlvs: list[Tlv],
+        now: float,
+        session: Session | None,
+        bearer: str,
     ) -> None:
-        """Store a valid trap's TLVs and act on sync, execution, alarm and stats tags."""
+        """Store a valid trap's TLVs and act on sync, execution, alarm and stats tags;
+        ``bearer`` is the kind it came on, which its notification names (D-333)."""
         serial = terminal.serial or ""
         values = tlv_dict(tlvs)
         changed = False
@@ -1254,7 +1268,7 @@ class PlatformEngine:
             self.registry.save(terminal)
         if TAG_LOCAL_CONFIG in values:
             log.info("Terminal {serial} applied a local manual configuration", serial=serial)
-        self.uplink.notify_trap(terminal, values)
+        self.uplink.notify_trap(terminal, values, bearer)
         if session is not None and not session.synced:
             session.synced = True
             session.sync_deadline = None
@@ -1316,7 +1330,7 @@ class PlatformEngine:
             # Unattributed (10.4.6): recorded with the MSISDN and the header serial.
             self._record_alarm(None, msisdn, values, ex.now, ex.header.serial)
         else:
-            self.apply_trap(owner, msg.tlvs, ex.now, None)
+            self.apply_trap(owner, msg.tlvs, ex.now, None, ex.bearer.kind)
 
     def _h_config_req(
         self, ex: _Exchange, terminal: Terminal, session: Session, msg: m.Message

@@ -32,8 +32,9 @@ class UplinkSink(Protocol):
         """Hand uplink data to an application: 0 delivered/connected, 1 queued (5.4)."""
         ...
 
-    def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
-        """A configuration, alarm or statistics report, for the terminal's applications."""
+    def notify_trap(self, terminal: Terminal, values: dict[int, bytes], bearer: str) -> None:
+        """A configuration, alarm or statistics report, for the terminal's applications;
+        ``bearer`` is the kind (``tcp``, ``udp``, ``sms``) the report arrived on."""
         ...
 
 
@@ -83,8 +84,8 @@ class StoredUplink:
         )
         return committed.addCallback(lambda _: TransparentResult.QUEUED)
 
-    def notify_trap(self, terminal: Terminal, values: dict[int, bytes]) -> None:
-        del terminal, values
+    def notify_trap(self, terminal: Terminal, values: dict[int, bytes], bearer: str) -> None:
+        del terminal, values, bearer
 
 
 def _bound(terminal: Terminal, app_id: str) -> bool:

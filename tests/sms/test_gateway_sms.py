@@ -112,6 +112,8 @@ class SmsNetwork:
 
 class GatewaySmsTestCase(unittest.TestCase):
     timeout = 15
+    #: Sections other than [sms] and [protocol] for a subclass's gateway.
+    extra_config = ""
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
@@ -129,7 +131,7 @@ class GatewaySmsTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def start_gateway(self, wait_for_modem: bool = True):  # type: ignore[no-untyped-def]
         gateway = GatewayService(
-            gateway_config(self.db, SMS_CONFIG.format(link=self.link)), reactor
+            gateway_config(self.db, SMS_CONFIG.format(link=self.link) + self.extra_config), reactor
         )
         assert gateway.sms is not None
         gateway.sms.tuning = FAST
