@@ -121,8 +121,14 @@ def test_secrets_stay_sealed_and_a_restarted_gateway_still_verifies(
     # The session key is in the registry (sessions survive a restart, 9.1) ...
     status, shown = admin_call(admin, "GET", f"/terminals/{TERMINAL.serial}", ini=ini)
     assert (status, shown["state"]) == (200, "LOGGED_IN"), shown
-    # ... but none of the secrets is on disk in plaintext, database or WAL.
+    # ... but none of the secrets is on disk in plaintext, database or WAL. The session
+    # is written behind the LOGIN_ACK (D-02): wait for its commit before looking, and
+    # before the SIGKILL below, which would otherwise lose it by design.
     wait_until(lambda: database.with_name("m2mgw.db-wal").exists(), proc, log)
+    wait_until(
+        lambda: admin_call(admin, "GET", "/stats", ini=ini)[1]["registry"]["pending_writes"] == 0,
+        proc, log,
+    )
     raw = on_disk(database)
     assert TERMINAL.imei.encode() in raw  # the test reads the right file
     assert [s for s in secrets if s.encode() in raw] == []
