@@ -83,6 +83,7 @@ from m2mgw.protocol.fragment import (
     ReassemblyTable,
 )
 from m2mgw.protocol.header import Header, VersionError
+from m2mgw.protocol.replay import Freshness, LoginMemory, ReplayWindow
 from m2mgw.protocol.security import (
     NEVER,
     DigestKey,
@@ -152,6 +153,11 @@ class _Exchange:
     cache_key: CacheKey | None = None
     #: The decoded request, logged in one row together with its answer.
     request: m.Message | None = None
+    #: The request passed its digest, MSISDN or bound-connection check; and whether
+    #: it was refused. A refused request that was not authenticated writes no
+    #: message-log row: its refusal is counted instead (D-303).
+    authenticated: bool = False
+    refused: bool = False
 
     @property
     def header(self):
@@ -189,6 +195,21 @@ class _AnswerParts:
             key=key,
             timestamp=timestamp,
         )
+
+
+@dataclass(slots=True)
+class _Opening:
+    """An accepted LOGIN's session, and what it gives the terminal's record once begun;
+    for a LOGIN seen before, kept with its digest and answer until a message signed
+    under its timestamp begins it (D-299)."""
+
+    session: Session
+    software_version: str
+    at: float
+    session_key: str | None = None
+    session_key_expiry: int | None = None
+    digest: bytes | None = None
+    answer: bytes = b""
 
 
 class PlatformEngine:
@@ -241,6 +262,10 @@ class PlatformEngine:
         #: Per serial, the pending set the platform last queued and when: the re-delivery
         #: clock of a set the terminal has not acknowledged (``delivered_at`` is on the ACK).
         self._credential_sent: dict[str, tuple[CredentialSet, float]] = {}
+        #: The LOGINs each terminal had accepted: their digest has timestamp 0 (D-300).
+        self.logins = LoginMemory()
+        #: Per serial, the session a LOGIN seen before asked for (D-299).
+        self._openings: dict[str, _Opening] = {}
         if config.register_op3_digest_optional:
             log.warn(
                 "[protocol] register_op3_digest_optional is deprecated: it now means "
@@ -287,7 +312,7 @@ class PlatformEngine:
             **terminal_keys(header, bearer),
         )
         if header.command_id == Command.LOGIN and len(data) == header.length:
-            ex = _Exchange(Frame(header, data, b"", None), bearer, now)
+            ex = _Exchange(Frame(header, data, b"", None), bearer, now, refused=True)
             self._answer(ex, m.LoginAck(LoginResult.BAD_VERSION, 0), flag=Flag.AUTH)
 
     def _on_request(self, frame: Frame, bearer: Bearer, now: float) -> None:
@@ -336,10 +361,19 @@ class PlatformEngine:
     # ------------------------------------------------------------------ answering
 
     def _answer(
-        self, ex: _Exchange, message: m.Message, *, flag: int | None = None, encrypt: bool = True
-    ) -> None:
+        self,
+        ex: _Exchange,
+        message: m.Message,
+        *,
+        flag: int | None = None,
+        encrypt: bool = True,
+        row: bool = True,
+    ) -> bytes | None:
         """Send the answer on the request's bearer, signed and encrypted per 6.1-6.4, and
-        as the terminal's profile reads it (C6, C7)."""
+        as the terminal's profile reads it (C6, C7); the frame sent, if any.
+
+        The exchange is written to the message log unless ``row`` is False or the
+        request was refused without being authenticated (D-303)."""
         header = ex.header
         profile = self.profile_of(ex.terminal)
         if profile.little_endian_integers and message.tlvs:
@@ -363,7 +397,7 @@ class PlatformEngine:
         limit = profile.max_frame
         if limit is not None and HEADER_SIZE + len(body) + DIGEST_TLV_SIZE * bool(key) > limit:
             self._oversized_answer(ex, message, limit)
-            return
+            return None
         if len(body) > self.config.fragment_threshold and key is not None:
             frame = self._first_answer_part(ex, message.COMMAND, body, flag, key)
         else:
@@ -384,6 +418,8 @@ class PlatformEngine:
             stats.logins[message.result] += 1
         if ex.cache_key is not None:
             self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
+        if not row or (ex.refused and not (ex.authenticated or ex.sms)):
+            return frame
         if ex.request is not None:
             event, direction, command = "request", "in", header.command_id
             detail = f"{_summary(ex.request)} => {_summary(message)}"
@@ -400,6 +436,7 @@ class PlatformEngine:
             event,
             detail,
         )
+        return frame
 
     def _oversized_answer(self, ex: _Exchange, message: m.Message, limit: int) -> None:
         """C7: an answer the terminal could not read goes out as the command's generic
@@ -519,6 +556,7 @@ class PlatformEngine:
             return False
         ex.key = DigestKey.make(imei, imsi, creds.downlink_password)
         ex.timestamp = 0
+        ex.authenticated = True
         return True
 
     def _register_rebind(
@@ -574,6 +612,7 @@ class PlatformEngine:
             ex.key = None
             self._register_deliver(ex, terminal, msg, msisdn, fresh=False)
             return
+        ex.authenticated = True  # by the digest, or by the proofs alone (PD-06)
         same = terminal.imsi == msg.imsi and terminal.state != TerminalState.UNREGISTERED
         if not same:
             terminal.imsi = msg.imsi
@@ -671,6 +710,11 @@ class PlatformEngine:
                 self._answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0), flag=Flag.AUTH)
                 return
             creds = verified
+            waiting = self._openings.get(header.serial)
+            if waiting is not None and waiting.digest == ex.frame.digest:
+                self._refuse(ex, Reason.REPLAYED, "a LOGIN seen before, again: its LOGIN_ACK again")
+                ex.bearer.send(waiting.answer)
+                return
         msg = m.Login.decode_body(ex.frame.body)
         if not terminal.enabled:
             self._refuse(ex, Reason.DISABLED, "terminal disabled")
@@ -703,26 +747,70 @@ class PlatformEngine:
         if terminal.session_timestamp is not None:
             timestamp = max(timestamp, terminal.session_timestamp + 1)
         ack = m.LoginAck(result, timestamp)
-        terminal.session_key = None
-        terminal.session_key_expiry = None
+        opening = _Opening(
+            Session.start(terminal, timestamp, header.version, self._interval(terminal), ex.now),
+            msg.software_version,
+            ex.now,
+        )
+        opening.session.cipher = None
+        opening.session.login_result = result
         if wants_key and terminal.cipher != "none":
             key = generate_session_key()
             expiry = min(NEVER, timestamp + int(self.config.session_key_ttl))
             box = encode_session_key(make_cipher(terminal.cipher, creds.base_key), key, expiry)
             ack.tlvs.append(Tlv(0xE040, box))
-            terminal.session_key, terminal.session_key_expiry = key, expiry
-        session = self._start_session(terminal, ex, timestamp, msg)
-        ex.session = session
+            opening.session_key, opening.session_key_expiry = key, expiry
+            opening.session.cipher = make_cipher(terminal.cipher, key)
+        ex.session = opening.session
         ex.timestamp = timestamp
         flag = Flag.AUTH | (Flag.KEY_REQUEST if ack.tlvs else 0)
-        if ex.cache_key is not None:
-            self.cache.clear_terminal(header.serial)
+        digest = ex.frame.digest
+        if digest is not None and self.logins.seen(header.serial, digest):
+            # Its digest has timestamp 0: anyone who saw it can send it again. It is
+            # answered, and its session begins with a message signed under this
+            # LOGIN_ACK's timestamp, which only the terminal can make (D-299).
+            self._refuse(
+                ex, Reason.REPLAYED, "a LOGIN seen before: no session until a signed message"
+            )
+            opening.digest = digest
+            opening.answer = self._answer(ex, ack, flag=flag, row=False) or b""
+            self._openings[header.serial] = opening
+            return
+        session = self._begin(terminal, opening, ex)
         self._answer(ex, ack, flag=flag)
-        session.sync_deadline = ex.now + self.config.sync_trap_wait
-        session.login_result = result
-        self.schedule_credential_check(session.serial, ex.now)
+        if digest is not None:
+            self.logins.remember(header.serial, digest)
+        self._opened(terminal, session, ex.now)
+
+    def _opened(self, terminal: Terminal, session: Session, now: float) -> None:
+        """The new session may carry traffic: credential upkeep, queued requests after
+        its first trap or ``sync_trap_wait`` (4.4), and the router hears of the login."""
+        session.sync_deadline = now + self.config.sync_trap_wait
+        self.schedule_credential_check(session.serial, now)
         if self.router is not None:
             self.router.on_login(terminal)
+
+    def _proven(self, ex: _Exchange, terminal: Terminal) -> Session | None:
+        """The session a LOGIN seen before asked for, begun now if this message is
+        signed under its LOGIN_ACK's timestamp (D-299); None otherwise."""
+        serial = terminal.serial or ""
+        opening = self._openings.get(serial)
+        if opening is None or ex.sms:
+            return None
+        frame = ex.frame
+        signed = frame if frame.digest is not None else unflagged_digest(frame)
+        if signed is not frame and not self.profile_of(terminal).digest_without_flag:
+            return None
+        session = opening.session
+        if signed is None or not verify_frame(signed, session.timestamp, session.up):
+            return None
+        log.info(
+            "A message signed under the LOGIN_ACK of a LOGIN seen before: its session begins",
+            **ex.log_keys,
+        )
+        self._begin(terminal, opening, ex)
+        self._opened(terminal, session, ex.now)
+        return session
 
     def _login_credentials(self, ex: _Exchange, terminal: Terminal) -> CredentialSet | None:
         """The set whose uplink password verifies the LOGIN digest: current, then pending.
@@ -736,6 +824,7 @@ class PlatformEngine:
         accepted = signed is frame or self.profile_of(terminal).digest_without_flag
         if signed is not None and found is not None and accepted:
             ex.frame, ex.key = signed, found[1]
+            ex.authenticated = True
             return found[0]
         if frame.digest is not None:
             self._auth_failure(ex, terminal, "LOGIN digest does not verify")
@@ -767,31 +856,34 @@ class PlatformEngine:
             stream.append(Tlv(tag, raw))
         return crc32(encode_tlvs(stream)) == sync_crc
 
-    def _start_session(
-        self, terminal: Terminal, ex: _Exchange, timestamp: int, msg: m.Login
-    ) -> Session:
-        """Step 8 of 4.4: replace any session, bind the bearer, persist (PD-19)."""
+    def _begin(self, terminal: Terminal, opening: _Opening, ex: _Exchange) -> Session:
+        """Step 8 of 4.4: replace any session, bind the bearer ``ex`` came on, persist
+        (PD-19); cached answers of earlier sessions are dropped (8.2)."""
         serial = terminal.serial or ""
+        self._openings.pop(serial, None)
         old = self.sessions.pop(serial, None)
         if old is not None:
             if old.tcp is not None and not old.tcp.same_path(ex.bearer):
                 old.tcp.close()
             if self.router is not None:
                 self.router.on_session_ended(terminal, "session replaced by a new LOGIN")
-        version = ex.header.version
-        session = Session.start(terminal, timestamp, version, self._interval(terminal), ex.now)
+        session = opening.session
+        session.last_valid = ex.now
         self.sessions[serial] = session
         self._bind(session, ex.bearer)
-        terminal.session_timestamp = timestamp
-        terminal.protocol_version = version
-        terminal.software_version = msg.software_version
+        terminal.session_key = opening.session_key
+        terminal.session_key_expiry = opening.session_key_expiry
+        terminal.session_timestamp = session.timestamp
+        terminal.protocol_version = session.version
+        terminal.software_version = opening.software_version
         terminal.last_seen = ex.now
+        self.cache.clear_terminal(serial)
         self._set_state(terminal, TerminalState.LOGGED_IN)
         self.registry.save(terminal)
         log.info(
             "Terminal {serial} logged in over {bearer} from {peer}",
             event="login",
-            version=f"{version:#06x}",
+            version=f"{session.version:#06x}",
             **ex.log_keys,
         )
         return session
@@ -822,13 +914,15 @@ class PlatformEngine:
             self._refuse(ex, Reason.UNKNOWN_SERIAL, "not provisioned")
             return
         ex.terminal = terminal
-        session = self.sessions.get(serial)
+        session = self._proven(ex, terminal) or self.sessions.get(serial)
         timestamp = session.timestamp if session else terminal.last_session_timestamp
         if not self._authenticate(ex, terminal, timestamp):
             return
         msg = m.Logout.decode_body(ex.frame.body, padded=True)
         ex.session = session
-        self._answer(ex, m.LogoutAck(), encrypt=False)
+        # Without a session nothing changes, so no row either: the digest uses the last
+        # session timestamp, and a replay of it would otherwise write one per copy.
+        self._answer(ex, m.LogoutAck(), encrypt=False, row=session is not None)
         if session is None:
             return
         reason = msg.reason
@@ -860,6 +954,7 @@ class PlatformEngine:
             if normalize_msisdn(ex.bearer.address) != terminal.msisdn:
                 self._refuse(ex, Reason.WRONG_PATH, "by SMS from a number not bound to it")
                 return False
+            ex.authenticated = True
             return True
         session = self.sessions.get(terminal.serial or "")
         try:
@@ -873,6 +968,7 @@ class PlatformEngine:
         if signed is not None and verify_frame(signed, timestamp, up):
             if signed is frame or profile.digest_without_flag:
                 ex.frame, ex.key, ex.timestamp = signed, down, timestamp
+                ex.authenticated = True
                 return True
             self._refuse(
                 ex,
@@ -910,6 +1006,7 @@ class PlatformEngine:
             )
             return False
         ex.timestamp = timestamp
+        ex.authenticated = True
         return True
 
     def end_session(
@@ -971,9 +1068,9 @@ class PlatformEngine:
         ):
             self._refuse(ex, Reason.WRONG_PATH, "not the session's bearer (PD-25)")
             return
+        # Traffic for offline detection (PD-25), but unsigned: it never moves the bearer,
+        # as anyone behind the terminal's NAT address could send it (D-297).
         session.last_valid = ex.now
-        if bearer.kind == "udp":
-            session.bearer = bearer
         self.registry.touch(header.serial, ex.now, bearer.kind, bearer.address)
         bearer.send(
             build_frame(
@@ -1009,13 +1106,13 @@ class PlatformEngine:
         command = header.command_id
         terminal = self.registry.get(header.serial)
         ex.terminal = terminal
-        session = self.sessions.get(header.serial)
         if terminal is None:
             if ex.sms and command == Command.CONFIG_TRAP:
                 self._alarm_without_login(ex, None)
                 return
             self._refuse(ex, Reason.UNKNOWN_SERIAL, "not provisioned")
             return
+        session = self._proven(ex, terminal) or self.sessions.get(header.serial)
         if session is None:
             if ex.sms and command == Command.CONFIG_TRAP:
                 self._alarm_without_login(ex, terminal)
@@ -1024,6 +1121,8 @@ class PlatformEngine:
             return
         ex.session = session
         if not self._authenticate(ex, terminal, session.timestamp):
+            return
+        if not self._fresh(ex, session.requests):
             return
         self._accepted(ex, session, terminal)
         if command in _PLATFORM_ONLY:
@@ -1066,8 +1165,30 @@ class PlatformEngine:
         if self.profile_of(terminal).little_endian_integers:
             msg.tlvs = compat.integers_swapped(msg.tlvs)
 
+    def _fresh(self, ex: _Exchange, window: ReplayWindow) -> bool:
+        """Whether an authenticated message is new in its session. A signed one accepted
+        before, or too old to tell, is refused: the response cache answered it if it
+        still could, and nothing else is done (D-292, D-293). Unsigned ones (SMS, C3 on
+        the bound connection) have no digest to compare."""
+        digest = ex.frame.digest
+        if digest is None:
+            return True
+        sequence_id = ex.header.sequence_id
+        freshness = window.check(sequence_id, digest)
+        if freshness is Freshness.FRESH:
+            window.accept(sequence_id, digest)
+            return True
+        detail = (
+            "accepted before in this session"
+            if freshness is Freshness.REPLAYED
+            else "Sequence_ID behind the session's replay window"
+        )
+        self._refuse(ex, Reason.REPLAYED, f"{detail}: not acted on again")
+        return False
+
     def _accepted(self, ex: _Exchange, session: Session, terminal: Terminal) -> None:
-        """A valid message: traffic for offline detection, current bearer (9.4, 9.6)."""
+        """A valid, fresh message: traffic for offline detection, current bearer (9.4,
+        9.6, D-298)."""
         session.last_valid = ex.now
         stalled = self.reachable(terminal) is None
         self._bind(session, ex.bearer)
@@ -1139,6 +1260,8 @@ class PlatformEngine:
                 log.failure("Could not store data from {serial}", failure, serial=terminal.serial)
                 if ex.cache_key is not None:
                     self.cache.cancel(ex.cache_key)
+                if ex.frame.digest is not None:
+                    session.requests.forget(ex.frame.digest)  # its retransmission is new
 
             result.addCallbacks(answer, failed)
             return
@@ -1420,6 +1543,8 @@ class PlatformEngine:
             return
         frame = ex.frame  # C1: the digest may have been found without its flag
         if session is not None:
+            if not self._fresh(ex, session.answers):
+                return
             self._accepted(ex, session, terminal)
         cipher = session.cipher if session else None
         part = self._fragment_part(frame)
@@ -1558,6 +1683,10 @@ class PlatformEngine:
                     if session.login_result == LoginResult.OK_SYNC:
                         self.router.sync_trap_missing(terminal)
                     self.router.kick(terminal)
+        for serial, opening in list(self._openings.items()):
+            # As long as its session would live without traffic (9.4).
+            if now - opening.at > limit * opening.session.interval:
+                del self._openings[serial]
         self._credential_upkeep(now)
         self.reassembly.expire(now)
 
@@ -1746,6 +1875,7 @@ class PlatformEngine:
     ) -> None:
         """Report what this exchange is refused for, with its terminal keys; ``hint``
         names the compatibility profile that would accept it (issue #10)."""
+        ex.refused = True
         self.refusals.report(reason, detail, hint=hint, **ex.log_keys, **fields)
 
     def _auth_failure(
@@ -1757,19 +1887,10 @@ class PlatformEngine:
         reason: Reason = Reason.AUTH_FAILED,
         hint: str | None = None,
     ) -> None:
-        """A message that failed authentication: counted on the record (6.2) and refused."""
+        """A message that failed authentication: counted on the record (6.2) and refused,
+        with no message-log row (D-303)."""
         terminal.auth_failures += 1
         self._refuse(ex, reason, detail, hint=hint, failures=terminal.auth_failures)
-        self._log(
-            terminal,
-            ex.header.serial,
-            "in",
-            ex.bearer,
-            ex.header.command_id,
-            ex.header.sequence_id,
-            "auth-failure",
-            detail,
-        )
 
     def _log(
         self,

@@ -53,6 +53,10 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out-of-range"
     #: A platform request or answer the terminal's compatibility profile cannot take.
     PROFILE = "profile"
+    #: A signed message or LOGIN accepted before, or too old to tell (D-293, D-299).
+    REPLAYED = "replayed"
+    #: A TCP connection closed for carrying no authenticated message in time (D-291).
+    LOGIN_TIMEOUT = "login-timeout"
 
 
 #: Refusals that point at an attack or a misconfigured secret: logged as warnings.

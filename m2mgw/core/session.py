@@ -7,10 +7,11 @@ engine never touches sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from m2mgw.core.model import CredentialSet, Terminal
+from m2mgw.protocol.replay import ReplayWindow
 from m2mgw.protocol.security import Cipher, DigestKey, make_cipher
 
 
@@ -73,6 +74,9 @@ class Session:
     #: A platform LOGOUT is under way: release at this time at the latest.
     release_at: float | None = None
     release_reason: int | None = None
+    #: The signed requests and answers accepted in this session (D-292, D-295).
+    requests: ReplayWindow = field(default_factory=ReplayWindow)
+    answers: ReplayWindow = field(default_factory=ReplayWindow)
 
     @classmethod
     def start(

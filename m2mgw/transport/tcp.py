@@ -31,8 +31,10 @@ class TerminalConnection(protocol.Protocol):
         self.framer = StreamFramer()
         self.address = ""
         self.host = ""
-        self.bound_serial: str | None = None
-        self.accepted = False
+        self._bound_serial: str | None = None
+        #: Set once a session was bound to the connection (D-290); until then the
+        #: login timer runs, whatever was answered on it.
+        self.authenticated = False
         self._open = False
         self._paused = False
         self._pending_bytes = 0
@@ -48,7 +50,6 @@ class TerminalConnection(protocol.Protocol):
     def send(self, data: bytes) -> None:
         if not self._open:
             return
-        self.accepted = True
         if self._paused:
             self._pending_bytes += len(data)
             if self._pending_bytes > self.factory.config.max_write_buffer:
@@ -68,6 +69,21 @@ class TerminalConnection(protocol.Protocol):
 
     def same_path(self, other: object) -> bool:
         return other is self
+
+    @property
+    def bound_serial(self) -> str | None:
+        """The serial whose session this connection is bound to (10.2)."""
+        return self._bound_serial
+
+    @bound_serial.setter
+    def bound_serial(self, serial: str | None) -> None:
+        """The engine binds a connection only on an accepted LOGIN or a fresh verified
+        message (D-290): that, and nothing it answered, authenticates the connection."""
+        self._bound_serial = serial
+        if serial is not None and not self.authenticated:
+            self.authenticated = True
+            if self._login_timer is not None and self._login_timer.active():
+                self._login_timer.cancel()
 
     @property
     def log_keys(self) -> dict[str, object]:
@@ -141,14 +157,14 @@ class TerminalConnection(protocol.Protocol):
             if not self._open:
                 break
             engine.receive(frame, self)
-        if self.accepted and self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
 
     def _no_login(self) -> None:
-        if not self.accepted:
-            log.info(
-                "No accepted message from {peer} within {seconds} s: closing",
-                seconds=self.factory.login_timeout,
+        """Counted and rate-limited like any refusal: a flood of such connections writes
+        a bounded number of lines (D-291)."""
+        if not self.authenticated:
+            self.factory.engine.refusals.report(
+                Reason.LOGIN_TIMEOUT,
+                f"no authenticated message within {self.factory.login_timeout:g} s; closing",
                 **self.log_keys,
             )
             self.close()
@@ -164,10 +180,10 @@ class TerminalConnection(protocol.Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self.factory.connections.discard(self)
-        if self.framer.buffered:
-            log.info(
-                "Connection from {peer} closed with a half frame of {size} bytes",
-                size=self.framer.buffered,
+        if was_open and self.framer.buffered:
+            self.factory.engine.refusals.report(
+                Reason.FRAMING,
+                f"closed with a half frame of {self.framer.buffered} bytes",
                 **self.log_keys,
             )
         if was_open or self.bound_serial:
