@@ -151,6 +151,8 @@ def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
         wait(browser, "list again", lambda d: row_of(d, SERIAL))
         browser.find_element(By.LINK_TEXT, SERIAL).click()
         wait(browser, "terminal page", lambda d: "LOGGED_IN" in text_of(d, "t-summary"))
+        # The compatibility profile it is served by (issue #10): strict, by the default.
+        assert "Compatibility\nstrict (deployment default)" in text_of(browser, "t-summary")
         tags = browser.find_element(By.ID, "r-tags")
         tags.clear()
         tags.send_keys("0x0011")

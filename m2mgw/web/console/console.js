@@ -488,6 +488,7 @@ function terminalView(_params, key) {
       ['MSISDN', t.msisdn ?? '–'], ['Bearer', t.bearer ?? '–'], ['Address', t.address ?? '–'],
       ['Last seen', when(t.last_seen)], ['Software', t.software_version ?? '–'],
       ['Applications', (t.apps ?? []).join(', ') || '–'], ['Enabled', cell('enabled', t.enabled)],
+      ['Compatibility', t.compat ? `${t.compat}${t.compat_default ? ' (deployment default)' : ''}` : '–'],
     ]);
     facts('t-session', [
       ['Session', s ? `${s.bearer ?? '?'} ${s.address ?? ''}` : 'none'],
