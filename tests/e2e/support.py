@@ -81,6 +81,24 @@ def provisioned(index: int = 0, **changes: Any) -> Terminal:
     return Terminal(**fields)
 
 
+def provisioning(terminal: Terminal | None = None) -> dict[str, Any]:
+    """The admin API's ``POST /terminals`` body for ``terminal`` (by default the spec's
+    example terminal, :func:`provisioned`); what the record leaves unset is left out."""
+    terminal = terminal or provisioned()
+    creds = terminal.current
+    assert creds is not None
+    body: dict[str, Any] = {
+        "imei": terminal.imei, "imsi": terminal.imsi, "serial": terminal.serial,
+        "uplink_password": creds.uplink_password, "downlink_password": creds.downlink_password,
+        "base_key": creds.base_key, "cipher": terminal.cipher,
+    }
+    if terminal.apps:
+        body["apps"] = sorted(terminal.apps)
+    if terminal.default_app:
+        body["default_app"] = terminal.default_app
+    return body
+
+
 def client_for(terminal: Terminal, bearer: str, **kwargs: Any) -> core.TerminalClient:
     creds = terminal.current
     assert creds is not None and terminal.serial and terminal.imsi
