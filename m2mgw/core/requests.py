@@ -23,7 +23,7 @@ from m2mgw.core.model import (
 )
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
-from m2mgw.protocol.constants import Command, RemoteControl, SecurityOp
+from m2mgw.protocol.constants import Command, RemoteControl, SecurityOp, result_label
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.security import NEVER, generate_base_key, generate_password
 from m2mgw.protocol.tlv import Tlv
@@ -344,6 +344,8 @@ def describe_request(request: Request) -> dict[str, Any]:
         "sequence_id": request.sequence_id,
         "attempts": request.attempts,
         "result": request.result,
+        "result_label": None if request.result is None
+        else result_label(request.command, request.result),
         "outcome": request.outcome,
         "origin": request.origin,
         "msg_id": request.msg_id,

@@ -161,6 +161,7 @@ def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
                        and text_of(d, "r-outcomes"))
         assert "CONFIG_GET" in outcome
         assert "PERIOD_CFG (0x0011) = 90" in outcome
+        assert "result 0 (OK)" in outcome  # codes are shown with their names
         wait(browser, "requests table", lambda d: "succeeded" in text_of(d, "t-requests"))
         shot = tmp_path / "console.png"
         assert browser.save_screenshot(str(shot))

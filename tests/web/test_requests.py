@@ -336,3 +336,15 @@ def test_generated_credentials_follow_pd39() -> None:
         assert all(v.isascii() and v.isalnum() for v in creds.values())
     assert rq.credential_expiry(1000.0, None) == NEVER
     assert rq.credential_expiry(1000.0, 60.0) == 1060
+
+
+
+def test_a_request_view_names_its_result_code() -> None:
+    def view(result: int | None) -> dict[str, Any]:
+        request = Request(serial="A972030000001234", command=Command.CONFIG_SET, body=b"",
+                          state="failed", created_at=0, expires_at=1, origin="admin",
+                          result=result)  # fmt: skip
+        return rq.describe_request(request)
+
+    assert (view(1)["result"], view(1)["result_label"]) == (1, "1 (ERROR)")
+    assert view(None)["result_label"] is None

@@ -451,7 +451,7 @@ function smsView() {
 // --- one terminal -------------------------------------------------------------------------
 
 const REQUEST_COLUMNS = [
-  ['id', 'id'], ['command', 'command'], ['state', 'state'], ['result', 'result'],
+  ['id', 'id'], ['command', 'command'], ['state', 'state'], ['result_label', 'result'],
   ['outcome', 'outcome'], ['origin', 'origin'], ['created_at', 'created'], ['updated_at', 'updated'],
 ];
 
@@ -617,7 +617,7 @@ function outcome(box, request, config) {
   const done = FINAL.has(request.state);
   box.className = `outcome ${request.state === 'succeeded' ? 'good' : done ? 'bad' : 'wait'}`;
   const head = el('div', {}, el('strong', {}, `Request ${request.id} ${request.command}`), ' ', pill(request.state),
-    request.result === null ? '' : ` result ${request.result}`, request.outcome ? ` · ${request.outcome}` : '');
+    request.result === null ? '' : ` result ${request.result_label}`, request.outcome ? ` · ${request.outcome}` : '');
   const lines = [head];
   if (request.command === 'CONFIG_GET' && request.answer) {
     const byTag = new Map(Object.entries(config).map(([name, v]) => [v.tag, [name, v]]));
