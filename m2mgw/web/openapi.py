@@ -292,7 +292,9 @@ def _schemas() -> Json:
         "Request": _object(
             id={"type": "integer"}, serial={"type": "string"}, command={"type": "string"},
             state={"type": "string", "enum": [s.value for s in RequestState]},
-            outcome=_STRING, result=_INTEGER, created_at={"type": "number"},
+            outcome=_STRING, result=_INTEGER,
+            result_label={**_STRING, "description": "The result code with its name: 1 (ERROR)"},
+            created_at={"type": "number"},
             body={**_STRING, "description": "Hex; *** for SECURITY_CONFIG unless "
                   "show_secrets=1"},
             answer={**_STRING, "description": "Hex, as body"},
