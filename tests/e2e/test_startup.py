@@ -11,17 +11,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,141 +27,31 @@ from twisted.trial import unittest
 
 from m2mgw.config import parse_config
 from m2mgw.core import terminal as core
-from m2mgw.protocol.framing import StreamFramer
 from m2mgw.service import GatewayService, ListeningService, StartupError
 from m2mgw.systemd import Notifier
-from tests.admin_token import bearer
-from tests.e2e.support import client_for, gateway_config, provisioned
-from tests.e2e.test_process import TWISTD, free_port
-from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
+from tests.e2e.support import client_for, gateway_config, provisioned, provisioning
+from tests.spec_examples import SERIAL
+from tests.twistd import (
+    TWISTD,
+    NotifySocket,
+    admin_call,
+    failed_start,
+    free_port,
+    gateway_argv,
+    health,
+    local,
+    notify_socket,
+    processes,
+    tcp_login,
+    wait_until,
+    write_ini,
+)
 from tests.web import call
 
+#: Also what modules written against this one import from it (the fixtures included).
+__all__ = ["NotifySocket", "admin_call", "failed_start", "gateway_argv", "health", "local",
+           "notify_socket", "processes", "wait_until", "write_ini"]
 ROOT = Path(__file__).resolve().parents[2]
-#: One line at error level or above, in twistd's text log format.
-ERROR_LINE = re.compile(r"\[[^\]]*#(error|critical)\]")
-TERMINAL = {
-    "imei": IMEI,
-    "imsi": IMSI,
-    "serial": SERIAL,
-    "uplink_password": UPLINK_PASSWORD,
-    "downlink_password": DOWNLINK_PASSWORD,
-    "base_key": BASE_KEY,
-    "cipher": "legacy",
-    "apps": ["EC0001"],
-    "default_app": "EC0001",
-}
-
-
-def local(port: int) -> str:
-    return f"tcp:{port}:interface=127.0.0.1"
-
-
-def write_ini(tmp: Path, **sections: dict[str, str]) -> tuple[Path, int]:
-    """An ini on free loopback ports, ``sections`` overriding keys; (path, admin port)."""
-    admin = free_port()
-    values: dict[str, dict[str, str]] = {
-        "registry": {"database": str(tmp / "m2mgw.db")},
-        "tcp": {"listen": local(free_port())},
-        "udp": {"port": str(free_port(socket.SOCK_DGRAM)), "interface": "127.0.0.1"},
-        "http": {"listen": local(free_port()), "files_dir": str(tmp / "files")},
-        "admin": {"listen": local(admin)},
-    }
-    for name, keys in sections.items():
-        values.setdefault(name, {}).update(keys)
-    ini = tmp / "m2mgw.ini"
-    ini.write_text(
-        "".join(
-            f"[{name}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
-            for name, keys in values.items()
-        )
-    )
-    return ini, admin
-
-
-def gateway_argv(ini: Path, log: Path | None = None) -> list[str]:
-    return [TWISTD, "-n", "--pidfile=", *(["-l", str(log)] if log else []),
-            "m2mgw", "--config", str(ini)]
-
-
-def admin_call(
-    admin: int, method: str, path: str, body: Any = None, ini: Path | None = None
-) -> tuple[int, Any]:
-    """One admin API call: (status, JSON body), error statuses included; with the
-    admin token of the gateway of ``ini`` (``/health`` needs none)."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{admin}{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json", **(bearer(ini) if ini else {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def health(admin: int) -> tuple[int, Any]:
-    return admin_call(admin, "GET", "/health")
-
-
-def wait_until(check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15) -> Any:
-    """Poll ``check()`` until it returns a true value; fail if the gateway exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {proc.returncode}: {log.read_text()}")
-        try:
-            if result := check():
-                return result
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("timed out; log:\n" + (log.read_text() if log.exists() else ""))
-
-
-class NotifySocket:
-    """What systemd listens on: an AF_UNIX datagram socket, here in the abstract namespace."""
-
-    def __init__(self) -> None:
-        self.address = f"@m2mgw-test-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.address[1:])
-
-    def receive(self, timeout: float = 15) -> dict[str, str]:
-        self.sock.settimeout(timeout)
-        data = self.sock.recv(4096).decode()
-        return dict(line.split("=", 1) for line in data.splitlines())
-
-    def pending(self) -> list[dict[str, str]]:
-        self.sock.setblocking(False)
-        messages = []
-        try:
-            while True:
-                data = self.sock.recv(4096).decode()
-                messages.append(dict(line.split("=", 1) for line in data.splitlines()))
-        except BlockingIOError:
-            return messages
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    listener = NotifySocket()
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test starts; killed if the test leaves them running."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # --- fail fast ---------------------------------------------------------------------------
@@ -221,28 +105,6 @@ def test_systemd_endpoint_without_its_socket_fails_in_one_line(
     ini, _ = write_ini(tmp_path, tcp={"listen": "systemd:domain=INET:index=0"})
     failed_start(ini, notify_socket, "m2mgw: cannot listen for tcp on "
                  "systemd:domain=INET:index=0: systemd passed no socket at index 0")
-
-
-def failed_start(ini: Path, notify: NotifySocket, expected: str) -> str:
-    """Run a gateway that must not start: status 1 within seconds, one error line."""
-    started = time.monotonic()
-    result = subprocess.run(
-        gateway_argv(ini), capture_output=True, text=True, timeout=30, cwd=ini.parent,
-        env={**os.environ, "NOTIFY_SOCKET": notify.address},
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output
-    assert time.monotonic() - started < 10
-    errors = [line for line in output.splitlines() if ERROR_LINE.search(line)]
-    assert len(errors) == 1, output
-    assert expected in errors[0], output
-    assert "Traceback" not in output
-    assert "m2mgw ready" not in output
-    # systemd hears why (systemctl status) and never READY=1.
-    messages = notify.pending()
-    assert messages and all("READY" not in m for m in messages), messages
-    assert messages[-1]["STATUS"] == "start-up failed: " + errors[0].split("m2mgw: ", 1)[1]
-    return errors[0]
 
 
 # --- ready and systemd -------------------------------------------------------------------
@@ -302,18 +164,11 @@ def test_terminal_logs_in_through_a_socket_from_systemd(
         )
     processes.append(proc)
     wait_until(lambda: health(admin)[0] == 200, proc, log)
-    assert admin_call(admin, "POST", "/terminals", TERMINAL, ini)[0] == 201
+    assert admin_call(admin, "POST", "/terminals", provisioning(), ini)[0] == 201
 
     client = client_for(provisioned(), "tcp")
-    framer = StreamFramer()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
-        link.sendall(client.login())
-        events: list[Any] = []
-        while not any(isinstance(e, core.LoggedIn | core.LoginFailed) for e in events):
-            data = link.recv(65536)
-            assert data, "the gateway closed the connection"
-            for frame in framer.feed(data):
-                events.extend(client.receive(frame, time.time()))
+        events = tcp_login(link, client, client.login())
         assert [type(e) for e in events] == [core.LoggedIn], events
         status, shown = admin_call(admin, "GET", f"/terminals/{SERIAL}", ini=ini)
         assert (status, shown["session"]["bearer"]) == (200, "tcp"), shown
