@@ -15,29 +15,27 @@ import socket
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet
-from m2mgw.protocol.framing import StreamFramer
-from tests.e2e.support import client_for, provisioned
-from tests.e2e.test_process import free_port
-from tests.e2e.test_startup import (
+from tests.e2e.support import client_for, provisioned, provisioning
+from tests.twistd import (
     NotifySocket,
     admin_call,
     failed_start,
+    free_port,
     gateway_argv,
     health,
     local,
+    notify_socket,
+    processes,
+    tcp_login,
     wait_until,
     write_ini,
 )
 
+__all__ = ["notify_socket", "processes"]  # the fixtures, used by name
 ROOT = Path(__file__).resolve().parents[2]
 UPLINK, DOWNLINK, BASE_KEY = "Up1ink0A", "Dnl1nk0B", "BaseKey0123456789ABCDEF0"
 APP = {"app_id": "EC0001", "password": "AppPassw0rd", "base_key": "AppBaseKey0123456789ABCD",
@@ -46,42 +44,12 @@ TERMINAL = provisioned(current=CredentialSet(
     uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY))
 
 
-@pytest.fixture
-def notify_socket() -> Iterator[NotifySocket]:
-    listener = NotifySocket()
-    yield listener
-    listener.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def provision_body() -> dict[str, Any]:
-    return {"imei": TERMINAL.imei, "imsi": TERMINAL.imsi, "serial": TERMINAL.serial,
-            "uplink_password": UPLINK, "downlink_password": DOWNLINK, "base_key": BASE_KEY,
-            "cipher": "legacy", "apps": ["EC0001"], "default_app": "EC0001"}
-
-
 def login(port: int) -> core.TerminalClient:
     """A LOGIN asking for a session key over TCP: it succeeds only if the gateway's
     uplink and downlink passwords are right, and the key arrives wrapped in its Base Key."""
     client = client_for(TERMINAL, "tcp")
-    framer = StreamFramer()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
-        link.sendall(client.login(request_session_key=True))
-        events: list[Any] = []
-        while not any(isinstance(e, core.LoggedIn | core.LoginFailed) for e in events):
-            data = link.recv(65536)
-            assert data, "the gateway closed the connection"
-            for frame in framer.feed(data):
-                events.extend(client.receive(frame, time.time()))
+        events = tcp_login(link, client, client.login(request_session_key=True))
     assert [type(e) for e in events] == [core.LoggedIn], events
     assert client.session_key is not None and len(client.session_key) == 16
     return client
@@ -112,7 +80,7 @@ def test_secrets_stay_sealed_and_a_restarted_gateway_still_verifies(
     log = tmp_path / "twistd.log"
     proc = start(ini, log, admin)
     processes.append(proc)
-    assert admin_call(admin, "POST", "/terminals", provision_body(), ini)[0] == 201
+    assert admin_call(admin, "POST", "/terminals", provisioning(TERMINAL), ini)[0] == 201
     assert admin_call(admin, "POST", "/apps", APP, ini)[0] == 201
     session_key = login(tcp).session_key
     assert session_key is not None
