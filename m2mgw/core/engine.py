@@ -648,10 +648,29 @@ class PlatformEngine:
         terminal.msisdn = msisdn
         self._end_session_for_register(terminal, ex.now)
         self._set_state(terminal, TerminalState.REGISTERED)
-        self.registry.save(terminal)
-        self._register_ack(ex, RegisterResult.OK_SMS, terminal.serial)
+        self._register_ack_stored(ex, self.registry.save(terminal), terminal.serial or "")
         if self.router is not None:
             self.router.deliver_credentials(terminal, creds)
+
+    def _register_ack_stored(self, ex: _Exchange, saved: Deferred[None], serial: str) -> None:
+        """REGISTER_ACK once the record is committed, as stored uplinks are (D-03, D-340).
+
+        The serial counter is written before the record, and the one writer commits in
+        order; a crash before the commit would otherwise let the next start allocate the
+        serial the terminal was told again. A retransmission meanwhile is ignored (8.2);
+        after a failed write nothing is answered and the retransmission counts as new.
+        """
+        if ex.cache_key is not None:
+            self.cache.begin(ex.cache_key, ex.frame.raw, ex.now)
+
+        def failed(failure: Failure) -> None:
+            log.failure("Registration of {serial} not stored", failure, serial=serial)
+            if ex.cache_key is not None:
+                self.cache.cancel(ex.cache_key)
+
+        saved.addCallbacks(
+            lambda _: self._register_ack(ex, RegisterResult.OK_SMS, serial), failed
+        )
 
     def _credentials_to_deliver(
         self, terminal: Terminal, *, fresh: bool, now: float

@@ -110,6 +110,9 @@ class Terminal:
     bearer: str | None = None
     address: str | None = None
     last_seen: float | None = None
+    #: When the last SMS wake-up was sent (9.6): kept, so a restart does not send the
+    #: next one before ``wakeup_min_interval`` (D-95).
+    wakeup_at: float | None = None
     connect_mode: int | None = None
     heartbeat_interval: int | None = None
     sync_tags: list[int] | None = None

@@ -317,7 +317,8 @@ class ITerminalRegistry(Interface):
         """Store a new OutgoingSms (pending) and assign its ``id``.
 
         It is listed by ``pending_sms`` at once; the row is committed in order with
-        the writes submitted before it.
+        the writes submitted before it. Its concatenation ``reference``, if set, is
+        recorded as its MSISDN's newest in the same transaction (``sms_references``).
 
         :return: Deferred[OutgoingSms] firing once it is durable.
         """
@@ -330,6 +331,10 @@ class ITerminalRegistry(Interface):
 
     def pending_sms():
         """The pending outgoing SMS messages, FIFO by id, from memory."""
+
+    def sms_references():
+        """The concatenation reference of the newest message enqueued to each MSISDN,
+        as a new dict: where each 8-bit counter continues after a restart (D-341)."""
 
     def sms_page(*, states=None, msisdn=None, before=None, offset=0, limit=100):
         """A page of the whole outbox (pending, sent, failed), newest first, by states

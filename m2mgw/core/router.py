@@ -75,9 +75,8 @@ class _TerminalTraffic:
     reconfigured: bool = False
     #: Sequence_ID of a platform LOGOUT in flight.
     logout_sequence: int | None = None
-    #: Sequence_ID of the last SMS wake-up and when it was sent (9.6).
+    #: Sequence_ID of the last SMS wake-up (9.6); when it was sent is on the record.
     wakeup_sequence: int | None = None
-    wakeup_at: float | None = None
 
 
 class Router:
@@ -598,16 +597,14 @@ class Router:
         """
         traffic = self._traffic_of(terminal.serial or "")
         now = self.clock.seconds()
-        recent = (
-            traffic.wakeup_at is not None
-            and now - traffic.wakeup_at < self.config.wakeup_min_interval
-        )
+        last = terminal.wakeup_at
+        recent = last is not None and now - last < self.config.wakeup_min_interval
         if self.sms_bearer is None or not terminal.msisdn or not terminal.sms_wakeup or recent:
             return
         bearer = self.sms_bearer(terminal)
         if bearer is None:
             return
-        traffic.wakeup_at = now
+        terminal.wakeup_at = now  # saved with the sequence counter, before the SMS is queued
         traffic.wakeup_sequence = self._send_unqueued(terminal, m.RemoteCtrl.build(3), bearer)
         log.info(
             "Wake-up SMS sent to {serial} at {msisdn} seq {sequence_id}",
@@ -641,8 +638,10 @@ class Router:
         frames = self.engine.request_frames(
             terminal, message.COMMAND, sequence_id, message.encode_body(), bearer
         )
-        bearer.send(frames[0])
+        # Saved first: an SMS leaves once its outbox row is committed, and so after the
+        # record, whose counter (and wake-up time) a restart must not find older (D-342).
         self.registry.save(terminal)
+        bearer.send(frames[0])
         return sequence_id
 
     def expire(self) -> Deferred[list[Request]]:

@@ -686,6 +686,7 @@ class _Outbox:
 
 _TOUCH = 'UPDATE terminals SET last_seen = ?, bearer = ?, address = ? WHERE id = ?'
 _SET_COUNTER = "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)"
+_SET_SMS_REFERENCE = "INSERT OR REPLACE INTO sms_references (msisdn, reference) VALUES (?, ?)"
 _STORE_CONFIG = (
     "INSERT OR REPLACE INTO terminal_config (terminal_id, tag, value, source, updated_at) "
     "VALUES (?, ?, ?, ?, ?)"
@@ -765,6 +766,7 @@ def _load_all(txn: Any, now: float) -> dict[str, list[Row]]:
         "counters": rows("SELECT name, value FROM counters"),
         "sequences": rows("SELECT name, seq FROM sqlite_sequence"),
         "sms_pending": rows(f"{_SMS_OUTBOX.select} WHERE state = 'pending' ORDER BY id"),
+        "sms_references": rows("SELECT msisdn, reference FROM sms_references"),
         "applications": rows(_APPLICATIONS.select),
         "notifications": rows(f"{_NOTIFICATIONS.select} ORDER BY id"),
         "app_messages": rows(
@@ -847,6 +849,7 @@ class SqliteRegistry:
         self._commit_waiters: list[Deferred[None]] = []
         self._group_call: Any = None
         self._sms_pending: dict[int, OutgoingSms] = {}
+        self._sms_references: dict[str, int] = {}
         self._apps: dict[str, Application] = {}
         self._apps_by_ec: dict[str, Application] = {}
         self._outboxes: dict[str, _Outbox] = {}
@@ -960,6 +963,7 @@ class SqliteRegistry:
         for row in loaded["sms_pending"]:
             sms = _SMS_OUTBOX.load(row, vault)
             self._sms_pending[sms.id] = sms
+        self._sms_references = dict(loaded["sms_references"])
         self._install_applications(loaded)
         self._flusher.start(FLUSH_INTERVAL, now=False)
         # A reactor stopped without close() would drop batched writes; "before"
@@ -1571,7 +1575,12 @@ class SqliteRegistry:
         sms.updated_at = self._reactor.seconds()
         row = self._new_row(sms, _SMS_OUTBOX)
         self._sms_pending[sms.id] = sms
-        return self._write([(_SMS_OUTBOX.insert, [row])]).addCallback(lambda _: sms)
+        batch: Batch = [(_SMS_OUTBOX.insert, [row])]
+        if sms.reference is not None:
+            # In the row's transaction: the counter is on disk whenever its message is.
+            self._sms_references[sms.msisdn] = sms.reference
+            batch.append((_SET_SMS_REFERENCE, [(sms.msisdn, sms.reference)]))
+        return self._write(batch).addCallback(lambda _: sms)
 
     def update_sms(self, sms: OutgoingSms) -> Deferred[None]:
         if sms.id is None:
@@ -1586,6 +1595,9 @@ class SqliteRegistry:
 
     def pending_sms(self) -> list[OutgoingSms]:
         return sorted(self._sms_pending.values(), key=lambda sms: sms.id or 0)
+
+    def sms_references(self) -> dict[str, int]:
+        return dict(self._sms_references)
 
     def sms_page(
         self,

@@ -7,6 +7,7 @@ out; time is passed in as ``now`` so tests and the gateway own the clock.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -116,10 +117,14 @@ def wmmp_submit_pdus(
 
 
 class ReferenceCounter:
-    """Concatenation references per destination MSISDN: an 8-bit counter each (10.4.3)."""
+    """Concatenation references per destination MSISDN: an 8-bit counter each (10.4.3).
 
-    def __init__(self) -> None:
-        self._next: dict[str, int] = {}
+    ``last`` gives the references already used, by normalised MSISDN: each counter
+    continues after its own, so a restart gives none of them again (D-341).
+    """
+
+    def __init__(self, last: Mapping[str, int] | None = None) -> None:
+        self._next = {msisdn: (reference + 1) & 0xFF for msisdn, reference in (last or {}).items()}
 
     def next(self, msisdn: str) -> int:
         """The reference for the next message to ``msisdn``; the first is 1."""

@@ -9,10 +9,13 @@ Sending is store-and-forward. :meth:`SmsBearer.send` is synchronous (the engine'
 bearer contract), so it puts the message into the registry's SMS outbox, whose
 in-memory view is updated at once and whose row is committed in submission order
 with the writes before it (the engine's and router's own state, e.g. the request
-marked sent). The outbox is drained at ``send_rate`` SMS per second; each message is
-split when it is sent and every segment the modem confirms (``+CMGS``) is recorded,
-so a retry after a modem fault or a restart resends only the remaining segments,
-under the same concatenation reference.
+marked sent). The message gets its concatenation reference there, recorded in the
+row's transaction, and leaves only once that row is committed: a restart continues
+each MSISDN's counter after the last reference given, and never gives again one a
+terminal may still be reassembling (D-341). The outbox is drained at ``send_rate`` SMS
+per second; each message is split when it is sent and every segment the modem
+confirms (``+CMGS``) is recorded, so a retry after a modem fault or a restart resends
+only the remaining segments, under the same reference.
 
 Failures (``ModemError``):
 
@@ -162,7 +165,10 @@ class SmsService(MultiService):
         self.reassembler = SmsReassembler(
             self.config.platform_port, self.config.max_parts, self.config.reassembly_timeout
         )
+        #: Restored from the registry at start (D-341).
         self.references = ReferenceCounter()
+        #: Ids of outbox messages whose rows are not committed yet: none leaves before.
+        self._storing: set[int] = set()
         self.serial = SerialService(
             gateway.reactor, self.config.device, self._new_protocol, self.config.baudrate
         )
@@ -193,6 +199,7 @@ class SmsService(MultiService):
 
     def startService(self) -> None:
         self._stopping = False
+        self.references = ReferenceCounter(self.registry.sms_references())
         self.serial.retry_policy = self.tuning.reopen_policy
         super().startService()
         self._signal_poll.start(self.tuning.signal_interval, now=False)
@@ -235,10 +242,16 @@ class SmsService(MultiService):
         terminal = self.registry.by_msisdn(msisdn)
         port = terminal.sms_terminal_port if terminal is not None else self.config.terminal_port
         sms = OutgoingSms(
-            msisdn=msisdn, port=port, message=message, created_at=self.clock.seconds()
+            msisdn=msisdn,
+            port=port,
+            message=message,
+            reference=self.references.next(msisdn),
+            created_at=self.clock.seconds(),
         )
         d = self.registry.enqueue_sms(sms)
         d.addErrback(lambda failure: log.failure("Outgoing SMS not stored", failure))
+        self._storing.add(sms.id or 0)
+        d.addBoth(self._stored, sms.id or 0)
         self.gateway.engine.stats.count_sent(message)
         log.debug(
             "SMS {id} to {msisdn} queued ({size} bytes)",
@@ -246,8 +259,13 @@ class SmsService(MultiService):
             msisdn=msisdn,
             size=len(message),
         )
-        self._pump()
         return d
+
+    def _stored(self, result: object, sms_id: int) -> object:
+        """The row's transaction ended: the message may leave now."""
+        self._storing.discard(sms_id)
+        self._pump()
+        return result
 
     # ------------------------------------------------------------------ receiving
 
@@ -360,11 +378,13 @@ class SmsService(MultiService):
         protocol = self.serial.protocol
         now = self.clock.seconds()
         for sms in self.registry.pending_sms():
+            if sms.id in self._storing:
+                return  # the rows after it were submitted later: not committed either
             if now - sms.created_at > self.gateway.config.protocol.queue_ttl:
                 self._give_up(sms, "expired in the outbox")
                 continue
-            if sms.reference is None:
-                sms.reference = self.references.next(sms.msisdn)
+            # Given at submit; migration 009 numbered the messages queued before it.
+            assert sms.reference is not None
             try:
                 pdus = wmmp_submit_pdus(
                     sms.message,

@@ -11,7 +11,7 @@ from m2mgw.core.model import CredentialSet
 from m2mgw.core.session import Session
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import TAG_ENCRYPTED, Frame, encode_message, parse_frame, verify_frame
-from m2mgw.protocol.constants import Command
+from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.security import DigestKey, decrypt_body, make_cipher
 from m2mgw.protocol.tlv import Tlv
 from tests.spec_examples import DOWNLINK, IMEI, IMSI, SERIAL, UPLINK_PASSWORD, VECTORS
@@ -257,11 +257,16 @@ class CredentialTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ expiry at login
 
-    def register_by_sms(self, sms: FakeBearer) -> m.Message:
+    @inlineCallbacks
+    def register_by_sms(self, sms: FakeBearer):  # type: ignore[no-untyped-def]
+        """REGISTER op 1 by SMS: its REGISTER_ACK follows the record's commit (D-340)."""
         raw = encode_message(m.Register(1, IMEI, IMSI), sequence_id=2, serial=SERIAL, flag=0xC0)
         self.fx.engine.receive(raw, sms)
-        [ack] = sms.take()
-        return ack
+        yield self.settle()
+        answer = Command.REGISTER | ACK_BIT
+        [ack] = [f for f in sms.sent if parse_frame(f).header.command_id == answer]
+        sms.sent.remove(ack)
+        return m.decode_message(answer, parse_frame(ack).body)
 
     @inlineCallbacks
     def test_expired_set_gives_7_then_register_op1_delivers_a_fresh_set(self):  # type: ignore[no-untyped-def]
@@ -276,7 +281,7 @@ class CredentialTest(unittest.TestCase):
 
         sms = FakeBearer(kind="sms", address=MSISDN)
         self.fx.router.sms_bearer = lambda t: sms
-        self.assertEqual(self.register_by_sms(sms), m.RegisterAck(0, SERIAL))
+        self.assertEqual((yield self.register_by_sms(sms)), m.RegisterAck(0, SERIAL))
         fresh = terminal.pending
         assert fresh is not None
         self.assertNotEqual(fresh.uplink_password, UPLINK_PASSWORD)
@@ -295,7 +300,7 @@ class CredentialTest(unittest.TestCase):
         assert current is not None
         sms = FakeBearer(kind="sms", address=MSISDN)
         self.fx.router.sms_bearer = lambda t: sms
-        self.assertEqual(self.register_by_sms(sms), m.RegisterAck(0, SERIAL))
+        self.assertEqual((yield self.register_by_sms(sms)), m.RegisterAck(0, SERIAL))
         self.assertIsNone(terminal.pending)
         yield self.settle()
         [frame] = self.deliveries(sms)

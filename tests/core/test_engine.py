@@ -351,6 +351,22 @@ class RegistrationTest(unittest.TestCase):
         [ack] = self.bearer.take()
         return ack
 
+    @inlineCallbacks
+    def register_stored(self, op, **kwargs):  # type: ignore[no-untyped-def]
+        """A REGISTER answered 0: its REGISTER_ACK waits for the record's commit (D-340)."""
+        from m2mgw.protocol.codec import encode_message
+
+        msg = m.Register(op, IMEI, IMSI)
+        raw = encode_message(msg, serial="A972030000000000", flag=0x80, **kwargs)
+        self.fx.engine.receive(raw, self.bearer)
+        self.assertEqual(self.bearer.sent, [], "answered before the commit")
+        for _ in range(200):
+            if self.bearer.sent:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        [ack] = self.bearer.take()
+        return ack
+
     def test_unprovisioned_device_is_refused(self) -> None:
         self.assertEqual(self.register(0), m.RegisterAck(3, None))
 
@@ -359,7 +375,7 @@ class RegistrationTest(unittest.TestCase):
         from m2mgw.core.model import Terminal
 
         yield self.fx.registry.add(Terminal(imei=IMEI, msisdn="8613900000001"))
-        ack = self.register(0)
+        ack = yield self.register_stored(0, sequence_id=1)
         self.assertEqual(ack.result, 0)
         self.assertTrue(ack.serial.startswith("A9720300"))
         terminal = self.fx.registry.by_imei(IMEI)
@@ -373,7 +389,8 @@ class RegistrationTest(unittest.TestCase):
         self.assertEqual(delivery.body[0], 0)  # op 0, waiting for an SMS bearer (PD-21)
         # A repeated REGISTER re-sends the same pending set (4.3 step 4).
         pending = terminal.pending
-        self.assertEqual(self.register(0, seq=2).result, 0)
+        again = yield self.register_stored(0, sequence_id=2)
+        self.assertEqual(again.result, 0)
         self.assertIs(self.fx.registry.by_imei(IMEI).pending, pending)
         yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.fx.registry.queued(ack.serial)), 1, "no second delivery")

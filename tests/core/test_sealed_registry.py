@@ -14,7 +14,12 @@ from twisted.trial import unittest
 
 from m2mgw.core.model import Application, CredentialSet, Request, Terminal
 from m2mgw.core.registry import OutgoingSms, RegistryError
-from m2mgw.core.sqlite_registry import SEALING_MIGRATION, SqliteRegistry, load_migrations
+from m2mgw.core.sqlite_registry import (
+    SEALING_MIGRATION,
+    Migration,
+    SqliteRegistry,
+    load_migrations,
+)
 from m2mgw.core.vault import PREFIX, Vault, default_key_path
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, SecurityOp
@@ -36,6 +41,33 @@ SHIPPED = load_migrations()
 #: The schema from before sealing: what an earlier m2mgw wrote, in plaintext.
 BEFORE = [mig for mig in SHIPPED if mig.version < next(
     mig.version for mig in SHIPPED if mig.name == SEALING_MIGRATION)]
+#: Today's schema without the sealing migration, numbered 1..N: no key, so plaintext.
+UNSEALED = [Migration(n, mig.name, mig.sql) for n, mig in enumerate(
+    (mig for mig in SHIPPED if mig.name != SEALING_MIGRATION), start=1)]
+
+
+def copy_to_schema(source: str, target: str, migrations: list[Migration]) -> None:
+    """``source``'s rows in a new file ``target`` at the schema of ``migrations``, in the
+    columns both have: what an older m2mgw wrote, since later migrations only add
+    tables and columns, which today's code (writing ``source``) needs."""
+    conn = sqlite3.connect(target, isolation_level=None)
+    try:
+        for mig in migrations:
+            conn.executescript(mig.sql)
+        conn.execute(f"PRAGMA user_version = {len(migrations)}")
+        conn.execute("ATTACH DATABASE ? AS newer", (source,))
+        conn.execute("BEGIN")
+        tables = conn.execute("SELECT name FROM main.sqlite_master "
+                              "WHERE type = 'table' AND name <> 'sqlite_sequence'").fetchall()
+        for (table,) in tables:
+            newer = {row[1] for row in conn.execute(f"PRAGMA newer.table_info({table})")}
+            columns = ", ".join(f'"{row[1]}"' for row in conn.execute(
+                f"PRAGMA main.table_info({table})") if row[1] in newer)
+            conn.execute(f"INSERT OR REPLACE INTO main.{table} ({columns}) "
+                         f"SELECT {columns} FROM newer.{table}")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def credentials(uplink: str = UPLINK) -> CredentialSet:
@@ -179,12 +211,15 @@ class SealedRegistryTests(unittest.TestCase):
     # --- migration ---------------------------------------------------------------------
 
     async def test_a_plaintext_registry_is_sealed_at_open(self) -> None:
-        old = await self.open(migrations=BEFORE)
+        staging = self.path + ".today"
+        old = SqliteRegistry(staging, reactor, migrations=UNSEALED)
+        await old.open()
         await self.fill(old)
         for n in range(100):
             await old.add(Terminal(imei=f"86000000001{n:04d}", serial=f"A97203000001{n:04d}",
                                    current=credentials("Retired0")))
         await old.close()
+        copy_to_schema(staging, self.path, BEFORE)
         # Removed where SQLite does not zero freed space (its default in many builds):
         # the old rows stay in free pages, which sealing does not rewrite.
         conn = sqlite3.connect(self.path)
