@@ -13,15 +13,9 @@ import pytest
 
 from m2mgw.core import terminal as core
 from m2mgw.protocol.constants import LoginResult
-from tests.e2e.test_process import Gateway, UdpTerminal
-from tests.spec_examples import (
-    BASE_KEY,
-    DOWNLINK_PASSWORD,
-    IMEI,
-    IMSI,
-    SERIAL,
-    UPLINK_PASSWORD,
-)
+from tests.e2e.support import provisioned, provisioning
+from tests.spec_examples import SERIAL
+from tests.twistd import Gateway, UdpTerminal
 
 ADMIN_PATHS = ("/health", "/terminals")
 
@@ -40,30 +34,12 @@ def gateways(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for gw in started:
-        if gw.proc is not None and gw.proc.poll() is None:
-            gw.proc.kill()
-            gw.proc.wait()
+        gw.kill()
 
 
 def provision(gateway: Gateway) -> None:
-    gateway.call(
-        "POST",
-        "/terminals",
-        {
-            "imei": IMEI,
-            "imsi": IMSI,
-            "serial": SERIAL,
-            "uplink_password": UPLINK_PASSWORD,
-            "downlink_password": DOWNLINK_PASSWORD,
-            "base_key": BASE_KEY,
-            "cipher": "legacy",
-        },
-    )
-
-
-def log_in(terminal: UdpTerminal) -> core.LoggedIn | core.LoginFailed:
-    terminal.send(terminal.client.login())
-    return terminal.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+    """The example terminal, bound to no application."""
+    gateway.call("POST", "/terminals", provisioning(provisioned(apps=set(), default_app=None)))
 
 
 def stopped_json_events(gateway: Gateway) -> list[dict[str, Any]]:
@@ -75,7 +51,7 @@ def stopped_json_events(gateway: Gateway) -> list[dict[str, Any]]:
 def test_a_login_writes_one_json_event_with_the_terminal_keys(gateways: Any) -> None:
     gateway = gateways("format = json\n")
     provision(gateway)
-    assert isinstance(log_in(UdpTerminal(gateway.udp)), core.LoggedIn)
+    assert isinstance(UdpTerminal(gateway.udp).log_in(), core.LoggedIn)
     gateway.call("GET", "/health")
     events = stopped_json_events(gateway)
     [login] = [e for e in events if e.get("event") == "login"]
@@ -93,7 +69,7 @@ def test_a_login_writes_one_json_event_with_the_terminal_keys(gateways: Any) -> 
 def test_at_level_error_a_login_writes_no_info_line(gateways: Any) -> None:
     gateway = gateways("level = error\n")
     provision(gateway)
-    assert isinstance(log_in(UdpTerminal(gateway.udp)), core.LoggedIn)
+    assert isinstance(UdpTerminal(gateway.udp).log_in(), core.LoggedIn)
     gateway.stop()
     log = gateway.logtext()
     assert SERIAL not in log
@@ -106,7 +82,7 @@ def test_unknown_serial_logins_are_refused_in_a_bounded_number_of_lines(
     gateway = gateways("level = debug\nformat = json\nrefusal_burst = 3\nrefusal_interval = 1s\n")
     terminal = UdpTerminal(gateway.udp)
     for _ in range(100):  # nothing provisioned: SERIAL is unknown; a new seq each time
-        refused = log_in(terminal)
+        refused = terminal.log_in()
         assert isinstance(refused, core.LoginFailed)
         assert refused.result == LoginResult.UNKNOWN_SERIAL
     deadline = time.monotonic() + 5
