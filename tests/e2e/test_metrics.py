@@ -23,15 +23,9 @@ import m2mgw
 from m2mgw.core import terminal as core
 from m2mgw.protocol.constants import Command
 from tests.admin_token import bearer
-from tests.e2e.test_process import Gateway, UdpTerminal, free_port
-from tests.spec_examples import (
-    BASE_KEY,
-    DOWNLINK_PASSWORD,
-    IMEI,
-    IMSI,
-    SERIAL,
-    UPLINK_PASSWORD,
-)
+from tests.e2e.support import provisioning
+from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, SERIAL
+from tests.twistd import Gateway, UdpTerminal, free_port, local
 
 HEARTBEATS = 3
 ACK = 0x8000
@@ -42,19 +36,15 @@ class MetricsGateway(Gateway):
     """The ``twistd`` gateway, with a ``[metrics] listen`` too."""
 
     def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp)
         self.metrics = free_port()
-        with self.ini.open("a") as ini:
-            ini.write(f"[metrics]\nlisten = tcp:{self.metrics}:interface=127.0.0.1\n")
+        super().__init__(tmp, metrics={"listen": local(self.metrics)})
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[MetricsGateway]:
     gw = MetricsGateway(tmp_path)
     yield gw
-    if gw.proc is not None and gw.proc.poll() is None:
-        gw.proc.kill()
-        gw.proc.wait()
+    gw.kill()
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
@@ -113,11 +103,7 @@ def promtool(text: bytes) -> None:
 
 
 def provision(gateway: Gateway) -> None:
-    gateway.call("POST", "/terminals", {
-        "imei": IMEI, "imsi": IMSI, "serial": SERIAL, "uplink_password": UPLINK_PASSWORD,
-        "downlink_password": DOWNLINK_PASSWORD, "base_key": BASE_KEY, "cipher": "legacy",
-        "apps": ["EC0001"], "default_app": "EC0001",
-    })
+    gateway.call("POST", "/terminals", provisioning())
 
 
 def is_answer(command: int) -> Any:
@@ -145,8 +131,7 @@ def test_scripted_exchange_moves_the_counters_by_exactly_its_messages(
     assert value(queued, "m2mgw_queue_oldest_age_seconds") >= 0
 
     terminal = UdpTerminal(gateway.udp)
-    terminal.send(terminal.client.login())
-    logged_in = terminal.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+    logged_in = terminal.log_in()
     # Result 1, nothing synced yet: the client sends its sync CONFIG_TRAP by itself.
     assert isinstance(logged_in, core.LoggedIn) and logged_in.result == 1
     terminal.pump(is_answer(Command.CONFIG_TRAP))
@@ -169,8 +154,7 @@ def test_scripted_exchange_moves_the_counters_by_exactly_its_messages(
     identity = intruder.client.identity
     identity.credentials = core.Credentials("Wrong123", DOWNLINK_PASSWORD, base_key=BASE_KEY)
     intruder.client = core.TerminalClient(identity, "udp", clock=time.time)
-    intruder.send(intruder.client.login())
-    failed = intruder.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+    failed = intruder.log_in()
     assert isinstance(failed, core.LoginFailed) and failed.result == 2
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as garbage:
         garbage.sendto(b"no frame", ("127.0.0.1", gateway.udp))
