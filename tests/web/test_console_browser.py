@@ -26,8 +26,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from m2mgw.core import terminal as core
 from m2mgw.protocol.constants import Command
 from m2mgw.web.auth import first_token
-from tests.e2e.test_process import Gateway, UdpTerminal
-from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
+from tests.e2e.support import provisioned, provisioning
+from tests.spec_examples import IMEI, SERIAL
+from tests.twistd import Gateway, UdpTerminal, gateway
+
+__all__ = ["gateway"]  # the fixture, used by name
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -38,15 +41,6 @@ FLAGS = (
 )
 #: A serial that is also markup: the console must show it as text.
 MARKUP_SERIAL = "<i>xss</i>123456"
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path)
-    yield gw
-    if gw.proc is not None and gw.proc.poll() is None:
-        gw.proc.kill()
-        gw.proc.wait()
 
 
 @pytest.fixture
@@ -93,11 +87,7 @@ def serve(terminal: UdpTerminal, stop: threading.Event) -> None:
 
 
 def provision(gateway: Gateway, serial: str, imei: str) -> None:
-    gateway.call("POST", "/terminals", {
-        "imei": imei, "imsi": IMSI, "serial": serial, "uplink_password": UPLINK_PASSWORD,
-        "downlink_password": DOWNLINK_PASSWORD, "base_key": BASE_KEY, "cipher": "legacy",
-        "apps": ["EC0001"], "default_app": "EC0001",
-    })
+    gateway.call("POST", "/terminals", provisioning(provisioned(serial=serial, imei=imei)))
 
 
 def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
@@ -132,8 +122,7 @@ def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
 
     # The terminal logs in: its row turns LOGGED_IN by the event stream, no reload.
     terminal = UdpTerminal(gateway.udp)
-    terminal.send(terminal.client.login())
-    logged_in = terminal.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+    logged_in = terminal.log_in()
     assert isinstance(logged_in, core.LoggedIn)
     if logged_in.result == 0:
         terminal.send(terminal.client.trap([]))
