@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from m2mgw.core import terminal as core
-from tests.e2e.test_process import TWISTD, UdpTerminal, free_port
 from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
+from tests.twistd import UdpTerminal, free_port, gateway_argv, local
 
 REPO = Path(__file__).resolve().parents[2]
 OTHER_IMEI = "860000000000002"
@@ -50,14 +50,12 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [TWISTD, "-n", "--pidfile=", "m2mgw", "--config", str(self.ini)]
+        return gateway_argv(self.ini)
 
     def start(self) -> None:
         """Start and wait for "m2mgw ready" (the admin API may be disabled)."""
         self.log.write_text("")
-        command = self.command()
-        self.proc = subprocess.Popen([*command[:3], "-l", str(self.log), *command[3:]],
-                                     cwd=self.root)
+        self.proc = subprocess.Popen(gateway_argv(self.ini, self.log), cwd=self.root)
         deadline = time.monotonic() + 20
         while "m2mgw ready" not in self.log.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -136,8 +134,7 @@ def test_unix_admin_socket_provisions_into_the_running_gateway(tmp_path: Path) -
         assert [t["serial"] for t in json.loads(listed.stdout)["items"]] == [SERIAL]
 
         terminal = UdpTerminal(gateway.udp)
-        terminal.send(terminal.client.login())
-        logged_in = terminal.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+        logged_in = terminal.log_in()
         assert isinstance(logged_in, core.LoggedIn), logged_in  # the cache saw it
     finally:
         gateway.stop()
@@ -145,11 +142,11 @@ def test_unix_admin_socket_provisions_into_the_running_gateway(tmp_path: Path) -
 
 def test_two_gateways_the_cli_refuses_the_admin_api_of_the_other(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
-    first = Gateway(tmp_path / "a", f"tcp:{ports[0]}:interface=127.0.0.1")
-    second = Gateway(tmp_path / "b", f"tcp:{ports[1]}:interface=127.0.0.1")
+    first = Gateway(tmp_path / "a", local(ports[0]))
+    second = Gateway(tmp_path / "b", local(ports[1]))
     # B's database, A's admin port: the mistake of an [admin] copied between ini files.
     crossed = write_ini(tmp_path / "crossed.ini", second.database,
-                        f"tcp:{ports[0]}:interface=127.0.0.1")
+                        local(ports[0]))
     try:
         first.start()
         second.start()
