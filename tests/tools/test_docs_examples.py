@@ -18,14 +18,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
 from pathlib import Path
 from typing import Any
 
 from m2mgw.core.model import normalize_msisdn
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.tlv import tlv_dict
-from tests.e2e.test_process import Gateway, free_port, gateway  # noqa: F401  (the fixture)
+from tests.twistd import Gateway, free_port, gateway, wait_until  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.rst"
@@ -104,15 +103,8 @@ def stop(proc: subprocess.Popen[Any]) -> int:
 
 
 def wait_healthy(gw: Gateway, proc: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if gw.call("GET", "/health")["status"] == "ok":
-                return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise AssertionError("gateway did not come up: " + log.read_text())
+    """The gateway ``proc`` (started by a document's commands) serves ``/health``."""
+    wait_until(lambda: gw.call("GET", "/health")["status"] == "ok", proc, log, timeout=20)
 
 
 def config_get_answer(gw: Gateway, tag: int) -> bytes:
