@@ -20,7 +20,7 @@ from m2mgw.protocol.constants import Command
 from m2mgw.service import GatewayService
 from tests.e2e.support import TestTerminal, client_for, connect_tcp, provisioned
 from tests.e2e.test_metrics import Samples, by_label, samples, value
-from tests.e2e.test_process import free_port
+from tests.twistd import free_port
 
 CONFIG = """
 [registry]

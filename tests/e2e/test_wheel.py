@@ -21,7 +21,7 @@ import pytest
 import zeep
 
 from m2mgw.config import parse_config
-from tests.e2e.test_process import free_port
+from tests.twistd import free_port
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)

@@ -15,7 +15,7 @@ from twisted.internet import defer, reactor, utils
 from m2mgw.config import parse_config
 from m2mgw.tools import app as tool
 from tests.app.gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase, sleep
-from tests.e2e.test_process import free_port
+from tests.twistd import free_port
 
 CREDENTIALS = ["--app-id", "EC0001", "--password", PASSWORD, "--base-key", BASE_KEY]
 

@@ -17,7 +17,6 @@ from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv, tlv_dict
 from m2mgw.tools import terminal as tool
 from tests.e2e.test_gateway_ip import GatewayTestCase
-from tests.e2e.test_process import free_port
 from tests.spec_examples import (
     BASE_KEY,
     DOWNLINK_PASSWORD,
@@ -26,6 +25,7 @@ from tests.spec_examples import (
     SERIAL,
     UPLINK_PASSWORD,
 )
+from tests.twistd import free_port
 
 IDENTITY = ["--serial", SERIAL, "--imei", IMEI, "--imsi", IMSI,
             "--uplink-password", UPLINK_PASSWORD, "--downlink-password", DOWNLINK_PASSWORD,

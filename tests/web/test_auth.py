@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from m2mgw.config import GatewayConfig, parse_config
 from m2mgw.service import GatewayService, StartupError
 from m2mgw.web import auth
-from tests.e2e.test_process import TWISTD
+from tests.twistd import gateway_argv
 from tests.web import call, header, start_gateway
 
 
@@ -140,7 +140,7 @@ def test_twistd_refuses_all_interfaces_without_a_token_in_one_line(tmp_path: Pat
         f"[registry]\ndatabase = {tmp_path}/m2mgw.db\n[tcp]\nlisten = none\n[udp]\n"
         "enabled = no\n[http]\nlisten = none\n[admin]\nlisten = tcp:0:interface=0.0.0.0\n"
     )
-    result = subprocess.run([TWISTD, "-n", "--pidfile=", "m2mgw", "--config", str(ini)],
+    result = subprocess.run(gateway_argv(ini),
                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
