@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.test_startup import gateway_argv, health, processes, wait_until, write_ini
+from tests.twistd import gateway_argv, health, processes, wait_until, write_ini
 
 __all__ = ["processes"]  # the fixture, used by name
 
