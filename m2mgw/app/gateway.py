@@ -590,6 +590,11 @@ class ApplicationService(service.Service):
     def connections(self, app_id: str) -> list[Any]:
         return list(self._state(app_id).connections)
 
+    def base_key_scheduled(self, app_id: str) -> None:
+        """A Base Key rotation was set: the application's live sessions announce it now."""
+        for connection in self.connections(app_id):
+            connection.base_key_scheduled()
+
     # --- operations (3.2) -----------------------------------------------------------
 
     def handle(self, app: Application, request: object) -> Deferred[Any]:

@@ -112,6 +112,12 @@ LOGIN_TIMEOUT = 60.0
 HEARTBEAT_DEFAULT, HEARTBEAT_MIN, HEARTBEAT_MAX = 60, 10, 600
 DUPLICATE_WINDOW = 300.0
 SESSION_TTL = 86_400
+#: The platform replaces a Session Key (APP_KEY_UPDATE type 1) at this fraction of its
+#: life, ``session_ttl``, and the new key lives ``session_ttl`` again (D-343).
+KEY_REFRESH_AT = 0.9
+#: Seconds until a refresh that could not be sent yet (the window full, another key
+#: update or a part exchange open, the login not confirmed) is tried again.
+KEY_REFRESH_RETRY = 1.0
 MAX_TIMEOUTS_IN_A_ROW = 3
 #: 6.7: bodies longer than this (after encryption) travel in ``4008`` parts ...
 FRAGMENT_THRESHOLD = 60_000
@@ -1682,6 +1688,8 @@ class PlatformSession(_Session):
         self._login: LoginRequested | None = None
         self._login_frame: Frame | None = None
         self._ttl_end: float | None = None
+        self._session_ttl = SESSION_TTL
+        self._refresh_at: float | None = None
         self._key_update: tuple[int, bytes | None] | None = None  # (seq, new session key)
         #: Whether the application proved, after the ACK, that it holds the password
         #: (:class:`LoginConfirmed`); until then nothing but APP_LOGOUT is sent (D-256).
@@ -1740,15 +1748,19 @@ class PlatformSession(_Session):
         """Open the session: send APP_LOGIN_ACK 0 with a fresh wrapped Session Key.
 
         ``timestamp`` must exceed the application's previous session timestamp (6.5.1);
-        ``base_key`` overrides the looked-up one (e.g. after a scheduled rotation).
+        ``base_key`` overrides the looked-up one (e.g. after a scheduled rotation), for
+        the key blobs of later updates too. The Session Key is replaced before
+        ``session_ttl`` is up (:data:`KEY_REFRESH_AT`).
         """
         login, creds = self._pending_login()
+        if base_key is not None:
+            # The key the application logged in under: 7.5 wraps updates in it too.
+            creds = self.credentials = dataclasses.replace(creds, base_key=base_key)
         key = session_key if session_key is not None else keys.generate_session_key(self._random)
         response = ops.LoginResponse(
             result_code=ops.ResultCode.OK,
             server_time=timestamp,
-            session_key=keys.wrap_session_key(creds.profile, base_key or creds.base_key, key,
-                                              self._random),
+            session_key=keys.wrap_session_key(creds.profile, creds.base_key, key, self._random),
             heartbeat_interval=clamp_heartbeat(login.request.heartbeat_interval),
             session_ttl=session_ttl,
         )
@@ -1764,7 +1776,8 @@ class PlatformSession(_Session):
         self._write(raw, now)
         self.cipher = keys.session_cipher(creds.profile, key, self._random)
         self.state = State.ACTIVE
-        self._ttl_end = now + session_ttl
+        self._session_ttl = session_ttl
+        self._key_issued(now)
         # A conforming application speaks within one heartbeat interval (6.6).
         self._confirm_by = now + self.heartbeat + ANSWER_TIMEOUT
         self.last_received = now
@@ -1817,8 +1830,15 @@ class PlatformSession(_Session):
         """APP_KEY_UPDATE awaits its ACK: no other request may be sent (AD-12)."""
         return self._key_update is not None
 
+    def _key_issued(self, now: float) -> None:
+        """A Session Key came into use: it lives ``session_ttl`` (7.3), and is replaced
+        before that (7.3 step 4) if the session is to go on."""
+        self._ttl_end = now + self._session_ttl
+        self._refresh_at = now + KEY_REFRESH_AT * self._session_ttl
+
     def update_session_key(self, now: float, session_key: bytes | None = None) -> int:
-        """APP_KEY_UPDATE type 1: the new key takes effect at its ACK (7.5).
+        """APP_KEY_UPDATE type 1: the new key takes effect at its ACK (7.5), for a new
+        ``session_ttl``.
 
         Refused while a part exchange is open: its parts were (or are being) encrypted
         under the old key, and would be decrypted under the new one.
@@ -1860,6 +1880,7 @@ class PlatformSession(_Session):
                 return
             if key is not None and self.credentials is not None:
                 self.cipher = keys.session_cipher(self.credentials.profile, key, self._random)
+                self._key_issued(now)
             self._events.append(KeyUpdated(pending.payload.key_type))
             return
         super()._on_answer(seq, pending, response, now)
@@ -1891,6 +1912,8 @@ class PlatformSession(_Session):
         times = [self.last_received + 3 * self.heartbeat]
         if self._ttl_end is not None and self.state is State.ACTIVE:
             times.append(self._ttl_end)
+        if self._refresh_at is not None and self.state is State.ACTIVE:
+            times.append(self._refresh_at)
         if self._confirm_by is not None:
             times.append(self._confirm_by)
         return times
@@ -1913,6 +1936,23 @@ class PlatformSession(_Session):
             self._key_update = None
             self._send_request(Command.APP_LOGOUT, ops.Logout(reason=5), now)
             self.state = State.ENDED  # the ACK (or its timeout) closes the connection
+        elif (self._refresh_at is not None and now >= self._refresh_at
+              and self.state is State.ACTIVE):
+            self._refresh_key(now)
+
+    def _refresh_key(self, now: float) -> None:
+        """Replace the Session Key before its ``session_ttl`` is up (7.3 step 4, D-343);
+        a session that cannot send the update yet tries again shortly, and one that
+        never could still ends at its TTL with APP_LOGOUT reason 5."""
+        try:
+            self.update_session_key(now)
+        except SessionError as exc:
+            self._refresh_at = now + KEY_REFRESH_RETRY
+            _log.debug("application {app_id}: Session Key refresh waits: {why}",
+                       app_id=self.app_id, why=exc.reason)
+            return
+        self._refresh_at = None
+        _log.info("application {app_id}: Session Key refresh sent", app_id=self.app_id)
 
 
 # --- application side ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ APP_FIELDS = (
     "app_id", "password", "base_key", "base_key_expiry", "cipher", "ec_code", "callback_url",
     "terminals", "permissions", "require_session", "next_base_key", "next_base_key_from",
 )
+ROTATION_FIELDS = ("next_base_key", "next_base_key_from")
 MAX_PASSWORD = 64
 
 
@@ -60,6 +61,18 @@ def _unix_time(value: Any, what: str) -> int | None:
     return value
 
 
+def _rotation(next_key: Any, next_from: Any, cipher: str, base_key: str) -> tuple[str, int]:
+    """7.2 step 3: the Base Key that follows ``base_key`` and the UNIX time from which
+    logins use it, checked; announced by APP_KEY_UPDATE type 2 on the long connection."""
+    next_key = _base_key(next_key, cipher, "next_base_key")
+    if next_key == base_key:
+        raise RequestError("next_base_key must differ from base_key")
+    effective = _unix_time(next_from, "next_base_key_from")
+    if effective is None:
+        raise RequestError("next_base_key_from is required")
+    return next_key, effective
+
+
 def _string_set(value: Any, what: str) -> list[Any]:
     if value is None:
         return []
@@ -90,15 +103,11 @@ def application_from_json(params: Mapping[str, Any], registry: ITerminalRegistry
     base_key = _base_key(params.get("base_key") or keys.generate_base_key(cipher), cipher,
                          "base_key")
     expiry = _unix_time(params.get("base_key_expiry"), "base_key_expiry")
-    # 7.2 step 3: a scheduled rotation, announced by APP_KEY_UPDATE type 2 at each login.
     next_key, next_from = params.get("next_base_key"), params.get("next_base_key_from")
     if (next_key is None) != (next_from is None):
         raise RequestError("next_base_key and next_base_key_from go together")
     if next_key is not None:
-        next_key = _base_key(next_key, cipher, "next_base_key")
-        if next_key == base_key:
-            raise RequestError("next_base_key must differ from base_key")
-    next_from = _unix_time(next_from, "next_base_key_from")
+        next_key, next_from = _rotation(next_key, next_from, cipher, base_key)
     terminals = set()
     for serial in _string_set(params.get("terminals"), "terminals"):
         if not isinstance(serial, str) or not is_valid_terminal_id(serial):
@@ -145,6 +154,39 @@ def provision(registry: ITerminalRegistry, params: Mapping[str, Any]) -> Deferre
     d = registry.add_application(app)
     d.addCallback(lambda _: bind_terminals(registry, app))
     return d.addCallback(lambda _: describe_application(app, secrets=True))
+
+
+def schedule_rotation(
+    registry: ITerminalRegistry, app_id: str, params: Mapping[str, Any], now: float
+) -> Deferred[dict[str, Any]]:
+    """Set (or replace) the Base Key rotation of a provisioned application (7.2 step 3).
+
+    ``next_base_key`` is generated when not given and shown once in the answer, like a
+    provisioned secret; ``next_base_key_from`` is required. A rotation whose time had
+    come (no login since to apply it) is put in force first, so the new key follows
+    the one applications were told of. Fires once stored; a running gateway then
+    announces it on the application's live sessions (D-344).
+    """
+    if not isinstance(params, Mapping):
+        raise RequestError("app-rotate-key: parameters must be a JSON object")
+    unknown = sorted(set(params) - set(ROTATION_FIELDS))
+    if unknown:
+        raise RequestError(f"app-rotate-key: unknown parameter(s) {', '.join(unknown)}")
+    app = registry.application(app_id)
+    if app is None:
+        raise LookupError(f"unknown application {app_id}")
+    state = keys.BaseKeyState(app.cipher, app.base_key, app.base_key_expiry,
+                              app.next_base_key, app.next_base_key_from,
+                              app.next_base_key_expiry)
+    state.current(now)
+    next_key = params.get("next_base_key") or keys.generate_base_key(app.cipher)
+    next_key, effective = _rotation(next_key, params.get("next_base_key_from"), app.cipher,
+                                    state.key)
+    app.base_key, app.base_key_expiry = state.key, state.expires_at
+    app.next_base_key, app.next_base_key_from, app.next_base_key_expiry = (
+        next_key, effective, None)
+    d = registry.save_application(app)
+    return d.addCallback(lambda _: {**describe_application(app), "next_base_key": next_key})
 
 
 def describe_application(app: Application, *, secrets: bool = False) -> dict[str, Any]:

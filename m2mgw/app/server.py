@@ -41,6 +41,8 @@ class AppConnection(Protocol):
         self.login_type = 0
         self._timer: IDelayedCall | None = None
         self._offers: dict[int, Deferred[bool]] = {}
+        #: The (next Base Key, effective time) last announced on this connection.
+        self._announced: tuple[str, int] | None = None
 
     # --- transport --------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class AppConnection(Protocol):
         elif isinstance(event, lc.KeyUpdated):
             log.info("Application {app_id} acknowledged key update type {key_type}",
                      app_id=self.app.app_id if self.app else None, key_type=event.key_type)
+            self._announce_base_key()  # one that waited for this update's ACK (7.5)
             if self.app is not None:
                 self.apps.pump(self.app.app_id)  # resume the notifications held back
         elif isinstance(event, lc.AnswerReceived | lc.RequestFailed):
@@ -137,6 +140,7 @@ class AppConnection(Protocol):
                 R.OK, R.DUPLICATE)
             if offer is not None:
                 offer.callback(ok)
+            self._announce_base_key()  # one that waited for a place in the window
         elif isinstance(event, lc.Closed):
             log.info("Application connection of {app_id} closed: {reason}",
                      app_id=self.app.app_id if self.app else None, reason=event.reason)
@@ -188,20 +192,35 @@ class AppConnection(Protocol):
                 self.replace(now)
                 return
             live[0].replace(now)
+        self._announce_base_key()  # first: kept notifications wait for its ACK (7.5)
         self.apps.connection_opened(app.app_id, self)
-        self._announce_base_key(app, now)
 
-    def _announce_base_key(self, app: Application, now: float) -> None:
-        """7.2 step 3: a provisioned next Base Key goes out with APP_KEY_UPDATE type 2.
+    def base_key_scheduled(self) -> None:
+        """A rotation was set on the application while this session is live: announced
+        at once, not at its next login (D-344)."""
+        self._announce_base_key()
+        self._after([])
 
-        Once per connection, once the login is confirmed; a login at or after the
-        effective time has already rotated (``ApplicationService.base_key``), so nothing
-        is left to announce then. A refusal or timeout ends the session with APP_LOGOUT 6.
+    def _announce_base_key(self) -> None:
+        """7.2 step 3: the application's next Base Key goes out with APP_KEY_UPDATE type 2.
+
+        Once per connection and rotation: once the login is confirmed, and when a
+        rotation is set during the session. A login at or after the effective time has
+        already rotated (``ApplicationService.base_key``), so nothing is left to announce
+        then. It waits for another key update's ACK (7.5) or a place in the window. A
+        refusal or timeout ends the session with APP_LOGOUT 6.
         """
+        session = self.session
+        app = None if self.app is None else self.apps.application(self.app.app_id)
+        if app is None or session is None or self.capacity() <= 0:
+            return
         if app.next_base_key is None or app.next_base_key_from is None:
             return
-        assert self.session is not None
-        self.session.announce_base_key(now, app.next_base_key, app.next_base_key_from)
+        rotation = (app.next_base_key, app.next_base_key_from)
+        if rotation == self._announced:
+            return
+        session.announce_base_key(self.clock.seconds(), *rotation)
+        self._announced = rotation
         log.info("Announced the next Base Key of {app_id}, effective {effective}",
                  app_id=app.app_id, effective=app.next_base_key_from)
 

@@ -260,6 +260,8 @@ def with_registry(
         raise CliError(2, str(error))
     if isinstance(error, RegistryError | OSError):
         raise CliError(1, str(error))
+    if isinstance(error, LookupError) and not isinstance(error, KeyError | IndexError):
+        raise CliError(1, str(error))  # an unknown record, as the admin API's 404
     if error is not None:
         raise CliError(1, f"{type(error).__name__}: {error}")
     return outcome.get("value")
@@ -439,6 +441,23 @@ def cmd_app_provision(ctx: Context, args: argparse.Namespace) -> int:
         "POST",
         _asking(args, "/apps"),
         lambda registry: provision.provision(registry, params),
+        body=params,
+        write=True,
+    )
+    _print(record, args)
+    return 0
+
+
+def cmd_app_rotate_key(ctx: Context, args: argparse.Namespace) -> int:
+    """Schedule an application's next Base Key (application spec 7.2 step 3); a running
+    gateway announces it at once on the application's long connection (D-344)."""
+    params: dict[str, Any] = {"next_base_key_from": args.next_base_key_from}
+    if args.next_base_key is not None:
+        params["next_base_key"] = args.next_base_key
+    record = ctx.either(
+        "POST",
+        _asking(args, f"/apps/{quote(args.app_id, safe='')}/base-key"),
+        lambda registry: provision.schedule_rotation(registry, args.app_id, params, time.time()),
         body=params,
         write=True,
     )
@@ -859,6 +878,15 @@ def make_parser() -> _Parser:
     )
     _output(p, "print the record as one JSON object")
     p.set_defaults(run=cmd_app_provision)
+
+    p = sub.add_parser("app-rotate-key", help="schedule an application's next Base Key")
+    p.add_argument("--app-id", required=True, help="the provisioned application")
+    p.add_argument("--next-base-key",
+                   help="the Base Key that follows (default: generated; see --show-secrets)")
+    p.add_argument("--next-base-key-from", type=int, required=True, metavar="TIME",
+                   help="UNIX time from which logins use it; live sessions are told at once")
+    _output(p, "print the record as one JSON object")
+    p.set_defaults(run=cmd_app_rotate_key)
 
     p = sub.add_parser("apps", help="list applications")
     _paging(p, cursor=False)

@@ -489,9 +489,44 @@ class _Apps(_Api):
     def do_GET(self, request: Request) -> Result:
         return 200, views.list_apps(self.gateway.registry, _params(request))
 
+    item = ("app_id", lambda parent, key: _AppItem(parent.gateway, key))
+
     def do_POST(self, request: Request) -> Deferred[Result]:
         d = provision.provision(self.gateway.registry, _json_body(request))
         return d.addCallback(lambda view: (201, view))
+
+
+class _AppItem(_Api):
+    """``/apps/<app_id>``: the application's sub-resources."""
+
+    routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
+        b"base-key": lambda item: _AppBaseKey(item.gateway, item.app_id),
+    }
+
+    def __init__(self, gateway: GatewayService, app_id: str) -> None:
+        super().__init__(gateway)
+        self.app_id = app_id
+
+
+class _AppBaseKey(_Api):
+    """``POST`` sets the application's Base Key rotation (7.2 step 3), announced at once
+    on its live long-connection sessions (D-344)."""
+
+    def __init__(self, gateway: GatewayService, app_id: str) -> None:
+        super().__init__(gateway)
+        self.app_id = app_id
+
+    def do_POST(self, request: Request) -> Deferred[Result]:
+        gateway = self.gateway
+        d = provision.schedule_rotation(
+            gateway.registry, self.app_id, _json_body(request), self.now()
+        )
+
+        def stored(view: dict[str, Any]) -> Result:
+            gateway.apps.base_key_scheduled(self.app_id)
+            return 200, view
+
+        return d.addCallback(stored)
 
 
 class _Terminals(_Api):

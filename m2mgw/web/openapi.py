@@ -229,6 +229,19 @@ def _paths() -> Json:
                                                "required": ["app_id"]},
                         tag="applications"),
         },
+        "/apps/{app_id}/base-key": {"post": _op(
+            "Set the application's Base Key rotation (application spec 7.2): the next key "
+            "(generated if not given) and the UNIX time from which logins use it; its live "
+            "long-connection sessions are told at once (APP_KEY_UPDATE type 2)",
+            _json(_ref("Application"), "Scheduled; next_base_key with show_secrets=1"),
+            params=({"name": "app_id", "in": "path", "required": True,
+                     "schema": {"type": "string"}}, *_SECRETS),
+            body={"type": "object", "required": ["next_base_key_from"],
+                  "properties": {"next_base_key": {"type": "string"},
+                                 "next_base_key_from": {"type": "integer"}},
+                  "additionalProperties": False},
+            tag="applications",
+        )},
         "/alarms": {"get": _op("Alarm history", _json(_page_of("Alarm"), page),
                                params=(_SERIAL_FILTER, *_ALARM_FILTERS, *_CURSOR_PAGING))},
         "/messages": {"get": _op("The message log", _json(_page_of("Message"), page),

@@ -240,17 +240,23 @@ def test_header_checks() -> None:
 class Link:
     """A client and a platform session wired back to back, with a shared clock."""
 
-    def __init__(self, *, encrypt_notifications: bool = False, profile: str = "legacy") -> None:
+    def __init__(self, *, encrypt_notifications: bool = False, profile: str = "legacy",
+                 session_ttl: int = lc.SESSION_TTL, base_key: str | None = None) -> None:
+        """``base_key``: the one the platform logs the client in under, not the
+        looked-up one (a rotation that took effect at this login)."""
         self.creds = dataclasses.replace(
             APP, profile=profile, base_key=APP.base_key[:16] if profile == "aes" else APP.base_key
         )
         self.now = 0.0
-        self.client = lc.ClientSession(self.creds, self.now)
+        client = self.creds if base_key is None else dataclasses.replace(self.creds,
+                                                                          base_key=base_key)
+        self.client = lc.ClientSession(client, self.now)
         self.platform = lc.PlatformSession(lambda a: self.creds if a == "EC0001" else None,
                                            self.now)
         self.client.login(self.now, encrypt_notifications=encrypt_notifications)
         [request] = self.to_platform()
-        self.platform.accept_login(self.now, timestamp=TS)
+        self.platform.accept_login(self.now, timestamp=TS, session_ttl=session_ttl,
+                                   base_key=base_key)
         [logged_in] = self.to_client()
         assert isinstance(request, lc.LoginRequested) and isinstance(logged_in, lc.LoggedIn)
         # The client's heartbeat right after the ACK confirms the login (D-256, D-258).
