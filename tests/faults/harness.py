@@ -52,8 +52,8 @@ from m2mgw.protocol.header import Header
 from tests.admin_token import admin_token
 from tests.app.gateway_support import BASE_KEY as APP_BASE_KEY
 from tests.app.gateway_support import PASSWORD as APP_PASSWORD
-from tests.e2e.support import client_for, provisioned
-from tests.e2e.test_process import TWISTD, free_port
+from tests.e2e.support import client_for, provisioned, provisioning
+from tests.twistd import free_port, gateway_argv, local, write_ini
 from tests.web import call
 
 log = Logger()
@@ -254,23 +254,11 @@ class GatewayProcess:
     def __init__(self, reactor: Any, root: Path) -> None:
         self.reactor = reactor
         self.root = root
-        self.tcp, self.app, self.admin = free_port(), free_port(), free_port()
-        self.ini = root / "m2mgw.ini"
-        self.ini.write_text(f"""
-[registry]
-database = {root / "m2mgw.db"}
-[tcp]
-listen = tcp:{self.tcp}:interface=127.0.0.1
-[udp]
-enabled = no
-[http]
-listen = none
-files_dir = {root / "files"}
-[admin]
-listen = tcp:{self.admin}:interface=127.0.0.1
-[app]
-listen = tcp:{self.app}:interface=127.0.0.1
-""")
+        self.tcp, self.app = free_port(), free_port()
+        self.ini, self.admin = write_ini(
+            root, tcp={"listen": local(self.tcp)}, udp={"enabled": "no"},
+            http={"listen": "none"}, app={"listen": local(self.app)},
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._token: str | None = None
@@ -282,11 +270,8 @@ listen = tcp:{self.app}:interface=127.0.0.1
         """Start and wait for ``/health`` 200; the seconds that took (D-276)."""
         assert self.proc is None or self.proc.poll() is not None
         started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "-l", str(self.log_path(self.starts)), "m2mgw",
-             "--config", str(self.ini)],
-            cwd=self.root, stdin=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(gateway_argv(self.ini, self.log_path(self.starts)),
+                                     cwd=self.root, stdin=subprocess.DEVNULL)
         self.starts += 1
         while time.monotonic() - started < START_TIMEOUT:
             if self.proc.poll() is not None:
@@ -414,14 +399,6 @@ class LoadTerminal:
     def serial(self) -> str:
         assert self.record.serial is not None
         return self.record.serial
-
-    def provisioning(self) -> dict[str, Any]:
-        creds = self.record.current
-        assert creds is not None
-        return {"serial": self.serial, "imei": self.record.imei, "imsi": self.record.imsi,
-                "uplink_password": creds.uplink_password,
-                "downlink_password": creds.downlink_password, "base_key": creds.base_key,
-                "cipher": self.record.cipher, "apps": [APP_ID], "default_app": APP_ID}
 
     @property
     def online(self) -> bool:
@@ -661,7 +638,7 @@ async def run(reactor: Any, plan: Plan, root: Path) -> Report:
         terminals = [LoadTerminal(reactor, i, plan, ledger, gateway.tcp)
                      for i in range(plan.terminals)]
         for terminal in terminals:
-            await gateway.api("POST", "/terminals", terminal.provisioning())
+            await gateway.api("POST", "/terminals", provisioning(terminal.record))
         await gateway.api("POST", "/apps", {
             "app_id": APP_ID, "password": APP_PASSWORD, "base_key": APP_BASE_KEY,
             "terminals": [t.serial for t in terminals]})
