@@ -28,15 +28,7 @@ import pytest
 from m2mgw.core import terminal as core
 from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import bearer
-from tests.spec_examples import (
-    BASE_KEY,
-    DOWNLINK_PASSWORD,
-    IMEI,
-    IMSI,
-    SERIAL,
-    SYNC_VALUES,
-    UPLINK_PASSWORD,
-)
+from tests.e2e.support import client_for, provisioned
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 #: One line at error level or above, in twistd's text log format.
@@ -248,15 +240,7 @@ class UdpTerminal:
     """The example terminal over a blocking UDP socket."""
 
     def __init__(self, port: int) -> None:
-        identity = core.TerminalIdentity(
-            serial=SERIAL,
-            imei=IMEI,
-            imsi=IMSI,
-            credentials=core.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD, base_key=BASE_KEY),
-            cipher="legacy",
-            config=dict(SYNC_VALUES),
-        )
-        self.client = core.TerminalClient(identity, "udp", clock=time.time)
+        self.client = client_for(provisioned(), "udp")
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.settimeout(0.2)
         self.target = ("127.0.0.1", port)
@@ -272,14 +256,19 @@ class UdpTerminal:
                 if until(event):
                     self.events.remove(event)
                     return event
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            self.events.extend(self.client.receive(data, time.time()))
-            for out in self.client.data_to_send():
-                self.send(out)
+            self.receive()
         raise AssertionError(f"timed out; events: {self.events}")
+
+    def receive(self) -> None:
+        """Take the next datagram, if one comes within the socket's timeout; keep its
+        events and send what the client answers."""
+        try:
+            data, _ = self.sock.recvfrom(65535)
+        except TimeoutError:
+            return
+        self.events.extend(self.client.receive(data, time.time()))
+        for out in self.client.data_to_send():
+            self.send(out)
 
     def log_in(self) -> core.LoggedIn | core.LoginFailed:
         """Send a LOGIN; its outcome."""

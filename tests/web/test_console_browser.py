@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,13 +76,7 @@ def row_of(driver: WebDriver, serial: str) -> list[str]:
 def serve(terminal: UdpTerminal, stop: threading.Event) -> None:
     """Answer the gateway (CONFIG_GET included) until ``stop``, keeping every event."""
     while not stop.is_set():
-        try:
-            data, _ = terminal.sock.recvfrom(65535)
-        except TimeoutError:
-            continue
-        terminal.events.extend(terminal.client.receive(data, time.time()))
-        for out in terminal.client.data_to_send():
-            terminal.send(out)
+        terminal.receive()
 
 
 def provision(gateway: Gateway, serial: str, imei: str) -> None:
