@@ -7,7 +7,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Protocol
 
@@ -61,6 +61,16 @@ def start_gateway(db: str, extra: str = ""):  # type: ignore[no-untyped-def]
     gateway.startService()
     yield gateway.ready
     return gateway
+
+
+@defer.inlineCallbacks
+def until(condition: Any, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` on the real reactor until it holds (the gateway runs there)."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not met in time")
+        yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 def provisioned(index: int = 0, **changes: Any) -> Terminal:

@@ -4,9 +4,7 @@ from a terminal provisioned ``strict``."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from m2mgw.app import operations as ops
 from m2mgw.core import terminal as core
@@ -19,7 +17,7 @@ from tests.admin_token import admin_token
 from tests.app.gateway_support import AppGatewayTestCase
 from tests.web import call
 
-from .support import TestTerminal, connect_tcp
+from .support import TestTerminal, connect_tcp, until
 
 R = ops.ResultCode
 PROVISION = {
@@ -27,16 +25,6 @@ PROVISION = {
     "uplink_password": cmcc.UPLINK_PASSWORD, "downlink_password": cmcc.DOWNLINK_PASSWORD,
     "base_key": cmcc.BASE_KEY,
 }  # fmt: skip
-
-
-@defer.inlineCallbacks
-def until(condition: Any, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    """Poll ``condition`` on the real reactor until it holds (the gateway runs there)."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 class CompatEndToEndTest(AppGatewayTestCase):

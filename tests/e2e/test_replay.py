@@ -21,7 +21,7 @@ from m2mgw.protocol.security import DigestKey
 from m2mgw.protocol.tlv import Tlv
 from tests import cmcc
 
-from .support import TestTerminal, connect_tcp, provisioned
+from .support import TestTerminal, connect_tcp, provisioned, until
 from .test_gateway_ip import GatewayTestCase, sleep
 
 #: The response cache forgets at once, so that every replay comes "once the cache has
@@ -77,15 +77,6 @@ def capture(term: TestTerminal) -> list[bytes]:
 
 def of_command(frames: list[bytes], command: int) -> list[bytes]:
     return [f for f in frames if parse_frame(f).header.command_id == command]
-
-
-@defer.inlineCallbacks
-def until(condition: Any, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        yield task.deferLater(reactor, 0.02, lambda: None)
 
 
 class ReplayTestCase(GatewayTestCase):
