@@ -1,9 +1,9 @@
 """The gateway as operators run it, ``twistd -n m2mgw`` in its own process, for tests.
 
 One home for what every process test needs: free loopback ports, the ini file, the
-command line, the admin API (with the gateway's token), waiting for ``/health``, the
-systemd notify socket, and the example terminal over plain blocking sockets (no
-reactor in the test process).
+command lines (``twistd``, the CLI), the admin API (with the gateway's token), waiting
+for ``/health``, the systemd notify socket, and the example terminal over plain
+blocking sockets (no reactor in the test process).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from tests.admin_token import bearer
 from tests.e2e.support import client_for, provisioned
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
+REPO = Path(__file__).resolve().parents[1]
 #: One line at error level or above, in twistd's text log format.
 ERROR_LINE = re.compile(r"\[[^\]]*#(error|critical)\]")
 
@@ -113,6 +114,15 @@ def wait_until(check: Any, proc: subprocess.Popen[Any], log: Path, timeout: floa
             pass
         time.sleep(0.1)
     raise AssertionError("timed out; log:\n" + (log.read_text() if log.exists() else ""))
+
+
+def cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The ``m2mgw`` CLI in a subprocess on ``ini``, from the checkout (blocking: only
+    where no in-process gateway must answer)."""
+    return subprocess.run(
+        [sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
 
 
 @pytest.fixture

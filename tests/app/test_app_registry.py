@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +20,8 @@ from m2mgw.core.requests import RequestError
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from tests.admin_token import bearer
 from tests.e2e.support import provisioned, start_gateway
+from tests.twistd import cli
 
-REPO = Path(__file__).resolve().parents[2]
 KEY = "AppBaseKey0123456789ABCD"
 
 
@@ -113,27 +111,22 @@ class AdminApiTest(unittest.TestCase):
         self.assertIn("EC0009", terminal.apps)
 
 
-def run_cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
-
-
 def test_cli_provisions_an_application_without_a_running_gateway(tmp_path: Path) -> None:
     ini = tmp_path / "m2mgw.ini"
     ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
-    done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
-                   "--base-key", KEY, "--callback-url", "http://127.0.0.1:9000/n", "--json",
-                   "--show-secrets")
+    done = cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
+               "--base-key", KEY, "--callback-url", "http://127.0.0.1:9000/n", "--json",
+               "--show-secrets")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert (record["app_id"], record["base_key"], record["cipher"]) == ("EC0001", KEY, "legacy")
-    refused = run_cli(ini, "app-provision", "--app-id", "EC0002", "--password", "pw",
-                      "--base-key", "short")
+    refused = cli(ini, "app-provision", "--app-id", "EC0002", "--password", "pw",
+                  "--base-key", "short")
     assert refused.returncode == 2 and "base_key must be" in refused.stderr
-    unknown = run_cli(ini, "app-provision", "--app-id", "EC0003", "--password", "pw",
-                      "--base-key", KEY, "--terminal", "A972030000009999")
+    unknown = cli(ini, "app-provision", "--app-id", "EC0003", "--password", "pw",
+                  "--base-key", KEY, "--terminal", "A972030000009999")
     assert unknown.returncode == 2 and "unknown terminal" in unknown.stderr
-    listing = run_cli(ini, "apps")
+    listing = cli(ini, "apps")
     assert listing.returncode == 0
     assert "EC0001" in listing.stdout and "http://127.0.0.1:9000/n" in listing.stdout
     assert "s3cretPW" not in listing.stdout
@@ -143,15 +136,15 @@ def test_cli_provisions_a_base_key_rotation(tmp_path: Path) -> None:
     """7.2: the next Base Key and its effective time, announced at later logins."""
     ini = tmp_path / "m2mgw.ini"
     ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
-    done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
-                   "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC",
-                   "--next-base-key-from", "1900000000", "--json", "--show-secrets")
+    done = cli(ini, "app-provision", "--app-id", "EC0001", "--password", "s3cretPW",
+               "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC",
+               "--next-base-key-from", "1900000000", "--json", "--show-secrets")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert (record["next_base_key"], record["next_base_key_from"]) == (
         "NextBaseKey0123456789ABC", 1_900_000_000)
-    half = run_cli(ini, "app-provision", "--app-id", "EC0002", "--password", "s3cretPW",
-                   "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC")
+    half = cli(ini, "app-provision", "--app-id", "EC0002", "--password", "s3cretPW",
+               "--base-key", KEY, "--next-base-key", "NextBaseKey0123456789ABC")
     assert half.returncode == 2 and "go together" in half.stderr
 
 

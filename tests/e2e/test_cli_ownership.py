@@ -11,15 +11,13 @@ import json
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from m2mgw.core import terminal as core
 from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
-from tests.twistd import UdpTerminal, free_port, gateway_argv, local
+from tests.twistd import UdpTerminal, cli, free_port, gateway_argv, local
 
-REPO = Path(__file__).resolve().parents[2]
 OTHER_IMEI = "860000000000002"
 PRESET = (
     "--imei", IMEI, "--imsi", IMSI, "--serial", SERIAL, "--cipher", "legacy",
@@ -66,13 +64,6 @@ class Gateway:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
-
-
-def cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
 
 
 def imeis(database: Path) -> list[str]:

@@ -14,7 +14,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 from m2mgw.core import terminal as core
@@ -23,6 +22,7 @@ from tests.e2e.support import client_for, provisioned, provisioning
 from tests.twistd import (
     NotifySocket,
     admin_call,
+    cli,
     failed_start,
     free_port,
     gateway_argv,
@@ -36,7 +36,6 @@ from tests.twistd import (
 )
 
 __all__ = ["notify_socket", "processes"]  # the fixtures, used by name
-ROOT = Path(__file__).resolve().parents[2]
 UPLINK, DOWNLINK, BASE_KEY = "Up1ink0A", "Dnl1nk0B", "BaseKey0123456789ABCDEF0"
 APP = {"app_id": "EC0001", "password": "AppPassw0rd", "base_key": "AppBaseKey0123456789ABCD",
        "next_base_key": "NextBaseKey0123456789ABC", "next_base_key_from": 2_000_000_000}
@@ -64,11 +63,6 @@ def start(ini: Path, log: Path, admin: int) -> subprocess.Popen[bytes]:
 def on_disk(database: Path) -> bytes:
     wal = database.with_name(database.name + "-wal")
     return database.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
-
-
-def cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
 def test_secrets_stay_sealed_and_a_restarted_gateway_still_verifies(

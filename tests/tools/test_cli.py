@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from twisted.web import pages, server
 from m2mgw.config import parse_config
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.tools.cli import admin_client, make_parser, send_body
+from tests.twistd import cli
 from tests.web import IMEI, IMSI, SERIAL, start_gateway
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +27,6 @@ def write_ini(root: Path, admin: str) -> Path:
     ini = root / "cli.ini"
     ini.write_text(f"[registry]\ndatabase = {root}/m2mgw.db\n[admin]\nlisten = {admin}\n")
     return ini
-
-
-def cli(ini: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess (blocking: only where no in-process gateway must answer)."""
-    return subprocess.run(
-        [sys.executable, "-m", "m2mgw.tools.cli", "--config", str(ini), *args],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
-    )
 
 
 def test_send_options_become_typed_api_parameters() -> None:
