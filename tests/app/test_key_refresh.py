@@ -20,11 +20,12 @@ from twisted.internet.task import Clock
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from tests.admin_token import admin_token
+from tests.twistd import cli
 from tests.web import call
 
 from . import T0, TID
 from .gateway_support import APP_CONFIG, BASE_KEY, PASSWORD, AppGatewayTestCase, sleep
-from .test_app_registry import KEY, run_cli
+from .test_app_registry import KEY
 from .test_longconn import Link
 
 R = ops.ResultCode
@@ -213,17 +214,17 @@ class RotationAnnouncedAtOnceTest(LiveSessionCase):
 def test_cli_schedules_a_rotation_without_a_running_gateway(tmp_path: Path) -> None:
     ini = tmp_path / "m2mgw.ini"
     ini.write_text(f"[registry]\ndatabase = {tmp_path / 'm2mgw.db'}\n[admin]\nlisten = none\n")
-    done = run_cli(ini, "app-provision", "--app-id", "EC0001", "--password", PASSWORD,
-                   "--base-key", KEY)
+    done = cli(ini, "app-provision", "--app-id", "EC0001", "--password", PASSWORD,
+               "--base-key", KEY)
     assert done.returncode == 0, done.stderr
-    done = run_cli(ini, "app-rotate-key", "--app-id", "EC0001", "--next-base-key-from",
-                   "1900000000", "--json", "--show-secrets")
+    done = cli(ini, "app-rotate-key", "--app-id", "EC0001", "--next-base-key-from",
+               "1900000000", "--json", "--show-secrets")
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout)
     assert record["next_base_key_from"] == 1_900_000_000
     assert len(record["next_base_key"]) == len(KEY) and record["next_base_key"] != KEY
-    masked = run_cli(ini, "app-rotate-key", "--app-id", "EC0001", "--next-base-key",
-                     NEW_BASE_KEY, "--next-base-key-from", "1900000001", "--json")
+    masked = cli(ini, "app-rotate-key", "--app-id", "EC0001", "--next-base-key",
+                 NEW_BASE_KEY, "--next-base-key-from", "1900000001", "--json")
     assert masked.returncode == 0 and NEW_BASE_KEY not in masked.stdout
-    unknown = run_cli(ini, "app-rotate-key", "--app-id", "NOPE", "--next-base-key-from", "1")
+    unknown = cli(ini, "app-rotate-key", "--app-id", "NOPE", "--next-base-key-from", "1")
     assert (unknown.returncode, unknown.stderr.strip()) == (1, "m2mgw: unknown application NOPE")
