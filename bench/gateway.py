@@ -216,6 +216,8 @@ database = {database}
 [tcp]
 listen = tcp:{port}:interface=127.0.0.1:backlog=1024
 max_connections = {max_connections}
+# Every load client connects from 127.0.0.1, hundreds at a time before they log in.
+max_unauthenticated_per_host = {max_connections}
 [udp]
 enabled = no
 [http]

@@ -393,6 +393,10 @@ class TcpConfig:
 
     listen: str | None = _setting("tcp:5236:interface=127.0.0.1", _endpoint)
     max_connections: int = _setting(10_000, _integer(1, 1_000_000))
+    #: Connections not logged in from one source address (D-352).
+    max_unauthenticated_per_host: int = _setting(256, _integer(1, 1_000_000))
+    #: A connection must complete one frame within this (D-350).
+    first_frame_timeout: float = _setting(10.0, _duration(0.1, 3600))
     idle_timeout: float = _setting(600.0, _duration(1))
     max_write_buffer: int = _setting(262_144, _integer(1024, 1 << 30))
 
@@ -404,6 +408,12 @@ class UdpConfig:
     port: int = _setting(5235, _integer(0, 65535))
     interface: str = _setting("127.0.0.1", _text(allow_empty=True))
     enabled: bool = _setting(True, _boolean)
+    #: Datagrams a second from one source address outside every session (D-356) ...
+    unauthenticated_rate: float = _setting(10.0, _number(0.1, 1_000_000))
+    #: ... and from all of them together.
+    unauthenticated_total_rate: float = _setting(1000.0, _number(1, 10_000_000))
+    #: SO_RCVBUF of the port, in bytes: what waits while the gateway is busy (D-356).
+    receive_buffer: int = _setting(4 * 1024 * 1024, _integer(65_536, 1 << 30))
 
 
 @dataclass(frozen=True)
@@ -524,6 +534,8 @@ class AppConfig:
     max_app_connections: int = _setting(1, _integer(1, 100))
     #: Long connections in all, logged in or not (D-314).
     max_connections: int = _setting(64, _integer(1, 100_000))
+    #: Long connections not logged in from one source address (D-358).
+    max_unauthenticated_per_host: int = _setting(16, _integer(1, 100_000))
     upgrade_source_hosts: tuple[str, ...] = _setting((), _host_list)
 
 

@@ -12,7 +12,11 @@ with them the terminals' logins and the applications' calls (issue #15 item 2).
   ever (slowloris).
 * :class:`CappedFactory` keeps each listener to ``max_connections``. At the cap a new
   connection closes the one idle the longest (an HTTP connection waiting for or still
-  receiving a request, a long connection not logged in), or is refused if none is.
+  receiving a request, a long connection not logged in), or is refused if none is;
+  optionally one source address holds at most so many of those it could close.
+* :class:`Unauthenticated` keeps a listener's connections that have not authenticated
+  yet in arrival order and per source address, so that the terminal TCP listener finds
+  what to evict among its 10,000 connections in O(1) (D-351, D-352).
 * :func:`fit_descriptor_limit` checks at start-up that all the caps together fit the
   open-file limit, raising the soft limit toward the hard one when they do not.
 """
@@ -21,10 +25,10 @@ from __future__ import annotations
 
 import itertools
 import resource
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -35,7 +39,7 @@ from twisted.web.http import HTTPChannel, Request
 from twisted.web.server import Site
 
 if TYPE_CHECKING:
-    from m2mgw.config import GatewayConfig
+    from m2mgw.config import AppConfig, GatewayConfig
 
 log = Logger()
 
@@ -188,7 +192,9 @@ class CappedFactory(WrappingFactory):
     ``idle`` ranks a connection's protocol for eviction: None keeps it, and among the
     others the lowest rank (the oldest of equals) is closed to make room for a new
     connection at the cap. With none to close, the new connection is refused: closed
-    before it is read from.
+    before it is read from. With ``per_host``, a new connection from an address that
+    already holds that many connections ``idle`` could close closes the lowest ranked
+    of them first, at the cap or not (D-358).
     """
 
     def __init__(
@@ -197,34 +203,94 @@ class CappedFactory(WrappingFactory):
         limit: int,
         idle: Callable[[Any], int | None],
         tally: Tally,
+        per_host: int | None = None,
     ) -> None:
         super().__init__(wrapped)
         self.limit = limit
         self.idle = idle
         self.tally = tally
+        self.per_host = per_host
 
     def buildProtocol(self, addr: IAddress | None) -> ProtocolWrapper | None:  # type: ignore[override]
-        if len(self.protocols) >= self.limit and not self._evict():
+        host = getattr(addr, "host", None)
+        if self.per_host is not None and host is not None:
+            same = [wrapper for wrapper in self.protocols if _host(wrapper) == host]
+            if self._evict(same, self.per_host, "evicted: too many from one address"):
+                return super().buildProtocol(addr)
+        if len(self.protocols) >= self.limit and not self._evict(
+                self.protocols, 1, "evicted at the cap"):
             self.tally.note("refused at the cap")
             return None
         return super().buildProtocol(addr)
 
-    def _evict(self) -> bool:
+    def _evict(self, among: Any, threshold: int, what: str) -> bool:
+        """Close the lowest ranked of ``among`` if at least ``threshold`` can be closed."""
         ranked = [
             (rank, wrapper)
-            for wrapper in self.protocols
+            for wrapper in among
             if (rank := self.idle(wrapper.wrappedProtocol)) is not None
         ]
-        if not ranked:
+        if len(ranked) < threshold:
             return False
         _, victim = min(ranked, key=lambda pair: pair[0])
         del self.protocols[victim]  # its place is free now; its connectionLost comes later
         victim.transport.abortConnection()
-        self.tally.note("evicted at the cap")
+        self.tally.note(what)
         return True
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         self.protocols.pop(p, None)
+
+
+def _host(wrapper: ProtocolWrapper) -> str | None:
+    return getattr(wrapper.transport.getPeer(), "host", None)
+
+
+_Connection = TypeVar("_Connection", bound=Hashable)
+
+
+class Unauthenticated(Generic[_Connection]):
+    """A listener's connections that have not authenticated yet: oldest first, and per
+    source address, each step O(1) (D-351, D-352).
+
+    A connection joins when it is accepted and leaves when it authenticates, is closed
+    or is evicted (:meth:`discard`).
+    """
+
+    __slots__ = ("_by_host", "_order")
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[_Connection, str] = OrderedDict()
+        self._by_host: dict[str, OrderedDict[_Connection, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, connection: object) -> bool:
+        return connection in self._order
+
+    def add(self, connection: _Connection, host: str) -> None:
+        self._order[connection] = host
+        self._by_host.setdefault(host, OrderedDict())[connection] = None
+
+    def discard(self, connection: _Connection) -> None:
+        host = self._order.pop(connection, None)
+        if host is None:
+            return
+        same = self._by_host[host]
+        del same[connection]
+        if not same:
+            del self._by_host[host]
+
+    def from_host(self, host: str) -> int:
+        """How many of them came from ``host``."""
+        same = self._by_host.get(host)
+        return len(same) if same else 0
+
+    def oldest(self, host: str | None = None) -> _Connection | None:
+        """The one accepted first, of all or of ``host``'s; None if there is none."""
+        order = self._order if host is None else self._by_host.get(host)
+        return next(iter(order)) if order else None
 
 
 def limited_site(listener: str, site: Site, limits: HttpLimits, clock: IReactorTime
@@ -243,14 +309,18 @@ def limited_site(listener: str, site: Site, limits: HttpLimits, clock: IReactorT
 
 
 def _not_logged_in(connection: Any) -> int | None:
-    """Long connections (``AppConnection``): those not logged in go first, oldest first."""
-    return None if connection.app is not None else 0
+    """Long connections (``AppConnection``): those whose login is not confirmed by a
+    signed message go first, oldest first; an APP_LOGIN alone proves nothing (D-358)."""
+    session = connection.session
+    return None if session is not None and session.confirmed else 0
 
 
-def capped_long_connections(factory: Factory, limit: int, clock: IReactorTime
+def capped_long_connections(factory: Factory, section: AppConfig, clock: IReactorTime
                             ) -> CappedFactory:
-    """The ``[app] listen`` factory within ``[app] max_connections`` (D-314)."""
-    return CappedFactory(factory, limit, _not_logged_in, Tally("app", clock))
+    """The ``[app] listen`` factory within ``[app] max_connections`` and
+    ``max_unauthenticated_per_host`` (D-314, D-358)."""
+    return CappedFactory(factory, section.max_connections, _not_logged_in, Tally("app", clock),
+                         per_host=section.max_unauthenticated_per_host)
 
 
 # --- the descriptor budget -----------------------------------------------------------------

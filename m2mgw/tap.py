@@ -39,11 +39,12 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from m2mgw.service import GatewayService, exit_on_startup_failure
+    from m2mgw.service import GatewayService, exit_on_startup_failure, freeze_heap_when_ready
     from m2mgw.systemd import Notifier
 
     gateway = GatewayService(
         options["gateway_config"], reactor, notifier=Notifier.from_environment()
     )
+    freeze_heap_when_ready(gateway)  # before: a failure handled must not look like ready
     exit_on_startup_failure(gateway)
     return gateway

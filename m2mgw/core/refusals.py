@@ -15,6 +15,7 @@ recently refused serials and sources are forgotten first (D-153).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -57,11 +58,18 @@ class Reason(StrEnum):
     REPLAYED = "replayed"
     #: A TCP connection closed for carrying no authenticated message in time (D-291).
     LOGIN_TIMEOUT = "login-timeout"
+    #: A TCP connection closed for completing no frame in time (D-350).
+    FIRST_FRAME_TIMEOUT = "first-frame-timeout"
+    #: A TCP connection not logged in, closed to make room for a new one (D-351, D-352).
+    EVICTED = "evicted"
+    #: A datagram from outside every session, over its source's or the total rate (D-356).
+    RATE_LIMITED = "rate-limited"
 
 
 #: Refusals that point at an attack or a misconfigured secret: logged as warnings.
 _WARN = frozenset(
-    {Reason.AUTH_FAILED, Reason.MISSING_DIGEST, Reason.HEADER_ONLY_DIGEST, Reason.CONNECTION_CAP}
+    {Reason.AUTH_FAILED, Reason.MISSING_DIGEST, Reason.HEADER_ONLY_DIGEST, Reason.CONNECTION_CAP,
+     Reason.EVICTED, Reason.RATE_LIMITED}
 )
 
 #: The optional terminal keys of a refusal line, in the order its text names them.
@@ -89,6 +97,46 @@ class _Bucket:
         return True
 
 
+class RateLimit:
+    """A token bucket per source under one bucket that all sources share.
+
+    A source may pass ``burst`` events at once, then ``rate`` a second; all sources
+    together ``total_burst``, then ``total_rate`` a second. The source's own bucket is
+    tried first, so one noisy source cannot use up the shared one. Past ``max_sources``
+    the least recently seen source is forgotten (it starts again with a full bucket:
+    the shared one still holds). Each check is O(1). Refusal lines (D-152) and UDP
+    datagrams from outside any session (D-356) are limited this way.
+    """
+
+    __slots__ = ("_buckets", "_total", "burst", "max_sources", "rate", "total_burst",
+                 "total_rate")
+
+    def __init__(self, now: float, *, burst: float, rate: float, total_burst: float,
+                 total_rate: float, max_sources: int) -> None:
+        self.burst, self.rate = burst, rate
+        self.total_burst, self.total_rate = total_burst, total_rate
+        self.max_sources = max_sources
+        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
+        self._total = _Bucket(float(total_burst), now)
+
+    def __len__(self) -> int:
+        """Sources remembered (at most ``max_sources``)."""
+        return len(self._buckets)
+
+    def allow(self, source: Hashable, now: float) -> bool:
+        """Spend a token of ``source`` and one of the shared bucket, if both have one."""
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            bucket = self._buckets[source] = _Bucket(float(self.burst), now)
+            if len(self._buckets) > self.max_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(source)
+        if not bucket.take(now, self.burst, self.rate):
+            return False
+        return self._total.take(now, self.total_burst, self.total_rate)
+
+
 class Refusals:
     """Rate-limited refusal lines and per-(serial, reason) counts (issue #8)."""
 
@@ -109,9 +157,10 @@ class Refusals:
         #: Refusals per reason since start-up, logged or not.
         self.totals: Counter[Reason] = Counter()
         self._by_serial: OrderedDict[str, Counter[Reason]] = OrderedDict()
-        self._buckets: OrderedDict[tuple[Reason, str], _Bucket] = OrderedDict()
         now = clock.seconds()
-        self._total_bucket = _Bucket(float(burst * TOTAL_FACTOR), now)
+        total = burst * TOTAL_FACTOR
+        self._limit = RateLimit(now, burst=burst, rate=burst / interval, total_burst=total,
+                                total_rate=total / interval, max_sources=max_sources)
         #: Lines held back per reason since ``_window_start``, reported by ``flush``.
         self._suppressed: Counter[Reason] = Counter()
         self._window_start = now
@@ -188,20 +237,7 @@ class Refusals:
         self._suppressed.clear()
 
     def _allowed(self, reason: Reason, source: str, now: float) -> bool:
-        """Per-source bucket first, so one noisy source cannot use up the shared one."""
-        key = (reason, source)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-            if len(self._buckets) > self.max_sources:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
-        rate = self.burst / self.interval
-        if not bucket.take(now, self.burst, rate):
-            return False
-        total = self.burst * TOTAL_FACTOR
-        return self._total_bucket.take(now, total, total / self.interval)
+        return self._limit.allow((reason, source), now)
 
     def _count(self, serial: str, reason: Reason) -> None:
         counter = self._by_serial.get(serial)

@@ -2,9 +2,17 @@
 
 A thin adapter: bytes in are framed and handed to the engine; the connection is
 itself the :class:`~m2mgw.core.session.Bearer` its answers go back on.
+
+Until a connection authenticates (D-290) it must complete a frame within
+``[tcp] first_frame_timeout`` and authenticate within ``tcp_login_timeout``; at
+``[tcp] max_connections``, or at ``max_unauthenticated_per_host`` from its address, a
+new connection closes the oldest one not authenticated (D-350..D-354). While the
+gateway holds a connection's input (backpressure) its timers stand still (D-357).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from twisted.internet import protocol
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
@@ -14,10 +22,51 @@ from zope.interface import implementer
 from m2mgw.config import TcpConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.refusals import Reason
+from m2mgw.limits import Unauthenticated
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import StreamFramer
 
 log = Logger()
+
+
+class PausableCall:
+    """A delayed call whose countdown stops while paused (D-357).
+
+    The gateway stops reading a connection while its registry is behind; the time it
+    held the input must not count against the peer, whose bytes wait unread.
+    """
+
+    __slots__ = ("_call", "_clock", "_function", "_remaining")
+
+    def __init__(self, clock: IReactorTime, seconds: float, function: Callable[[], None]
+                 ) -> None:
+        self._clock = clock
+        self._function = function
+        #: The seconds left while paused; None while running, fired or cancelled.
+        self._remaining: float | None = None
+        self._call: IDelayedCall = clock.callLater(seconds, function)
+
+    def reset(self, seconds: float) -> None:
+        """Count ``seconds`` again from now, or from the resumption while paused."""
+        if self._remaining is not None:
+            self._remaining = seconds
+        elif self._call.active():
+            self._call.reset(seconds)
+
+    def pause(self) -> None:
+        if self._call.active():
+            self._remaining = max(0.0, self._call.getTime() - self._clock.seconds())
+            self._call.cancel()
+
+    def resume(self) -> None:
+        if self._remaining is not None:
+            self._call = self._clock.callLater(self._remaining, self._function)
+            self._remaining = None
+
+    def cancel(self) -> None:
+        self._remaining = None
+        if self._call.active():
+            self._call.cancel()
 
 
 @implementer(IPushProducer)
@@ -38,8 +87,9 @@ class TerminalConnection(protocol.Protocol):
         self._open = False
         self._paused = False
         self._pending_bytes = 0
-        self._login_timer: IDelayedCall | None = None
-        self._idle_timer: IDelayedCall | None = None
+        self._first_frame_timer: PausableCall | None = None
+        self._login_timer: PausableCall | None = None
+        self._idle_timer: PausableCall | None = None
 
     # Bearer -----------------------------------------------------------------------
 
@@ -82,8 +132,10 @@ class TerminalConnection(protocol.Protocol):
         self._bound_serial = serial
         if serial is not None and not self.authenticated:
             self.authenticated = True
-            if self._login_timer is not None and self._login_timer.active():
-                self._login_timer.cancel()
+            for timer in (self._first_frame_timer, self._login_timer):
+                if timer is not None:
+                    timer.cancel()
+            self.factory.pending.discard(self)
 
     @property
     def log_keys(self) -> dict[str, object]:
@@ -105,13 +157,33 @@ class TerminalConnection(protocol.Protocol):
     # Backpressure: the gateway holds our reading while the registry is behind ---------
 
     def hold_reading(self, held: bool) -> None:
-        """Stop or restart reading; unread bytes wait in the kernel, then the client."""
+        """Stop or restart reading; unread bytes wait in the kernel, then the client.
+
+        The connection's timers stop meanwhile: the peer is not slow, we are (D-357).
+        """
         if not self._open:
             return
         if held:
             self.transport.pauseProducing()  # type: ignore[union-attr]
         else:
             self.transport.resumeProducing()  # type: ignore[union-attr]
+        for timer in self._timers():
+            if held:
+                timer.pause()
+            else:
+                timer.resume()
+
+    def _timers(self) -> list[PausableCall]:
+        timers = (self._first_frame_timer, self._login_timer, self._idle_timer)
+        return [timer for timer in timers if timer is not None]
+
+    def _stop_timers(self) -> None:
+        """Cancel the timers and let go of them: each holds a bound method of this
+        connection, a reference cycle that only a full garbage collection would free,
+        and under a flood of connections those take a hundred milliseconds each."""
+        for timer in self._timers():
+            timer.cancel()
+        self._first_frame_timer = self._login_timer = self._idle_timer = None
 
     # Protocol ---------------------------------------------------------------------
 
@@ -120,23 +192,20 @@ class TerminalConnection(protocol.Protocol):
         peer: IAddress = self.transport.getPeer()  # type: ignore[union-attr]
         self.host = getattr(peer, "host", str(peer))
         self.address = f"{self.host}:{getattr(peer, 'port', '')}"
-        if len(factory.connections) >= factory.config.max_connections:
-            factory.engine.refusals.report(
-                Reason.CONNECTION_CAP,
-                f"connection cap {factory.config.max_connections} reached",
-                **self.log_keys,
-            )
+        if not factory.admit(self):
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self._open = True
-        factory.connections.add(self)
         factory.opened += 1
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        clock = factory.clock
+        self._first_frame_timer = PausableCall(
+            clock, factory.config.first_frame_timeout, self._no_first_frame
+        )
+        self._login_timer = PausableCall(clock, factory.login_timeout, self._no_login)
+        self._idle_timer = PausableCall(clock, factory.config.idle_timeout, self._idle)
         if factory.reading_held:
             self.hold_reading(True)
-        clock = factory.clock
-        self._login_timer = clock.callLater(factory.login_timeout, self._no_login)
-        self._idle_timer = clock.callLater(factory.config.idle_timeout, self._idle)
 
     def dataReceived(self, data: bytes) -> None:
         if not self._open:
@@ -150,13 +219,35 @@ class TerminalConnection(protocol.Protocol):
             self._open = False
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        if self._idle_timer is not None and self._idle_timer.active():
+        if self._idle_timer is not None:
             self._idle_timer.reset(self.factory.config.idle_timeout)
+        if frames and self._first_frame_timer is not None:
+            self._first_frame_timer.cancel()
+            self._first_frame_timer = None
         engine = self.factory.engine
         for frame in frames:
             if not self._open:
                 break
             engine.receive(frame, self)
+
+    def _no_first_frame(self) -> None:
+        """A peer that sends nothing, or trickles bytes, holds a descriptor for
+        ``first_frame_timeout`` at most (D-350); counted and rate-limited (D-291)."""
+        self.factory.engine.refusals.report(
+            Reason.FIRST_FRAME_TIMEOUT,
+            f"no complete frame within {self.factory.config.first_frame_timeout:g} s "
+            f"({self.framer.buffered} bytes); closing",
+            **self.log_keys,
+        )
+        self.drop()
+
+    def drop(self) -> None:
+        """Close at once, reporting nothing more, and give the place up now: the
+        transport's connectionLost comes later (eviction, first-frame timeout)."""
+        self._open = False
+        self._stop_timers()
+        self.factory.release(self)
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _no_login(self) -> None:
         """Counted and rate-limited like any refusal: a flood of such connections writes
@@ -176,10 +267,8 @@ class TerminalConnection(protocol.Protocol):
     def connectionLost(self, reason: object = None) -> None:
         was_open = self._open
         self._open = False
-        for timer in (self._login_timer, self._idle_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self.factory.connections.discard(self)
+        self._stop_timers()
+        self.factory.release(self)
         if was_open and self.framer.buffered:
             self.factory.engine.refusals.report(
                 Reason.FRAMING,
@@ -204,12 +293,49 @@ class TerminalTcpFactory(protocol.Factory):
         self.config = config
         self.login_timeout = login_timeout
         self.connections: set[TerminalConnection] = set()
+        #: Those of them not authenticated yet, oldest first (D-351).
+        self.pending: Unauthenticated[TerminalConnection] = Unauthenticated()
         self.reading_held = False
         #: Connections accepted since start-up (the refused ones are refusals).
         self.opened = 0
-        #: Connections closed to make room for new ones: none yet, as there is no
-        #: eviction policy; the metric exists so dashboards need not change with one.
+        #: Connections closed to make room for new ones (D-351, D-352).
         self.evicted = 0
+
+    def admit(self, connection: TerminalConnection) -> bool:
+        """Make room for ``connection``, or refuse it (False) when every connection at
+        the cap is authenticated (D-351): an address at ``max_unauthenticated_per_host``
+        gives up its own oldest connection not authenticated (D-352), a full listener
+        its oldest of all; terminals that authenticated are never closed for it."""
+        config = self.config
+        host = connection.host
+        victim = None
+        if self.pending.from_host(host) >= config.max_unauthenticated_per_host:
+            victim = self.pending.oldest(host)
+            why = f"{config.max_unauthenticated_per_host} connections not logged in from {host}"
+        elif len(self.connections) >= config.max_connections:
+            victim = self.pending.oldest()
+            why = f"connection cap {config.max_connections} reached"
+            if victim is None:
+                self.engine.refusals.report(
+                    Reason.CONNECTION_CAP, f"{why}, every connection logged in",
+                    **connection.log_keys,
+                )
+                return False
+        if victim is not None:
+            self.engine.refusals.report(
+                Reason.EVICTED, f"{why}; the oldest not logged in closed for {connection.address}",
+                **victim.log_keys,
+            )
+            self.evicted += 1
+            victim.drop()
+        self.connections.add(connection)
+        self.pending.add(connection, host)
+        return True
+
+    def release(self, connection: TerminalConnection) -> None:
+        """``connection`` is closed or closing: its place is free."""
+        self.connections.discard(connection)
+        self.pending.discard(connection)
 
     def hold_reading(self, held: bool) -> None:
         """Backpressure: stop (True) or restart reading every connection, new ones too."""

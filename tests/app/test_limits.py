@@ -12,13 +12,14 @@ import treq
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 
+from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app import soap
 from m2mgw.limits import REQUEST_TIMEOUT
 from m2mgw.protocol.constants import Command
 from tests.admin_token import admin_token
 
-from .gateway_support import APP_CONFIG, PASSWORD, AppGatewayTestCase, sleep
+from .gateway_support import APP_CONFIG, BASE_KEY, PASSWORD, AppGatewayTestCase, sleep
 
 R = ops.ResultCode
 TRICKLE = 0.5  # seconds between two bytes of a slow request
@@ -29,9 +30,11 @@ class Slow:
     """Raw sockets that send a request one byte every :data:`TRICKLE` seconds, read
     whatever comes back and note when the gateway closed them."""
 
-    def __init__(self, port: int, count: int, start: bytes) -> None:
+    def __init__(self, port: int, count: int, start: bytes, source: str = "") -> None:
         self.opened = time.monotonic()
-        self.sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        self.sockets = [socket.create_connection(("127.0.0.1", port),
+                                                 source_address=(source, 0) if source else None)
+                        for _ in range(count)]
         self.received = [b""] * count
         self.closed_at: dict[int, float] = {}
         for sock in self.sockets:
@@ -106,8 +109,8 @@ class LimitsTestCase(AppGatewayTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         return events
 
-    def slow(self, port: int, count: int, start: bytes = b"") -> Slow:
-        slow = Slow(port, count, start)
+    def slow(self, port: int, count: int, start: bytes = b"", source: str = "") -> Slow:
+        slow = Slow(port, count, start, source)
         self.addCleanup(slow.close)
         return slow
 
@@ -253,6 +256,10 @@ max_connections = 2
         client, _ = yield self.connect_app()
         idle.poll()
         self.assertEqual(idle.open(), [1, 2])
+        # Logged in means confirmed by a signed message after the ACK (D-358): one
+        # answered call shows the gateway has read the client's confirmation.
+        answer = yield client.call(ops.QueryTerminalStatus(terminal_ids=[self.record.serial]))
+        self.assertEqual(answer.result_code, R.OK)
         more = self.slow(self.app_port, 3)
         yield task.deferLater(reactor, 0.2, lambda: None)
         idle.poll()
@@ -261,3 +268,50 @@ max_connections = 2
         self.assertEqual((idle.open(), more.open()), ([], [1, 2]))
         answer = yield client.call(ops.QueryTerminalStatus(terminal_ids=[self.record.serial]))
         self.assertEqual(answer.result_code, R.OK)
+
+
+class LongConnectionAdmissionTest(LimitsTestCase):
+    """Issue #11 part 1 on the long-connection port (D-358): an accepted APP_LOGIN that no
+    signed message confirms is evicted like a stranger, and one address holds at most
+    ``max_unauthenticated_per_host`` connections not logged in."""
+
+    extra_config = APP_CONFIG + """max_connections = 3
+max_unauthenticated_per_host = 2
+"""
+
+    @defer.inlineCallbacks
+    def test_an_unconfirmed_login_makes_room_like_a_stranger(self):  # type: ignore[no-untyped-def]
+        # What a replayer can send: a valid APP_LOGIN, and nothing signed after its ACK.
+        login = lc.ClientSession(lc.AppCredentials("EC0001", PASSWORD, BASE_KEY, "legacy"),
+                                 time.time())
+        login.login(time.time())
+        replayed = self.slow(self.app_port, 1, login.data_to_send())
+        yield self.until_connections("app", 1)
+        yield sleep(0.2)
+        replayed.poll()
+        self.assertEqual(replayed.open(), [0])
+        ack = lc.Framer().feed(replayed.received[0])
+        self.assertEqual([lc.parse_frame(raw).header.command_id for raw in ack],
+                         [lc.Command.APP_LOGIN | lc.ACK_BIT])
+        others = self.slow(self.app_port, 2, source="127.0.0.2")
+        yield self.until_connections("app", 3)
+        client, _ = yield self.connect_app()  # at the cap: the unconfirmed login goes
+        replayed.poll()
+        others.poll()
+        self.assertEqual((replayed.open(), others.open()), ([], [0, 1]))
+        answer = yield client.call(ops.QueryTerminalStatus(terminal_ids=[self.record.serial]))
+        self.assertEqual(answer.result_code, R.OK)
+
+    @defer.inlineCallbacks
+    def test_one_address_gives_up_its_own_oldest_and_no_one_elses(self):  # type: ignore[no-untyped-def]
+        other = self.slow(self.app_port, 1, source="127.0.0.2")
+        yield self.until_connections("app", 1)
+        flood = self.slow(self.app_port, 2)
+        yield self.until_connections("app", 3)
+        more = self.slow(self.app_port, 1)  # a third from 127.0.0.1, at the cap too
+        yield sleep(0.2)
+        other.poll()
+        flood.poll()
+        more.poll()
+        self.assertEqual((other.open(), flood.open(), more.open()), ([0], [1], [0]))
+        self.assertEqual(self.connections("app"), 3)

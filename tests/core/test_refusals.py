@@ -105,7 +105,7 @@ class RefusalsTest(unittest.TestCase):
         self.assertEqual(refusals.counts("S0"), {})
         self.assertEqual(refusals.counts("S995"), {Reason.NOT_LOGGED_IN: 2})
         self.assertLessEqual(len(refusals._by_serial), 10)
-        self.assertLessEqual(len(refusals._buckets), 10)
+        self.assertLessEqual(len(refusals._limit), 10)
 
     def test_the_text_names_what_is_known(self) -> None:
         with capturedLogs() as events:
