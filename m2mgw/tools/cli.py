@@ -39,6 +39,7 @@ from m2mgw.config import (
     ConfigError,
     GatewayConfig,
     config_path,
+    connect_address,
     endpoint_parts,
     load_config,
     sample_config,
@@ -173,12 +174,10 @@ def admin_client(config: GatewayConfig) -> AdminClient | None:
         return AdminClient(
             f"unix:{path}", lambda timeout: _UnixConnection(path, timeout), tokens
         )
-    if kind not in ("tcp", "tcp6", "ssl"):
+    address = connect_address(listen)
+    if address is None:
         return None
-    port = int(args[0] if args else kwargs.get("port", "0"))
-    host = kwargs.get("interface", "")
-    if host in ("", "0.0.0.0", "::"):
-        host = "::1" if kind == "tcp6" else "127.0.0.1"
+    host, port = address
     scheme, connection = (
         ("https", http.client.HTTPSConnection) if kind == "ssl"
         else ("http", http.client.HTTPConnection)
