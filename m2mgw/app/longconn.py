@@ -37,17 +37,16 @@ from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.fragment import (
     Abort,
     Complete,
-    Duplicate,
     Ended,
     FragmentAbort,
     FragmentLimits,
     FragmentOp,
     FragmentPart,
     FragmentSender,
-    NeedPart,
     ReassemblyEvent,
     ReassemblyTable,
     TransIdCounter,
+    reply_to,
 )
 from m2mgw.protocol.security import Cipher
 from m2mgw.protocol.tlv import decode_tlvs
@@ -1541,7 +1540,7 @@ class _Session:
         if isinstance(outcome, Complete):
             self._finish_request(reassembled(frame, outcome.body), pending, now)
             return
-        reply = _reply_to(outcome)
+        reply = reply_to(outcome)
         if reply is not None:
             self._write(self._part_frame(pending.command_id, seq, reply), now)
         if isinstance(outcome, Abort | Ended):
@@ -1564,7 +1563,7 @@ class _Session:
         if isinstance(outcome, Complete):
             self._process_request(reassembled(frame, outcome.body), now)
             return
-        reply = _reply_to(outcome)
+        reply = reply_to(outcome)
         if reply is not None:
             self._write(self._part_frame(ack, header.sequence_id, reply), now)
 
@@ -1591,7 +1590,17 @@ class _Session:
         """Reassembly keyed by (AppID, Command_ID, direction and Sequence_ID)."""
         self._reassembly.expire(now)
         self._last_part_at = now
-        return self._reassembly.feed((self.app_id or "", command_id, (direction, seq)), part, now)
+        table = self._reassembly
+        outcome = table.feed((self.app_id or "", command_id, (direction, seq)), part, now)
+        if isinstance(outcome, Abort):
+            _log.debug("application {app_id}: aborted the reassembly {trans_id} of the {what} "
+                       "{command} seq={seq}", app_id=self.app_id, trans_id=part.trans_id,
+                       what=direction, command=command_name(command_id), seq=seq)
+        for _, dropped_command, exchange in table.dropped:
+            _log.info("application {app_id}: reassembly bound reached, dropped the one of "
+                      "{command} {exchange}", app_id=self.app_id,
+                      command=command_name(dropped_command), exchange=exchange)
+        return outcome
 
     def _expire_fragments(self, now: float) -> None:
         self._reassembly.expire(now)
@@ -1636,20 +1645,6 @@ class _Session:
     def _expire_answers(self, now: float) -> None:
         for key in [k for k, v in self._answers.items() if now - v[0] > DUPLICATE_WINDOW]:
             del self._answers[key]
-
-
-def _reply_to(outcome: ReassemblyEvent) -> FragmentPart | None:
-    """The ``4008`` a receiver sends for a part: next wanted, re-asked, or op 2 ([T] 7.4)."""
-    if isinstance(outcome, NeedPart):
-        return outcome.reply
-    if isinstance(outcome, Duplicate):
-        part = outcome.part  # a repeat of the last part: ask again for the one after it
-        if part.part < part.total:
-            return FragmentPart(part.trans_id, part.total, part.part + 1, FragmentOp.NEXT)
-        return None
-    if isinstance(outcome, Abort):
-        return outcome.abort_part
-    return None
 
 
 # --- platform side -------------------------------------------------------------------------

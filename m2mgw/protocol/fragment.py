@@ -3,7 +3,10 @@
 This module works on the ``0x4008`` TLV *value* and on whole bodies. The codec layer
 wraps each part into a complete message (header, digest); the session layer keeps one
 :class:`ReassemblyTable` per peer and one :class:`FragmentSender` per outgoing
-fragmented message, passes ``now`` in, and turns the returned events into messages.
+fragmented message, passes ``now`` in, and turns the returned events into messages:
+:func:`reply_to` says which ``0x4008`` value a receiver answers a part with, the one
+reply policy of every machine that reassembles. Nothing here logs: what happened is
+returned, and the callers log it with their own context (serial, AppID, Sequence_ID).
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import IntEnum
-
-from twisted.logger import Logger
 
 from m2mgw.protocol.errors import FragmentError
 
@@ -26,8 +27,6 @@ _HEAD = struct.Struct(">HHHB")
 _TLV_HEAD = struct.Struct(">HH")
 _U16 = 0xFFFF
 _MAX_CHUNK = _U16 - _HEAD.size  # the TLV length (7 + n) is a u16
-
-log = Logger()
 
 
 class FragmentOp(IntEnum):
@@ -249,6 +248,29 @@ class Ended:
 ReassemblyEvent = NeedPart | Duplicate | Complete | Abort | Ended
 
 
+def reply_to(event: ReassemblyEvent) -> FragmentPart | None:
+    """The ``0x4008`` value a receiver answers a part with (7.4, PD-28), or ``None``.
+
+    * :class:`NeedPart`: op 1 asking for the next part;
+    * :class:`Duplicate`: the answer the part had, op 1 for the part after it (PD-28:
+      "the cached answer is replayed"); none after the last part, whose answer is the
+      whole message's, a response cache's to replay (8.2);
+    * :class:`Abort`: op 2 echoing the offending part;
+    * :class:`Complete` (process the body) and :class:`Ended` (the peer ended it):
+      nothing.
+    """
+    if isinstance(event, NeedPart):
+        return event.reply
+    if isinstance(event, Duplicate):
+        part = event.part
+        if part.part < part.total:
+            return FragmentPart(part.trans_id, part.total, part.part + 1, FragmentOp.NEXT)
+        return None
+    if isinstance(event, Abort):
+        return event.abort_part
+    return None
+
+
 def _abort(part: FragmentPart) -> Abort:
     """The op-2 reply to an offending part, echoing its TransID, N and part number."""
     return Abort(FragmentPart(part.trans_id, part.total, part.part, FragmentOp.RECEIVER_ABORT))
@@ -376,6 +398,7 @@ class ReassemblyTable:
         self._max_total_bytes = max_total_bytes
         self._entries: OrderedDict[ReassemblyKey, Reassembler] = OrderedDict()
         self._bytes = 0
+        self._dropped: tuple[ReassemblyKey, ...] = ()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -385,8 +408,15 @@ class ReassemblyTable:
         """Chunk bytes held across all reassemblies; never above ``max_total_bytes``."""
         return self._bytes
 
+    @property
+    def dropped(self) -> tuple[ReassemblyKey, ...]:
+        """The other reassemblies the latest :meth:`feed` dropped to stay within the
+        bounds, least recently active first (for the caller to log)."""
+        return self._dropped
+
     def feed(self, key: ReassemblyKey, part: FragmentPart, now: float) -> ReassemblyEvent:
         """Route ``part`` to the reassembly at ``key`` and say what to answer."""
+        self._dropped = ()
         entry = self._entries.get(key)
         if entry is None:
             entry = Reassembler(self._limits)
@@ -400,13 +430,6 @@ class ReassemblyTable:
             event = self._enforce_bounds(key, part, event)
         else:
             self._entries.pop(key, None)
-        if isinstance(event, Abort):
-            log.debug(
-                "Aborted reassembly {trans_id} from {serial} (command {command_id:#06x})",
-                trans_id=part.trans_id,
-                serial=key[0],
-                command_id=key[1],
-            )
         return event
 
     def expire(self, now: float) -> list[ReassemblyKey]:
@@ -424,16 +447,14 @@ class ReassemblyTable:
         self, key: ReassemblyKey, part: FragmentPart, event: ReassemblyEvent
     ) -> ReassemblyEvent:
         """Drop the least recently active others; abort ``key`` if it alone is too big."""
+        dropped: list[ReassemblyKey] = []
         while len(self._entries) > self._max_entries or self._bytes > self._max_total_bytes:
             oldest = next(iter(self._entries))
             if oldest == key:
                 break
             self._drop(oldest)
-            log.info(
-                "Reassembly table full: dropped the reassembly from {serial}",
-                serial=oldest[0],
-                command_id=oldest[1],
-            )
+            dropped.append(oldest)
+        self._dropped = tuple(dropped)
         if self._bytes > self._max_total_bytes:
             self._drop(key)
             return _abort(part)

@@ -25,6 +25,7 @@ from m2mgw.protocol.fragment import (
     Reassembler,
     ReassemblyTable,
     TransIdCounter,
+    reply_to,
     split_body,
 )
 from tests.spec_examples import SERIAL, TRAP_BODY_11_6, VECTORS
@@ -362,6 +363,7 @@ def test_table_entry_bound_drops_oldest() -> None:
     keys = [(f"S{i}", 7, "up") for i in range(4)]
     for t, key in enumerate(keys):
         table.feed(key, _data(1, 2, 1), float(t))
+        assert table.dropped == ((keys[0],) if t == 3 else ())
     assert len(table) == 3
     assert isinstance(table.feed(keys[0], _data(1, 2, 2), 5.0), Abort)
     assert table.feed(keys[1], _data(1, 2, 2), 5.0) == Complete(b"xx")
@@ -372,12 +374,31 @@ def test_table_byte_bound() -> None:
     for t, serial in enumerate(["S1", "S2", "S3"]):
         table.feed((serial, 7, "up"), _data(1, 3, 1, bytes(900)), float(t))
     assert (len(table), table.held_bytes) == (2, 1800)
+    assert table.dropped == (("S1", 7, "up"),)  # the least recently active
     assert isinstance(table.feed(("S1", 7, "up"), _data(1, 3, 2, bytes(900)), 5.0), Abort)
 
     small = ReassemblyTable(max_total_bytes=500)
     event = small.feed(KEY, _data(1, 3, 1, bytes(900)), 0.0)
     assert event == Abort(FragmentPart(1, 3, 1, FragmentOp.RECEIVER_ABORT))
     assert (len(small), small.held_bytes) == (0, 0)
+
+
+# --- the receiver's reply ------------------------------------------------------------
+
+
+def test_reply_to_each_event() -> None:
+    receiver = Reassembler()
+    need = receiver.feed(_data(4, 3, 1), 0.0)
+    assert reply_to(need) == FragmentPart(4, 3, 2, FragmentOp.NEXT)
+    # A repeat gets the answer it had: op 1 for the part after it (PD-28).
+    assert reply_to(receiver.feed(_data(4, 3, 1), 1.0)) == FragmentPart(4, 3, 2, FragmentOp.NEXT)
+    receiver.feed(_data(4, 3, 2), 2.0)
+    assert reply_to(receiver.feed(_data(4, 3, 3), 3.0)) is None  # Complete: process it
+    # The last part repeated: its answer is the whole message's, not a 4008.
+    assert reply_to(receiver.feed(_data(4, 3, 3), 4.0)) is None
+    abort = receiver.feed(_data(5, 3, 2), 5.0)
+    assert reply_to(abort) == FragmentPart(5, 3, 2, FragmentOp.RECEIVER_ABORT)
+    assert reply_to(receiver.feed(FragmentPart(5, 3, 2, FragmentOp.SENDER_ABORT), 6.0)) is None
 
 
 # --- fuzz ----------------------------------------------------------------------------

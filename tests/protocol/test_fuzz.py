@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m2mgw.protocol import codec, fragment
+from m2mgw.protocol import codec
 from m2mgw.protocol.constants import MAX_LENGTH
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.fragment import FragmentLimits, FragmentPart, ReassemblyTable
@@ -29,16 +29,6 @@ SEEDS = list(VECTORS.values())
 CIPHERS = (None, LegacyCipher(SESSION_KEY), AesCipher(SESSION_KEY))
 TABLE_BYTES = 8192  # small bounds so that the fuzz reaches them
 TABLE_LIMITS = FragmentLimits(max_bytes=4096, max_parts=8, idle_timeout=5.0)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_fragment_log(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Aborts are logged; without an observer Twisted would buffer every event.
-
-    The buffer is Twisted's (bounded, until logging begins), not the table's, so it is
-    kept out of the memory measurements here.
-    """
-    monkeypatch.setattr(fragment.log, "observer", lambda event: None)
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:
