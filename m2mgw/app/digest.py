@@ -18,11 +18,12 @@ from typing import NamedTuple
 from lxml import etree
 
 from m2mgw.app.operations import ResultCode, element_class, fields_of, parse_soap_timestamp
+from m2mgw.protocol.constants import DIGEST_TLV_SIZE, HEADER_SIZE, MAX_LENGTH, Flag
 from m2mgw.protocol.errors import DigestError, ProtocolError
 
 __all__ = [
     "DIGEST_TAG",
-    "DIGEST_TLV_SIZE",
+    "DIGEST_TLV_HEAD",
     "ReplayCache",
     "ReplayKey",
     "check_timestamp",
@@ -36,11 +37,9 @@ __all__ = [
 ]
 
 DIGEST_TAG = 0xE021
-DIGEST_TLV_SIZE = 20
-FLAG_DIGEST = 0x20
-_DIGEST_HEAD = struct.pack(">HH", DIGEST_TAG, 16)
-_HEADER_SIZE = 28
-_MAX_LENGTH = 0xFFFF
+#: The digest TLV's tag and length, before its 16 bytes.
+DIGEST_TLV_HEAD = struct.pack(">HH", DIGEST_TAG, 16)
+_DIGEST_FLAG = int(Flag.DIGEST)
 
 
 # --- SOAP (5.1) --------------------------------------------------------------------------
@@ -187,21 +186,21 @@ def lc_digest(m: bytes, timestamp: int, app_id: str, password: str) -> bytes:
 def lc_sign(frame: bytes, timestamp: int, app_id: str, password: str) -> bytes:
     """Append the digest TLV to an unsigned message, fixing Total_Length and flag 0x20."""
     length = len(frame) + DIGEST_TLV_SIZE
-    if len(frame) < _HEADER_SIZE or length > _MAX_LENGTH:
+    if len(frame) < HEADER_SIZE or length > MAX_LENGTH:
         raise ProtocolError(f"cannot sign a {len(frame)}-byte frame")
     out = bytearray(frame)
     out[0:2] = struct.pack(">H", length)
-    out[10] |= FLAG_DIGEST
-    out += _DIGEST_HEAD + lc_digest(bytes(out), timestamp, app_id, password)
+    out[10] |= _DIGEST_FLAG
+    out += DIGEST_TLV_HEAD + lc_digest(bytes(out), timestamp, app_id, password)
     return bytes(out)
 
 
 def lc_verify(message: bytes, timestamp: int, app_id: str, password: str) -> bool:
     """True when ``message`` ends with a digest TLV that verifies; never raises."""
-    if len(message) < _HEADER_SIZE + DIGEST_TLV_SIZE or not message[10] & FLAG_DIGEST:
+    if len(message) < HEADER_SIZE + DIGEST_TLV_SIZE or not message[10] & _DIGEST_FLAG:
         return False
     end = len(message) - DIGEST_TLV_SIZE
-    if bytes(message[end : end + 4]) != _DIGEST_HEAD:
+    if bytes(message[end : end + 4]) != DIGEST_TLV_HEAD:
         return False
     try:
         expected = lc_digest(bytes(message[:end]), timestamp, app_id, password)

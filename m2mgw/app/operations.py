@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 from m2mgw.protocol.errors import ProtocolError
 
@@ -246,7 +246,13 @@ def fields_of(cls: type) -> tuple[FieldInfo, ...]:
 
 # --- shared types (3.4) ------------------------------------------------------------------
 
-_model = dataclass(kw_only=True)
+_T = TypeVar("_T")
+
+
+@dataclass_transform(kw_only_default=True, field_specifiers=(dataclasses.field,))
+def _model(cls: type[_T]) -> type[_T]:
+    """A keyword-only dataclass, declared so that type checkers see its fields."""
+    return dataclass(kw_only=True)(cls)
 
 
 @_model

@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
+from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import admin_token
 from tests.twistd import cli
 from tests.web import call
@@ -40,7 +41,7 @@ def notification(notify_id: int) -> ops.DeliverData:
 
 
 def sent(raw: bytes) -> list[lc.Frame]:
-    return [lc.parse_frame(frame) for frame in lc.Framer().feed(raw)]
+    return [lc.parse_frame(frame) for frame in StreamFramer().feed(raw)]
 
 
 def test_the_session_key_is_replaced_before_session_ttl_and_the_session_goes_on() -> None:

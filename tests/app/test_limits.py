@@ -16,7 +16,8 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app import soap
 from m2mgw.limits import REQUEST_TIMEOUT
-from m2mgw.protocol.constants import Command
+from m2mgw.protocol.constants import ACK_BIT, Command
+from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import admin_token
 
 from .gateway_support import APP_CONFIG, BASE_KEY, PASSWORD, AppGatewayTestCase, sleep
@@ -290,9 +291,9 @@ max_unauthenticated_per_host = 2
         yield sleep(0.2)
         replayed.poll()
         self.assertEqual(replayed.open(), [0])
-        ack = lc.Framer().feed(replayed.received[0])
+        ack = StreamFramer().feed(replayed.received[0])
         self.assertEqual([lc.parse_frame(raw).header.command_id for raw in ack],
-                         [lc.Command.APP_LOGIN | lc.ACK_BIT])
+                         [lc.Command.APP_LOGIN | ACK_BIT])
         others = self.slow(self.app_port, 2, source="127.0.0.2")
         yield self.until_connections("app", 3)
         client, _ = yield self.connect_app()  # at the cap: the unconfirmed login goes

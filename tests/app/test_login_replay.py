@@ -18,6 +18,7 @@ from twisted.protocols import portforward
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.protocol.constants import Command
+from m2mgw.protocol.framing import StreamFramer
 
 from .gateway_support import AppGatewayTestCase, sleep
 
@@ -38,7 +39,7 @@ class _Replayer(Protocol):
 
     def __init__(self, captured: bytes) -> None:
         self.captured = captured
-        self.framer = lc.Framer()
+        self.framer = StreamFramer()
         self.frames: list[lc.Frame] = []
         self.closed: defer.Deferred[None] = defer.Deferred()
 
@@ -67,7 +68,7 @@ class LoginReplayTest(AppGatewayTestCase):
         self.app_port, direct = port.getHost().port, self.app_port
         client, inbox = yield self.connect_app(login_type=1)
         self.app_port = direct
-        first = lc.Framer().feed(factory.captured)[0]
+        first = StreamFramer().feed(factory.captured)[0]
         frame = lc.parse_frame(first)
         self.assertEqual((frame.header.command_id, frame.body[0]), (LOGIN, 1))
         return first, client, inbox

@@ -13,7 +13,8 @@ from m2mgw.app import keys
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app.digest import lc_sign, lc_verify
-from m2mgw.protocol.errors import ProtocolError
+from m2mgw.protocol.errors import FramingError, ProtocolError
+from m2mgw.protocol.framing import StreamFramer
 
 from . import T0, TID, requests, responses
 
@@ -189,7 +190,7 @@ def test_decode_body_fuzz_raises_only_the_family(command_id: int, body: bytes,
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
 def test_framer_reassembles_any_split(cuts: list[int]) -> None:
     stream = LOGIN + LOGIN_ACK + LOGIN
-    framer, frames, pos = lc.Framer(), [], 0
+    framer, frames, pos = StreamFramer(), [], 0
     for cut in cuts:
         frames += framer.feed(stream[pos : pos + cut])
         pos += cut
@@ -199,17 +200,17 @@ def test_framer_reassembles_any_split(cuts: list[int]) -> None:
 
 
 def test_framer_several_frames_per_read_and_partial_tail() -> None:
-    framer = lc.Framer()
+    framer = StreamFramer()
     assert framer.feed(LOGIN + LOGIN_ACK + LOGIN[:10]) == [LOGIN, LOGIN_ACK]
     assert framer.buffered == 10
     assert framer.feed(LOGIN[10:]) == [LOGIN]
 
 
 def test_framer_corrupt_length_is_fatal() -> None:
-    framer = lc.Framer()
-    with pytest.raises(lc.FrameError):
+    framer = StreamFramer()
+    with pytest.raises(FramingError):
         framer.feed(b"\x00\x1b" + bytes(30))
-    with pytest.raises(lc.FrameError):
+    with pytest.raises(FramingError):
         framer.feed(LOGIN)
 
 
@@ -217,9 +218,9 @@ def test_framer_corrupt_length_is_fatal() -> None:
 @given(st.binary(max_size=200))
 def test_framer_and_parser_fuzz(data: bytes) -> None:
     try:
-        for raw in lc.Framer().feed(data):
+        for raw in StreamFramer().feed(data):
             lc.parse_frame(raw)
-    except lc.LongConnError:
+    except (FramingError, lc.LongConnError):
         pass
 
 
@@ -231,7 +232,7 @@ def test_header_checks() -> None:
     bad_id = LOGIN[:12] + b"\xff" * 16 + LOGIN[28:]
     with pytest.raises(lc.HeaderError):
         lc.parse_frame(bad_id)
-    assert issubclass(lc.FrameError, ProtocolError)
+    assert issubclass(lc.HeaderError, ProtocolError) and issubclass(FramingError, ProtocolError)
 
 
 # --- sessions ------------------------------------------------------------------------------
@@ -435,13 +436,20 @@ def test_window_timeouts_and_three_strikes() -> None:
 
 def test_peer_exceeding_the_window_gets_result_9() -> None:
     link = Link()
-    link.client._own_requests = lc._APP_REQUESTS  # same rules, but bypass the local window
-    for _ in range(lc.WINDOW + 1):
-        seq = link.client._send_request(0x010D, ops.QueryMessageStatus(msg_id=1), link.now)
-    events = link.to_platform()
+    # A peer that ignores the window of 16: requests built by hand, signed as the
+    # client's (its own session would refuse the 17th).
+    requests = b"".join(
+        lc.encode_message(0x010D, seq, "EC0001", ops.QueryMessageStatus(msg_id=1),
+                          timestamp=TS, password="s3cretPW")
+        for seq in range(100, 101 + lc.WINDOW)
+    )
+    events = link.platform.receive_data(requests, link.now)
     assert len(events) == lc.WINDOW
-    [failed] = link.to_client()
-    assert failed.sequence_id == seq and failed.response.result_code == 9
+    answer = link.platform.data_to_send()
+    assert lc_verify(answer, TS, "EC0001", "s3cretPW")
+    failed = lc.parse_frame(answer)
+    assert failed.header.command_id == 0x810D and failed.header.sequence_id == 100 + lc.WINDOW
+    assert lc.decode_body(0x810D, failed.body).result_code == 9
 
 
 def test_duplicate_request_is_answered_from_cache() -> None:

@@ -15,6 +15,7 @@ from m2mgw.app import operations as ops
 from m2mgw.app.digest import lc_sign, lc_verify
 from m2mgw.protocol.errors import CryptoError
 from m2mgw.protocol.fragment import FragmentOp, FragmentPart
+from m2mgw.protocol.framing import StreamFramer
 
 from . import T0, TID
 from .test_longconn import TS, Link
@@ -30,7 +31,7 @@ def upgrade(size: int) -> ops.Upgrade:
 
 
 def frames(wire: bytes) -> list[lc.Frame]:
-    return [lc.parse_frame(raw) for raw in lc.Framer().feed(wire)]
+    return [lc.parse_frame(raw) for raw in StreamFramer().feed(wire)]
 
 
 def part_of(frame: lc.Frame) -> FragmentPart:
