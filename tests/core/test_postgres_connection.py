@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import psycopg
@@ -145,3 +148,23 @@ class TransactionTests(PostgresTestCase):
         self.assertNotIn("\n", str(caught.exception))
         second = await db.transaction(pid)
         self.assertNotEqual(first, second)
+
+
+_STOP_WITHOUT_CLOSE = textwrap.dedent("""
+    import sys
+    from twisted.internet import reactor
+    from m2mgw.core.postgres.connection import Database
+
+    db = Database(reactor, sys.argv[1])
+    reactor.callWhenRunning(lambda: db.open().addBoth(lambda _: reactor.stop()))
+    reactor.run()
+    print("stopped")
+""")
+
+
+class ShutdownTests(PostgresTestCase):
+    def test_a_reactor_stopped_without_close_still_ends_the_process(self) -> None:
+        """The pool's threads are not daemons: the shutdown trigger stops them."""
+        done = subprocess.run([sys.executable, "-c", _STOP_WITHOUT_CLOSE, self.url],
+                              capture_output=True, text=True, timeout=30, check=False)
+        self.assertEqual((done.returncode, done.stdout), (0, "stopped\n"), done.stderr)

@@ -139,12 +139,19 @@ class Database:
         self._open: set[psycopg.Connection[Any]] = set()
         self._lock = threading.Lock()
         self._started = False
+        self._closed = False
+        self._shutdown: Any = None
 
     def open(self) -> Deferred[None]:
         """Start the threads and check that the database answers."""
+        if self._closed:
+            return fail(PostgresError(f"registry {self.url}: closed"))
         if not self._started:
             self._threads.start()
             self._started = True
+            # Pool threads would keep the process alive after the reactor stopped.
+            self._shutdown = self._reactor.addSystemEventTrigger(
+                "during", "shutdown", self._at_shutdown)
         return self.transaction(_ping)
 
     def transaction(
@@ -163,14 +170,22 @@ class Database:
         return d.addErrback(self._translated)
 
     def close(self) -> None:
-        """Wait for the running transactions, then close every connection."""
+        """Wait for the running transactions, then close every connection, for good."""
+        self._closed = True
         if self._started:
-            self._threads.stop()
             self._started = False
+            if self._shutdown is not None:
+                self._reactor.removeSystemEventTrigger(self._shutdown)
+                self._shutdown = None
+            self._threads.stop()
         with self._lock:
             connections, self._open = self._open, set()
         for conn in connections:
             conn.close()
+
+    def _at_shutdown(self) -> None:
+        self._shutdown = None  # fired: no longer removable
+        self.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         """This thread's connection, (re)connected when missing or broken."""
