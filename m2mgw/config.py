@@ -332,6 +332,18 @@ def _http_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _postgres_url(raw: str) -> str:
+    """Empty, or a libpq URL ``postgresql://[user@][host][:port][/database][?options]``."""
+    parts = urlsplit(raw)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if raw and (parts.scheme not in ("postgresql", "postgres") or not port_ok or parts.fragment):
+        raise _Invalid("empty, or a URL like postgresql://m2mgw@db.example:5432/m2mgw")
+    return raw
+
+
 def derive_public_url(listen: str | None) -> str:
     """The file-service base URL implied by ``[http] listen`` ('' when HTTP is off)."""
     if listen is None:
@@ -361,6 +373,8 @@ class RegistryConfig:
     """``[registry]``: the persistent terminal registry."""
 
     database: str = _setting("m2mgw.db", _text(allow_empty=False))
+    #: PostgreSQL instead of the SQLite ``database``, for several nodes (issue #13).
+    url: str = _setting("", _postgres_url)
     #: The key secrets are sealed under (D-280); empty: :attr:`master_key_path`.
     master_key_file: str = _setting("", _text(allow_empty=True))
     serial_prefix: str = _setting("A9720300", _fixed_length(8))

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite drives: gammu for the SMS modem tests,
 # promtool (package prometheus) for the metrics test, chromium and chromium-driver for
-# the console's browser test, systemd-analyze (package systemd) for the unit files.
+# the console's browser test, systemd-analyze (package systemd) for the unit files,
+# postgresql for the throw-away clusters of the PostgreSQL registry's tests (tests/pgcluster.py).
 # Idempotent and quiet: exits 0 at once when everything is already installed.
 set -euo pipefail
-PACKAGES=(gammu prometheus chromium chromium-driver systemd)
+PACKAGES=(gammu prometheus chromium chromium-driver systemd postgresql)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then

@@ -138,6 +138,9 @@ def test_booleans(text: str, value: bool) -> None:
         ("[protocol]\nreassembly_max_parts = 129", "reassembly_max_parts: expected an integer"),
         ("[registry]\nserial_prefix = A972", "[registry] serial_prefix: expected exactly 8"),
         ("[registry]\ndatabase =", "[registry] database: expected a non-empty value"),
+        ("[registry]\nurl = mysql://db/m2mgw", "[registry] url: expected empty, or a URL"),
+        ("[registry]\nurl = postgresql://db:port/m2mgw", "[registry] url: expected empty"),
+        ("[registry]\nurl = m2mgw.db", "[registry] url: expected empty, or a URL"),
         ("[tcp]\nlisten = bogus:1", "[tcp] listen: expected 'none' or a server endpoint"),
         ("[tcp]\nlisten = tcp:http", "[tcp] listen: expected"),
         ("[tcp]\nlisten = tcp:5236:iface=1.2.3.4", "[tcp] listen: expected"),
@@ -237,3 +240,10 @@ def test_default_compat_and_the_deprecated_register_op3_switch() -> None:
     assert parse_config("[protocol]\nregister_op3_digest_optional = no\n").protocol == (
         parse_config("").protocol
     )
+
+
+def test_registry_url_selects_postgresql_and_defaults_to_sqlite() -> None:
+    assert parse_config("").registry.url == ""
+    for url in ("postgresql://m2mgw@db.example:5432/m2mgw?sslmode=verify-full",
+                "postgres:///m2mgw", "postgresql://[::1]/m2mgw"):
+        assert parse_config(f"[registry]\nurl = {url}\n").registry.url == url
