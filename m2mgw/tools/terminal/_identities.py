@@ -7,6 +7,7 @@ import json
 from typing import IO, Any
 
 from m2mgw.core import terminal as core
+from m2mgw.protocol import tags
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.tags import BY_NAME, encode_value
 from m2mgw.protocol.tlv import Tlv
@@ -81,7 +82,7 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
     }
     config = dict(EXAMPLE_SYNC_VALUES)
     if args.heartbeat is not None:
-        config[_TAG_HEARTBEAT] = encode_value(_TAG_HEARTBEAT, reported_heartbeat(args.heartbeat))
+        config[tags.HEARTBEAT] = encode_value(tags.HEARTBEAT, reported_heartbeat(args.heartbeat))
     # REGISTER op 0 by SMS: the credentials follow by SMS (6.3.4), none are needed before.
     sent_by_sms = args.mode == "sms" and args.register_op == 0
     identities = []
@@ -115,13 +116,12 @@ def reported_heartbeat(seconds: float) -> int:
     return max(1, round(seconds))
 
 
-_TAG_HEARTBEAT = 0x0011
 EXAMPLE_SYNC_VALUES: dict[int, bytes] = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    _TAG_HEARTBEAT: (90).to_bytes(4, "big"),
+    tags.APN: b"CMNET",
+    tags.SMS_SPECIAL_NUMBER: b"1065840436",
+    tags.PLATFORM_IP: bytes.fromhex("C000020A"),
+    tags.PLATFORM_PORT: bytes.fromhex("14731474"),
+    tags.HEARTBEAT: (90).to_bytes(4, "big"),
 }
 """The sync values of the spec's example identity (11), used by every simulated terminal;
 ``--heartbeat`` replaces ``0x0011``."""
