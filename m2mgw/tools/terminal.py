@@ -1,6 +1,6 @@
 """``m2mgw-terminal``: simulated WMMP terminals over TCP, UDP or SMS (spec 9.4, 10.2-10.4).
 
-Each terminal is a :class:`~m2mgw.core.terminal.TerminalClient` driven by thin Twisted
+Each terminal is a :class:`~m2mgw.protocol.terminal.TerminalClient` driven by thin Twisted
 adapters: a TCP connection per terminal (long or short), or one shared UDP socket for
 all terminals, demultiplexed by the header serial. On SMS (``--mode sms``) the
 terminals reach the gateway's modem emulator through its control socket: their
@@ -37,9 +37,10 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
 from m2mgw.config import ConfigError, connect_address, load_config
-from m2mgw.core import terminal as core
 from m2mgw.core.model import normalize_msisdn
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import tags
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import (
     RESULT_CODES,
     Command,
@@ -138,7 +139,7 @@ def load_credentials(stream: IO[str]) -> list[dict[str, Any]]:
     return records
 
 
-def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
+def build_identities(args: argparse.Namespace) -> list[role.TerminalIdentity]:
     """``--count`` identities: numbered from the given ones, credentials per line or shared."""
     records: list[dict[str, Any]] = []
     if args.credentials_file:
@@ -153,7 +154,7 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
     }
     config = dict(EXAMPLE_SYNC_VALUES)
     if args.heartbeat is not None:
-        config[_TAG_HEARTBEAT] = encode_value(_TAG_HEARTBEAT, reported_heartbeat(args.heartbeat))
+        config[tags.HEARTBEAT] = encode_value(tags.HEARTBEAT, reported_heartbeat(args.heartbeat))
     # REGISTER op 0 by SMS: the credentials follow by SMS (6.3.4), none are needed before.
     sent_by_sms = args.mode == "sms" and args.register_op == 0
     identities = []
@@ -162,14 +163,14 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
         record.update(records[index] if records else {})
         credentials = None
         if "uplink_password" in record and "downlink_password" in record:
-            credentials = core.Credentials(
+            credentials = role.Credentials(
                 **{k: record[k] for k in _CREDENTIAL_KEYS if record.get(k) is not None}
             )
         elif not sent_by_sms:
             raise ValueError("credentials needed: --uplink-password/--downlink-password or a file")
         cipher = record.get("cipher", args.cipher)
         identities.append(
-            core.TerminalIdentity(
+            role.TerminalIdentity(
                 serial=record.get("serial") or derive(args.serial, index),
                 imei=record.get("imei") or derive(args.imei, index),
                 imsi=record.get("imsi") or derive(args.imsi, index),
@@ -187,13 +188,12 @@ def reported_heartbeat(seconds: float) -> int:
     return max(1, round(seconds))
 
 
-_TAG_HEARTBEAT = 0x0011
 EXAMPLE_SYNC_VALUES: dict[int, bytes] = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    _TAG_HEARTBEAT: (90).to_bytes(4, "big"),
+    tags.APN: b"CMNET",
+    tags.SMS_SPECIAL_NUMBER: b"1065840436",
+    tags.PLATFORM_IP: bytes.fromhex("C000020A"),
+    tags.PLATFORM_PORT: bytes.fromhex("14731474"),
+    tags.HEARTBEAT: (90).to_bytes(4, "big"),
 }
 """The sync values of the spec's example identity (11), used by every simulated terminal;
 ``--heartbeat`` replaces ``0x0011``."""
@@ -202,41 +202,41 @@ EXAMPLE_SYNC_VALUES: dict[int, bytes] = {
 # --- events ----------------------------------------------------------------------------
 
 
-def event_record(event: core.Event) -> dict[str, Any]:
+def event_record(event: role.Event) -> dict[str, Any]:
     """The JSON form of an event: ``{"event": name, ...fields}``; each result code is
     followed by its name (``"result": 2, "result_name": "AUTH_FAILED"``)."""
-    if isinstance(event, core.LoggedIn):
+    if isinstance(event, role.LoggedIn):
         return {"event": "logged_in", **_named(LoginResult, "result", event.result),
                 "timestamp": event.timestamp,
                 "session_key": event.session_key is not None}  # fmt: skip
-    if isinstance(event, core.LoginFailed):
+    if isinstance(event, role.LoginFailed):
         return {"event": "login_failed", **_named(LoginResult, "result", event.result)}
-    if isinstance(event, core.Registered):
+    if isinstance(event, role.Registered):
         return {"event": "registered", **_named(RegisterResult, "result", event.result),
                 "new_serial": event.serial}  # fmt: skip
-    if isinstance(event, core.LoggedOut):
+    if isinstance(event, role.LoggedOut):
         return {"event": "logged_out", **_named(LogoutReason, "reason", event.reason),
                 "by_platform": event.by_platform}  # fmt: skip
-    if isinstance(event, core.Answer):
+    if isinstance(event, role.Answer):
         return _answer_record(event)
-    if isinstance(event, core.PlatformRequest):
+    if isinstance(event, role.PlatformRequest):
         codes = RESULT_CODES.get(event.message.COMMAND)
         return {"event": "platform_request", "command": event.name,
                 "sequence_id": event.sequence_id, **_message_fields(event.message),
                 **_named(codes, "result", event.result)}  # fmt: skip
-    if isinstance(event, core.CredentialsChanged):
+    if isinstance(event, role.CredentialsChanged):
         return {"event": "credentials_changed"}
-    if isinstance(event, core.DownloadOffered):
+    if isinstance(event, role.DownloadOffered):
         return {"event": "download_offered", "url": event.offer.url}
-    if isinstance(event, core.FileDownloaded):
+    if isinstance(event, role.FileDownloaded):
         return {"event": "download", "ok": event.ok, "size": len(event.data)}
-    if isinstance(event, core.RequestTimedOut):
+    if isinstance(event, role.RequestTimedOut):
         return {"event": "error", "kind": "timeout", "command": command_name(event.command),
                 "sequence_id": event.sequence_id}  # fmt: skip
-    if isinstance(event, core.RequestFailed):
+    if isinstance(event, role.RequestFailed):
         return {"event": "error", "kind": "failed", "command": command_name(event.command),
                 "reason": event.reason}  # fmt: skip
-    if isinstance(event, core.Discarded):
+    if isinstance(event, role.Discarded):
         return {"event": "error", "kind": "discarded", "reason": event.reason}
     return {"event": "error", "kind": "protocol", "reason": event.reason}
 
@@ -252,7 +252,7 @@ _ANSWER_EVENTS = {
 _RESULT_FIELDS = ("result", "ret", "status")  # what the answers call their result code
 
 
-def _answer_record(event: core.Answer) -> dict[str, Any]:
+def _answer_record(event: role.Answer) -> dict[str, Any]:
     name = _ANSWER_EVENTS.get(event.command & 0x7FFF, "answer")
     record = {"event": name, "command": event.name, "sequence_id": event.sequence_id,
               **_message_fields(event.message)}  # fmt: skip
@@ -365,7 +365,7 @@ class SimulatedTerminal:
     :meth:`_flush`, which sends what the client queued and re-arms the one timer.
     """
 
-    def __init__(self, client: core.TerminalClient, fleet: Fleet, *, mode: str) -> None:
+    def __init__(self, client: role.TerminalClient, fleet: Fleet, *, mode: str) -> None:
         self.client = client
         self.fleet = fleet
         self.mode = mode
@@ -419,15 +419,15 @@ class SimulatedTerminal:
     def _login(self) -> None:
         try:
             frame = self.client.login(request_session_key=self.fleet.args.session_key)
-        except core.TerminalStateError as exc:  # e.g. registered, but no credentials came
+        except role.TerminalStateError as exc:  # e.g. registered, but no credentials came
             self.emit({"event": "error", "kind": "login", "reason": exc.reason})
             self._end(False)
             return
         self._transmit(frame)
 
-    def _on_event(self, event: core.Event) -> None:
+    def _on_event(self, event: role.Event) -> None:
         self.emit(event_record(event))
-        if isinstance(event, core.Registered):
+        if isinstance(event, role.Registered):
             self.fleet.renamed(self)
             if event.result == 0 and self.mode == "sms":
                 return  # the credentials follow by SMS (6.3.4): log in once adopted
@@ -435,7 +435,7 @@ class SimulatedTerminal:
                 self._login()
             else:
                 self._end(False)
-        elif isinstance(event, core.LoggedIn):
+        elif isinstance(event, role.LoggedIn):
             # The post-login CONFIG_TRAP (4.4) goes before any work: it releases the
             # platform's queued requests.
             for frame in self.client.data_to_send():
@@ -444,19 +444,19 @@ class SimulatedTerminal:
             if not self._worked:
                 self._worked = True
                 self._work()
-        elif isinstance(event, core.LoginFailed):
+        elif isinstance(event, role.LoginFailed):
             self._end(False)
-        elif isinstance(event, core.LoggedOut):
+        elif isinstance(event, role.LoggedOut):
             self._on_logged_out(event)
-        elif isinstance(event, core.Answer | core.RequestFailed | core.RequestTimedOut):
+        elif isinstance(event, role.Answer | role.RequestFailed | role.RequestTimedOut):
             self._on_completed(event)
-        elif isinstance(event, core.CredentialsChanged) and self.mode == "sms":
+        elif isinstance(event, role.CredentialsChanged) and self.mode == "sms":
             if not self.client.logged_in and not self._worked:
                 self._login()
-        elif isinstance(event, core.DownloadOffered) and self.fleet.args.fetch == "http":
+        elif isinstance(event, role.DownloadOffered) and self.fleet.args.fetch == "http":
             self.fleet.fetch(self, event.offer)
 
-    def _on_logged_out(self, event: core.LoggedOut) -> None:
+    def _on_logged_out(self, event: role.LoggedOut) -> None:
         if self._finishing:
             self._end(True)
         elif event.by_platform and event.reason == LogoutReason.EXPIRED:
@@ -464,8 +464,8 @@ class SimulatedTerminal:
         elif event.by_platform:
             self._end(False)
 
-    def _on_completed(self, event: core.Answer | core.RequestFailed | core.RequestTimedOut) -> None:
-        if isinstance(event, core.RequestTimedOut) and event.command == Command.LOGIN:
+    def _on_completed(self, event: role.Answer | role.RequestFailed | role.RequestTimedOut) -> None:
+        if isinstance(event, role.RequestTimedOut) and event.command == Command.LOGIN:
             self._end(False)
             return
         self._outstanding.discard(event.sequence_id)
@@ -777,7 +777,7 @@ class Fleet:
 
     def __init__(
         self, reactor: Reactor, args: argparse.Namespace, sink: EventSink,
-        identities: Sequence[core.TerminalIdentity],
+        identities: Sequence[role.TerminalIdentity],
     ) -> None:  # fmt: skip
         self.reactor = reactor
         self.args = args
@@ -785,11 +785,11 @@ class Fleet:
         bearer = args.mode if args.mode in ("udp", "sms") else "tcp"
         self.terminals = [
             SimulatedTerminal(
-                core.TerminalClient(
+                role.TerminalClient(
                     identity, bearer, clock=reactor.seconds, encrypt_bodies=args.encrypt,
                     download="file" if args.fetch == "file" else "none",
                     want_session_key=args.session_key, post_login_trap=True,
-                    habits=core.HABITS[args.compat],
+                    habits=role.HABITS[args.compat],
                 ),
                 self,
                 mode=args.mode,
@@ -877,12 +877,12 @@ class Fleet:
         if self._udp is not None:
             self._udp.add(terminal)
 
-    def fetch(self, terminal: SimulatedTerminal, offer: core.DownloadInfoOffer) -> None:
+    def fetch(self, terminal: SimulatedTerminal, offer: role.DownloadInfoOffer) -> None:
         """Download an offered file over HTTP and check it (4.14)."""
         agent = Agent(self.reactor)  # type: ignore[arg-type]
 
         def check(body: bytes) -> None:
-            terminal.emit({"event": "download", "ok": core.verify_download(body, offer),
+            terminal.emit({"event": "download", "ok": role.verify_download(body, offer),
                             "size": len(body)})  # fmt: skip
 
         def failed(reason: Failure) -> None:
@@ -941,7 +941,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session-key", action="store_true", help="request a session key at login")
     p.add_argument("--encrypt", action="store_true", help="send E042 bodies with a session key")
     p.add_argument("--software-version", default="1.01", help="reported in LOGIN (default 1.01)")
-    p.add_argument("--compat", choices=tuple(core.HABITS), default="strict",
+    p.add_argument("--compat", choices=tuple(role.HABITS), default="strict",
                    help="behave as a deployed stack does, byte for byte (spec 1.6): "
                         "cmcc-javame (C1-C9) or simcom (PD-06); default strict")  # fmt: skip
     p.add_argument(
