@@ -531,9 +531,7 @@ class SimulatedTerminal:
         self._flush()
 
     def _flush(self) -> None:
-        """Send what the client queued, surface timer events, re-arm the timer."""
-        for event in self.client.pop_events():
-            self._on_event(event)
+        """Send what the client queued and re-arm the timer."""
         for frame in self.client.data_to_send():
             self._transmit(frame)
         if self.ok is not None:
@@ -549,11 +547,15 @@ class SimulatedTerminal:
             self._timer = self._reactor.callLater(delay, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Retransmissions go out first and leave the heartbeat timer be; then the
+        events of giving up."""
         self._timer = None
-        frames = self.client.timeouts(self._reactor.seconds())
+        events = self.client.tick(self._reactor.seconds())
         if self.send is not None:
-            for frame in frames:
+            for frame in self.client.data_to_send():
                 self.send(frame)
+        for event in events:
+            self._on_event(event)
         self._flush()
 
     def _heartbeat_interval(self) -> float:

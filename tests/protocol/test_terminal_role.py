@@ -217,12 +217,11 @@ def test_udp_retransmits_identical_bytes_then_times_out() -> None:
     clock.advance(100)
     frame = client.heartbeat()
     assert client.next_deadline() == 115.0
-    assert client.timeouts(114.9) == []
-    assert client.timeouts(115.0) == [frame]
-    assert client.timeouts(130.0) == [frame]
-    assert client.pop_events() == []
-    assert client.timeouts(145.0) == []
-    assert client.pop_events() == [RequestTimedOut(Command.HEART_BEAT, 2)]
+    assert (client.tick(114.9), client.data_to_send()) == ([], [])
+    assert (client.tick(115.0), client.data_to_send()) == ([], [frame])
+    assert (client.tick(130.0), client.data_to_send()) == ([], [frame])
+    assert client.tick(145.0) == [RequestTimedOut(Command.HEART_BEAT, 2)]
+    assert client.data_to_send() == []
     assert client.next_deadline() is None
 
 
@@ -230,8 +229,8 @@ def test_tcp_sends_once() -> None:
     clock = Clock()
     client = make_client("tcp", clock)
     client.login()
-    assert client.timeouts(15.0) == []
-    assert client.pop_events() == [RequestTimedOut(Command.LOGIN, 1)]
+    assert client.tick(15.0) == [RequestTimedOut(Command.LOGIN, 1)]
+    assert client.data_to_send() == []
 
 
 def test_logout_and_its_answer() -> None:

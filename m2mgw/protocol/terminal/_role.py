@@ -3,11 +3,12 @@
 :class:`TerminalClient` is what a WMMP terminal does on the wire, h11 style: methods
 such as :meth:`~TerminalClient.login` return the bytes of one message to send;
 :meth:`~TerminalClient.receive` takes one complete message and returns typed events;
-answers to platform requests and follow-up messages (traps, next fragments, a LOGOUT
-after new credentials) are collected for :meth:`~TerminalClient.data_to_send`. Time is
-injected (``clock`` for sends, ``now`` for receiving and timers) and the only randomness,
-AES IVs, comes from an injectable source, so every byte is reproducible. It logs nothing:
-every outcome is an event for its driver.
+:meth:`~TerminalClient.tick` runs the answer timers that :meth:`~TerminalClient.next_deadline`
+names. Answers to platform requests, retransmissions and follow-up messages (traps, next
+fragments, a LOGOUT after new credentials) are collected for
+:meth:`~TerminalClient.data_to_send`. Time is injected (``clock`` for sends, ``now`` for
+receiving and timers) and the only randomness, AES IVs, comes from an injectable source,
+so every byte is reproducible. It logs nothing: every outcome is an event for its driver.
 """
 
 from __future__ import annotations
@@ -193,7 +194,6 @@ class TerminalClient:
         self._answer_timeout, self._sends = BEARER_TIMERS[bearer]
         self._pending: dict[int, _Pending] = {}
         self._out: list[bytes] = []
-        self._events: list[Event] = []
         self._cache = ResponseCache(entries_per_terminal=8, max_terminals=1)
         self._reassembly = ReassemblyTable(max_entries=4)
         self.logged_in = False
@@ -346,39 +346,35 @@ class TerminalClient:
     # -- output, timers -------------------------------------------------------------
 
     def data_to_send(self) -> list[bytes]:
-        """Answers and follow-ups generated since the last call, in sending order."""
+        """Messages to send, in sending order: answers, retransmissions and follow-ups
+        generated since the last call (each returned once)."""
         out, self._out = self._out, []
         return out
 
-    def pop_events(self) -> list[Event]:
-        """Events produced outside :meth:`receive`: timeouts and their consequences."""
-        events, self._events = self._events, []
-        return events
-
     def next_deadline(self) -> float | None:
-        """When :meth:`timeouts` next has something to do, or None."""
+        """When :meth:`tick` next has something to do, or None."""
         return min((p.deadline for p in self._pending.values()), default=None)
 
-    def timeouts(self, now: float) -> list[bytes]:
+    def tick(self, now: float) -> list[Event]:
         """Retransmit what is due (UDP: same bytes, 3 sends) and give up on the rest.
 
-        Giving up yields events for :meth:`pop_events`; a follow-up (the re-login after
-        a LOGOUT 9 that got no answer) goes to :meth:`data_to_send`.
+        Retransmissions, and the follow-up of giving up on a LOGOUT 9 (the re-login
+        with the new credentials), go to :meth:`data_to_send`.
         """
-        out: list[bytes] = []
+        events: list[Event] = []
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             if pending.sends < self._sends:
                 pending.sends += 1
                 pending.deadline = now + self._answer_timeout
                 self._writer.count(pending.frame)
-                out.append(pending.frame)
+                self._out.append(pending.frame)
                 continue
             del self._pending[pending.sequence_id]
-            self._events.append(RequestTimedOut(pending.command, pending.sequence_id))
+            events.append(RequestTimedOut(pending.command, pending.sequence_id))
             if pending.command == Command.LOGOUT:
-                self._events.extend(self._logged_out(pending, by_platform=False))
+                events.extend(self._logged_out(pending, by_platform=False))
         self._reassembly.expire(now)
-        return out
+        return events
 
     # -- receiving ------------------------------------------------------------------
 
