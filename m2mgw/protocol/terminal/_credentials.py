@@ -55,6 +55,15 @@ def _usable(tag: int, raw: bytes) -> bool:
     return is_security(tag)
 
 
+def register_proofs(creds: Credentials) -> list[Tlv]:
+    """What REGISTER op 3 proves of a preset set (4.3): each password, and the base key."""
+    return [
+        Tlv(tags.UPLINK_PROOF, uplink_proof(creds.uplink_password, creds.uplink_expiry)),
+        Tlv(tags.DOWNLINK_PROOF, downlink_proof(creds.downlink_password, creds.downlink_expiry)),
+        Tlv(tags.BASE_KEY_PROOF, base_key_proof(creds.base_key or "", creds.base_key_expiry)),
+    ]
+
+
 class Keyring:
     """The credential set in use and what derives from it.
 

@@ -57,8 +57,6 @@ from m2mgw.protocol.security import (
     DigestKey,
     base_key_proof,
     decode_session_key,
-    downlink_proof,
-    uplink_proof,
     verify,
 )
 from m2mgw.protocol.terminal._credentials import (
@@ -66,6 +64,7 @@ from m2mgw.protocol.terminal._credentials import (
     Keyring,
     TerminalStateError,
     invalid_security_values,
+    register_proofs,
 )
 from m2mgw.protocol.terminal._downloads import (
     FILE_BLOCK,
@@ -244,14 +243,7 @@ class TerminalClient:
             key, sign = self._keys.digest_key(key_imsi, creds.uplink_password), True
             flag = Flag.AUTH
             if op == RegisterOp.PRESET_CREDENTIALS:
-                message.tlvs = [
-                    Tlv(tags.UPLINK_PROOF,
-                        uplink_proof(creds.uplink_password, creds.uplink_expiry)),
-                    Tlv(tags.DOWNLINK_PROOF,
-                        downlink_proof(creds.downlink_password, creds.downlink_expiry)),
-                    Tlv(tags.BASE_KEY_PROOF,
-                        base_key_proof(creds.base_key or "", creds.base_key_expiry)),
-                ]  # fmt: skip
+                message.tlvs = register_proofs(creds)
                 if self.habits.unsigned_register_op3:  # PD-06: the proofs alone
                     key, sign = None, False
         elif op == RegisterOp.NEW:
@@ -289,14 +281,8 @@ class TerminalClient:
 
     def alarm(self, status: int, alarm_type: int, code: int, restore: str | None = None) -> bytes:
         """An alarm report: CONFIG_TRAP with ``0x300B``-``0x300E`` (9.7)."""
-        tlvs = [
-            Tlv.of(tags.ALARM_STATUS, status),
-            Tlv.of(tags.ALARM_TYPE, alarm_type),
-            Tlv.of(tags.ALARM_CODE, code),
-        ]
-        if restore is not None:
-            tlvs.append(Tlv.of(tags.ALARM_RESTORE, restore))
-        return self.trap(tlvs)
+        values = zip(tags.ALARM_TAGS, (status, alarm_type, code, restore), strict=True)
+        return self.trap([Tlv.of(tag, value) for tag, value in values if value is not None])
 
     def sync_trap(self) -> bytes:
         """CONFIG_TRAP with ``0x0025`` and every sync TLV that has a value (4.4)."""
