@@ -53,7 +53,7 @@ from m2mgw.app import operations as ops  # noqa: E402
 from m2mgw.app import soap  # noqa: E402
 from m2mgw.app.longconn import AppCredentials  # noqa: E402
 from m2mgw.config import load_config  # noqa: E402
-from m2mgw.core import terminal as core  # noqa: E402
+from m2mgw.protocol import terminal as role  # noqa: E402
 from m2mgw.protocol.framing import StreamFramer  # noqa: E402
 from m2mgw.web.auth import first_token  # noqa: E402
 
@@ -109,7 +109,7 @@ class Meter:
 class Terminal(protocol.Protocol):
     """A simulated terminal: sends stamped data with a window, records what arrives."""
 
-    def __init__(self, client: core.TerminalClient) -> None:
+    def __init__(self, client: role.TerminalClient) -> None:
         self.client = client
         self.framer = StreamFramer()
         self.logged_in: defer.Deferred[None] = defer.Deferred()
@@ -130,14 +130,14 @@ class Terminal(protocol.Protocol):
                 self.transport.write(out)
 
     def _event(self, event: Any) -> None:
-        if isinstance(event, core.LoggedIn):
+        if isinstance(event, role.LoggedIn):
             self.transport.write(self.client.trap([]))
-        elif isinstance(event, core.Answer) and event.command == 0x8004:
+        elif isinstance(event, role.Answer) and event.command == 0x8004:
             self.on_ack(self.sent_at.pop(event.sequence_id))
             self.pump()
-        elif isinstance(event, core.Answer) and not self.logged_in.called:
+        elif isinstance(event, role.Answer) and not self.logged_in.called:
             self.logged_in.callback(None)
-        elif isinstance(event, core.PlatformRequest) and event.message.COMMAND == 0x0004:
+        elif isinstance(event, role.PlatformRequest) and event.message.COMMAND == 0x0004:
             self.on_data(event.message.user_data)
 
     def send_all(self, payloads: list[bytes], destination: str) -> None:
@@ -188,10 +188,10 @@ class Bench:
 
     async def setup(self, receiver: Receiver) -> None:
         for index in range(self.args.terminals):
-            identity = core.TerminalIdentity(
+            identity = role.TerminalIdentity(
                 serial=f"A9720310{index:08d}", imei=f"86{index:013d}", imsi=f"46000{index:010d}",
-                credentials=core.Credentials(UPLINK, DOWNLINK, base_key=TERMINAL_KEY))
-            link = Terminal(core.TerminalClient(identity, "tcp", clock=time.time))
+                credentials=role.Credentials(UPLINK, DOWNLINK, base_key=TERMINAL_KEY))
+            link = Terminal(role.TerminalClient(identity, "tcp", clock=time.time))
             await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports["tcp"]), link)
             await link.logged_in
             self.terminals.append(link)

@@ -2,7 +2,7 @@
 
 One process holds ``--count`` connections (terminals ``--first`` onwards, identities
 from :mod:`benchlib`). With ``--login`` each terminal logs in through
-:class:`~m2mgw.core.terminal.TerminalClient` (and answers its sync CONFIG_TRAP);
+:class:`~m2mgw.protocol.terminal.TerminalClient` (and answers its sync CONFIG_TRAP);
 without it (the bare echo server) connections are just opened. Then it prints
 ``{"event": "ready", ...}`` and waits on stdin:
 
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchlib import DOWNLINK_PASSWORD, UPLINK_PASSWORD, Identity, raise_nofile_limit
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.codec import build_frame
 from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.errors import FramingError
@@ -74,7 +74,7 @@ class Link(protocol.Protocol):
         self.fleet = fleet
         self.identity = Identity.of(index)
         self.framer = StreamFramer()
-        self.client: core.TerminalClient | None = None
+        self.client: role.TerminalClient | None = None
         self.key = DigestKey.make(self.identity.imei, self.identity.imsi, UPLINK_PASSWORD)
         self.timestamp = 0
         self.sequence = FIRST_LOAD_SEQUENCE
@@ -89,14 +89,14 @@ class Link(protocol.Protocol):
         if not self.fleet.login:
             self.fleet.became_ready(self)
             return
-        identity = core.TerminalIdentity(
+        identity = role.TerminalIdentity(
             serial=self.identity.serial,
             imei=self.identity.imei,
             imsi=self.identity.imsi,
-            credentials=core.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD),
+            credentials=role.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD),
             config=dict(SYNC_CONFIG),
         )
-        self.client = core.TerminalClient(identity, "tcp", clock=self.fleet.reactor.seconds)
+        self.client = role.TerminalClient(identity, "tcp", clock=self.fleet.reactor.seconds)
         self.transport.write(self.client.login())  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -117,7 +117,7 @@ class Link(protocol.Protocol):
         client = self.client
         assert client is not None
         for event in client.receive(frame, self.fleet.reactor.seconds()):
-            if isinstance(event, core.LoginFailed | core.Discarded | core.RequestFailed):
+            if isinstance(event, role.LoginFailed | role.Discarded | role.RequestFailed):
                 self.fleet.login_failed(self, type(event).__name__)
                 self.transport.loseConnection()  # type: ignore[union-attr]
                 return

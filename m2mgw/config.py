@@ -29,6 +29,7 @@ from twisted.logger import InvalidLogLevelError, LogLevel
 from m2mgw.core.vault import default_key_path
 from m2mgw.protocol import compat
 from m2mgw.protocol.constants import DEFAULT_ACCEPTED_VERSIONS
+from m2mgw.protocol.tags import DEFAULT_SYNC_TAGS
 
 Parser = Callable[[str], Any]
 
@@ -498,7 +499,7 @@ class ProtocolConfig:
     #: The compatibility profile of terminals provisioned without one (spec 1.6).
     default_compat: str = _setting("strict", _one_of(*compat.NAMES))
     default_sync_tags: tuple[int, ...] = _setting(
-        (0x0002, 0x0007, 0x0009, 0x000A, 0x0011), _hex_list(allow_empty=True)
+        DEFAULT_SYNC_TAGS, _hex_list(allow_empty=True)
     )
     config_confirm_wait: float = _setting(300.0, _duration(1))
     credential_redeliver_interval: float = _setting(_DAY, _duration(60))

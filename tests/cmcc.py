@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.security import DigestKey
 
 SERIAL = "A00MS8011390002S"
@@ -61,21 +61,21 @@ def record(**changes: Any) -> Terminal:
     return Terminal(**fields)
 
 
-def identity() -> core.TerminalIdentity:
-    return core.TerminalIdentity(
+def identity() -> role.TerminalIdentity:
+    return role.TerminalIdentity(
         serial=SERIAL,
         imei=IMEI,
         imsi=IMSI,
-        credentials=core.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD, base_key=BASE_KEY),
+        credentials=role.Credentials(UPLINK_PASSWORD, DOWNLINK_PASSWORD, base_key=BASE_KEY),
         software_version=SOFTWARE_VERSION,
         config={0x0011: (90).to_bytes(4, "big")},
     )
 
 
-def client(clock: Any, bearer: str = "tcp", **options: Any) -> core.TerminalClient:
+def client(clock: Any, bearer: str = "tcp", **options: Any) -> role.TerminalClient:
     """A simulated CMCC Java ME client (its habits of spec 1.6)."""
-    return core.TerminalClient(
-        identity(), bearer, clock=clock, habits=core.HABITS["cmcc-javame"], **options
+    return role.TerminalClient(
+        identity(), bearer, clock=clock, habits=role.HABITS["cmcc-javame"], **options
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import bearer
 from tests.e2e.support import client_for, provisioned
@@ -280,19 +280,19 @@ class UdpTerminal:
         for out in self.client.data_to_send():
             self.send(out)
 
-    def log_in(self) -> core.LoggedIn | core.LoginFailed:
+    def log_in(self) -> role.LoggedIn | role.LoginFailed:
         """Send a LOGIN; its outcome."""
         self.send(self.client.login())
-        return self.pump(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+        return self.pump(lambda e: isinstance(e, role.LoggedIn | role.LoginFailed))
 
 
-def tcp_login(link: socket.socket, client: core.TerminalClient, login: bytes) -> list[Any]:
+def tcp_login(link: socket.socket, client: role.TerminalClient, login: bytes) -> list[Any]:
     """Send ``client``'s ``login`` frame over a connected blocking TCP socket; the
     client's events up to its answer."""
     framer = StreamFramer()
     link.sendall(login)
     events: list[Any] = []
-    while not any(isinstance(e, core.LoggedIn | core.LoginFailed) for e in events):
+    while not any(isinstance(e, role.LoggedIn | role.LoginFailed) for e in events):
         data = link.recv(65536)
         assert data, "the gateway closed the connection"
         for frame in framer.feed(data):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from m2mgw.protocol.constants import (
     ACK_BIT,
@@ -70,7 +70,7 @@ class Header(NamedTuple):
             self.reserved,
         )
 
-    def replace(self, **changes: int | str) -> Header:
+    def replace(self, **changes: Any) -> Header:
         return self._replace(**changes)
 
     @classmethod

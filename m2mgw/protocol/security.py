@@ -171,7 +171,7 @@ class DigestKey:
         )
 
 
-def compute_digest(m: bytes, timestamp: int, key: DigestKey) -> bytes:
+def compute_digest(m: bytes | bytearray, timestamp: int, key: DigestKey) -> bytes:
     """MD5(M ‖ TS u32 ‖ IMEI ‖ IMSI ‖ PW) (spec 6.2, PD-04)."""
     digest = hashlib.md5(m)
     digest.update(_u32(timestamp, "timestamp") + key.suffix)

@@ -305,6 +305,10 @@ ALARM_TAGS = (ALARM_STATUS, ALARM_TYPE, ALARM_CODE, ALARM_RESTORE)
 CREDENTIAL_TAGS = (
     UPLINK_PASSWORD, UPLINK_EXPIRY, DOWNLINK_PASSWORD, DOWNLINK_EXPIRY, BASE_KEY, BASE_KEY_EXPIRY,
 )
+#: The sync list (``0x0025``) of a terminal that has not reported its own (6.5).
+DEFAULT_SYNC_TAGS: tuple[int, ...] = (
+    APN, SMS_SPECIAL_NUMBER, PLATFORM_IP, PLATFORM_PORT, HEARTBEAT,
+)
 
 
 def is_vendor(tag: int) -> bool:

@@ -12,8 +12,8 @@ from twisted.internet import defer, reactor, utils
 from m2mgw.app import client as app_client
 from m2mgw.app import operations as ops
 from m2mgw.app.longconn import AppCredentials
-from m2mgw.core import terminal as core
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 
 from .gateway_support import (
@@ -29,7 +29,7 @@ R = ops.ResultCode
 
 
 def platform_request(command: int):  # type: ignore[no-untyped-def]
-    return lambda e: isinstance(e, core.PlatformRequest) and e.message.COMMAND == command
+    return lambda e: isinstance(e, role.PlatformRequest) and e.message.COMMAND == command
 
 
 class LongConnectionFlowsTest(AppGatewayTestCase):

@@ -23,7 +23,7 @@ from zeep.plugins import Plugin
 from m2mgw.app import keys, soap
 from m2mgw.app import operations as ops
 from m2mgw.app.digest import soap_canonical_body, soap_canonical_header, soap_digest
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 
 from .gateway_support import (
@@ -140,7 +140,7 @@ class SoapFlowsTest(AppGatewayTestCase):
         sent = yield in_thread(app.call, "SendData", terminalId=serial, data=b"\x01\x02",
                                needTerminalAck=True, ttlSeconds=600)
         self.assertEqual(sent.resultCode, R.OK)
-        seen = yield term.wait_for(lambda e: isinstance(e, core.PlatformRequest)
+        seen = yield term.wait_for(lambda e: isinstance(e, role.PlatformRequest)
                                    and e.message.COMMAND == Command.TRANSPARENT_DATA)
         self.assertEqual(seen.message.user_data, b"\x01\x02")
         yield sleep(0.1)
@@ -269,7 +269,7 @@ class SoapFlowsTest(AppGatewayTestCase):
         # Everyone else is unaffected: this app, this terminal, and the other app.
         code, answer, raw = yield self.answer_of(self.signed(good, seq=7))
         self.assertEqual((code, answer.result_code), (200, R.OK))
-        seen = yield term.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        seen = yield term.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         self.assertEqual(seen.message.user_data, b"\x05")
         # The duplicate rule (AD-19): the same request is answered from the cache.
         code, again, raw_again = yield self.answer_of(self.signed(good, seq=7))

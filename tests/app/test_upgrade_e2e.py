@@ -16,7 +16,7 @@ from twisted.web.server import Site
 
 from m2mgw.app import fetch
 from m2mgw.app import operations as ops
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.checksum import crc16, crc32
 from m2mgw.protocol.constants import Command
 
@@ -66,7 +66,7 @@ class UpgradeFileTest(AppGatewayTestCase):
     @defer.inlineCallbacks
     def assert_download_info(self, image: bytes):  # type: ignore[no-untyped-def]
         seen = yield self.term.wait_for(platform_request(Command.DOWNLOAD_INFO))
-        offer = core.parse_download_url(seen.message.url)
+        offer = role.parse_download_url(seen.message.url)
         self.assertEqual((offer.size, offer.crc16, offer.crc32, offer.version),
                          (len(image), crc16(image), crc32(image), "V2.0"))
 

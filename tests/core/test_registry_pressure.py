@@ -14,9 +14,9 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from m2mgw.core import terminal as core
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.sqlite_registry import ROW_WATERMARKS, SqliteRegistry
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.core.test_registry import SERIAL, db_rows, make_terminal
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
@@ -113,7 +113,7 @@ class InputHeldTest(GatewayTestCase):
     """A real gateway stops reading TCP and UDP terminals while its writer is behind."""
 
     def waiting_answers(self, term: Any) -> list[Any]:
-        return [e for e in term.events if isinstance(e, core.Answer)]
+        return [e for e in term.events if isinstance(e, role.Answer)]
 
     @defer.inlineCallbacks
     def until(self, condition: Any, timeout: float = 2.0):  # type: ignore[no-untyped-def]
@@ -170,7 +170,7 @@ class InputHeldTest(GatewayTestCase):
                 [term.answer_to(Command.TRANSPARENT_DATA) for _ in payloads]
             )
             self.assertEqual([ack.message.result for ack in acks], [1] * len(payloads))
-        logged_in = yield late_term.wait_type(core.LoggedIn)
+        logged_in = yield late_term.wait_type(role.LoggedIn)
         self.assertIn(logged_in.result, (0, 1))
         readers = reactor.getReaders()
         self.assertIn(connection.transport, readers)

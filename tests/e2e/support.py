@@ -12,8 +12,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Protocol
 
 from m2mgw.config import parse_config
-from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.framing import StreamFramer
 from m2mgw.service import GatewayService
 from tests.spec_examples import (
@@ -109,20 +109,20 @@ def provisioning(terminal: Terminal | None = None) -> dict[str, Any]:
     return body
 
 
-def client_for(terminal: Terminal, bearer: str, **kwargs: Any) -> core.TerminalClient:
+def client_for(terminal: Terminal, bearer: str, **kwargs: Any) -> role.TerminalClient:
     creds = terminal.current
     assert creds is not None and terminal.serial and terminal.imsi
-    identity = core.TerminalIdentity(
+    identity = role.TerminalIdentity(
         serial=terminal.serial,
         imei=terminal.imei,
         imsi=terminal.imsi,
-        credentials=core.Credentials(
+        credentials=role.Credentials(
             creds.uplink_password, creds.downlink_password, base_key=creds.base_key
         ),
         cipher=terminal.cipher if terminal.cipher != "none" else None,
         config=dict(SYNC_VALUES),
     )
-    return core.TerminalClient(identity, bearer, clock=reactor.seconds, **kwargs)
+    return role.TerminalClient(identity, bearer, clock=reactor.seconds, **kwargs)
 
 
 class TestTerminal:
@@ -130,7 +130,7 @@ class TestTerminal:
 
     """Drives a :class:`TerminalClient` over a real socket; waits for its events."""
 
-    def __init__(self, client: core.TerminalClient) -> None:
+    def __init__(self, client: role.TerminalClient) -> None:
         self.client = client
         self.events: list[Any] = []
         self._waiters: list[tuple[Callable[[Any], bool], defer.Deferred[Any]]] = []
@@ -170,7 +170,7 @@ class TestTerminal:
 
     def answer_to(self, command: int, timeout: float = 5.0) -> defer.Deferred[Any]:
         return self.wait_for(
-            lambda e: isinstance(e, core.Answer) and e.command == command | 0x8000, timeout
+            lambda e: isinstance(e, role.Answer) and e.command == command | 0x8000, timeout
         )
 
 

@@ -15,8 +15,8 @@ from m2mgw.app import client as app_client
 from m2mgw.app import operations as ops
 from m2mgw.app import provision
 from m2mgw.app.longconn import AppCredentials
-from m2mgw.core import terminal as core
 from m2mgw.core.model import Terminal, TerminalState
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.app.gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase, Inbox, is_result
 from tests.app.test_longconn_e2e import platform_request
@@ -57,7 +57,7 @@ class LastLoginTest(AppGatewayTestCase):
 
         # The last login stays the last one after the session ends, and after a restart.
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         answer = yield client.call(ops.QueryTerminalStatus(terminal_ids=[serial]))
         self.assertEqual((answer.statuses[0].state, answer.statuses[0].last_login),
                          ("LOGGED_OUT", status.last_login))
@@ -114,7 +114,7 @@ class AppSmsTestCase(GatewaySmsTestCase):
         return inbox
 
     @defer.inlineCallbacks
-    def tcp_terminal(self, client: core.TerminalClient):  # type: ignore[no-untyped-def]
+    def tcp_terminal(self, client: role.TerminalClient):  # type: ignore[no-untyped-def]
         term = TestTerminal(client)
         link = yield connect_tcp(term, self.gateway.port_of("tcp"))
         self.addCleanup(lambda: link.transport.loseConnection() or term.closed)
@@ -124,7 +124,7 @@ class AppSmsTestCase(GatewaySmsTestCase):
     @defer.inlineCallbacks
     def log_in(term: TestTerminal) -> Any:
         term.send(term.client.login())
-        logged_in = yield term.wait_type(core.LoggedIn)
+        logged_in = yield term.wait_type(role.LoggedIn)
         if logged_in.result == 0:
             term.send(term.client.trap([]))
         yield term.answer_to(Command.CONFIG_TRAP)  # after result 1 the client's sync trap
@@ -136,19 +136,19 @@ class RegistrationNotifiedTest(AppSmsTestCase):
         """3.3.5: REGISTER with a serial allocated, credentials by SMS, LOGIN over TCP."""
         yield self.registry.add(Terminal(imei=IMEI, msisdn=E164, apps={"EC0001"}))
         inbox = yield self.connect_app([])
-        identity = core.TerminalIdentity(
+        identity = role.TerminalIdentity(
             serial="A972030000000000", imei=IMEI, imsi=IMSI, config=dict(SYNC_VALUES))
-        sms = TestTerminal(core.TerminalClient(identity, "sms", clock=reactor.seconds))
+        sms = TestTerminal(role.TerminalClient(identity, "sms", clock=reactor.seconds))
         self.network.attach(MSISDN, sms)
         sms.send(sms.client.register(0))
-        registered = yield sms.wait_type(core.Registered)
+        registered = yield sms.wait_type(role.Registered)
         self.assertEqual(registered.result, 0)
-        yield sms.wait_type(core.CredentialsChanged)
+        yield sms.wait_type(role.CredentialsChanged)
         record = self.registry.by_imei(IMEI)
         yield wait_until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
 
         # The same terminal (its flash: serial and set) logs in over its IP stack.
-        term = yield self.tcp_terminal(core.TerminalClient(identity, "tcp", clock=reactor.seconds))
+        term = yield self.tcp_terminal(role.TerminalClient(identity, "tcp", clock=reactor.seconds))
         yield self.log_in(term)
         self.assertEqual(record.state, TerminalState.LOGGED_IN)
         yield inbox.wait(lambda n: isinstance(n, ops.NotifyTerminalState)
@@ -168,7 +168,7 @@ class SmsAlarmNotifiedTest(AppSmsTestCase):
         term = yield self.tcp_terminal(client_for(record, "tcp"))
         yield self.log_in(term)
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         self.assertEqual((record.state, record.bearer), (TerminalState.LOGGED_OUT, "tcp"))
 
         sms = TestTerminal(client_for(record, "sms"))

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from tests.spec_examples import BASE_KEY, DOWNLINK_PASSWORD, IMEI, IMSI, SERIAL, UPLINK_PASSWORD
 from tests.twistd import UdpTerminal, cli, free_port, gateway_argv, local
 
@@ -126,7 +126,7 @@ def test_unix_admin_socket_provisions_into_the_running_gateway(tmp_path: Path) -
 
         terminal = UdpTerminal(gateway.udp)
         logged_in = terminal.log_in()
-        assert isinstance(logged_in, core.LoggedIn), logged_in  # the cache saw it
+        assert isinstance(logged_in, role.LoggedIn), logged_in  # the cache saw it
     finally:
         gateway.stop()
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 
 from m2mgw.app import operations as ops
-from m2mgw.core import terminal as core
 from m2mgw.core.model import TerminalState
 from m2mgw.core.refusals import Reason
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
 from tests import cmcc
@@ -60,7 +60,7 @@ class CompatEndToEndTest(AppGatewayTestCase):
         term = yield self.cmcc_terminal()
 
         term.send(term.client.login())  # the LOGIN of 1.6, byte for byte
-        logged_in = yield term.wait_type(core.LoggedIn)
+        logged_in = yield term.wait_type(role.LoggedIn)
         self.assertEqual(logged_in.result, 0)
         term.send(term.client.trap([]))  # its post-login trap, signed over the header
         ack = yield term.answer_to(Command.CONFIG_TRAP)
@@ -99,7 +99,7 @@ class CompatEndToEndTest(AppGatewayTestCase):
         self.assertEqual(view["refusals"], {"header-only-digest": 1, "profile": 3})
 
         term.send(term.client.logout(0))  # unsigned, on the session's connection (C3)
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         self.assertEqual(self.registry.get(cmcc.SERIAL).state, TerminalState.LOGGED_OUT)
         self.assertEqual(self.counts().get(Reason.MISSING_DIGEST), None)
 
@@ -109,11 +109,11 @@ class CompatEndToEndTest(AppGatewayTestCase):
         self.assertEqual((record["compat"], record["compat_default"]), ("strict", True))
         term = yield self.cmcc_terminal()
         term.send(term.client.login())
-        failed = yield term.wait_type(core.LoginFailed)
+        failed = yield term.wait_type(role.LoginFailed)
         self.assertEqual((failed.result, failed.verified), (2, False))
         self.assertEqual(self.counts(), {Reason.MISSING_DIGEST: 1})
         self.assertEqual(self.registry.get(cmcc.SERIAL).state, TerminalState.REGISTERED)
         # An unsigned message from it is refused as well, before it is logged in.
         term.send(term.client.transparent_data(b"\x01", "EC0001"))
         yield until(lambda: self.counts().get(Reason.NOT_LOGGED_IN) == 1)
-        self.assertEqual([e for e in term.events if isinstance(e, core.Answer)], [])
+        self.assertEqual([e for e in term.events if isinstance(e, role.Answer)], [])

@@ -7,9 +7,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import RequestState, TerminalState
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
 
@@ -76,7 +76,7 @@ class GatewayTestCase(unittest.TestCase):
     @defer.inlineCallbacks
     def log_in(self, term: TestTerminal):  # type: ignore[no-untyped-def]
         term.send(term.client.login())
-        event = yield term.wait_type(core.LoggedIn)
+        event = yield term.wait_type(role.LoggedIn)
         if event.result == 0:
             # As deployed terminals do after LOGIN_ACK 0 (spec 4.4): an empty trap.
             term.send(term.client.trap([]))
@@ -94,7 +94,7 @@ class FullExchangeTest(GatewayTestCase):
         record_for_client = provisioned()
         term = yield self.open_terminal(record_for_client, bearer)
         term.send(term.client.register(3))
-        registered = yield term.wait_type(core.Registered)
+        registered = yield term.wait_type(role.Registered)
         self.assertEqual((registered.result, registered.serial), (1, record.serial))
         self.assertEqual(record.state, TerminalState.REGISTERED)
 
@@ -117,7 +117,7 @@ class FullExchangeTest(GatewayTestCase):
         self.assertEqual(ack.message.result, 1)  # stored for the application side
 
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         self.assertEqual(record.state, TerminalState.LOGGED_OUT)
         entries = yield self.registry.messages(record.serial, limit=200)
         uplinks = [e for e in entries if e.event == "uplink-data"]
@@ -143,7 +143,7 @@ class FullExchangeTest(GatewayTestCase):
         ack = yield term.answer_to(Command.TRANSPARENT_DATA)
         self.assertEqual(ack.message.result, 1)
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
 
 
 class SessionRulesTest(GatewayTestCase):
@@ -175,7 +175,7 @@ class SessionRulesTest(GatewayTestCase):
         yield self.log_in(term)
         get = m.ConfigGet(tlvs=[Tlv.query(0x0002), Tlv.query(0x0011)]).encode_body()
         now_request = yield self.gateway.router.submit(online.serial, Command.CONFIG_GET, get)
-        yield term.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        yield term.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         yield sleep(0.1)
         self.assertEqual(now_request.state, RequestState.SUCCEEDED)
         self.assertEqual(
@@ -188,8 +188,8 @@ class SessionRulesTest(GatewayTestCase):
         self.assertEqual((first.state, second.state), (RequestState.QUEUED, RequestState.QUEUED))
         later = yield self.open_terminal(offline, "udp")
         yield self.log_in(later)
-        first_seen = yield later.wait_for(lambda e: isinstance(e, core.PlatformRequest))
-        second_seen = yield later.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        first_seen = yield later.wait_for(lambda e: isinstance(e, role.PlatformRequest))
+        second_seen = yield later.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         self.assertEqual(
             [first_seen.message.COMMAND, second_seen.message.COMMAND],
             [Command.CONFIG_GET, Command.REMOTE_CTRL],
@@ -208,7 +208,7 @@ class SessionRulesTest(GatewayTestCase):
         )
         term = yield self.open_terminal(wrong, "udp")
         term.send(term.client.login())
-        failed = yield term.wait_type(core.LoginFailed)
+        failed = yield term.wait_type(role.LoginFailed)
         self.assertEqual(failed.result, 2)
         self.assertEqual(record.state, TerminalState.REGISTERED)
         # Not logged in: a data message gets no answer at all (PD-20).
@@ -217,7 +217,7 @@ class SessionRulesTest(GatewayTestCase):
         good.send(frame)
         yield sleep(0.3)
         self.assertFalse(
-            [e for e in good.events if isinstance(e, core.Answer)], "refused before login"
+            [e for e in good.events if isinstance(e, role.Answer)], "refused before login"
         )
 
     @defer.inlineCallbacks
@@ -252,7 +252,7 @@ class HeartbeatLossTest(GatewayTestCase):
         term = yield self.open_terminal(record, "tcp")
         term.client.config[0x0011] = (1).to_bytes(4, "big")
         yield self.log_in(term)
-        logout = yield term.wait_type(core.LoggedOut, timeout=10)
+        logout = yield term.wait_type(role.LoggedOut, timeout=10)
         self.assertEqual((logout.reason, logout.by_platform), (2, True))
         yield sleep(0.5)
         self.assertEqual(record.state, TerminalState.OFFLINE)
@@ -331,7 +331,7 @@ class TransferTest(GatewayTestCase):
 
         command, body = download_info(tx, self.gateway.config.http.public_url)
         request = yield self.gateway.router.submit(record.serial, command, body)
-        done = yield term.wait_type(core.FileDownloaded, timeout=10)
+        done = yield term.wait_type(role.FileDownloaded, timeout=10)
         self.assertTrue(done.ok)
         self.assertEqual(done.data, firmware)
         self.assertEqual(request.result, 1)  # DOWNLOAD_INFO_ACK: URL accepted
@@ -340,7 +340,7 @@ class TransferTest(GatewayTestCase):
         self.assertEqual(request.outcome, "acknowledged")
         # The update is complete when the terminal logs in with the offered version.
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         term.client.identity.software_version = "2.0"
         yield self.log_in(term)
         self.assertEqual(request.outcome, "applied")
@@ -358,7 +358,7 @@ class TransferTest(GatewayTestCase):
         sender.send(sender.client.transparent_data(b"hello", to_terminal=receiver_record.serial))
         ack = yield sender.answer_to(Command.TRANSPARENT_DATA)
         self.assertEqual(ack.message.result, 0)  # forwarded to a reachable terminal
-        got = yield receiver.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        got = yield receiver.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         self.assertEqual(got.message.user_data, b"hello")
         self.assertEqual(got.message.source, ("terminal", sender_record.serial))
         sender.send(sender.client.transparent_data(b"no", to_terminal=stranger_record.serial))

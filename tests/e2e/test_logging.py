@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import LoginResult
 from tests.e2e.support import provisioned, provisioning
 from tests.spec_examples import SERIAL
@@ -52,7 +52,7 @@ def stopped_json_events(gateway: Gateway) -> list[dict[str, Any]]:
 def test_a_login_writes_one_json_event_with_the_terminal_keys(gateways: Any) -> None:
     gateway = gateways("format = json\n")
     provision(gateway)
-    assert isinstance(UdpTerminal(gateway.udp).log_in(), core.LoggedIn)
+    assert isinstance(UdpTerminal(gateway.udp).log_in(), role.LoggedIn)
     gateway.call("GET", "/health")
     events = stopped_json_events(gateway)
     [login] = [e for e in events if e.get("event") == "login"]
@@ -70,7 +70,7 @@ def test_a_login_writes_one_json_event_with_the_terminal_keys(gateways: Any) -> 
 def test_at_level_error_a_login_writes_no_info_line(gateways: Any) -> None:
     gateway = gateways("level = error\n")
     provision(gateway)
-    assert isinstance(UdpTerminal(gateway.udp).log_in(), core.LoggedIn)
+    assert isinstance(UdpTerminal(gateway.udp).log_in(), role.LoggedIn)
     gateway.stop()
     log = gateway.logtext()
     assert SERIAL not in log
@@ -87,7 +87,7 @@ def test_unknown_serial_logins_are_refused_in_a_bounded_number_of_lines(
     terminal = UdpTerminal(gateway.udp)
     for _ in range(100):  # nothing provisioned: SERIAL is unknown; a new seq each time
         refused = terminal.log_in()
-        assert isinstance(refused, core.LoginFailed)
+        assert isinstance(refused, role.LoginFailed)
         assert refused.result == LoginResult.UNKNOWN_SERIAL
     deadline = time.monotonic() + 5
     while "refusals-suppressed" not in gateway.logtext() and time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import m2mgw
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.admin_token import bearer
 from tests.e2e.support import provisioning
@@ -107,7 +107,7 @@ def provision(gateway: Gateway) -> None:
 
 
 def is_answer(command: int) -> Any:
-    return lambda e: isinstance(e, core.Answer) and e.command == command | ACK
+    return lambda e: isinstance(e, role.Answer) and e.command == command | ACK
 
 
 def wait_for(condition: Any, what: str) -> None:
@@ -133,9 +133,9 @@ def test_scripted_exchange_moves_the_counters_by_exactly_its_messages(
     terminal = UdpTerminal(gateway.udp)
     logged_in = terminal.log_in()
     # Result 1, nothing synced yet: the client sends its sync CONFIG_TRAP by itself.
-    assert isinstance(logged_in, core.LoggedIn) and logged_in.result == 1
+    assert isinstance(logged_in, role.LoggedIn) and logged_in.result == 1
     terminal.pump(is_answer(Command.CONFIG_TRAP))
-    terminal.pump(lambda e: isinstance(e, core.PlatformRequest))  # the queued CONFIG_GET
+    terminal.pump(lambda e: isinstance(e, role.PlatformRequest))  # the queued CONFIG_GET
     wait_for(
         lambda: gateway.call("GET", f"/requests/{request['id']}")["state"] == "succeeded",
         "the CONFIG_GET to succeed",
@@ -148,14 +148,14 @@ def test_scripted_exchange_moves_the_counters_by_exactly_its_messages(
     terminal.send(terminal.client.transparent_data(b"metrics"))
     terminal.pump(is_answer(Command.TRANSPARENT_DATA))
     terminal.send(terminal.client.logout())
-    terminal.pump(lambda e: isinstance(e, core.LoggedOut))
+    terminal.pump(lambda e: isinstance(e, role.LoggedOut))
 
     intruder = UdpTerminal(gateway.udp)
     identity = intruder.client.identity
-    identity.credentials = core.Credentials("Wrong123", DOWNLINK_PASSWORD, base_key=BASE_KEY)
-    intruder.client = core.TerminalClient(identity, "udp", clock=time.time)
+    identity.credentials = role.Credentials("Wrong123", DOWNLINK_PASSWORD, base_key=BASE_KEY)
+    intruder.client = role.TerminalClient(identity, "udp", clock=time.time)
     failed = intruder.log_in()
-    assert isinstance(failed, core.LoginFailed) and failed.result == 2
+    assert isinstance(failed, role.LoginFailed) and failed.result == 2
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as garbage:
         garbage.sendto(b"no frame", ("127.0.0.1", gateway.udp))
     wait_for(

@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.e2e.support import provisioning
 from tests.spec_examples import SERIAL
@@ -72,10 +72,10 @@ def test_sigkill_with_queued_requests_loses_nothing(gateway: Gateway) -> None:
 
     terminal = UdpTerminal(gateway.udp)
     logged_in = terminal.log_in()
-    assert isinstance(logged_in, core.LoggedIn)
+    assert isinstance(logged_in, role.LoggedIn)
     if logged_in.result == 0:
         terminal.send(terminal.client.trap([]))
-    seen = [terminal.pump(lambda e: isinstance(e, core.PlatformRequest)).message for _ in queued]
+    seen = [terminal.pump(lambda e: isinstance(e, role.PlatformRequest)).message for _ in queued]
     assert [m.COMMAND for m in seen] == [Command.CONFIG_GET] * 5
     assert [m.tlvs[0].tag for m in seen] == [0x0002, 0x0007, 0x0009, 0x000A, 0x0011]
     deadline = time.monotonic() + 5

@@ -10,10 +10,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import globalLogPublisher
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet, RequestState, TerminalState
 from m2mgw.core.refusals import TOTAL_FACTOR, Reason
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.codec import build_frame, parse_frame
 from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.framing import StreamFramer
@@ -107,7 +107,7 @@ class ReplayTestCase(GatewayTestCase):
     @defer.inlineCallbacks
     def platform_request_reaches(self, record, term: TestTerminal):  # type: ignore[no-untyped-def]
         request = yield self.gateway.router.submit(record.serial, Command.CONFIG_GET, CONFIG_GET)
-        yield term.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        yield term.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         yield until(lambda: request.state == RequestState.SUCCEEDED)
 
 
@@ -140,7 +140,7 @@ class TcpLockoutTest(ReplayTestCase):
         )
         term = yield self.open_terminal(wrong, "tcp")
         term.send(term.client.login())
-        failed = yield term.wait_type(core.LoginFailed)
+        failed = yield term.wait_type(role.LoginFailed)
         self.assertEqual(failed.result, 2)
         yield term.closed.addTimeout(3, reactor)
 
@@ -213,7 +213,7 @@ class LoginReplayTest(ReplayTestCase):
         record = yield self.add_terminal()
         term, sent = yield self.logged_in_capturing(record)
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
         [login] = of_command(sent, Command.LOGIN)
         raw = yield self.raw_tcp()
         raw.transport.write(login)
@@ -234,7 +234,7 @@ class LoginReplayTest(ReplayTestCase):
         yield self.log_in(restarted)
         self.assertEqual(of_command(again, Command.LOGIN), [login])
         self.assertEqual(self.registry.get(record.serial).state, TerminalState.LOGGED_IN)
-        yield restarted.wait_for(lambda e: isinstance(e, core.PlatformRequest))
+        yield restarted.wait_for(lambda e: isinstance(e, role.PlatformRequest))
         yield until(lambda: request.state == RequestState.SUCCEEDED)
 
     @defer.inlineCallbacks
@@ -281,7 +281,7 @@ class CompatLoginReplayTest(ReplayTestCase):
         term = TestTerminal(cmcc.client(reactor.seconds))
         self.links.append((yield connect_tcp(term, self.tcp_port)))
         term.send(term.client.login())
-        yield term.wait_type(core.LoggedIn)
+        yield term.wait_type(role.LoggedIn)
         term.send(term.client.trap([]))
         yield term.answer_to(Command.CONFIG_TRAP)
         term.send(term.client.transparent_data(b"\xaa", "EC0001"))  # unsigned (C3)
@@ -305,7 +305,7 @@ class CompatLoginReplayTest(ReplayTestCase):
         yield first.closed.addTimeout(3, reactor)
         self.assertEqual(len((yield self.uplinks(cmcc.SERIAL))), 2)
         again.send(again.client.logout(0))
-        yield again.wait_type(core.LoggedOut)
+        yield again.wait_type(role.LoggedOut)
 
 
 class SignedReplayTest(ReplayTestCase):

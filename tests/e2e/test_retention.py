@@ -17,7 +17,7 @@ from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from m2mgw.config import parse_config
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from m2mgw.service import GatewayService
 
@@ -91,13 +91,13 @@ class RetentionLoopTest(unittest.TestCase):
     def cycle(self, term: TestTerminal):  # type: ignore[no-untyped-def]
         """One log-in (with the trap deployed terminals send) and log-out."""
         term.send(term.client.login())
-        event = yield term.wait_type(core.LoggedIn)
+        event = yield term.wait_type(role.LoggedIn)
         self.assertIn(event.result, (0, 1))
         if event.result == 0:
             term.send(term.client.trap([]))
         yield term.answer_to(Command.CONFIG_TRAP)
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
 
     @defer.inlineCallbacks
     def loop(self, term: TestTerminal, until: float):  # type: ignore[no-untyped-def]

@@ -16,8 +16,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet
+from m2mgw.protocol import terminal as role
 from tests.e2e.support import client_for, provisioned, provisioning
 from tests.twistd import (
     NotifySocket,
@@ -43,13 +43,13 @@ TERMINAL = provisioned(current=CredentialSet(
     uplink_password=UPLINK, downlink_password=DOWNLINK, base_key=BASE_KEY))
 
 
-def login(port: int) -> core.TerminalClient:
+def login(port: int) -> role.TerminalClient:
     """A LOGIN asking for a session key over TCP: it succeeds only if the gateway's
     uplink and downlink passwords are right, and the key arrives wrapped in its Base Key."""
     client = client_for(TERMINAL, "tcp")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
         events = tcp_login(link, client, client.login(request_session_key=True))
-    assert [type(e) for e in events] == [core.LoggedIn], events
+    assert [type(e) for e in events] == [role.LoggedIn], events
     assert client.session_key is not None and len(client.session_key) == 16
     return client
 

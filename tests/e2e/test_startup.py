@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial import unittest
 
 from m2mgw.config import parse_config
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.service import GatewayService, ListeningService, StartupError
 from m2mgw.systemd import Notifier
 from tests.e2e.support import client_for, gateway_config, provisioned, provisioning
@@ -169,7 +169,7 @@ def test_terminal_logs_in_through_a_socket_from_systemd(
     client = client_for(provisioned(), "tcp")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
         events = tcp_login(link, client, client.login())
-        assert [type(e) for e in events] == [core.LoggedIn], events
+        assert [type(e) for e in events] == [role.LoggedIn], events
         status, shown = admin_call(admin, "GET", f"/terminals/{SERIAL}", ini=ini)
         assert (status, shown["session"]["bearer"]) == (200, "tcp"), shown
     proc.send_signal(signal.SIGTERM)

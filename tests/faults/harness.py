@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from m2mgw.app import client as app_client
 from m2mgw.app import operations as ops
 from m2mgw.app.longconn import AppCredentials
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import ACK_BIT, Command, TransparentResult
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import StreamFramer
@@ -321,7 +321,7 @@ class GatewayProcess:
 class _TerminalLink(Protocol):
     """One TCP connection of a :class:`LoadTerminal`, with its own protocol state."""
 
-    def __init__(self, owner: LoadTerminal, client: core.TerminalClient) -> None:
+    def __init__(self, owner: LoadTerminal, client: role.TerminalClient) -> None:
         self.owner = owner
         self.client = client
         self.framer = StreamFramer()
@@ -357,17 +357,17 @@ class _TerminalLink(Protocol):
 
     def _event(self, event: Any) -> None:
         ledger = self.owner.ledger
-        if isinstance(event, core.LoggedIn | core.LoginFailed) and not self.login.called:
-            self.logged_in = isinstance(event, core.LoggedIn)
+        if isinstance(event, role.LoggedIn | role.LoginFailed) and not self.login.called:
+            self.logged_in = isinstance(event, role.LoggedIn)
             self.login.callback(event)
-        elif (isinstance(event, core.Answer)
+        elif (isinstance(event, role.Answer)
               and event.command == Command.TRANSPARENT_DATA | ACK_BIT):
             uid = self.inflight.pop(event.sequence_id, None)
             if uid is not None:
                 self.progress = self.owner.reactor.seconds()
                 ledger.uplink_answered(uid, event.message.result)
                 self.owner.reactor.callLater(self.owner.plan.uplink_pause, self.owner.fill, self)
-        elif (isinstance(event, core.PlatformRequest)
+        elif (isinstance(event, role.PlatformRequest)
               and event.message.COMMAND == Command.TRANSPARENT_DATA):
             ledger.down_delivered[bytes(event.message.user_data)] += 1
 
@@ -433,7 +433,7 @@ class LoadTerminal:
             link.transport.abortConnection()  # type: ignore[union-attr]
             await link.closed
             return
-        if isinstance(event, core.LoginFailed):
+        if isinstance(event, role.LoginFailed):
             log.warn("{serial}: LOGIN refused with {result}", serial=self.serial,
                      result=event.result)
             link.transport.abortConnection()  # type: ignore[union-attr]

@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import CredentialSet
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.framing import StreamFramer
 from tests.e2e.support import client_for, provisioned, provisioning
@@ -121,7 +121,7 @@ def tcp_terminal(port: int, record: Any, stop: threading.Event, out: Terminal) -
 
         out.login_attempts = 1
         link.sendall(client.login())
-        logged = until(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+        logged = until(lambda e: isinstance(e, role.LoggedIn | role.LoginFailed))
         out.login, out.login_result = time.perf_counter() - started, logged.result
         heartbeats(lambda frame: link.sendall(frame), until, client, stop, out)
         link.close()
@@ -157,7 +157,7 @@ def udp_terminal(port: int, record: Any, stop: threading.Event, out: Terminal) -
             out.login_attempts += 1
             link.sendto(login, target)
             try:
-                logged = until(lambda e: isinstance(e, core.LoggedIn | core.LoginFailed))
+                logged = until(lambda e: isinstance(e, role.LoggedIn | role.LoginFailed))
             except TimeoutError:
                 continue
             out.login, out.login_result = time.perf_counter() - started, logged.result
@@ -170,21 +170,21 @@ def udp_terminal(port: int, record: Any, stop: threading.Event, out: Terminal) -
         link.close()
 
 
-def heartbeats(send: Any, until: Any, client: core.TerminalClient, stop: threading.Event,
+def heartbeats(send: Any, until: Any, client: role.TerminalClient, stop: threading.Event,
                out: Terminal) -> None:
     """After LOGIN_ACK 0 an empty trap, as deployed terminals send (after 1 the client
     sends its sync trap itself); then heartbeats, each timed to its answer."""
     trap = Command.CONFIG_TRAP | ACK_BIT
     if out.login_result == 0:
         send(client.trap([]))
-    until(lambda e: isinstance(e, core.Answer) and e.command == trap)
+    until(lambda e: isinstance(e, role.Answer) and e.command == trap)
     beat = Command.HEART_BEAT | ACK_BIT
     while not stop.is_set():
         frame = client.heartbeat()
         sent = time.perf_counter()
         send(frame)
         try:
-            until(lambda e: isinstance(e, core.Answer) and e.command == beat)
+            until(lambda e: isinstance(e, role.Answer) and e.command == beat)
         except TimeoutError:
             out.lost += 1
             continue

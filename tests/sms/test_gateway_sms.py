@@ -19,10 +19,10 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from m2mgw.core import terminal as core
 from m2mgw.core.model import RequestState, Terminal, TerminalState, normalize_msisdn
 from m2mgw.core.registry import SmsState
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.codec import decode_frame, parse_frame
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
@@ -161,24 +161,24 @@ class RegistrationTest(GatewaySmsTestCase):
     def test_register_credentials_login_alarm(self):  # type: ignore[no-untyped-def]
         """4.3 by SMS from a number the registry does not know yet, then 6.3.4, 4.4, 4.9."""
         yield self.registry.add(Terminal(imei=IMEI))  # provisioned by IMEI only
-        identity = core.TerminalIdentity(
+        identity = role.TerminalIdentity(
             serial="A972030000000000", imei=IMEI, imsi=IMSI, config=dict(SYNC_VALUES)
         )
-        term = TestTerminal(core.TerminalClient(identity, "sms", clock=reactor.seconds))
+        term = TestTerminal(role.TerminalClient(identity, "sms", clock=reactor.seconds))
         self.network.attach(MSISDN, term)
 
         term.send(term.client.register(0))
-        registered = yield term.wait_type(core.Registered)
+        registered = yield term.wait_type(role.Registered)
         self.assertEqual(registered.result, 0)
         record = self.registry.by_imei(IMEI)
         self.assertEqual((record.serial, record.msisdn), (registered.serial, "86" + MSISDN))
 
-        changed = yield term.wait_type(core.CredentialsChanged)
+        changed = yield term.wait_type(role.CredentialsChanged)
         self.assertEqual(changed.credentials.uplink_password, record.pending.uplink_password)
         yield wait_until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
 
         term.send(term.client.login())
-        logged_in = yield term.wait_type(core.LoggedIn)
+        logged_in = yield term.wait_type(role.LoggedIn)
         self.assertEqual(logged_in.result, 1)  # no sync values stored yet
         self.assertEqual(record.state, TerminalState.LOGGED_IN)
         self.assertIsNone(record.pending)  # committed by the LOGIN
@@ -253,7 +253,7 @@ class MixedModeTest(GatewaySmsTestCase):
         self.addCleanup(port.stopListening)
         yield self.log_in(term)
         term.send(term.client.logout(0))
-        yield term.wait_type(core.LoggedOut)
+        yield term.wait_type(role.LoggedOut)
 
         body = m.ConfigGet(tlvs=[Tlv.query(0x0002)]).encode_body()
         request = yield self.gateway.router.submit(record.serial, Command.CONFIG_GET, body)
@@ -267,7 +267,7 @@ class MixedModeTest(GatewaySmsTestCase):
         # The terminal's SMS side answers (a copy from another number is not matched)...
         sms_side = client_for(record, "sms")
         [event] = sms_side.receive(frame, reactor.seconds())
-        self.assertIsInstance(event, core.PlatformRequest)
+        self.assertIsInstance(event, role.PlatformRequest)
         ack = sms_side.data_to_send()[0]  # then LOGIN, sent over UDP below
         traffic = self.gateway.router._traffic_of(record.serial)
         self.emulator.deliver_wmmp(STRANGER, ack)
@@ -278,7 +278,7 @@ class MixedModeTest(GatewaySmsTestCase):
 
         # ...then logs in over UDP and gets the queued request there.
         yield self.log_in(term)
-        got = yield term.wait_type(core.PlatformRequest)
+        got = yield term.wait_type(role.PlatformRequest)
         self.assertIsInstance(got.message, m.ConfigGet)
         yield wait_until(lambda: request.state == RequestState.SUCCEEDED, "the CONFIG_GET")
         self.assertEqual(len(self.emulator.sent), 1)  # one wake-up within wakeup_min_interval
@@ -286,7 +286,7 @@ class MixedModeTest(GatewaySmsTestCase):
     @defer.inlineCallbacks
     def log_in(self, term: TestTerminal):  # type: ignore[no-untyped-def]
         term.send(term.client.login())
-        yield term.wait_type(core.LoggedIn)
+        yield term.wait_type(role.LoggedIn)
         term.send(term.client.trap([]))
         yield term.answer_to(Command.CONFIG_TRAP)
 

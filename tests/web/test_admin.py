@@ -11,15 +11,15 @@ from twisted.trial import unittest
 
 from m2mgw.core.model import RequestState, TerminalState
 from m2mgw.core.requests import config_get
-from m2mgw.core.terminal import (
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.checksum import crc16, crc32
+from m2mgw.protocol.constants import Command
+from m2mgw.protocol.terminal import (
     Credentials,
     TerminalClient,
     TerminalIdentity,
     parse_download_url,
 )
-from m2mgw.protocol import messages as m
-from m2mgw.protocol.checksum import crc16, crc32
-from m2mgw.protocol.constants import Command
 from tests.web import CREDENTIALS, IMEI, IMSI, SERIAL, header, start_gateway
 
 PRESET = {"imei": IMEI, "imsi": IMSI, "serial": SERIAL, "cipher": "legacy", **CREDENTIALS}

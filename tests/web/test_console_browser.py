@@ -22,7 +22,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from m2mgw.web.auth import first_token
 from tests.e2e.support import provisioned, provisioning
@@ -116,7 +116,7 @@ def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
     # The terminal logs in: its row turns LOGGED_IN by the event stream, no reload.
     terminal = UdpTerminal(gateway.udp)
     logged_in = terminal.log_in()
-    assert isinstance(logged_in, core.LoggedIn)
+    assert isinstance(logged_in, role.LoggedIn)
     if logged_in.result == 0:
         terminal.send(terminal.client.trap([]))
     stop = threading.Event()
@@ -158,7 +158,7 @@ def test_console_sees_a_terminal_come_online_and_runs_a_config_get(
     wait(browser, "log-in after reload", lambda d: d.find_elements(By.ID, "token"))
     assert not browser.find_element(By.ID, "nav").is_displayed()
 
-    asked = [e.message for e in terminal.events if isinstance(e, core.PlatformRequest)]
+    asked = [e.message for e in terminal.events if isinstance(e, role.PlatformRequest)]
     assert [(m.COMMAND, [t.tag for t in m.tlvs]) for m in asked] == [(Command.CONFIG_GET, [0x0011])]
     errors = [entry["message"] for entry in browser.get_log("browser")
               if entry["level"] == "SEVERE" and "401" not in entry["message"]]

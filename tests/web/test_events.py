@@ -11,7 +11,7 @@ from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 import m2mgw
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.e2e.support import TestTerminal, client_for, connect_udp, provisioned
 from tests.web import start_gateway
@@ -61,7 +61,7 @@ class EventTests(unittest.TestCase):
         _, port = connect_udp(term, self.gateway.udp_port)
         self.addCleanup(port.stopListening)
         term.send(term.client.login())
-        logged_in = await term.wait_type(core.LoggedIn)
+        logged_in = await term.wait_type(role.LoggedIn)
         if logged_in.result == 0:
             term.send(term.client.trap([]))
         await term.answer_to(Command.CONFIG_TRAP)

@@ -1,6 +1,6 @@
 """``m2mgw-terminal``: simulated WMMP terminals over TCP, UDP or SMS (spec 9.4, 10.2-10.4).
 
-Each terminal is a :class:`~m2mgw.core.terminal.TerminalClient` driven by thin Twisted
+Each terminal is a :class:`~m2mgw.protocol.terminal.TerminalClient` driven by thin Twisted
 adapters: a TCP connection per terminal (long or short), or one shared UDP socket for
 all terminals, demultiplexed by the header serial. On SMS (``--mode sms``) the
 terminals reach the gateway's modem emulator through its control socket: their
@@ -25,7 +25,7 @@ from typing import IO
 from twisted.internet.defer import Deferred
 
 from m2mgw.config import ConfigError, connect_address, load_config
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.tools import argtypes
 from m2mgw.tools.terminal._bearers import ModemControlClient, SubmittedSms
@@ -79,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session-key", action="store_true", help="request a session key at login")
     p.add_argument("--encrypt", action="store_true", help="send E042 bodies with a session key")
     p.add_argument("--software-version", default="1.01", help="reported in LOGIN (default 1.01)")
-    p.add_argument("--compat", choices=tuple(core.HABITS), default="strict",
+    p.add_argument("--compat", choices=tuple(role.HABITS), default="strict",
                    help="behave as a deployed stack does, byte for byte (spec 1.6): "
                         "cmcc-javame (C1-C9) or simcom (PD-06); default strict")  # fmt: skip
     p.add_argument(

@@ -6,8 +6,8 @@ import json
 from enum import IntEnum
 from typing import IO, Any
 
-from m2mgw.core import terminal as core
 from m2mgw.protocol import messages as m
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import (
     RESULT_CODES,
     Command,
@@ -19,41 +19,41 @@ from m2mgw.protocol.constants import (
 )
 
 
-def event_record(event: core.Event) -> dict[str, Any]:
+def event_record(event: role.Event) -> dict[str, Any]:
     """The JSON form of an event: ``{"event": name, ...fields}``; each result code is
     followed by its name (``"result": 2, "result_name": "AUTH_FAILED"``)."""
-    if isinstance(event, core.LoggedIn):
+    if isinstance(event, role.LoggedIn):
         return {"event": "logged_in", **_named(LoginResult, "result", event.result),
                 "timestamp": event.timestamp,
                 "session_key": event.session_key is not None}  # fmt: skip
-    if isinstance(event, core.LoginFailed):
+    if isinstance(event, role.LoginFailed):
         return {"event": "login_failed", **_named(LoginResult, "result", event.result)}
-    if isinstance(event, core.Registered):
+    if isinstance(event, role.Registered):
         return {"event": "registered", **_named(RegisterResult, "result", event.result),
                 "new_serial": event.serial}  # fmt: skip
-    if isinstance(event, core.LoggedOut):
+    if isinstance(event, role.LoggedOut):
         return {"event": "logged_out", **_named(LogoutReason, "reason", event.reason),
                 "by_platform": event.by_platform}  # fmt: skip
-    if isinstance(event, core.Answer):
+    if isinstance(event, role.Answer):
         return _answer_record(event)
-    if isinstance(event, core.PlatformRequest):
+    if isinstance(event, role.PlatformRequest):
         codes = RESULT_CODES.get(event.message.COMMAND)
         return {"event": "platform_request", "command": event.name,
                 "sequence_id": event.sequence_id, **_message_fields(event.message),
                 **_named(codes, "result", event.result)}  # fmt: skip
-    if isinstance(event, core.CredentialsChanged):
+    if isinstance(event, role.CredentialsChanged):
         return {"event": "credentials_changed"}
-    if isinstance(event, core.DownloadOffered):
+    if isinstance(event, role.DownloadOffered):
         return {"event": "download_offered", "url": event.offer.url}
-    if isinstance(event, core.FileDownloaded):
+    if isinstance(event, role.FileDownloaded):
         return {"event": "download", "ok": event.ok, "size": len(event.data)}
-    if isinstance(event, core.RequestTimedOut):
+    if isinstance(event, role.RequestTimedOut):
         return {"event": "error", "kind": "timeout", "command": command_name(event.command),
                 "sequence_id": event.sequence_id}  # fmt: skip
-    if isinstance(event, core.RequestFailed):
+    if isinstance(event, role.RequestFailed):
         return {"event": "error", "kind": "failed", "command": command_name(event.command),
                 "reason": event.reason}  # fmt: skip
-    if isinstance(event, core.Discarded):
+    if isinstance(event, role.Discarded):
         return {"event": "error", "kind": "discarded", "reason": event.reason}
     return {"event": "error", "kind": "protocol", "reason": event.reason}
 
@@ -69,7 +69,7 @@ _ANSWER_EVENTS = {
 _RESULT_FIELDS = ("result", "ret", "status")  # what the answers call their result code
 
 
-def _answer_record(event: core.Answer) -> dict[str, Any]:
+def _answer_record(event: role.Answer) -> dict[str, Any]:
     name = _ANSWER_EVENTS.get(event.command & 0x7FFF, "answer")
     record = {"event": name, "command": event.name, "sequence_id": event.sequence_id,
               **_message_fields(event.message)}  # fmt: skip

@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.tools.terminal._bearers import (
     ControlFactory,
     ModemControlClient,
@@ -32,7 +32,7 @@ class Fleet:
 
     def __init__(
         self, reactor: Reactor, args: argparse.Namespace, sink: EventSink,
-        identities: Sequence[core.TerminalIdentity],
+        identities: Sequence[role.TerminalIdentity],
     ) -> None:  # fmt: skip
         self.reactor = reactor
         self.args = args
@@ -40,11 +40,11 @@ class Fleet:
         bearer = args.mode if args.mode in ("udp", "sms") else "tcp"
         self.terminals = [
             SimulatedTerminal(
-                core.TerminalClient(
+                role.TerminalClient(
                     identity, bearer, clock=reactor.seconds, encrypt_bodies=args.encrypt,
                     download="file" if args.fetch == "file" else "none",
                     want_session_key=args.session_key, post_login_trap=True,
-                    habits=core.HABITS[args.compat],
+                    habits=role.HABITS[args.compat],
                 ),
                 self,
                 mode=args.mode,
@@ -132,12 +132,12 @@ class Fleet:
         if self._udp is not None:
             self._udp.add(terminal)
 
-    def fetch(self, terminal: SimulatedTerminal, offer: core.DownloadInfoOffer) -> None:
+    def fetch(self, terminal: SimulatedTerminal, offer: role.DownloadInfoOffer) -> None:
         """Download an offered file over HTTP and check it (4.14)."""
         agent = Agent(self.reactor)  # type: ignore[arg-type]
 
         def check(body: bytes) -> None:
-            terminal.emit({"event": "download", "ok": core.verify_download(body, offer),
+            terminal.emit({"event": "download", "ok": role.verify_download(body, offer),
                             "size": len(body)})  # fmt: skip
 
         def failed(reason: Failure) -> None:

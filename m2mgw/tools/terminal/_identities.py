@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import IO, Any
 
-from m2mgw.core import terminal as core
 from m2mgw.protocol import tags
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.tags import BY_NAME, encode_value
 from m2mgw.protocol.tlv import Tlv
@@ -67,7 +67,7 @@ def load_credentials(stream: IO[str]) -> list[dict[str, Any]]:
     return records
 
 
-def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
+def build_identities(args: argparse.Namespace) -> list[role.TerminalIdentity]:
     """``--count`` identities: numbered from the given ones, credentials per line or shared."""
     records: list[dict[str, Any]] = []
     if args.credentials_file:
@@ -91,14 +91,14 @@ def build_identities(args: argparse.Namespace) -> list[core.TerminalIdentity]:
         record.update(records[index] if records else {})
         credentials = None
         if "uplink_password" in record and "downlink_password" in record:
-            credentials = core.Credentials(
+            credentials = role.Credentials(
                 **{k: record[k] for k in _CREDENTIAL_KEYS if record.get(k) is not None}
             )
         elif not sent_by_sms:
             raise ValueError("credentials needed: --uplink-password/--downlink-password or a file")
         cipher = record.get("cipher", args.cipher)
         identities.append(
-            core.TerminalIdentity(
+            role.TerminalIdentity(
                 serial=record.get("serial") or derive(args.serial, index),
                 imei=record.get("imei") or derive(args.imei, index),
                 imsi=record.get("imsi") or derive(args.imsi, index),

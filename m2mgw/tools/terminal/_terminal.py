@@ -10,7 +10,7 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
-from m2mgw.core import terminal as core
+from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command, LogoutReason
 from m2mgw.tools.terminal._events import EventSink, event_record
 from m2mgw.tools.terminal._identities import reported_heartbeat
@@ -26,7 +26,7 @@ class FleetView(TypingProtocol):
 
     def renamed(self, terminal: SimulatedTerminal) -> None: ...
 
-    def fetch(self, terminal: SimulatedTerminal, offer: core.DownloadInfoOffer) -> None: ...
+    def fetch(self, terminal: SimulatedTerminal, offer: role.DownloadInfoOffer) -> None: ...
 
 
 class SimulatedTerminal:
@@ -36,7 +36,7 @@ class SimulatedTerminal:
     :meth:`_flush`, which sends what the client queued and re-arms the one timer.
     """
 
-    def __init__(self, client: core.TerminalClient, fleet: FleetView, *, mode: str) -> None:
+    def __init__(self, client: role.TerminalClient, fleet: FleetView, *, mode: str) -> None:
         self.client = client
         self.fleet = fleet
         self.mode = mode
@@ -90,15 +90,15 @@ class SimulatedTerminal:
     def _login(self) -> None:
         try:
             frame = self.client.login(request_session_key=self.fleet.args.session_key)
-        except core.TerminalStateError as exc:  # e.g. registered, but no credentials came
+        except role.TerminalStateError as exc:  # e.g. registered, but no credentials came
             self.emit({"event": "error", "kind": "login", "reason": exc.reason})
             self._end(False)
             return
         self._transmit(frame)
 
-    def _on_event(self, event: core.Event) -> None:
+    def _on_event(self, event: role.Event) -> None:
         self.emit(event_record(event))
-        if isinstance(event, core.Registered):
+        if isinstance(event, role.Registered):
             self.fleet.renamed(self)
             if event.result == 0 and self.mode == "sms":
                 return  # the credentials follow by SMS (6.3.4): log in once adopted
@@ -106,7 +106,7 @@ class SimulatedTerminal:
                 self._login()
             else:
                 self._end(False)
-        elif isinstance(event, core.LoggedIn):
+        elif isinstance(event, role.LoggedIn):
             # The post-login CONFIG_TRAP (4.4) goes before any work: it releases the
             # platform's queued requests.
             for frame in self.client.data_to_send():
@@ -115,19 +115,19 @@ class SimulatedTerminal:
             if not self._worked:
                 self._worked = True
                 self._work()
-        elif isinstance(event, core.LoginFailed):
+        elif isinstance(event, role.LoginFailed):
             self._end(False)
-        elif isinstance(event, core.LoggedOut):
+        elif isinstance(event, role.LoggedOut):
             self._on_logged_out(event)
-        elif isinstance(event, core.Answer | core.RequestFailed | core.RequestTimedOut):
+        elif isinstance(event, role.Answer | role.RequestFailed | role.RequestTimedOut):
             self._on_completed(event)
-        elif isinstance(event, core.CredentialsChanged) and self.mode == "sms":
+        elif isinstance(event, role.CredentialsChanged) and self.mode == "sms":
             if not self.client.logged_in and not self._worked:
                 self._login()
-        elif isinstance(event, core.DownloadOffered) and self.fleet.args.fetch == "http":
+        elif isinstance(event, role.DownloadOffered) and self.fleet.args.fetch == "http":
             self.fleet.fetch(self, event.offer)
 
-    def _on_logged_out(self, event: core.LoggedOut) -> None:
+    def _on_logged_out(self, event: role.LoggedOut) -> None:
         if self._finishing:
             self._end(True)
         elif event.by_platform and event.reason == LogoutReason.EXPIRED:
@@ -135,8 +135,8 @@ class SimulatedTerminal:
         elif event.by_platform:
             self._end(False)
 
-    def _on_completed(self, event: core.Answer | core.RequestFailed | core.RequestTimedOut) -> None:
-        if isinstance(event, core.RequestTimedOut) and event.command == Command.LOGIN:
+    def _on_completed(self, event: role.Answer | role.RequestFailed | role.RequestTimedOut) -> None:
+        if isinstance(event, role.RequestTimedOut) and event.command == Command.LOGIN:
             self._end(False)
             return
         self._outstanding.discard(event.sequence_id)
@@ -202,9 +202,7 @@ class SimulatedTerminal:
         self._flush()
 
     def _flush(self) -> None:
-        """Send what the client queued, surface timer events, re-arm the timer."""
-        for event in self.client.pop_events():
-            self._on_event(event)
+        """Send what the client queued and re-arm the timer."""
         for frame in self.client.data_to_send():
             self._transmit(frame)
         if self.ok is not None:
@@ -220,11 +218,15 @@ class SimulatedTerminal:
             self._timer = self._reactor.callLater(delay, self._on_timer)
 
     def _on_timer(self) -> None:
+        """Retransmissions go out first and leave the heartbeat timer be; then the
+        events of giving up."""
         self._timer = None
-        frames = self.client.timeouts(self._reactor.seconds())
+        events = self.client.tick(self._reactor.seconds())
         if self.send is not None:
-            for frame in frames:
+            for frame in self.client.data_to_send():
                 self.send(frame)
+        for event in events:
+            self._on_event(event)
         self._flush()
 
     def _heartbeat_interval(self) -> float:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from m2mgw.core.terminal import (
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.checksum import crc16_cmcc
+from m2mgw.protocol.codec import build_frame, header_only_digest, parse_frame, unflagged_digest
+from m2mgw.protocol.constants import ACK_BIT, Command
+from m2mgw.protocol.security import compute_digest, verify
+from m2mgw.protocol.terminal import (
     HABITS,
     Discarded,
     LoggedIn,
@@ -10,11 +15,6 @@ from m2mgw.core.terminal import (
     PlatformRequest,
     TerminalClient,
 )
-from m2mgw.protocol import messages as m
-from m2mgw.protocol.checksum import crc16_cmcc
-from m2mgw.protocol.codec import build_frame, header_only_digest, parse_frame, unflagged_digest
-from m2mgw.protocol.constants import ACK_BIT, Command
-from m2mgw.protocol.security import compute_digest, verify
 from m2mgw.protocol.tlv import Tlv, decode_tlvs
 from tests import cmcc
 
