@@ -40,16 +40,15 @@ from m2mgw.protocol.dupcache import CacheHit, ResponseCache
 from m2mgw.protocol.errors import BodyError, ProtocolError
 from m2mgw.protocol.fragment import (
     DEFAULT_THRESHOLD,
-    Abort,
     Complete,
     Duplicate,
     FragmentAbort,
-    FragmentOp,
     FragmentPart,
     FragmentSender,
     NeedPart,
     Reassembler,
     ReassemblyTable,
+    reply_to,
 )
 from m2mgw.protocol.header import Header
 from m2mgw.protocol.security import (
@@ -462,16 +461,16 @@ class TerminalClient:
         if pending.reassembler is None:
             pending.reassembler = Reassembler()
         outcome = pending.reassembler.feed(part, now)
-        if isinstance(outcome, NeedPart | Duplicate):
-            wanted = outcome.reply if isinstance(outcome, NeedPart) else _ask_after(outcome.part)
-            if wanted is not None:
-                self._resend_as(pending, self._part_frame(pending, wanted), now)
-            return []
         if isinstance(outcome, Complete):
             body_frame = Frame(frame.header, b"", outcome.body, None)
             return self._complete(pending, decode_frame(body_frame, self._cipher), True)
-        if isinstance(outcome, Abort):
-            self._out.append(self._part_frame(pending, outcome.abort_part))
+        reply = reply_to(outcome)
+        if isinstance(outcome, NeedPart | Duplicate):
+            if reply is not None:
+                self._resend_as(pending, self._part_frame(pending, reply), now)
+            return []
+        if reply is not None:  # Abort
+            self._out.append(self._part_frame(pending, reply))
         return [self._fail(pending, "platform ended the answer's part exchange")]
 
     def _complete(self, pending: _Pending, message: m.Message, signed: bool) -> list[Event]:
@@ -542,13 +541,7 @@ class TerminalClient:
         outcome = self._reassembly.feed((self.serial, header.command_id, "down"), part, now)
         if isinstance(outcome, Complete):
             return self._process(Frame(header, frame.raw, outcome.body, None), key, now)
-        reply = None
-        if isinstance(outcome, NeedPart):
-            reply = outcome.reply
-        elif isinstance(outcome, Duplicate):
-            reply = _ask_after(outcome.part)
-        elif isinstance(outcome, Abort):
-            reply = outcome.abort_part
+        reply = reply_to(outcome)
         if reply is not None:
             self._send_answer(header, reply.encode_tlv(), FRAGMENT_FLAG, key, frame.raw, now)
         return []
@@ -793,9 +786,3 @@ def _address(ec_code: str | None, serial: str | None) -> Tlv | None:
         return Tlv.of(m.TAG_DEST_EC, ec_code)
     return None
 
-
-def _ask_after(part: FragmentPart) -> FragmentPart | None:
-    """The op-1 answer that a repeated part gets again: ask for the one after it."""
-    if part.part >= part.total:
-        return None
-    return FragmentPart(part.trans_id, part.total, part.part + 1, FragmentOp.NEXT)
