@@ -365,6 +365,9 @@ class ConfigTrapAck(Message):
 
     def encode_body(self) -> bytes:
         if self.bad_tag is None:
+            if self.ret == 1:
+                # Padding (3DES/AES) would be read back as the tag: ret 1 always names one.
+                raise BodyError("CONFIG_TRAP_ACK: ret 1 needs the bad tag")
             return _u8("CONFIG_TRAP_ACK ret", self.ret)
         if self.ret != 1 or not 0 <= self.bad_tag <= 0xFFFF:
             # A receiver reads the tag only after ret 1, so anything else would not parse.
