@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from m2mgw.config import (
     GatewayConfig,
     ProtocolConfig,
     config_path,
+    default_key_path,
     derive_public_url,
     load_config,
     parse_config,
@@ -237,3 +239,9 @@ def test_default_compat_and_the_deprecated_register_op3_switch() -> None:
     assert parse_config("[protocol]\nregister_op3_digest_optional = no\n").protocol == (
         parse_config("").protocol
     )
+
+
+def test_default_key_path_is_beside_the_database() -> None:
+    assert default_key_path("m2mgw.db") == "m2mgw.key"
+    assert default_key_path("/var/lib/m2mgw/m2mgw.db") == "/var/lib/m2mgw/m2mgw.key"
+    assert default_key_path("data/gw.db") == os.path.join("data", "m2mgw.key")
