@@ -540,7 +540,7 @@ class _Terminals(_Api):
         default = self.gateway.config.protocol.default_compat
         return 200, views.list_terminals(
             self.gateway.registry.terminals(), query,
-            lambda t: build.describe_terminal(t, default_compat=default),
+            lambda t: views.describe_terminal(t, default_compat=default),
         )
 
     def do_POST(self, request: Request) -> Deferred[Result]:
@@ -555,7 +555,7 @@ class _Terminals(_Api):
             imei=terminal.imei, serial=terminal.serial, state=terminal.state,
         )
         default = self.gateway.config.protocol.default_compat
-        return d.addCallback(lambda t: (201, build.describe_provisioned(t, default)))
+        return d.addCallback(lambda t: (201, views.describe_provisioned(t, default)))
 
 
 class _TerminalItem(_Api):
@@ -577,15 +577,15 @@ class _TerminalItem(_Api):
         gateway = self.gateway
         terminal = self.terminal(self.key)
         serial = terminal.serial or ""
-        view = build.describe_terminal(
+        view = views.describe_terminal(
             terminal, detail=True, default_compat=gateway.config.protocol.default_compat
         )
         # What was refused from this terminal, by reason (issue #10: for the console).
         view["refusals"] = {str(r): n for r, n in gateway.engine.refusals.counts(serial).items()}
-        view["config"] = build.describe_config(gateway.registry.config_values(serial))
-        view["queue"] = [build.describe_request(r) for r in gateway.registry.queued(serial)]
+        view["config"] = views.describe_config(gateway.registry.config_values(serial))
+        view["queue"] = [views.describe_request(r) for r in gateway.registry.queued(serial)]
         outstanding = gateway.router.outstanding(serial)
-        view["outstanding"] = build.describe_request(outstanding) if outstanding else None
+        view["outstanding"] = views.describe_request(outstanding) if outstanding else None
         session = gateway.engine.sessions.get(serial)
         view["session"] = None if session is None else {
             "timestamp": session.timestamp,
@@ -651,7 +651,7 @@ class _TerminalRequests(_Scoped):
         self, serial: str, command_id: int, body: bytes, ttl: float | None
     ) -> Deferred[Result]:
         d = self.gateway.router.submit(serial, command_id, body, origin="admin", ttl=ttl)
-        return d.addCallback(lambda r: (202, build.describe_request(r)))
+        return d.addCallback(lambda r: (202, views.describe_request(r)))
 
     def _logout(self, serial: str, params: Mapping[str, Any]) -> Result:
         """A platform LOGOUT (4.5) goes out at once, not through the queue."""
@@ -693,7 +693,7 @@ class _TerminalRequests(_Scoped):
             command_id, body = build.download_info(tx, config.http.public_url, force=force)
             d = self._submit(serial, command_id, body, ttl)
             return d.addCallback(
-                lambda r: (r[0], {**r[1], "file": build.describe_file(tx, config.http.public_url)})
+                lambda r: (r[0], {**r[1], "file": views.describe_file(tx, config.http.public_url)})
             )
 
         return files.offer(serial, source, version).addCallback(queue)
@@ -731,7 +731,7 @@ class _RequestItem(_Api):
         found = self.gateway.registry.request(int(self.key)) if self.key.isdigit() else None
         if found is None:
             raise ApiError(404, f"no active or recent request {self.key}")
-        return 200, build.describe_request(found)
+        return 200, views.describe_request(found)
 
 
 class _Queue(_Api):
