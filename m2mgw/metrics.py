@@ -196,7 +196,7 @@ class GatewayCollector:
     def _applications(self, active: list[Request], now: float) -> Iterator[Metric]:
         gateway = self.gateway
         registry = gateway.registry
-        apps = gateway.apps
+        apps = gateway.outbox
         app_ids = sorted(app.app_id for app in registry.applications())
         queued = GaugeMetricFamily(
             "m2mgw_app_notifications_queued",

@@ -31,7 +31,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from m2mgw.app import web as app_web
+from m2mgw.app.callbacks import CallbackChannel
+from m2mgw.app.endpoint import SoapEndpoint, SoapSessions
 from m2mgw.app.gateway import ApplicationService
+from m2mgw.app.outbox import Outbox
+from m2mgw.app.server import AppFactory
+from m2mgw.app.uplink import AppUplink
 from m2mgw.config import GatewayConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.refusals import Refusals
@@ -122,7 +128,13 @@ class ListeningService(service.Service):
 
 
 class GatewayService(service.MultiService):
-    """The whole gateway: registry, engine, router, transports, HTTP services."""
+    """The whole gateway: registry, engine, router, transports, HTTP services.
+
+    Its constructor is the one place where the gateway is assembled: every part is
+    built once and handed the collaborators it uses, in the order they need each
+    other, as ``twisted/names/tap.py`` builds one resolver chain and hands it to its
+    servers. Nothing is rewired afterwards.
+    """
 
     def __init__(
         self,
@@ -144,7 +156,20 @@ class GatewayService(service.MultiService):
             row_watermarks=config.registry.row_watermarks,
             master_key_file=config.registry.master_key_path,
         )
-        self.uplink = StoredUplink(self.registry, clock.seconds)
+        #: When the service started (``uptime`` in ``GET /stats``).
+        self.started_at: float | None = None
+        #: The admin API's tokens (D-190); the file is created at start-up if missing.
+        self.admin_tokens = TokenFile(config.admin_tokens_file)
+
+        # The application side the engine hands terminal data to: the notifications'
+        # outbox and its channels, then the uplink chain in front of the message log.
+        soap_sessions = SoapSessions(clock, config.app)
+        callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
+        self.outbox = Outbox(self.registry, callbacks, clock, config.app)
+        self.outbox.setServiceParent(self)
+        self.uplink = AppUplink(
+            self.registry, self.outbox, StoredUplink(self.registry, clock.seconds), clock
+        )
         self.engine = PlatformEngine(
             self.registry,
             config.protocol,
@@ -157,26 +182,16 @@ class GatewayService(service.MultiService):
         )
         self.router = Router(self.engine, self.registry, clock, config.protocol)
         self.files = FileService(self.registry, config, clock)
-        self.apps = ApplicationService(self)
-        self.apps.setServiceParent(self)
+        files = self.files if config.http.listen else None
+        self.apps = ApplicationService(
+            self.registry, self.router, self.engine, files, self.outbox, clock, config.app
+        )
+        self.router.result_observers.append(self.apps.on_result)
+        self.engine.state_observers.append(self.uplink.terminal_changed)
+
+        # The terminal bearers.
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_protocol: TerminalDatagramProtocol | None = None
-        self.sms: SmsService | None = None
-        #: The admin API's tokens (D-190); the file is created at start-up if missing.
-        self.admin_tokens = TokenFile(config.admin_tokens_file)
-        #: When the service started (``uptime`` in ``GET /stats``).
-        self.started_at: float | None = None
-        #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
-        self.metrics = gateway_metrics(self)
-        self._build_children(clock)
-        self.registry.add_pressure_observer(self._hold_terminal_input)
-        #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
-        self.ready: Deferred[None] | None = None
-        self._registry_open = False
-        self._failed = False
-
-    def _build_children(self, clock: IReactorTime) -> None:
-        config = self.config
         if config.tcp.listen:
             self.tcp_factory = TerminalTcpFactory(
                 self.engine, clock, config.tcp, config.protocol.tcp_login_timeout
@@ -190,15 +205,25 @@ class GatewayService(service.MultiService):
                 description,
                 lambda: self.reactor.listenUDP(config.udp.port, udp, interface=interface),
             ))
+        self.sms: SmsService | None = None
         if config.sms.enabled:
             self.sms = SmsService(self, clock)
             self.sms.setServiceParent(self)
+        self.registry.add_pressure_observer(self._hold_terminal_input)
+
+        # The applications' listeners: SOAP over HTTP (beside the files) and long
+        # connections.
         if config.http.listen:
-            site = self.apps.http_site(self.files.resource())
+            endpoint = SoapEndpoint(self.apps, soap_sessions, clock, config.app)
+            site = app_web.site(endpoint, self.files.resource())
             self._listen_http("http", config.http.listen, site, HttpLimits.of(config.http))
         if config.app.listen:
             self._listen("app", config.app.listen, capped_long_connections(
-                self.apps.listener(), config.app, clock))
+                AppFactory(self.apps, self.outbox), config.app, clock))
+
+        # What operators see: the admin API and the metrics.
+        #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
+        self.metrics = gateway_metrics(self)
         if config.admin.listen:
             admin = AdminResource(self)
             admin.events.setServiceParent(self)
@@ -208,12 +233,18 @@ class GatewayService(service.MultiService):
         if config.metrics.listen:
             self._listen_http("metrics", config.metrics.listen, metrics_site(self.metrics),
                               HttpLimits.of(config.metrics))
+
+        # Time: the engine's tick, request expiry and the registry's retention.
         for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
             timer.setServiceParent(self)
         self.retention = RetentionService(self.registry, config.registry, clock)
         self.retention.setServiceParent(self)
+        #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
+        self.ready: Deferred[None] | None = None
+        self._registry_open = False
+        self._failed = False
 
     def _listen(self, name: str, description: str, factory: Factory) -> None:
         self._add_listener(name, ListeningService.stream(self.reactor, description, factory))

@@ -523,7 +523,7 @@ class _AppBaseKey(_Api):
         )
 
         def stored(view: dict[str, Any]) -> Result:
-            gateway.apps.base_key_scheduled(self.app_id)
+            gateway.outbox.base_key_scheduled(self.app_id)
             return 200, view
 
         return d.addCallback(stored)

@@ -580,7 +580,7 @@ def gateway_stats(gateway: GatewayService) -> dict[str, Any]:
         "total": len(engine.sessions), **{kind: bearers[kind] for kind in BEARERS},
     }
     for app in stats["applications"]:
-        app["connections"] = len(gateway.apps.connections(app["app_id"]))
+        app["connections"] = len(gateway.outbox.connections(app["app_id"]))
     sms = gateway.sms
     if sms is None:
         stats["sms"] = None
