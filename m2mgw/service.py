@@ -55,7 +55,7 @@ from m2mgw.limits import (
 from m2mgw.logsetup import DebugAccessLogSite
 from m2mgw.metrics import gateway_metrics, metrics_site
 from m2mgw.retention import RetentionService
-from m2mgw.sms.service import SmsService
+from m2mgw.sms.service import SmsService, WakeupSweep
 from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
@@ -180,7 +180,14 @@ class GatewayService(service.MultiService):
                 clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
             ),
         )
+        self.sms: SmsService | None = None
+        if config.sms.enabled:
+            self.sms = SmsService(self.registry, self.engine.receive, reactor, config.sms,
+                                  stats=self.engine.stats, queue_ttl=config.protocol.queue_ttl)
         self.router = Router(self.engine, self.registry, clock, config.protocol)
+        if self.sms is not None:
+            # Until the Router's constructor takes it (issue #12 part 1).
+            self.router.sms_bearer = self.sms.bearer_for
         self.files = FileService(self.registry, config, clock)
         files = self.files if config.http.listen else None
         self.apps = ApplicationService(
@@ -205,10 +212,10 @@ class GatewayService(service.MultiService):
                 description,
                 lambda: self.reactor.listenUDP(config.udp.port, udp, interface=interface),
             ))
-        self.sms: SmsService | None = None
-        if config.sms.enabled:
-            self.sms = SmsService(self, clock)
+        if self.sms is not None:
             self.sms.setServiceParent(self)
+            WakeupSweep(self.registry, self.router, clock,
+                        config.protocol.wakeup_min_interval).setServiceParent(self)
         self.registry.add_pressure_observer(self._hold_terminal_input)
 
         # The applications' listeners: SOAP over HTTP (beside the files) and long
