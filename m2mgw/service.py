@@ -18,6 +18,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.application import service
@@ -53,13 +54,14 @@ from m2mgw.limits import (
     limited_site,
 )
 from m2mgw.logsetup import DebugAccessLogSite
-from m2mgw.metrics import gateway_metrics, metrics_site
+from m2mgw.metrics import Observed, gateway_metrics, metrics_site
 from m2mgw.retention import RetentionService
 from m2mgw.sms.service import SmsService, WakeupSweep
 from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
-from m2mgw.web.admin import AdminResource
+from m2mgw.web import views
+from m2mgw.web.admin import AdminContext, AdminResource
 from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
 
@@ -229,10 +231,27 @@ class GatewayService(service.MultiService):
                 AppFactory(self.apps, self.outbox), config.app, clock))
 
         # What operators see: the admin API and the metrics.
+        observed = Observed(clock, self.registry, self.engine, self.outbox, self.sms,
+                            self.tcp_factory, self.udp_protocol)
         #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
-        self.metrics = gateway_metrics(self)
+        self.metrics = gateway_metrics(observed)
         if config.admin.listen:
-            admin = AdminResource(self)
+            admin = AdminResource(AdminContext(
+                clock=clock,
+                registry=self.registry,
+                engine=self.engine,
+                router=self.router,
+                files=files,
+                tokens=self.admin_tokens,
+                allowed_hosts=config.admin.allowed_hosts,
+                protocol=config.protocol,
+                stats=partial(views.gateway_stats, observed, self),
+                problems=self.problems,
+                metrics=self.metrics,
+                base_key_scheduled=self.outbox.base_key_scheduled,
+            ))
+            self.engine.state_observers.append(admin.events.terminal_changed)
+            self.registry.request_observers.append(admin.events.request_changed)
             admin.events.setServiceParent(self)
             site = DebugAccessLogSite(admin)
             site.displayTracebacks = False

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
@@ -42,7 +42,7 @@ from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.header import Header, command_name
 
 if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
+    from m2mgw.metrics import Observed
 
 T = TypeVar("T")
 Page = dict[str, Any]
@@ -556,32 +556,45 @@ def registry_stats(registry: ITerminalRegistry, now: float) -> dict[str, Any]:
     }
 
 
-def gateway_stats(gateway: GatewayService) -> dict[str, Any]:
+class Health(Protocol):
+    """Whether the gateway serves (the ``GatewayService``): ``/health``, ``GET /stats``."""
+
+    @property
+    def started_at(self) -> float | None:
+        """When the service started; None before."""
+        ...
+
+    def problems(self) -> list[str]:
+        """What keeps the gateway from serving, one line each; empty when all is up."""
+        ...
+
+
+def gateway_stats(observed: Observed, health: Health) -> dict[str, Any]:
     """``GET /stats``: one summary for the dashboard and ``m2mgw status`` (D-195).
 
     ``messages`` are cumulative counts since start-up, so that a client computes rates
     from two readings. Cheap enough to send every 2 s: one pass over the terminals (in
     memory), the rest is counters.
     """
-    now = float(gateway.reactor.seconds())
-    stats = registry_stats(gateway.registry, now)
-    engine = gateway.engine
+    now = float(observed.clock.seconds())
+    stats = registry_stats(observed.registry, now)
+    engine = observed.engine
     bearers = Counter(s.bearer.kind if s.bearer else "none" for s in engine.sessions.values())
     stats.update(
         running=True,
-        started_at=gateway.started_at,
-        uptime=_age(now, gateway.started_at),
+        started_at=health.started_at,
+        uptime=_age(now, health.started_at),
         messages={"in": sum(engine.stats.received.values()),
                   "out": sum(engine.stats.sent.values())},
         refusals={str(reason): n for reason, n in sorted(engine.refusals.totals.items()) if n},
-        problems=gateway.problems(),
+        problems=health.problems(),
     )
     stats["terminals"]["online"] = {
         "total": len(engine.sessions), **{kind: bearers[kind] for kind in BEARERS},
     }
     for app in stats["applications"]:
-        app["connections"] = len(gateway.outbox.connections(app["app_id"]))
-    sms = gateway.sms
+        app["connections"] = len(observed.outbox.connections(app["app_id"]))
+    sms = observed.sms
     if sms is None:
         stats["sms"] = None
     else:
