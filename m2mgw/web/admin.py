@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -39,9 +39,10 @@ from m2mgw.core.session import Session
 from m2mgw.metrics import MetricsResource
 from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import Command, LogoutReason, SecurityOp
-from m2mgw.web import auth, openapi, views
+from m2mgw.web import auth, inputs, openapi, views
 from m2mgw.web.events import EventStream
 from m2mgw.web.files import FileService
+from m2mgw.web.inputs import ApiError
 from m2mgw.web.ui import ConsoleResource
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
 MAX_TTL = float(0xFFFFFFFF)
 
 Result = tuple[int, Any]
@@ -107,15 +107,6 @@ class AdminContext:
     base_key_scheduled: Callable[[str], None]
 
 
-class ApiError(Exception):
-    """An error answer with its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _error_of(exc: BaseException) -> tuple[int, str]:
     """Map the gateway's exception families to statuses; anything else is a 500."""
     if isinstance(exc, ApiError):
@@ -143,7 +134,7 @@ def _encode(request: Request, status: int, body: Any) -> bytes:
 def _show_secrets(request: Request) -> bool:
     """``?show_secrets=1``: the answer keeps passwords, keys and SECURITY_CONFIG bodies
     (D-193); without it every answer is redacted."""
-    return _flag("show_secrets", _raw(request, "show_secrets")) or False
+    return inputs.flag("show_secrets", inputs.raw(request, "show_secrets")) or False
 
 
 def _error(request: Request, exc: BaseException, failure: Failure | None = None) -> bytes:
@@ -296,88 +287,6 @@ class _Scoped(_Api):
         return {"serial": terminal.serial}
 
 
-def _json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, at most MAX_BODY bytes."""
-    assert request.content is not None
-    data = request.content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
-
-
-def _raw(request: Request, name: str) -> list[str]:
-    """Query values of ``name`` as given (``search`` may hold commas)."""
-    values = request.args.get(name.encode("ascii"), []) if request.args else []
-    return [raw.decode("utf-8", "replace") for raw in values]
-
-
-#: Parses the values of one query parameter (name, values) into its typed value.
-Parse = Callable[[str, list[str]], Any]
-
-
-def _text(name: str, values: list[str]) -> str | None:
-    return values[-1].strip() or None
-
-
-def _flag(name: str, values: list[str]) -> bool | None:
-    if not values:
-        return None
-    if values[-1].lower() not in ("1", "true", "yes", "0", "false", "no", ""):
-        raise ApiError(400, f"{name} must be 1 or 0, got {values[-1]!r}")
-    return values[-1].lower() in ("1", "true", "yes")
-
-
-def _integer(lo: int, hi: int) -> Parse:
-    def parse(name: str, values: list[str]) -> int:
-        try:
-            value = int(values[-1], 0)
-        except ValueError:
-            value = lo - 1
-        if not lo <= value <= hi:
-            raise ApiError(400, f"{name} must be an integer {lo}-{hi}, got {values[-1]!r}")
-        return value
-
-    return parse
-
-
-def _choices(known: Iterable[str]) -> Parse:
-    """A comma list of known words (``state=queued,sent``), case-insensitive."""
-    words = tuple(known)
-
-    def parse(name: str, values: list[str]) -> list[str]:
-        chosen = [v.strip().lower() for raw in values for v in raw.split(",") if v.strip()]
-        bad = [v for v in chosen if v not in words]
-        if bad:
-            raise ApiError(400, f"unknown {name} {bad[0]!r}; one of {', '.join(words)}")
-        return chosen
-
-    return parse
-
-
-def _params(request: Request, **filters: Parse) -> dict[str, Any]:
-    """The paging (``limit``, ``offset``, ``before``) and ``filters`` of a listing, typed
-    and checked; what was not given is left out (D-194)."""
-    parsers: dict[str, Parse] = {
-        "limit": _integer(1, views.MAX_LIMIT),
-        "offset": _integer(0, 1 << 31),
-        "before": _integer(1, 1 << 62),
-        "show_secrets": _flag,
-        **filters,
-    }
-    query = {}
-    for name, parse in parsers.items():
-        values = _raw(request, name)
-        if values and (value := parse(name, values)) is not None:
-            query[name] = value
-    return query
-
-
 def _path(request: Request) -> str:
     return request.path.decode("utf-8", "replace")
 
@@ -386,7 +295,7 @@ def _page(d: Deferred[views.Page]) -> Deferred[Result]:
     return d.addCallback(lambda page: (200, page))
 
 
-_REQUEST_STATES = _choices(s.value for s in RequestState)
+_REQUEST_STATES = inputs.choices(s.value for s in RequestState)
 
 
 class AdminResource(_Api):
@@ -491,7 +400,7 @@ class _Session(_Api):
     """The console's log-in: ``POST`` a token to get it as an HttpOnly cookie."""
 
     def do_POST(self, request: Request) -> Result:
-        token = _json_body(request).get("token")
+        token = inputs.json_body(request).get("token")
         if not isinstance(token, str) or not self.ctx.tokens.valid(token):
             return _unauthorised(request)
         self._cookie(request, token)
@@ -535,12 +444,12 @@ class _Apps(_Api):
     """``GET`` lists applications (no secrets), ``POST`` provisions one (application 7.1)."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, views.list_apps(self.ctx.registry, _params(request))
+        return 200, views.list_apps(self.ctx.registry, inputs.listing(request))
 
     item = ("app_id", lambda parent, key: _AppItem(parent.ctx, key))
 
     def do_POST(self, request: Request) -> Deferred[Result]:
-        d = provision.provision(self.ctx.registry, _json_body(request))
+        d = provision.provision(self.ctx.registry, inputs.json_body(request))
         return d.addCallback(lambda view: (201, view))
 
 
@@ -567,7 +476,7 @@ class _AppBaseKey(_Api):
     def do_POST(self, request: Request) -> Deferred[Result]:
         ctx = self.ctx
         d = provision.schedule_rotation(
-            ctx.registry, self.app_id, _json_body(request), self.now()
+            ctx.registry, self.app_id, inputs.json_body(request), self.now()
         )
 
         def stored(view: dict[str, Any]) -> Result:
@@ -583,8 +492,9 @@ class _Terminals(_Api):
     item = ("serial", lambda parent, key: _TerminalItem(parent.ctx, key))
 
     def do_GET(self, request: Request) -> Result:
-        query = _params(request, search=_text, state=_choices(views.TERMINAL_STATES),
-                        bearer=_choices(views.BEARERS))
+        query = inputs.listing(request, search=inputs.text,
+                               state=inputs.choices(views.TERMINAL_STATES),
+                               bearer=inputs.choices(views.BEARERS))
         default = self.ctx.protocol.default_compat
         return 200, views.list_terminals(
             self.ctx.registry.terminals(), query,
@@ -592,7 +502,7 @@ class _Terminals(_Api):
         )
 
     def do_POST(self, request: Request) -> Deferred[Result]:
-        params = _json_body(request)
+        params = inputs.json_body(request)
         expiry = build.credential_expiry(
             self.now(), self.ctx.protocol.credential_ttl
         )
@@ -666,7 +576,7 @@ class _TerminalRequests(_Scoped):
     """``POST`` queues a platform request; ``GET`` is the terminal's request history."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, state=_REQUEST_STATES), **self.scope()}
+        query = {**inputs.listing(request, state=_REQUEST_STATES), **self.scope()}
         return _page(views.list_requests(self.ctx.registry, query, _path(request)))
 
     def _serial(self) -> str:
@@ -674,7 +584,7 @@ class _TerminalRequests(_Scoped):
 
     def do_POST(self, request: Request) -> Result | Deferred[Result]:
         serial = self._serial()
-        params = _json_body(request)
+        params = inputs.json_body(request)
         command = str(params.pop("command", "") or "").upper()
         if not command:
             raise ApiError(400, "'command' is required")
@@ -765,7 +675,7 @@ class _Requests(_Api):
     item = ("id", lambda parent, key: _RequestItem(parent.ctx, key))
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = _params(request, serial=_text, state=_REQUEST_STATES)
+        query = inputs.listing(request, serial=inputs.text, state=_REQUEST_STATES)
         return _page(views.list_requests(self.ctx.registry, query, _path(request)))
 
 
@@ -785,15 +695,16 @@ class _Queue(_Api):
     """All active (queued or sent) requests across terminals, oldest first."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, views.list_queue(self.ctx.registry, _params(request), _path(request))
+        return 200, views.list_queue(self.ctx.registry, inputs.listing(request), _path(request))
 
 
 class _Alarms(_Scoped):
     """Alarm history (``active=1``: the alarms raised now), newest first."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, serial=_text, code=_integer(0, 0xFFFF),
-                           status=_integer(0, 1), active=_flag), **self.scope()}
+        query = {**inputs.listing(request, serial=inputs.text, code=inputs.integer(0, 0xFFFF),
+                                  status=inputs.integer(0, 1), active=inputs.flag),
+                 **self.scope()}
         return _page(views.list_alarms(self.ctx.registry, query, _path(request)))
 
 
@@ -801,8 +712,9 @@ class _Messages(_Scoped):
     """The message log, newest first."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, serial=_text, direction=_one_of("in", "out"),
-                           event=_text), **self.scope()}
+        query = {**inputs.listing(request, serial=inputs.text,
+                                  direction=inputs.one_of("in", "out"), event=inputs.text),
+                 **self.scope()}
         return _page(views.list_messages(self.ctx.registry, query, _path(request)))
 
 
@@ -820,7 +732,8 @@ class _Notifications(_Api):
     """Undelivered application notifications and where their delivery stands."""
 
     def do_GET(self, request: Request) -> Result:
-        query = _params(request, app=_text, state=_choices(views.NOTIFICATION_STATES))
+        query = inputs.listing(request, app=inputs.text,
+                               state=inputs.choices(views.NOTIFICATION_STATES))
         if "app" in query and self.ctx.registry.application(query["app"]) is None:
             raise ApiError(404, f"unknown application {query['app']}")
         return 200, views.list_notifications(
@@ -838,18 +751,5 @@ class _Sms(_Api):
 
 class _SmsOutbox(_Api):
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = _params(request, state=_choices(views.SMS_STATES), msisdn=_text)
+        query = inputs.listing(request, state=inputs.choices(views.SMS_STATES), msisdn=inputs.text)
         return _page(views.list_sms(self.ctx.registry, query, _path(request)))
-
-
-def _one_of(*words: str) -> Parse:
-    choose = _choices(words)
-
-    def parse(name: str, values: list[str]) -> str:
-        chosen = choose(name, values[-1:])
-        if len(chosen) != 1:
-            raise ApiError(400, f"{name} must be one of {', '.join(words)}")
-        return chosen[0]
-
-    return parse
-
