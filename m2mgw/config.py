@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 from twisted.logger import InvalidLogLevelError, LogLevel
 
-from m2mgw.core.vault import default_key_path
 from m2mgw.protocol import compat
 from m2mgw.protocol.constants import DEFAULT_ACCEPTED_VERSIONS
 from m2mgw.protocol.tags import DEFAULT_SYNC_TAGS
@@ -367,6 +366,14 @@ def derive_public_url(listen: str | None) -> str:
 
 _RETENTION = _duration(1, never=True)
 _RETENTION_KIND = _or_inherit(_RETENTION, "retention")
+
+#: The master key file's name when ``[registry] master_key_file`` is empty.
+DEFAULT_KEY_NAME = "m2mgw.key"
+
+
+def default_key_path(database: str) -> str:
+    """``m2mgw.key`` in the database's directory, relative like the database."""
+    return os.path.join(os.path.dirname(database), DEFAULT_KEY_NAME)
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@
 Every gateway has its own :class:`CollectorRegistry` (``GatewayService.metrics``),
 never the process-wide default, so that several gateways in one process (the tests)
 do not mix their numbers. One :class:`GatewayCollector` computes every ``m2mgw_``
-family when Prometheus scrapes: gauges from the gateway's live state (registry cache,
-sessions, queues, outboxes, modem, writer backlog), counters and histograms from the
-plain :mod:`m2mgw.core.stats` objects and ``collections.Counter``\\ s the core keeps. So
-the hot path never touches ``prometheus_client`` and the core stays free of it.
+family when Prometheus scrapes, from the :class:`Observed` parts of the gateway:
+gauges from its live state (registry cache, sessions, queues, outboxes, modem, writer
+backlog), counters and histograms from the plain :mod:`m2mgw.core.stats` objects and
+``collections.Counter``\\ s the core keeps. So the hot path never touches
+``prometheus_client`` and the core stays free of it.
 
 Label values are low-cardinality by construction: Command_ID names, result and
 reason names, states, bearer kinds, and application ids (operator-provisioned);
@@ -19,8 +20,9 @@ never a serial, an MSISDN or an address.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -34,30 +36,61 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import NoResource, Resource
 from twisted.web.server import Request as HttpRequest
 from twisted.web.server import Site
 
 import m2mgw
+from m2mgw.app.outbox import Outbox
+from m2mgw.app.policy import ORIGIN_PREFIX
 from m2mgw.core.model import NotificationState, Request, RequestState, TerminalState
-from m2mgw.core.refusals import Reason
-from m2mgw.core.stats import Histogram
+from m2mgw.core.refusals import Reason, Refusals
+from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.session import Session
+from m2mgw.core.stats import EngineStats, Histogram
 from m2mgw.logsetup import DebugAccessLogSite
 from m2mgw.protocol.constants import LoginResult, command_name
+from m2mgw.sms.service import SmsService
+from m2mgw.transport.tcp import TerminalTcpFactory
+from m2mgw.transport.udp import TerminalDatagramProtocol
 
-if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
-
-#: The channels a notification is offered on (``ApplicationService``).
+#: The channels a notification is offered on (the application ``Outbox``).
 APP_CHANNELS = ("callback", "long_connection")
 #: The bearers a session can be on; ``none``: its TCP connection closed meanwhile.
 SESSION_BEARERS = ("tcp", "udp", "sms", "none")
 
 
-def gateway_metrics(gateway: GatewayService) -> CollectorRegistry:
+class EngineState(Protocol):
+    """What the metrics and ``GET /stats`` read of the engine: sessions and counters."""
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
+
+    @property
+    def refusals(self) -> Refusals: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The parts of a running gateway that its metrics and ``GET /stats`` read."""
+
+    clock: IReactorTime
+    registry: ITerminalRegistry
+    engine: EngineState
+    outbox: Outbox
+    sms: SmsService | None = None
+    tcp: TerminalTcpFactory | None = None
+    udp: TerminalDatagramProtocol | None = None
+
+
+def gateway_metrics(observed: Observed) -> CollectorRegistry:
     """A registry with the gateway's families and the process's standard ones."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gateway))
+    registry.register(GatewayCollector(observed))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -67,15 +100,15 @@ def gateway_metrics(gateway: GatewayService) -> CollectorRegistry:
 class GatewayCollector:
     """Reads a gateway's state at scrape time (a ``prometheus_client`` collector)."""
 
-    def __init__(self, gateway: GatewayService) -> None:
-        self.gateway = gateway
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("m2mgw_build_info", "m2mgw's version.", labels=["version"])
         info.add_metric([m2mgw.__version__], 1)
         yield info
-        now = self.gateway.reactor.seconds()
-        active = self.gateway.registry.active_requests()
+        now = self.observed.clock.seconds()
+        active = self.observed.registry.active_requests()
         yield from self._terminals()
         yield from self._traffic()
         yield from self._connections()
@@ -85,8 +118,8 @@ class GatewayCollector:
         yield from self._registry()
 
     def _terminals(self) -> Iterator[Metric]:
-        gateway = self.gateway
-        states = Counter(terminal.state for terminal in gateway.registry.terminals())
+        observed = self.observed
+        states = Counter(terminal.state for terminal in observed.registry.terminals())
         known = GaugeMetricFamily(
             "m2mgw_terminals", "Terminals in the registry, by state.", labels=["state"]
         )
@@ -95,7 +128,7 @@ class GatewayCollector:
         yield known
         bearers = Counter(
             session.bearer.kind if session.bearer is not None else "none"
-            for session in gateway.engine.sessions.values()
+            for session in observed.engine.sessions.values()
         )
         online = GaugeMetricFamily(
             "m2mgw_terminals_online",
@@ -107,7 +140,7 @@ class GatewayCollector:
         yield online
 
     def _traffic(self) -> Iterator[Metric]:
-        engine = self.gateway.engine
+        engine = self.observed.engine
         stats = engine.stats
         for direction, counts, what in (
             ("in", stats.received, "Messages received from terminals and parsed"),
@@ -143,7 +176,7 @@ class GatewayCollector:
         for reason in Reason:
             refusals.add_metric([reason.value], engine.refusals.totals[reason])
         yield refusals
-        bearers = (self.gateway.tcp_factory, self.gateway.udp_protocol)
+        bearers = (self.observed.tcp, self.observed.udp)
         yield GaugeMetricFamily(
             "m2mgw_terminal_input_held",
             "1 while terminal input is not read because the registry's writer is behind.",
@@ -151,10 +184,10 @@ class GatewayCollector:
         )
 
     def _connections(self) -> Iterator[Metric]:
-        tcp = self.gateway.tcp_factory
+        tcp = self.observed.tcp
         if tcp is None:
             return
-        refused = self.gateway.engine.refusals.totals[Reason.CONNECTION_CAP]
+        refused = self.observed.engine.refusals.totals[Reason.CONNECTION_CAP]
         yield GaugeMetricFamily(
             "m2mgw_tcp_connections", "Terminal TCP connections open.", value=len(tcp.connections)
         )
@@ -168,7 +201,7 @@ class GatewayCollector:
             )
 
     def _queue(self, active: list[Request], now: float) -> Iterator[Metric]:
-        registry = self.gateway.registry
+        registry = self.observed.registry
         states = Counter(request.state for request in active)
         depth = GaugeMetricFamily(
             "m2mgw_queue_requests",
@@ -194,9 +227,8 @@ class GatewayCollector:
         yield finished
 
     def _applications(self, active: list[Request], now: float) -> Iterator[Metric]:
-        gateway = self.gateway
-        registry = gateway.registry
-        apps = gateway.apps
+        registry = self.observed.registry
+        apps = self.observed.outbox
         app_ids = sorted(app.app_id for app in registry.applications())
         queued = GaugeMetricFamily(
             "m2mgw_app_notifications_queued",
@@ -224,9 +256,9 @@ class GatewayCollector:
         yield oldest
         yield connections
         requests = Counter(
-            request.origin.removeprefix("app:")
+            request.origin.removeprefix(ORIGIN_PREFIX)
             for request in active
-            if request.origin.startswith("app:")
+            if request.origin.startswith(ORIGIN_PREFIX)
         )
         app_requests = GaugeMetricFamily(
             "m2mgw_app_requests_queued",
@@ -259,10 +291,10 @@ class GatewayCollector:
         yield discarded
 
     def _sms(self, now: float) -> Iterator[Metric]:
-        sms = self.gateway.sms
+        sms = self.observed.sms
         if sms is None:
             return
-        pending = self.gateway.registry.pending_sms()
+        pending = self.observed.registry.pending_sms()
         yield GaugeMetricFamily(
             "m2mgw_sms_outbox_messages", "Messages waiting in the SMS outbox.", value=len(pending)
         )
@@ -300,7 +332,7 @@ class GatewayCollector:
         yield dbm
 
     def _registry(self) -> Iterator[Metric]:
-        registry = self.gateway.registry
+        registry = self.observed.registry
         yield GaugeMetricFamily(
             "m2mgw_registry_pending_writes",
             "Registry write transactions submitted and not yet committed.",

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from m2mgw.app.gateway import BIZ_SEQ_WINDOW
+from m2mgw.app.policy import BIZ_SEQ_WINDOW
 from m2mgw.config import RegistryConfig
 from m2mgw.core.registry import ITerminalRegistry
 

@@ -18,6 +18,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.application import service
@@ -31,7 +32,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from m2mgw.app import web as app_web
+from m2mgw.app.callbacks import CallbackChannel
+from m2mgw.app.endpoint import SoapEndpoint, SoapSessions
 from m2mgw.app.gateway import ApplicationService
+from m2mgw.app.outbox import Outbox
+from m2mgw.app.server import AppFactory
+from m2mgw.app.uplink import AppUplink
 from m2mgw.config import GatewayConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.refusals import Refusals
@@ -47,13 +54,14 @@ from m2mgw.limits import (
     limited_site,
 )
 from m2mgw.logsetup import DebugAccessLogSite
-from m2mgw.metrics import gateway_metrics, metrics_site
+from m2mgw.metrics import Observed, gateway_metrics, metrics_site
 from m2mgw.retention import RetentionService
-from m2mgw.sms.service import SmsService
+from m2mgw.sms.service import SmsService, WakeupSweep
 from m2mgw.systemd import Notifier, inherited_socket_problem
 from m2mgw.transport.tcp import TerminalTcpFactory
 from m2mgw.transport.udp import TerminalDatagramProtocol
-from m2mgw.web.admin import AdminResource
+from m2mgw.web import views
+from m2mgw.web.admin import AdminContext, AdminResource
 from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
 
@@ -122,7 +130,13 @@ class ListeningService(service.Service):
 
 
 class GatewayService(service.MultiService):
-    """The whole gateway: registry, engine, router, transports, HTTP services."""
+    """The whole gateway: registry, engine, router, transports, HTTP services.
+
+    Its constructor is the one place where the gateway is assembled: every part is
+    built once and handed the collaborators it uses, in the order they need each
+    other, as ``twisted/names/tap.py`` builds one resolver chain and hands it to its
+    servers. Nothing is rewired afterwards.
+    """
 
     def __init__(
         self,
@@ -144,7 +158,20 @@ class GatewayService(service.MultiService):
             row_watermarks=config.registry.row_watermarks,
             master_key_file=config.registry.master_key_path,
         )
-        self.uplink = StoredUplink(self.registry, clock.seconds)
+        #: When the service started (``uptime`` in ``GET /stats``).
+        self.started_at: float | None = None
+        #: The admin API's tokens (D-190); the file is created at start-up if missing.
+        self.admin_tokens = TokenFile(config.admin_tokens_file)
+
+        # The application side the engine hands terminal data to: the notifications'
+        # outbox and its channels, then the uplink chain in front of the message log.
+        soap_sessions = SoapSessions(clock, config.app)
+        callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
+        self.outbox = Outbox(self.registry, callbacks, clock, config.app)
+        self.outbox.setServiceParent(self)
+        self.uplink = AppUplink(
+            self.registry, self.outbox, StoredUplink(self.registry, clock.seconds), clock
+        )
         self.engine = PlatformEngine(
             self.registry,
             config.protocol,
@@ -155,28 +182,25 @@ class GatewayService(service.MultiService):
                 clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
             ),
         )
+        self.sms: SmsService | None = None
+        if config.sms.enabled:
+            self.sms = SmsService(self.registry, self.engine.receive, reactor, config.sms,
+                                  stats=self.engine.stats, queue_ttl=config.protocol.queue_ttl)
         self.router = Router(self.engine, self.registry, clock, config.protocol)
+        if self.sms is not None:
+            # Until the Router's constructor takes it (issue #12 part 1).
+            self.router.sms_bearer = self.sms.bearer_for
         self.files = FileService(self.registry, config, clock)
-        self.apps = ApplicationService(self)
-        self.apps.setServiceParent(self)
+        files = self.files if config.http.listen else None
+        self.apps = ApplicationService(
+            self.registry, self.router, self.engine, files, self.outbox, clock, config.app
+        )
+        self.router.result_observers.append(self.apps.on_result)
+        self.engine.state_observers.append(self.uplink.terminal_changed)
+
+        # The terminal bearers.
         self.tcp_factory: TerminalTcpFactory | None = None
         self.udp_protocol: TerminalDatagramProtocol | None = None
-        self.sms: SmsService | None = None
-        #: The admin API's tokens (D-190); the file is created at start-up if missing.
-        self.admin_tokens = TokenFile(config.admin_tokens_file)
-        #: When the service started (``uptime`` in ``GET /stats``).
-        self.started_at: float | None = None
-        #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
-        self.metrics = gateway_metrics(self)
-        self._build_children(clock)
-        self.registry.add_pressure_observer(self._hold_terminal_input)
-        #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
-        self.ready: Deferred[None] | None = None
-        self._registry_open = False
-        self._failed = False
-
-    def _build_children(self, clock: IReactorTime) -> None:
-        config = self.config
         if config.tcp.listen:
             self.tcp_factory = TerminalTcpFactory(
                 self.engine, clock, config.tcp, config.protocol.tcp_login_timeout
@@ -190,17 +214,44 @@ class GatewayService(service.MultiService):
                 description,
                 lambda: self.reactor.listenUDP(config.udp.port, udp, interface=interface),
             ))
-        if config.sms.enabled:
-            self.sms = SmsService(self, clock)
+        if self.sms is not None:
             self.sms.setServiceParent(self)
+            WakeupSweep(self.registry, self.router, clock,
+                        config.protocol.wakeup_min_interval).setServiceParent(self)
+        self.registry.add_pressure_observer(self._hold_terminal_input)
+
+        # The applications' listeners: SOAP over HTTP (beside the files) and long
+        # connections.
         if config.http.listen:
-            site = self.apps.http_site(self.files.resource())
+            endpoint = SoapEndpoint(self.apps, soap_sessions, clock, config.app)
+            site = app_web.site(endpoint, self.files.resource())
             self._listen_http("http", config.http.listen, site, HttpLimits.of(config.http))
         if config.app.listen:
             self._listen("app", config.app.listen, capped_long_connections(
-                self.apps.listener(), config.app, clock))
+                AppFactory(self.apps, self.outbox), config.app, clock))
+
+        # What operators see: the admin API and the metrics.
+        observed = Observed(clock, self.registry, self.engine, self.outbox, self.sms,
+                            self.tcp_factory, self.udp_protocol)
+        #: This gateway's Prometheus registry (D-210), served at ``/metrics``.
+        self.metrics = gateway_metrics(observed)
         if config.admin.listen:
-            admin = AdminResource(self)
+            admin = AdminResource(AdminContext(
+                clock=clock,
+                registry=self.registry,
+                engine=self.engine,
+                router=self.router,
+                files=files,
+                tokens=self.admin_tokens,
+                allowed_hosts=config.admin.allowed_hosts,
+                protocol=config.protocol,
+                stats=partial(views.gateway_stats, observed, self),
+                problems=self.problems,
+                metrics=self.metrics,
+                base_key_scheduled=self.outbox.base_key_scheduled,
+            ))
+            self.engine.state_observers.append(admin.events.terminal_changed)
+            self.registry.request_observers.append(admin.events.request_changed)
             admin.events.setServiceParent(self)
             site = DebugAccessLogSite(admin)
             site.displayTracebacks = False
@@ -208,12 +259,18 @@ class GatewayService(service.MultiService):
         if config.metrics.listen:
             self._listen_http("metrics", config.metrics.listen, metrics_site(self.metrics),
                               HttpLimits.of(config.metrics))
+
+        # Time: the engine's tick, request expiry and the registry's retention.
         for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
             timer.setServiceParent(self)
         self.retention = RetentionService(self.registry, config.registry, clock)
         self.retention.setServiceParent(self)
+        #: Fires once the gateway serves; fails with :class:`StartupError` otherwise.
+        self.ready: Deferred[None] | None = None
+        self._registry_open = False
+        self._failed = False
 
     def _listen(self, name: str, description: str, factory: Factory) -> None:
         self._add_listener(name, ListeningService.stream(self.reactor, description, factory))

@@ -2,8 +2,8 @@
 
 The session decides everything about frames, digests, keys, heartbeats and the
 window; this module feeds it bytes and time, writes what it produces, turns its
-events into calls on the :class:`~m2mgw.app.gateway.ApplicationService`, and keeps
-one timer at the session's next deadline.
+events into calls on the :class:`~m2mgw.app.gateway.ApplicationService` and the
+:class:`~m2mgw.app.outbox.Outbox`, and keeps one timer at the session's next deadline.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from m2mgw.core.model import Application
 
 if TYPE_CHECKING:
     from m2mgw.app.gateway import ApplicationService
+    from m2mgw.app.outbox import Outbox
 
 log = Logger()
 
@@ -32,8 +33,9 @@ REPLACED = 3  # APP_LOGOUT reason: session replaced by a newer login (6.5.2)
 class AppConnection(Protocol):
     """One application connection on the platform side."""
 
-    def __init__(self, apps: ApplicationService) -> None:
+    def __init__(self, apps: ApplicationService, outbox: Outbox) -> None:
         self.apps = apps
+        self.outbox = outbox
         self.clock = apps.clock
         self.session: lc.PlatformSession | None = None
         self.app: Application | None = None
@@ -60,7 +62,7 @@ class AppConnection(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         if self.app is not None:
-            self.apps.connection_closed(self.app.app_id, self)
+            self.outbox.connection_closed(self.app.app_id, self)
 
     def _credentials(self, app_id: str) -> lc.AppCredentials | None:
         app = self.apps.application(app_id)
@@ -133,7 +135,7 @@ class AppConnection(Protocol):
                      app_id=self.app.app_id if self.app else None, key_type=event.key_type)
             self._announce_base_key()  # one that waited for this update's ACK (7.5)
             if self.app is not None:
-                self.apps.pump(self.app.app_id)  # resume the notifications held back
+                self.outbox.pump(self.app.app_id)  # resume the notifications held back
         elif isinstance(event, lc.AnswerReceived | lc.RequestFailed):
             offer = self._offers.pop(event.sequence_id, None)
             ok = isinstance(event, lc.AnswerReceived) and event.response.result_code in (
@@ -175,7 +177,7 @@ class AppConnection(Protocol):
 
     def _live(self, app: Application) -> list[AppConnection]:
         """The application's confirmed sessions, oldest first."""
-        return [c for c in self.apps.connections(app.app_id) if c.capacity() >= 0]
+        return [c for c in self.outbox.connections(app.app_id) if c.capacity() >= 0]
 
     def _confirmed(self) -> None:
         """Signed proof after the ACK: only now does the session act for the application.
@@ -193,7 +195,7 @@ class AppConnection(Protocol):
                 return
             live[0].replace(now)
         self._announce_base_key()  # first: kept notifications wait for its ACK (7.5)
-        self.apps.connection_opened(app.app_id, self)
+        self.outbox.connection_opened(app.app_id, self)
 
     def base_key_scheduled(self) -> None:
         """A rotation was set on the application while this session is live: announced
@@ -252,8 +254,9 @@ class AppConnection(Protocol):
 class AppFactory(Factory):
     """Builds :class:`AppConnection` for the ``[app] listen`` endpoint."""
 
-    def __init__(self, apps: ApplicationService) -> None:
+    def __init__(self, apps: ApplicationService, outbox: Outbox) -> None:
         self.apps = apps
+        self.outbox = outbox
 
     def buildProtocol(self, addr: Any) -> AppConnection:
-        return AppConnection(self.apps)
+        return AppConnection(self.apps, self.outbox)

@@ -16,14 +16,13 @@ from urllib.parse import quote
 from m2mgw.core.model import (
     CredentialSet,
     FileTransaction,
-    Request,
     Terminal,
     TerminalState,
     normalize_msisdn,
 )
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
-from m2mgw.protocol.constants import Command, RemoteControl, SecurityOp, result_label
+from m2mgw.protocol.constants import Command, RemoteControl, SecurityOp
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.security import NEVER, generate_base_key, generate_password
 from m2mgw.protocol.tlv import Tlv
@@ -37,16 +36,17 @@ class RequestError(ValueError):
 
 
 #: Tags the platform never writes (4.10): read-only status and binding tags.
-READ_ONLY_TAGS = frozenset({0x3001, 0x3002, 0x3003, 0x3004, 0xE00E, 0xE012})
-TAG_PLATFORM_OPTION = 0x4009
-TAG_FORCE_UPDATE = 0x100B
+READ_ONLY_TAGS = frozenset({
+    tags.PROTOCOL_VERSION, tags.TERMINAL_SERIAL, tags.IMSI, tags.FIRMWARE_VERSION,
+    tags.BIND_IMEI, tags.BIND_IMSI,
+})
 #: REMOTE_CTRL parameter TLVs besides the vendor range (4.12).
-REMOTE_PARAM_TAGS = frozenset({0x4021})
+REMOTE_PARAM_TAGS = frozenset({tags.EXTERNAL_CONTROL})
 _REMOTE_CODES = frozenset(code.value for code in RemoteControl)
 #: Path of the HTTP file service under the public URL (4.14).
 FILES_PATH = "/wmmp/files"
 MAX_URL_LENGTH = 200
-MAX_VERSION_LENGTH = tags.TAGS[0x1005].size
+MAX_VERSION_LENGTH = tags.TAGS[tags.UPDATE_FILE_VERSION].size
 CIPHERS = ("none", "legacy", "aes")
 BASE_KEY_LENGTHS = {"none": (16, 24), "legacy": (24, 16), "aes": (16,)}
 PASSWORD_LENGTH = 8
@@ -200,13 +200,13 @@ def config_set(params: Params, *, platform_option: bool = False) -> Built:
             raise RequestError(f"CONFIG_SET: security tag {name} is never set by CONFIG_SET")
         if tag in READ_ONLY_TAGS:
             raise RequestError(f"CONFIG_SET: {name} is read-only")
-        if tag == TAG_PLATFORM_OPTION:
+        if tag == tags.PLATFORM_OPTION:
             raise RequestError(f"CONFIG_SET: {name} is sent only by the per-terminal option")
         if spec is not None and spec.kind in (tags.Kind.FRAGMENT, tags.Kind.FLAG):
             raise RequestError(f"CONFIG_SET: {name} is not a configuration value")
         tlvs[tag] = _typed_value(tag, spec, value, "CONFIG_SET")
     if platform_option:
-        tlvs[TAG_PLATFORM_OPTION] = Tlv.of(TAG_PLATFORM_OPTION, 0)
+        tlvs[tags.PLATFORM_OPTION] = Tlv.of(tags.PLATFORM_OPTION, 0)
     return Command.CONFIG_SET, m.ConfigSet(tlvs=list(tlvs.values())).encode_body()
 
 
@@ -323,139 +323,8 @@ def download_info(tx: FileTransaction, public_url: str, *, force: bool = False) 
     """DOWNLOAD_INFO (4.14): TLV 0x1001 URL, and 0x100B = 1 when the update is forced."""
     tlvs = [Tlv.of(m.TAG_URL, download_url(tx, public_url))]
     if force:
-        tlvs.append(Tlv.of(TAG_FORCE_UPDATE, 1))
+        tlvs.append(Tlv.of(tags.FORCE_UPDATE, 1))
     return Command.DOWNLOAD_INFO, m.DownloadInfo(tlvs=tlvs).encode_body()
-
-
-# --- JSON views ----------------------------------------------------------------------
-
-
-def _hex_or_none(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.hex().upper()
-
-
-def describe_request(request: Request) -> dict[str, Any]:
-    """JSON view of a queued or finished request."""
-    return {
-        "id": request.id,
-        "serial": request.serial,
-        "command": m.MESSAGE_NAMES.get(request.command, f"0x{request.command:04X}"),
-        "state": str(request.state),
-        "sequence_id": request.sequence_id,
-        "attempts": request.attempts,
-        "result": request.result,
-        "result_label": None if request.result is None
-        else result_label(request.command, request.result),
-        "outcome": request.outcome,
-        "origin": request.origin,
-        "msg_id": request.msg_id,
-        "created_at": request.created_at,
-        "updated_at": request.updated_at,
-        "expires_at": request.expires_at,
-        "body": _hex_or_none(request.body),
-        "answer": _hex_or_none(request.answer_body),
-    }
-
-
-def describe_file(tx: FileTransaction, public_url: str) -> dict[str, Any]:
-    """JSON view of a file transaction (without its local path)."""
-    return {
-        "trans_id": tx.trans_id,
-        "serial": tx.serial,
-        "name": tx.name,
-        "version": tx.version,
-        "size": tx.size,
-        "crc16": f"{tx.crc16:04X}",
-        "crc32": f"{tx.crc32:08X}",
-        "state": str(tx.state),
-        "expires_at": tx.expires_at,
-        "url": download_url(tx, public_url),
-    }
-
-
-SUMMARY_FIELDS = (
-    "serial", "imei", "imsi", "msisdn", "state", "bearer", "address", "last_seen",
-    "software_version", "enabled",
-)
-DETAIL_FIELDS = (
-    "cipher", "require_encryption", "sms_wakeup", "sms_terminal_port", "default_app",
-    "connect_mode", "heartbeat_interval", "sync_tags", "config_unverified",
-    "session_timestamp", "created_at", "updated_at",
-)
-
-
-def describe_terminal(
-    terminal: Terminal, *, detail: bool = False, default_compat: str = compat.STRICT.name
-) -> dict[str, Any]:
-    """JSON view of a terminal record; never passwords or keys (6.3.2).
-
-    ``compat`` is the profile the terminal is served by: its own, else
-    ``default_compat`` (``[protocol] default_compat``), with ``compat_default`` true.
-    """
-    names = SUMMARY_FIELDS + DETAIL_FIELDS if detail else SUMMARY_FIELDS
-    view = {name: getattr(terminal, name) for name in names}
-    view["state"] = str(terminal.state)
-    view["compat"] = terminal.compat or default_compat
-    view["compat_default"] = terminal.compat is None
-    if detail:
-        view["apps"] = sorted(terminal.apps)
-        view["protocol_version"] = (
-            None if terminal.protocol_version is None else f"0x{terminal.protocol_version:04X}"
-        )
-        view["credentials"] = {
-            "current": _expiries(terminal.current),
-            "pending": _expiries(terminal.pending),
-        }
-    return view
-
-
-def _expiries(creds: CredentialSet | None) -> dict[str, Any] | None:
-    if creds is None:
-        return None
-    return {
-        "uplink_expiry": creds.uplink_expiry,
-        "downlink_expiry": creds.downlink_expiry,
-        "base_key_expiry": creds.base_key_expiry,
-        "delivered_at": creds.delivered_at,
-    }
-
-
-def describe_credentials(creds: CredentialSet) -> dict[str, Any]:
-    """The secrets themselves: shown once, to the operator who provisions the device."""
-    return {
-        "uplink_password": creds.uplink_password,
-        "downlink_password": creds.downlink_password,
-        "base_key": creds.base_key,
-        "uplink_expiry": creds.uplink_expiry,
-        "downlink_expiry": creds.downlink_expiry,
-        "base_key_expiry": creds.base_key_expiry,
-    }
-
-
-def describe_config(values: Mapping[int, bytes]) -> dict[str, Any]:
-    """Stored TLV values by tag name, with hex and typed value; security values hidden."""
-    view: dict[str, Any] = {}
-    for tag, raw in sorted(values.items()):
-        entry: dict[str, Any] = {"tag": f"0x{tag:04X}"}
-        if tag >> 8 == 0xE0:
-            entry["redacted"] = True
-        else:
-            entry["hex"] = raw.hex().upper()
-            entry["value"] = _json_value(tag, raw)
-        view[tags.tag_name(tag)] = entry
-    return view
-
-
-def _json_value(tag: int, raw: bytes) -> Any:
-    try:
-        value = tags.decode_value(tag, raw)
-    except ProtocolError:
-        return None
-    if isinstance(value, bytes):
-        return None
-    if isinstance(value, list):
-        return [list(v) if isinstance(v, tuple) else v for v in value]
-    return list(value) if isinstance(value, tuple) else value
 
 
 # --- provisioning ----------------------------------------------------------------------
@@ -581,14 +450,3 @@ def terminal_from_json(params: Params, *, expiry: int) -> Terminal:
     if port is not None:
         terminal.sms_terminal_port = _integer(port, "sms_terminal_port", 0, 0xFFFF)
     return terminal
-
-
-def describe_provisioned(
-    terminal: Terminal, default_compat: str = compat.STRICT.name
-) -> dict[str, Any]:
-    """The provisioning answer: the record and, if set, its credentials in clear."""
-    view = describe_terminal(terminal, detail=True, default_compat=default_compat)
-    view.pop("credentials")
-    empty = dict.fromkeys(CREDENTIAL_FIELDS)
-    view.update(describe_credentials(terminal.current) if terminal.current else empty)
-    return view

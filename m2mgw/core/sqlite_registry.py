@@ -60,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from m2mgw.config import default_key_path
 from m2mgw.core.model import (
     U32_MAX,
     Alarm,
@@ -86,7 +87,6 @@ from m2mgw.core.vault import (
     VaultError,
     create_key,
     create_private,
-    default_key_path,
     is_sealed,
     read_key,
 )

@@ -31,8 +31,6 @@ from m2mgw.core.registry import RegistryError
 PREFIX = b"m2mgw-enc-v1:"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-#: The master key file's name when ``[registry] master_key_file`` is empty.
-DEFAULT_KEY_NAME = "m2mgw.key"
 #: Sealed values remembered (by context), so that writing an unchanged secret again
 #: costs a comparison, not an encryption: a terminal's record is saved at every
 #: request sent to it, with its credential set unchanged. It also keeps the number of
@@ -44,11 +42,6 @@ _HEADER = len(PREFIX) + NONCE_BYTES
 
 class VaultError(RegistryError):
     """The master key or a sealed value is unusable; the message is one line."""
-
-
-def default_key_path(database: str) -> str:
-    """``m2mgw.key`` in the database's directory, relative like the database."""
-    return os.path.join(os.path.dirname(database), DEFAULT_KEY_NAME)
 
 
 def is_sealed(value: object) -> bool:

@@ -1,9 +1,11 @@
 """The SMS bearer inside the gateway (spec 10.4, 9.6): modem, reassembly, durable outbox.
 
 :class:`SmsService` owns the serial modem. Received SMS-DELIVERs are reassembled
-(10.4.3) and each complete WMMP message goes to ``engine.receive`` on an
+(10.4.3) and each complete WMMP message goes to ``receive`` (the engine's) on an
 :class:`SmsBearer` for its originating MSISDN; the engine identifies the terminal by
-that MSISDN (10.4.4) and refuses unknown numbers. Text SMS are logged.
+that MSISDN (10.4.4) and refuses unknown numbers. Text SMS are logged. The router
+sends through the bearers of :meth:`SmsService.bearer_for`; :class:`WakeupSweep`
+has it wake again the terminals whose requests still wait.
 
 Sending is store-and-forward. :meth:`SmsBearer.send` is synchronous (the engine's
 bearer contract), so it puts the message into the registry's SMS outbox, whose
@@ -37,7 +39,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.application.internet import TimerService, backoffPolicy
 from twisted.application.service import MultiService
@@ -47,9 +49,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from m2mgw.core.model import Terminal, normalize_msisdn
-from m2mgw.core.registry import OutgoingSms, SmsState
+from m2mgw.config import SmsConfig
+from m2mgw.core.model import Request, Terminal, normalize_msisdn
+from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, SmsState
 from m2mgw.core.session import Bearer
+from m2mgw.core.stats import EngineStats
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.sms import at
 from m2mgw.sms.bearer import (
@@ -63,9 +67,6 @@ from m2mgw.sms.bearer import (
 )
 from m2mgw.sms.modem import CommandFailed, ModemError, ModemProtocol, SerialService
 from m2mgw.sms.pdu import SmsDeliver
-
-if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
 
 log = Logger()
 
@@ -153,13 +154,25 @@ class SmsService(MultiService):
     """The modem, the reassembly of received SMS and the outbox sender (spec 10.4)."""
 
     def __init__(
-        self, gateway: GatewayService, clock: IReactorTime, tuning: ModemTuning | None = None
+        self,
+        registry: ITerminalRegistry,
+        receive: Callable[[bytes, Bearer], None],
+        reactor: Any,
+        config: SmsConfig,
+        *,
+        stats: EngineStats,
+        queue_ttl: float,
+        tuning: ModemTuning | None = None,
     ) -> None:
+        """``reactor`` runs the timers and opens the serial port; ``stats`` counts the
+        messages sent; an outbox message older than ``queue_ttl`` is given up."""
         super().__init__()
-        self.gateway = gateway
-        self.config = gateway.config.sms
-        self.registry = gateway.registry
-        self.clock = clock
+        self.registry = registry
+        self._receive = receive
+        self.clock: IReactorTime = reactor
+        self.config = config
+        self._stats = stats
+        self._queue_ttl = queue_ttl
         #: Read when the service starts: replace it before ``startService``.
         self.tuning = tuning or ModemTuning()
         self.reassembler = SmsReassembler(
@@ -170,15 +183,9 @@ class SmsService(MultiService):
         #: Ids of outbox messages whose rows are not committed yet: none leaves before.
         self._storing: set[int] = set()
         self.serial = SerialService(
-            gateway.reactor, self.config.device, self._new_protocol, self.config.baudrate
+            reactor, self.config.device, self._new_protocol, self.config.baudrate
         )
         self.serial.setServiceParent(self)
-        rewake = TimerService(
-            max(MIN_REWAKE_PERIOD, gateway.config.protocol.wakeup_min_interval), self._rewake
-        )
-        rewake.clock = clock
-        rewake.setServiceParent(self)
-        gateway.router.sms_bearer = self.bearer_for
         self._sending: Deferred[Any] | None = None
         self._idle_waiters: list[Deferred[None]] = []
         self._retry: IDelayedCall | None = None
@@ -193,7 +200,7 @@ class SmsService(MultiService):
         #: The last signal reading of the modem now open, if any.
         self.signal: Signal | None = None
         self._signal_poll = LoopingCall(self._read_signal)
-        self._signal_poll.clock = clock
+        self._signal_poll.clock = reactor
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,7 +231,7 @@ class SmsService(MultiService):
     # ------------------------------------------------------------------ bearers
 
     def bearer_for(self, terminal: Terminal) -> Bearer | None:
-        """The router's ``sms_bearer`` hook: the terminal's MSISDN, if it has one."""
+        """The router's SMS bearer: the terminal's MSISDN, if it has one."""
         return SmsBearer(self, terminal.msisdn) if terminal.msisdn else None
 
     def submit(self, msisdn: str, message: bytes) -> Deferred[OutgoingSms] | None:
@@ -252,7 +259,7 @@ class SmsService(MultiService):
         d.addErrback(lambda failure: log.failure("Outgoing SMS not stored", failure))
         self._storing.add(sms.id or 0)
         d.addBoth(self._stored, sms.id or 0)
-        self.gateway.engine.stats.count_sent(message)
+        self._stats.count_sent(message)
         log.debug(
             "SMS {id} to {msisdn} queued ({size} bytes)",
             id=sms.id,
@@ -343,7 +350,7 @@ class SmsService(MultiService):
                 size=len(event.message),
                 parts=event.parts,
             )
-            self.gateway.engine.receive(event.message, SmsBearer(self, event.originator))
+            self._receive(event.message, SmsBearer(self, event.originator))
         elif isinstance(event, TextSms):
             log.info(
                 "Non-WMMP SMS from {msisdn} (port {port}) ignored: {content!r}",
@@ -380,7 +387,7 @@ class SmsService(MultiService):
         for sms in self.registry.pending_sms():
             if sms.id in self._storing:
                 return  # the rows after it were submitted later: not committed either
-            if now - sms.created_at > self.gateway.config.protocol.queue_ttl:
+            if now - sms.created_at > self._queue_ttl:
                 self._give_up(sms, "expired in the outbox")
                 continue
             # Given at submit; migration 009 numbered the messages queued before it.
@@ -499,12 +506,35 @@ class SmsService(MultiService):
             log.failure("Waiting for the modem failed", result)
         self._pump()
 
-    # ------------------------------------------------------------------ wake-up
 
-    def _rewake(self) -> None:
-        """Wake again the terminals whose requests still wait (9.6: while queued)."""
-        router = self.gateway.router
+class Waker(Protocol):
+    """What the wake-up sweep needs of the router."""
+
+    def outstanding(self, serial: str) -> Request | None:
+        """The terminal's request sent and not yet answered, if any."""
+        ...
+
+    def kick(self, terminal: Terminal) -> None:
+        """Send the terminal's next queued request, or wake it by SMS (9.6)."""
+        ...
+
+
+class WakeupSweep(TimerService):
+    """Wakes again the terminals whose requests still wait (9.6: while queued).
+
+    Runs every ``wakeup_min_interval``, at least every :data:`MIN_REWAKE_PERIOD`
+    seconds; the router decides whether a wake-up SMS is due.
+    """
+
+    def __init__(self, registry: ITerminalRegistry, router: Waker, clock: IReactorTime,
+                 wakeup_min_interval: float) -> None:
+        super().__init__(max(MIN_REWAKE_PERIOD, wakeup_min_interval), self.sweep)
+        self.clock = clock
+        self.registry = registry
+        self.router = router
+
+    def sweep(self) -> None:
         for terminal in self.registry.terminals():
             serial = terminal.serial
-            if serial and self.registry.queued(serial) and router.outstanding(serial) is None:
-                router.kick(terminal)
+            if serial and self.registry.queued(serial) and self.router.outstanding(serial) is None:
+                self.router.kick(terminal)

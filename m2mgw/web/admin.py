@@ -18,32 +18,40 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from m2mgw.app import provision
+from m2mgw.config import ProtocolConfig
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
-from m2mgw.core.registry import RegistryError
+from m2mgw.core.refusals import Refusals
+from m2mgw.core.registry import ITerminalRegistry, RegistryError
+from m2mgw.core.session import Session
 from m2mgw.metrics import MetricsResource
 from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import Command, LogoutReason, SecurityOp
-from m2mgw.web import auth, openapi, views
+from m2mgw.web import auth, inputs, openapi, views
 from m2mgw.web.events import EventStream
+from m2mgw.web.files import FileService
+from m2mgw.web.inputs import ApiError
 from m2mgw.web.ui import ConsoleResource
 
 if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
+    from prometheus_client import CollectorRegistry
+
+    from m2mgw.core.router import Router
 
 log = Logger()
 
-MAX_BODY = 64 * 1024
 MAX_TTL = float(0xFFFFFFFF)
 
 Result = tuple[int, Any]
@@ -59,13 +67,44 @@ OPEN: dict[bytes, frozenset[bytes] | None] = {
 }
 
 
-class ApiError(Exception):
-    """An error answer with its HTTP status."""
+class TerminalSessions(Protocol):
+    """What the admin API reads and does of the terminals' sessions (the engine)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def refusals(self) -> Refusals: ...
+
+    def check_deliverable(self, terminal: Terminal, command: int, body: bytes) -> None: ...
+
+    def end_session(self, terminal: Terminal, reason: int, state: str, now: float) -> None: ...
+
+    def platform_logout(self, terminal: Terminal, reason: int) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdminContext:
+    """Everything the admin API reads and acts on, handed in where the gateway is built."""
+
+    clock: IReactorTime
+    registry: ITerminalRegistry
+    engine: TerminalSessions
+    router: Router
+    #: None when the file service is disabled (``[http] listen = none``).
+    files: FileService | None
+    tokens: auth.TokenFile
+    #: ``[admin] allowed_hosts``: the Host names this listener answers (D-318).
+    allowed_hosts: tuple[str, ...]
+    #: ``[protocol]``: the default compatibility profile and the credentials' lifetime.
+    protocol: ProtocolConfig
+    #: The ``GET /stats`` summary (:func:`m2mgw.web.views.gateway_stats`).
+    stats: Callable[[], dict[str, Any]]
+    #: What keeps the gateway from serving (``/health``).
+    problems: Callable[[], list[str]]
+    metrics: CollectorRegistry
+    #: Tells an application's live long connections of a Base Key rotation (D-344).
+    base_key_scheduled: Callable[[str], None]
 
 
 def _error_of(exc: BaseException) -> tuple[int, str]:
@@ -95,7 +134,7 @@ def _encode(request: Request, status: int, body: Any) -> bytes:
 def _show_secrets(request: Request) -> bool:
     """``?show_secrets=1``: the answer keeps passwords, keys and SECURITY_CONFIG bodies
     (D-193); without it every answer is redacted."""
-    return _flag("show_secrets", _raw(request, "show_secrets")) or False
+    return inputs.flag("show_secrets", inputs.raw(request, "show_secrets")) or False
 
 
 def _error(request: Request, exc: BaseException, failure: Failure | None = None) -> bytes:
@@ -215,16 +254,16 @@ def _is_json(request: Request) -> bool:
 
 
 class _Api(_Json):
-    def __init__(self, gateway: GatewayService) -> None:
+    def __init__(self, ctx: AdminContext) -> None:
         super().__init__()
-        self.gateway = gateway
+        self.ctx = ctx
 
     def now(self) -> float:
-        return float(self.gateway.reactor.seconds())
+        return float(self.ctx.clock.seconds())
 
     def terminal(self, key: str) -> Terminal:
         """A terminal by serial or, for terminals not yet registered, by IMEI."""
-        registry = self.gateway.registry
+        registry = self.ctx.registry
         terminal = registry.get(key) or registry.by_imei(key)
         if terminal is None:
             raise ApiError(404, f"unknown terminal {key}")
@@ -234,8 +273,8 @@ class _Api(_Json):
 class _Scoped(_Api):
     """A listing of the whole gateway, or of one terminal at ``/terminals/<key>/...``."""
 
-    def __init__(self, gateway: GatewayService, key: str | None = None) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, key: str | None = None) -> None:
+        super().__init__(ctx)
         self.key = key
 
     def scope(self) -> dict[str, str]:
@@ -248,88 +287,6 @@ class _Scoped(_Api):
         return {"serial": terminal.serial}
 
 
-def _json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object, at most MAX_BODY bytes."""
-    assert request.content is not None
-    data = request.content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
-
-
-def _raw(request: Request, name: str) -> list[str]:
-    """Query values of ``name`` as given (``search`` may hold commas)."""
-    values = request.args.get(name.encode("ascii"), []) if request.args else []
-    return [raw.decode("utf-8", "replace") for raw in values]
-
-
-#: Parses the values of one query parameter (name, values) into its typed value.
-Parse = Callable[[str, list[str]], Any]
-
-
-def _text(name: str, values: list[str]) -> str | None:
-    return values[-1].strip() or None
-
-
-def _flag(name: str, values: list[str]) -> bool | None:
-    if not values:
-        return None
-    if values[-1].lower() not in ("1", "true", "yes", "0", "false", "no", ""):
-        raise ApiError(400, f"{name} must be 1 or 0, got {values[-1]!r}")
-    return values[-1].lower() in ("1", "true", "yes")
-
-
-def _integer(lo: int, hi: int) -> Parse:
-    def parse(name: str, values: list[str]) -> int:
-        try:
-            value = int(values[-1], 0)
-        except ValueError:
-            value = lo - 1
-        if not lo <= value <= hi:
-            raise ApiError(400, f"{name} must be an integer {lo}-{hi}, got {values[-1]!r}")
-        return value
-
-    return parse
-
-
-def _choices(known: Iterable[str]) -> Parse:
-    """A comma list of known words (``state=queued,sent``), case-insensitive."""
-    words = tuple(known)
-
-    def parse(name: str, values: list[str]) -> list[str]:
-        chosen = [v.strip().lower() for raw in values for v in raw.split(",") if v.strip()]
-        bad = [v for v in chosen if v not in words]
-        if bad:
-            raise ApiError(400, f"unknown {name} {bad[0]!r}; one of {', '.join(words)}")
-        return chosen
-
-    return parse
-
-
-def _params(request: Request, **filters: Parse) -> dict[str, Any]:
-    """The paging (``limit``, ``offset``, ``before``) and ``filters`` of a listing, typed
-    and checked; what was not given is left out (D-194)."""
-    parsers: dict[str, Parse] = {
-        "limit": _integer(1, views.MAX_LIMIT),
-        "offset": _integer(0, 1 << 31),
-        "before": _integer(1, 1 << 62),
-        "show_secrets": _flag,
-        **filters,
-    }
-    query = {}
-    for name, parse in parsers.items():
-        values = _raw(request, name)
-        if values and (value := parse(name, values)) is not None:
-            query[name] = value
-    return query
-
-
 def _path(request: Request) -> str:
     return request.path.decode("utf-8", "replace")
 
@@ -338,37 +295,37 @@ def _page(d: Deferred[views.Page]) -> Deferred[Result]:
     return d.addCallback(lambda page: (200, page))
 
 
-_REQUEST_STATES = _choices(s.value for s in RequestState)
+_REQUEST_STATES = inputs.choices(s.value for s in RequestState)
 
 
 class AdminResource(_Api):
     """The API root: ``/health``, ``/terminals``, ``/requests``, ``/queue``."""
 
-    def __init__(self, gateway: GatewayService) -> None:
-        super().__init__(gateway)
-        self.putChild(b"health", _Health(gateway))
-        self.putChild(b"terminals", _Terminals(gateway))
-        self.putChild(b"requests", _Requests(gateway))
-        self.putChild(b"queue", _Queue(gateway))
-        self.putChild(b"apps", _Apps(gateway))
-        self.putChild(b"registry", _Registry(gateway))
-        self.putChild(b"alarms", _Alarms(gateway))
-        self.putChild(b"messages", _Messages(gateway))
-        self.putChild(b"notifications", _Notifications(gateway))
-        self.putChild(b"sms", _Sms(gateway))
-        self.putChild(b"stats", _Stats(gateway))
+    def __init__(self, ctx: AdminContext) -> None:
+        super().__init__(ctx)
+        self.putChild(b"health", _Health(ctx))
+        self.putChild(b"terminals", _Terminals(ctx))
+        self.putChild(b"requests", _Requests(ctx))
+        self.putChild(b"queue", _Queue(ctx))
+        self.putChild(b"apps", _Apps(ctx))
+        self.putChild(b"registry", _Registry(ctx))
+        self.putChild(b"alarms", _Alarms(ctx))
+        self.putChild(b"messages", _Messages(ctx))
+        self.putChild(b"notifications", _Notifications(ctx))
+        self.putChild(b"sms", _Sms(ctx))
+        self.putChild(b"stats", _Stats(ctx))
         #: The ``/events`` stream; a child service of the gateway (stops with it).
-        self.events = EventStream(gateway, lambda: views.gateway_stats(gateway))
-        self.putChild(b"events", _Events(gateway, self.events))
-        self.putChild(b"openapi.json", _OpenApi(gateway))
-        self.putChild(b"metrics", MetricsResource(gateway.metrics))
+        self.events = EventStream(ctx.clock, ctx.engine.sessions, ctx.stats)
+        self.putChild(b"events", _Events(ctx, self.events))
+        self.putChild(b"openapi.json", _OpenApi(ctx))
+        self.putChild(b"metrics", MetricsResource(ctx.metrics))
         self.putChild(b"console", ConsoleResource())
-        self.putChild(b"session", _Session(gateway))
+        self.putChild(b"session", _Session(ctx))
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         """Every request passes here first: refuse a foreign Host (421), a body that is
         not JSON (415), then anything neither open nor authenticated (401)."""
-        if not auth.host_allowed(request, self.gateway.config.admin.allowed_hosts):
+        if not auth.host_allowed(request, self.ctx.allowed_hosts):
             return _Refused(lambda _: (421, {
                 "error": "the Host header does not name this admin listener (add the name "
                          "to [admin] allowed_hosts if it is yours)"}))
@@ -376,7 +333,7 @@ class AdminResource(_Api):
             return _Refused(lambda _: (415, {"error": "request bodies must be application/json"}))
         methods = OPEN.get(path, frozenset())
         if not (methods is None or request.method in methods
-                or self.gateway.admin_tokens.allows(request)):
+                or self.ctx.tokens.allows(request)):
             return _Refused(_unauthorised)
         return super().getChildWithDefault(path, request)
 
@@ -385,7 +342,7 @@ class AdminResource(_Api):
         if b"text/html" in (request.getHeader(b"accept") or b""):
             request.setHeader(b"location", b"/console/")
             return 302, {"location": "/console/"}
-        if not self.gateway.admin_tokens.allows(request):
+        if not self.ctx.tokens.allows(request):
             return _unauthorised(request)
         return 200, {"endpoints": sorted(f"/{name.decode()}" for name in self.children)}
 
@@ -394,14 +351,14 @@ class _Stats(_Api):
     """The summary of the dashboard and ``m2mgw status`` (D-195)."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, views.gateway_stats(self.gateway)
+        return 200, self.ctx.stats()
 
 
 class _Events(_Api):
     """Server-Sent Events: stats, terminal and request changes (D-196)."""
 
-    def __init__(self, gateway: GatewayService, stream: EventStream) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, stream: EventStream) -> None:
+        super().__init__(ctx)
         self.stream = stream
 
     def do_GET(self, request: Request) -> int:  # type: ignore[override]
@@ -443,8 +400,8 @@ class _Session(_Api):
     """The console's log-in: ``POST`` a token to get it as an HttpOnly cookie."""
 
     def do_POST(self, request: Request) -> Result:
-        token = _json_body(request).get("token")
-        if not isinstance(token, str) or not self.gateway.admin_tokens.valid(token):
+        token = inputs.json_body(request).get("token")
+        if not isinstance(token, str) or not self.ctx.tokens.valid(token):
             return _unauthorised(request)
         self._cookie(request, token)
         return 204, None
@@ -465,18 +422,18 @@ class _Registry(_Api):
     """Which registry this gateway serves, so the CLI can check it reached the right one."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, self.gateway.registry.identity().describe()
+        return 200, self.ctx.registry.identity().describe()
 
 
 class _Health(_Api):
     """200 ``ok`` only when the gateway serves; else 503 with its problems (D-163)."""
 
     def do_GET(self, request: Request) -> Result:
-        problems = self.gateway.problems()
+        problems = self.ctx.problems()
         body: dict[str, Any] = {
             "status": "unavailable" if problems else "ok",
-            "terminals": len(self.gateway.registry.terminals()),
-            "sessions": len(self.gateway.engine.sessions),
+            "terminals": len(self.ctx.registry.terminals()),
+            "sessions": len(self.ctx.engine.sessions),
         }
         if problems:
             body["problems"] = problems
@@ -487,12 +444,12 @@ class _Apps(_Api):
     """``GET`` lists applications (no secrets), ``POST`` provisions one (application 7.1)."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, views.list_apps(self.gateway.registry, _params(request))
+        return 200, views.list_apps(self.ctx.registry, inputs.listing(request))
 
-    item = ("app_id", lambda parent, key: _AppItem(parent.gateway, key))
+    item = ("app_id", lambda parent, key: _AppItem(parent.ctx, key))
 
     def do_POST(self, request: Request) -> Deferred[Result]:
-        d = provision.provision(self.gateway.registry, _json_body(request))
+        d = provision.provision(self.ctx.registry, inputs.json_body(request))
         return d.addCallback(lambda view: (201, view))
 
 
@@ -500,11 +457,11 @@ class _AppItem(_Api):
     """``/apps/<app_id>``: the application's sub-resources."""
 
     routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
-        b"base-key": lambda item: _AppBaseKey(item.gateway, item.app_id),
+        b"base-key": lambda item: _AppBaseKey(item.ctx, item.app_id),
     }
 
-    def __init__(self, gateway: GatewayService, app_id: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, app_id: str) -> None:
+        super().__init__(ctx)
         self.app_id = app_id
 
 
@@ -512,18 +469,18 @@ class _AppBaseKey(_Api):
     """``POST`` sets the application's Base Key rotation (7.2 step 3), announced at once
     on its live long-connection sessions (D-344)."""
 
-    def __init__(self, gateway: GatewayService, app_id: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, app_id: str) -> None:
+        super().__init__(ctx)
         self.app_id = app_id
 
     def do_POST(self, request: Request) -> Deferred[Result]:
-        gateway = self.gateway
+        ctx = self.ctx
         d = provision.schedule_rotation(
-            gateway.registry, self.app_id, _json_body(request), self.now()
+            ctx.registry, self.app_id, inputs.json_body(request), self.now()
         )
 
         def stored(view: dict[str, Any]) -> Result:
-            gateway.apps.base_key_scheduled(self.app_id)
+            ctx.base_key_scheduled(self.app_id)
             return 200, view
 
         return d.addCallback(stored)
@@ -532,30 +489,31 @@ class _AppBaseKey(_Api):
 class _Terminals(_Api):
     """``GET`` lists terminals (search, state, bearer; paged), ``POST`` provisions one."""
 
-    item = ("serial", lambda parent, key: _TerminalItem(parent.gateway, key))
+    item = ("serial", lambda parent, key: _TerminalItem(parent.ctx, key))
 
     def do_GET(self, request: Request) -> Result:
-        query = _params(request, search=_text, state=_choices(views.TERMINAL_STATES),
-                        bearer=_choices(views.BEARERS))
-        default = self.gateway.config.protocol.default_compat
+        query = inputs.listing(request, search=inputs.text,
+                               state=inputs.choices(views.TERMINAL_STATES),
+                               bearer=inputs.choices(views.BEARERS))
+        default = self.ctx.protocol.default_compat
         return 200, views.list_terminals(
-            self.gateway.registry.terminals(), query,
-            lambda t: build.describe_terminal(t, default_compat=default),
+            self.ctx.registry.terminals(), query,
+            lambda t: views.describe_terminal(t, default_compat=default),
         )
 
     def do_POST(self, request: Request) -> Deferred[Result]:
-        params = _json_body(request)
+        params = inputs.json_body(request)
         expiry = build.credential_expiry(
-            self.now(), self.gateway.config.protocol.credential_ttl
+            self.now(), self.ctx.protocol.credential_ttl
         )
         terminal = build.terminal_from_json(params, expiry=expiry)
-        d = self.gateway.registry.add(terminal)
+        d = self.ctx.registry.add(terminal)
         log.info(
             "Provisioned terminal IMEI {imei} serial {serial} ({state}) via admin API",
             imei=terminal.imei, serial=terminal.serial, state=terminal.state,
         )
-        default = self.gateway.config.protocol.default_compat
-        return d.addCallback(lambda t: (201, build.describe_provisioned(t, default)))
+        default = self.ctx.protocol.default_compat
+        return d.addCallback(lambda t: (201, views.describe_provisioned(t, default)))
 
 
 class _TerminalItem(_Api):
@@ -563,30 +521,30 @@ class _TerminalItem(_Api):
     alarms and refusals."""
 
     routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
-        b"requests": lambda item: _TerminalRequests(item.gateway, item.key),
-        b"messages": lambda item: _Messages(item.gateway, item.key),
-        b"alarms": lambda item: _Alarms(item.gateway, item.key),
-        b"refusals": lambda item: _Refusals(item.gateway, item.key),
+        b"requests": lambda item: _TerminalRequests(item.ctx, item.key),
+        b"messages": lambda item: _Messages(item.ctx, item.key),
+        b"alarms": lambda item: _Alarms(item.ctx, item.key),
+        b"refusals": lambda item: _Refusals(item.ctx, item.key),
     }
 
-    def __init__(self, gateway: GatewayService, key: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, key: str) -> None:
+        super().__init__(ctx)
         self.key = key
 
     def do_GET(self, request: Request) -> Result:
-        gateway = self.gateway
+        ctx = self.ctx
         terminal = self.terminal(self.key)
         serial = terminal.serial or ""
-        view = build.describe_terminal(
-            terminal, detail=True, default_compat=gateway.config.protocol.default_compat
+        view = views.describe_terminal(
+            terminal, detail=True, default_compat=ctx.protocol.default_compat
         )
         # What was refused from this terminal, by reason (issue #10: for the console).
-        view["refusals"] = {str(r): n for r, n in gateway.engine.refusals.counts(serial).items()}
-        view["config"] = build.describe_config(gateway.registry.config_values(serial))
-        view["queue"] = [build.describe_request(r) for r in gateway.registry.queued(serial)]
-        outstanding = gateway.router.outstanding(serial)
-        view["outstanding"] = build.describe_request(outstanding) if outstanding else None
-        session = gateway.engine.sessions.get(serial)
+        view["refusals"] = {str(r): n for r, n in ctx.engine.refusals.counts(serial).items()}
+        view["config"] = views.describe_config(ctx.registry.config_values(serial))
+        view["queue"] = [views.describe_request(r) for r in ctx.registry.queued(serial)]
+        outstanding = ctx.router.outstanding(serial)
+        view["outstanding"] = views.describe_request(outstanding) if outstanding else None
+        session = ctx.engine.sessions.get(serial)
         view["session"] = None if session is None else {
             "timestamp": session.timestamp,
             "bearer": session.bearer.kind if session.bearer else None,
@@ -600,13 +558,13 @@ class _TerminalItem(_Api):
         return 200, view
 
     def do_DELETE(self, request: Request) -> Deferred[Result]:
-        gateway = self.gateway
+        ctx = self.ctx
         terminal = self.terminal(self.key)
-        if terminal.serial in gateway.engine.sessions:
-            gateway.engine.end_session(
+        if terminal.serial in ctx.engine.sessions:
+            ctx.engine.end_session(
                 terminal, LogoutReason.FORCED, TerminalState.LOGGED_OUT, self.now()
             )
-        d = gateway.registry.remove(terminal.serial or terminal.imei)
+        d = ctx.registry.remove(terminal.serial or terminal.imei)
         log.info("Removed terminal {serial} (IMEI {imei}) via admin API",
                  serial=terminal.serial, imei=terminal.imei)
         return d.addCallback(
@@ -618,15 +576,15 @@ class _TerminalRequests(_Scoped):
     """``POST`` queues a platform request; ``GET`` is the terminal's request history."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, state=_REQUEST_STATES), **self.scope()}
-        return _page(views.list_requests(self.gateway.registry, query, _path(request)))
+        query = {**inputs.listing(request, state=_REQUEST_STATES), **self.scope()}
+        return _page(views.list_requests(self.ctx.registry, query, _path(request)))
 
     def _serial(self) -> str:
         return self.scope()["serial"]
 
     def do_POST(self, request: Request) -> Result | Deferred[Result]:
         serial = self._serial()
-        params = _json_body(request)
+        params = inputs.json_body(request)
         command = str(params.pop("command", "") or "").upper()
         if not command:
             raise ApiError(400, "'command' is required")
@@ -650,8 +608,8 @@ class _TerminalRequests(_Scoped):
     def _submit(
         self, serial: str, command_id: int, body: bytes, ttl: float | None
     ) -> Deferred[Result]:
-        d = self.gateway.router.submit(serial, command_id, body, origin="admin", ttl=ttl)
-        return d.addCallback(lambda r: (202, build.describe_request(r)))
+        d = self.ctx.router.submit(serial, command_id, body, origin="admin", ttl=ttl)
+        return d.addCallback(lambda r: (202, views.describe_request(r)))
 
     def _logout(self, serial: str, params: Mapping[str, Any]) -> Result:
         """A platform LOGOUT (4.5) goes out at once, not through the queue."""
@@ -660,7 +618,7 @@ class _TerminalRequests(_Scoped):
         reason = params.get("reason", LogoutReason.FORCED)
         if isinstance(reason, bool) or not isinstance(reason, int) or not 0 <= reason <= 0xFF:
             raise ApiError(400, f"LOGOUT reason must be an integer 0-255, got {reason!r}")
-        engine = self.gateway.engine
+        engine = self.ctx.engine
         if serial not in engine.sessions:
             raise ApiError(409, f"terminal {serial} is not logged in")
         terminal = self.terminal(serial)
@@ -681,19 +639,18 @@ class _TerminalRequests(_Scoped):
         force = params.get("force", False)
         if not isinstance(path, str) or not path or not isinstance(force, bool):
             raise ApiError(400, "DOWNLOAD_INFO needs 'path' (string) and boolean 'force'")
-        config = self.gateway.config
-        if config.http.listen is None:
+        files = self.ctx.files
+        if files is None:
             raise ApiError(409, "the HTTP file service is disabled ([http] listen = none)")
-        files = self.gateway.files
         source = files.operator_file(path)  # under [http] files_dir only (D-320)
         # Before the file is copied: a terminal that cannot take one gets no offer (C9).
-        self.gateway.engine.check_deliverable(self.terminal(serial), Command.DOWNLOAD_INFO, b"")
+        self.ctx.engine.check_deliverable(self.terminal(serial), Command.DOWNLOAD_INFO, b"")
 
         def queue(tx: Any) -> Deferred[Result]:
-            command_id, body = build.download_info(tx, config.http.public_url, force=force)
+            command_id, body = build.download_info(tx, files.public_url, force=force)
             d = self._submit(serial, command_id, body, ttl)
             return d.addCallback(
-                lambda r: (r[0], {**r[1], "file": build.describe_file(tx, config.http.public_url)})
+                lambda r: (r[0], {**r[1], "file": views.describe_file(tx, files.public_url)})
             )
 
         return files.offer(serial, source, version).addCallback(queue)
@@ -715,48 +672,50 @@ def _ttl(value: Any) -> float | None:
 class _Requests(_Api):
     """``/requests?serial=&state=`` history, newest first; ``/requests/<id>`` one."""
 
-    item = ("id", lambda parent, key: _RequestItem(parent.gateway, key))
+    item = ("id", lambda parent, key: _RequestItem(parent.ctx, key))
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = _params(request, serial=_text, state=_REQUEST_STATES)
-        return _page(views.list_requests(self.gateway.registry, query, _path(request)))
+        query = inputs.listing(request, serial=inputs.text, state=_REQUEST_STATES)
+        return _page(views.list_requests(self.ctx.registry, query, _path(request)))
 
 
 class _RequestItem(_Api):
-    def __init__(self, gateway: GatewayService, key: str) -> None:
-        super().__init__(gateway)
+    def __init__(self, ctx: AdminContext, key: str) -> None:
+        super().__init__(ctx)
         self.key = key
 
     def do_GET(self, request: Request) -> Result:
-        found = self.gateway.registry.request(int(self.key)) if self.key.isdigit() else None
+        found = self.ctx.registry.request(int(self.key)) if self.key.isdigit() else None
         if found is None:
             raise ApiError(404, f"no active or recent request {self.key}")
-        return 200, build.describe_request(found)
+        return 200, views.describe_request(found)
 
 
 class _Queue(_Api):
     """All active (queued or sent) requests across terminals, oldest first."""
 
     def do_GET(self, request: Request) -> Result:
-        return 200, views.list_queue(self.gateway.registry, _params(request), _path(request))
+        return 200, views.list_queue(self.ctx.registry, inputs.listing(request), _path(request))
 
 
 class _Alarms(_Scoped):
     """Alarm history (``active=1``: the alarms raised now), newest first."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, serial=_text, code=_integer(0, 0xFFFF),
-                           status=_integer(0, 1), active=_flag), **self.scope()}
-        return _page(views.list_alarms(self.gateway.registry, query, _path(request)))
+        query = {**inputs.listing(request, serial=inputs.text, code=inputs.integer(0, 0xFFFF),
+                                  status=inputs.integer(0, 1), active=inputs.flag),
+                 **self.scope()}
+        return _page(views.list_alarms(self.ctx.registry, query, _path(request)))
 
 
 class _Messages(_Scoped):
     """The message log, newest first."""
 
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = {**_params(request, serial=_text, direction=_one_of("in", "out"),
-                           event=_text), **self.scope()}
-        return _page(views.list_messages(self.gateway.registry, query, _path(request)))
+        query = {**inputs.listing(request, serial=inputs.text,
+                                  direction=inputs.one_of("in", "out"), event=inputs.text),
+                 **self.scope()}
+        return _page(views.list_messages(self.ctx.registry, query, _path(request)))
 
 
 class _Refusals(_Scoped):
@@ -764,7 +723,7 @@ class _Refusals(_Scoped):
 
     def do_GET(self, request: Request) -> Result:
         serial = self.scope()["serial"]
-        counts = self.gateway.engine.refusals.counts(serial)
+        counts = self.ctx.engine.refusals.counts(serial)
         return 200, {"serial": serial, "total": sum(counts.values()),
                      "refusals": {str(reason): n for reason, n in sorted(counts.items())}}
 
@@ -773,11 +732,12 @@ class _Notifications(_Api):
     """Undelivered application notifications and where their delivery stands."""
 
     def do_GET(self, request: Request) -> Result:
-        query = _params(request, app=_text, state=_choices(views.NOTIFICATION_STATES))
-        if "app" in query and self.gateway.registry.application(query["app"]) is None:
+        query = inputs.listing(request, app=inputs.text,
+                               state=inputs.choices(views.NOTIFICATION_STATES))
+        if "app" in query and self.ctx.registry.application(query["app"]) is None:
             raise ApiError(404, f"unknown application {query['app']}")
         return 200, views.list_notifications(
-            self.gateway.registry, query, self.now(), _path(request)
+            self.ctx.registry, query, self.now(), _path(request)
         )
 
 
@@ -785,24 +745,11 @@ class _Sms(_Api):
     """``/sms/outbox``: every outgoing SMS, pending, sent or failed."""
 
     routes: ClassVar[Mapping[bytes, Callable[[Any], IResource]]] = {
-        b"outbox": lambda sms: _SmsOutbox(sms.gateway),
+        b"outbox": lambda sms: _SmsOutbox(sms.ctx),
     }
 
 
 class _SmsOutbox(_Api):
     def do_GET(self, request: Request) -> Deferred[Result]:
-        query = _params(request, state=_choices(views.SMS_STATES), msisdn=_text)
-        return _page(views.list_sms(self.gateway.registry, query, _path(request)))
-
-
-def _one_of(*words: str) -> Parse:
-    choose = _choices(words)
-
-    def parse(name: str, values: list[str]) -> str:
-        chosen = choose(name, values[-1:])
-        if len(chosen) != 1:
-            raise ApiError(400, f"{name} must be one of {', '.join(words)}")
-        return chosen[0]
-
-    return parse
-
+        query = inputs.listing(request, state=inputs.choices(views.SMS_STATES), msisdn=inputs.text)
+        return _page(views.list_sms(self.ctx.registry, query, _path(request)))

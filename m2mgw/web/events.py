@@ -8,7 +8,8 @@ a comment every :data:`KEEPALIVE_INTERVAL` seconds keeps proxies from closing an
 idle stream.
 
 The gateway tells this stream of changes through observer lists (the engine's
-``state_observers``, the registry's ``request_observers``) rather than being polled.
+``state_observers``, the registry's ``request_observers``; subscribed where the
+gateway is assembled) rather than being polled.
 Those calls sit on busy paths, so with no client attached they return at once; each
 event is encoded once for all clients. A client that does not read is never waited
 for: each is a push producer of its request, paused by Twisted once its transport
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
@@ -32,10 +33,8 @@ from zope.interface import implementer
 
 from m2mgw.core.model import Request as PlatformRequest
 from m2mgw.core.model import Terminal
+from m2mgw.core.session import Session
 from m2mgw.web import views
-
-if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
 
 log = Logger()
 
@@ -96,12 +95,15 @@ class EventStream(Service):
 
     def __init__(
         self,
-        gateway: GatewayService,
+        clock: IReactorTime,
+        sessions: Mapping[str, Session],
         stats: Callable[[], Any],
         *,
         max_buffer: int = MAX_BUFFER,
     ) -> None:
-        self.gateway = gateway
+        """``sessions`` tell a terminal's bearer; ``stats`` is the ``GET /stats`` summary."""
+        self.clock = clock
+        self.sessions = sessions
         self.stats = stats
         self.max_buffer = max_buffer
         self.clients: set[_Client] = set()
@@ -110,12 +112,10 @@ class EventStream(Service):
             self._every(STATS_INTERVAL, lambda: self.publish("stats", self.stats())),
             self._every(KEEPALIVE_INTERVAL, lambda: self._send_all(b": keep-alive\n\n")),
         ]
-        gateway.engine.state_observers.append(self.terminal_changed)
-        gateway.registry.request_observers.append(self.request_changed)
 
     def _every(self, interval: float, call: Callable[[], None]) -> tuple[LoopingCall, float]:
         loop = LoopingCall(call)
-        loop.clock = self.gateway.reactor
+        loop.clock = self.clock
         return loop, interval
 
     # --- clients -------------------------------------------------------------------
@@ -170,7 +170,7 @@ class EventStream(Service):
         """An engine state observer: login, logout, offline."""
         if not self.clients:
             return
-        session = self.gateway.engine.sessions.get(terminal.serial or "")
+        session = self.sessions.get(terminal.serial or "")
         bearer = session.bearer.kind if session and session.bearer else terminal.bearer
         self.publish("terminal", {"serial": terminal.serial, "state": str(new),
                                   "bearer": bearer, "last_seen": terminal.last_seen})

@@ -125,9 +125,14 @@ class FileService:
             return deferToThreadPool(reactor, reactor.getThreadPool(), call, *args)
         return maybeDeferred(call, *args)
 
+    @property
+    def public_url(self) -> str:
+        """``[http] public_url``: the base of the DOWNLOAD_INFO URLs."""
+        return self.config.http.public_url
+
     def url_for(self, tx: FileTransaction) -> str:
         """The DOWNLOAD_INFO URL of ``tx`` under ``[http] public_url``."""
-        return download_url(tx, self.config.http.public_url)
+        return download_url(tx, self.public_url)
 
     def active(self, tx: FileTransaction | None) -> bool:
         """Served only within ``file_transaction_lifetime`` (4.14), as FILE_REQ is."""

@@ -15,28 +15,34 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred
 
 import m2mgw
 from m2mgw.app import provision
-from m2mgw.core import requests as build
 from m2mgw.core.model import (
     Alarm,
     AppNotification,
+    CredentialSet,
+    FileTransaction,
     LogEntry,
     NotificationState,
+    Request,
     Terminal,
     TerminalState,
 )
 from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, SmsState
+from m2mgw.core.requests import CREDENTIAL_FIELDS, download_url
+from m2mgw.protocol import compat, tags
+from m2mgw.protocol import messages as m
+from m2mgw.protocol.constants import result_label
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.header import Header, command_name
 
 if TYPE_CHECKING:
-    from m2mgw.service import GatewayService
+    from m2mgw.metrics import Observed
 
 T = TypeVar("T")
 Page = dict[str, Any]
@@ -131,6 +137,150 @@ def _fetch(query: Query) -> dict[str, Any]:
     }
 
 
+# --- records: requests, files, terminals, stored configuration ---------------------------
+
+
+def _hex_or_none(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.hex().upper()
+
+
+def describe_request(request: Request) -> dict[str, Any]:
+    """JSON view of a queued or finished request."""
+    return {
+        "id": request.id,
+        "serial": request.serial,
+        "command": m.MESSAGE_NAMES.get(request.command, f"0x{request.command:04X}"),
+        "state": str(request.state),
+        "sequence_id": request.sequence_id,
+        "attempts": request.attempts,
+        "result": request.result,
+        "result_label": None if request.result is None
+        else result_label(request.command, request.result),
+        "outcome": request.outcome,
+        "origin": request.origin,
+        "msg_id": request.msg_id,
+        "created_at": request.created_at,
+        "updated_at": request.updated_at,
+        "expires_at": request.expires_at,
+        "body": _hex_or_none(request.body),
+        "answer": _hex_or_none(request.answer_body),
+    }
+
+
+def describe_file(tx: FileTransaction, public_url: str) -> dict[str, Any]:
+    """JSON view of a file transaction (without its local path)."""
+    return {
+        "trans_id": tx.trans_id,
+        "serial": tx.serial,
+        "name": tx.name,
+        "version": tx.version,
+        "size": tx.size,
+        "crc16": f"{tx.crc16:04X}",
+        "crc32": f"{tx.crc32:08X}",
+        "state": str(tx.state),
+        "expires_at": tx.expires_at,
+        "url": download_url(tx, public_url),
+    }
+
+
+SUMMARY_FIELDS = (
+    "serial", "imei", "imsi", "msisdn", "state", "bearer", "address", "last_seen",
+    "software_version", "enabled",
+)
+DETAIL_FIELDS = (
+    "cipher", "require_encryption", "sms_wakeup", "sms_terminal_port", "default_app",
+    "connect_mode", "heartbeat_interval", "sync_tags", "config_unverified",
+    "session_timestamp", "created_at", "updated_at",
+)
+
+
+def describe_terminal(
+    terminal: Terminal, *, detail: bool = False, default_compat: str = compat.STRICT.name
+) -> dict[str, Any]:
+    """JSON view of a terminal record; never passwords or keys (6.3.2).
+
+    ``compat`` is the profile the terminal is served by: its own, else
+    ``default_compat`` (``[protocol] default_compat``), with ``compat_default`` true.
+    """
+    names = SUMMARY_FIELDS + DETAIL_FIELDS if detail else SUMMARY_FIELDS
+    view = {name: getattr(terminal, name) for name in names}
+    view["state"] = str(terminal.state)
+    view["compat"] = terminal.compat or default_compat
+    view["compat_default"] = terminal.compat is None
+    if detail:
+        view["apps"] = sorted(terminal.apps)
+        view["protocol_version"] = (
+            None if terminal.protocol_version is None else f"0x{terminal.protocol_version:04X}"
+        )
+        view["credentials"] = {
+            "current": _expiries(terminal.current),
+            "pending": _expiries(terminal.pending),
+        }
+    return view
+
+
+def _expiries(creds: CredentialSet | None) -> dict[str, Any] | None:
+    if creds is None:
+        return None
+    return {
+        "uplink_expiry": creds.uplink_expiry,
+        "downlink_expiry": creds.downlink_expiry,
+        "base_key_expiry": creds.base_key_expiry,
+        "delivered_at": creds.delivered_at,
+    }
+
+
+def describe_credentials(creds: CredentialSet) -> dict[str, Any]:
+    """The secrets themselves: shown once, to the operator who provisions the device."""
+    return {
+        "uplink_password": creds.uplink_password,
+        "downlink_password": creds.downlink_password,
+        "base_key": creds.base_key,
+        "uplink_expiry": creds.uplink_expiry,
+        "downlink_expiry": creds.downlink_expiry,
+        "base_key_expiry": creds.base_key_expiry,
+    }
+
+
+def describe_config(values: Mapping[int, bytes]) -> dict[str, Any]:
+    """Stored TLV values by tag name, with hex and typed value; security values hidden."""
+    view: dict[str, Any] = {}
+    for tag, raw in sorted(values.items()):
+        entry: dict[str, Any] = {"tag": f"0x{tag:04X}"}
+        if tag >> 8 == 0xE0:
+            entry["redacted"] = True
+        else:
+            entry["hex"] = raw.hex().upper()
+            entry["value"] = _json_value(tag, raw)
+        view[tags.tag_name(tag)] = entry
+    return view
+
+
+def _json_value(tag: int, raw: bytes) -> Any:
+    try:
+        value = tags.decode_value(tag, raw)
+    except ProtocolError:
+        return None
+    if isinstance(value, bytes):
+        return None
+    if isinstance(value, list):
+        return [list(v) if isinstance(v, tuple) else v for v in value]
+    return list(value) if isinstance(value, tuple) else value
+
+
+
+
+def describe_provisioned(
+    terminal: Terminal, default_compat: str = compat.STRICT.name
+) -> dict[str, Any]:
+    """The provisioning answer: the record and, if set, its credentials in clear."""
+    view = describe_terminal(terminal, detail=True, default_compat=default_compat)
+    view.pop("credentials")
+    empty = dict.fromkeys(CREDENTIAL_FIELDS)
+    view.update(describe_credentials(terminal.current) if terminal.current else empty)
+    return view
+
+
 # --- terminals ---------------------------------------------------------------------------
 
 #: ``state=`` values of the terminal listing: the states, and online/offline.
@@ -182,13 +332,13 @@ def list_requests(registry: ITerminalRegistry, query: Query, path: str = "/reque
     """Request history, newest first, by ``serial`` and ``state``."""
     d = registry.requests(query.get("serial"), query.get("state") or None, **_fetch(query))
     return d.addCallback(
-        lambda found: cursor_page([(r.id, build.describe_request(r)) for r in found], path, query)
+        lambda found: cursor_page([(r.id, describe_request(r)) for r in found], path, query)
     )
 
 
 def list_queue(registry: ITerminalRegistry, query: Query, path: str = "/queue") -> Page:
     """Active (queued or sent) requests of every terminal, oldest first."""
-    return offset_page(registry.active_requests(), build.describe_request, path, query)
+    return offset_page(registry.active_requests(), describe_request, path, query)
 
 
 # --- alarms ------------------------------------------------------------------------------
@@ -406,32 +556,45 @@ def registry_stats(registry: ITerminalRegistry, now: float) -> dict[str, Any]:
     }
 
 
-def gateway_stats(gateway: GatewayService) -> dict[str, Any]:
+class Health(Protocol):
+    """Whether the gateway serves (the ``GatewayService``): ``/health``, ``GET /stats``."""
+
+    @property
+    def started_at(self) -> float | None:
+        """When the service started; None before."""
+        ...
+
+    def problems(self) -> list[str]:
+        """What keeps the gateway from serving, one line each; empty when all is up."""
+        ...
+
+
+def gateway_stats(observed: Observed, health: Health) -> dict[str, Any]:
     """``GET /stats``: one summary for the dashboard and ``m2mgw status`` (D-195).
 
     ``messages`` are cumulative counts since start-up, so that a client computes rates
     from two readings. Cheap enough to send every 2 s: one pass over the terminals (in
     memory), the rest is counters.
     """
-    now = float(gateway.reactor.seconds())
-    stats = registry_stats(gateway.registry, now)
-    engine = gateway.engine
+    now = float(observed.clock.seconds())
+    stats = registry_stats(observed.registry, now)
+    engine = observed.engine
     bearers = Counter(s.bearer.kind if s.bearer else "none" for s in engine.sessions.values())
     stats.update(
         running=True,
-        started_at=gateway.started_at,
-        uptime=_age(now, gateway.started_at),
+        started_at=health.started_at,
+        uptime=_age(now, health.started_at),
         messages={"in": sum(engine.stats.received.values()),
                   "out": sum(engine.stats.sent.values())},
         refusals={str(reason): n for reason, n in sorted(engine.refusals.totals.items()) if n},
-        problems=gateway.problems(),
+        problems=health.problems(),
     )
     stats["terminals"]["online"] = {
         "total": len(engine.sessions), **{kind: bearers[kind] for kind in BEARERS},
     }
     for app in stats["applications"]:
-        app["connections"] = len(gateway.apps.connections(app["app_id"]))
-    sms = gateway.sms
+        app["connections"] = len(observed.outbox.connections(app["app_id"]))
+    sms = observed.sms
     if sms is None:
         stats["sms"] = None
     else:

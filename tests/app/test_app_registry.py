@@ -12,7 +12,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from m2mgw.app import provision
-from m2mgw.app.gateway import message_outcome, refused_read, refused_write
+from m2mgw.app.policy import message_outcome, refused_read, refused_write
 from m2mgw.config import ConfigError, parse_config
 from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Request
 from m2mgw.core.registry import RegistryError

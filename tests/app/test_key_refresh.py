@@ -116,8 +116,8 @@ class LiveSessionCase(AppGatewayTestCase):
 
     @defer.inlineCallbacks
     def confirmed(self, app_id: str):  # type: ignore[no-untyped-def]
-        yield self.until(lambda: self.gateway.apps.connections(app_id), "a confirmed session")
-        [connection] = self.gateway.apps.connections(app_id)
+        yield self.until(lambda: self.gateway.outbox.connections(app_id), "a confirmed session")
+        [connection] = self.gateway.outbox.connections(app_id)
         return connection
 
     @defer.inlineCallbacks

@@ -36,7 +36,8 @@ def test_unanswered_key_update_closes_with_logout_6() -> None:
 def test_notifications_wait_for_the_key_update_answer() -> None:
     """7.5 / AD-12: the connection offers no notification while the update is out."""
     link = Link()
-    connection = server.AppConnection(SimpleNamespace(clock=Clock()))  # type: ignore[arg-type]
+    apps, outbox = SimpleNamespace(clock=Clock()), SimpleNamespace()
+    connection = server.AppConnection(apps, outbox)  # type: ignore[arg-type]
     connection.session = link.platform
     assert connection.capacity() == lc.WINDOW
     link.platform.announce_base_key(link.now, NEW_BASE_KEY, T0)

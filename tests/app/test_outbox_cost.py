@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from m2mgw.app import client as app_client
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
-from m2mgw.app.gateway import encode_notification
+from m2mgw.app.outbox import encode_notification
 from m2mgw.core.model import AppNotification, NotificationState
 from m2mgw.core.sqlite_registry import SqliteRegistry
 

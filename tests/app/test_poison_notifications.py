@@ -55,25 +55,25 @@ class PoisonTrapTest(AppGatewayTestCase):
         self.assertEqual((trap.terminal_id, trap.items),
                          (serial, [ops.TlvItem(tag=0x3007, value=b"\x17")]))
         self.assertLess(trap.notify_id, data.notify_id)
-        self.assertEqual(self.gateway.apps.tags_left_out[serial], 2)
-        self.assertEqual(self.gateway.apps.delivery_failures["EC0001", "long_connection"], 0)
+        self.assertEqual(self.gateway.uplink.tags_left_out[serial], 2)
+        self.assertEqual(self.gateway.outbox.delivery_failures["EC0001", "long_connection"], 0)
 
     @defer.inlineCallbacks
     def test_an_unencodable_notification_is_set_aside(self):  # type: ignore[no-untyped-def]
-        apps, registry = self.gateway.apps, self.registry
+        outbox, registry = self.gateway.outbox, self.registry
         app = registry.application("EC0001")
         serial = self.record.serial
         # As an older gateway stored it: an item the long connection cannot carry.
-        poison = yield apps.notify(app, ops.NotifyConfigTrap(
+        poison = yield outbox.notify(app, ops.NotifyConfigTrap(
             notify_id=0, terminal_id=serial, time=1, items=[ops.TlvItem(tag=0x4013, value=b"x")]))
-        after = yield apps.notify(app, ops.NotifyTerminalState(
+        after = yield outbox.notify(app, ops.NotifyTerminalState(
             notify_id=0, terminal_id=serial, event="OFFLINE", time=2))
         client, inbox = yield self.connect_app()
         state = yield inbox.wait(is_kind(ops.NotifyTerminalState), timeout=2)
         self.assertEqual(state.notify_id, after.id, "not held behind the one it cannot send")
         self.assertEqual(registry.notification(poison.id).state, NotificationState.UNENCODABLE)
-        self.assertEqual(apps.unencodable["EC0001"], 1)
-        self.assertEqual(apps.delivery_failures["EC0001", "long_connection"], 0, "no retry")
+        self.assertEqual(outbox.unencodable["EC0001"], 1)
+        self.assertEqual(outbox.delivery_failures["EC0001", "long_connection"], 0, "no retry")
         # What the admin API and the CLI list for the operator.
         listed = views.list_notifications(registry, {"state": ["unencodable"]}, 0.0)
         self.assertEqual([(n["id"], n["state"], n["delivery"]) for n in listed["items"]],
@@ -91,9 +91,9 @@ class PoisonTrapTest(AppGatewayTestCase):
                 break
             yield sleep(0.05)
         self.assertEqual([n.id for n in registry.notifications("EC0001")], [poison.id])
-        self.assertEqual(apps.unencodable["EC0001"], 1, "not offered again")
+        self.assertEqual(outbox.unencodable["EC0001"], 1, "not offered again")
         # ... and FetchMessages (SOAP) still has it, whole.
-        fetched = yield apps.handle(app, ops.FetchMessages())
+        fetched = yield self.gateway.apps.handle(app, ops.FetchMessages())
         [item] = fetched.messages
         self.assertEqual(item.notification.items, [ops.TlvItem(tag=0x4013, value=b"x")])
 

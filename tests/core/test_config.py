@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from m2mgw.config import (
     GatewayConfig,
     ProtocolConfig,
     config_path,
+    default_key_path,
     derive_public_url,
     load_config,
     parse_config,
@@ -247,3 +249,9 @@ def test_registry_url_selects_postgresql_and_defaults_to_sqlite() -> None:
     for url in ("postgresql://m2mgw@db.example:5432/m2mgw?sslmode=verify-full",
                 "postgres:///m2mgw", "postgresql://[::1]/m2mgw"):
         assert parse_config(f"[registry]\nurl = {url}\n").registry.url == url
+
+
+def test_default_key_path_is_beside_the_database() -> None:
+    assert default_key_path("m2mgw.db") == "m2mgw.key"
+    assert default_key_path("/var/lib/m2mgw/m2mgw.db") == "/var/lib/m2mgw/m2mgw.key"
+    assert default_key_path("data/gw.db") == os.path.join("data", "m2mgw.key")

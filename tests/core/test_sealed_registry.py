@@ -12,6 +12,7 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from m2mgw.config import default_key_path
 from m2mgw.core.model import Application, CredentialSet, Request, Terminal
 from m2mgw.core.registry import OutgoingSms, RegistryError
 from m2mgw.core.sqlite_registry import (
@@ -20,7 +21,7 @@ from m2mgw.core.sqlite_registry import (
     SqliteRegistry,
     load_migrations,
 )
-from m2mgw.core.vault import PREFIX, Vault, default_key_path
+from m2mgw.core.vault import PREFIX, Vault
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, SecurityOp
 from m2mgw.protocol.tlv import Tlv

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from m2mgw.core.vault import (
     VaultError,
     create_key,
     create_private,
-    default_key_path,
     is_sealed,
     read_key,
 )
@@ -162,12 +160,6 @@ def test_a_key_file_others_can_read_is_flagged(tmp_path: Path) -> None:
     path.chmod(0o644)
     key = read_key(str(path))
     assert key is not None and key.exposed and key.mode == 0o644
-
-
-def test_default_key_path_is_beside_the_database() -> None:
-    assert default_key_path("m2mgw.db") == "m2mgw.key"
-    assert default_key_path("/var/lib/m2mgw/m2mgw.db") == "/var/lib/m2mgw/m2mgw.key"
-    assert default_key_path("data/gw.db") == os.path.join("data", "m2mgw.key")
 
 
 def test_create_private(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from m2mgw.protocol import messages as m
 from m2mgw.protocol.checksum import crc16
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.security import NEVER
+from m2mgw.web import views
 
 CREDS = {"uplink_password": "Up123456", "downlink_password": "Dn654321",
          "base_key": "0123456789ABCDEF"}
@@ -259,7 +260,7 @@ def test_download_url_refuses_more_than_200_characters() -> None:
 def test_describe_request() -> None:
     request = Request(id=7, serial="S", command=Command.CONFIG_GET, body=b"\x00\x11\x00\x00",
                       created_at=1.0, expires_at=2.0, origin="admin", answer_body=b"\x00")
-    view = rq.describe_request(request)
+    view = views.describe_request(request)
     assert view["command"] == "CONFIG_GET"
     assert (view["id"], view["state"], view["body"], view["answer"]) == (7, "queued",
                                                                        "00110000", "00")
@@ -268,7 +269,7 @@ def test_describe_request() -> None:
 
 
 def test_describe_config_types_values_and_hides_security_tags() -> None:
-    view = rq.describe_config({
+    view = views.describe_config({
         0x0011: b"\x00\x00\x00\x3c", 0x0002: b"CMNET", 0x0025: b"\x00\x02\x00\x11",
         0xE001: b"1234", 0x8001: b"\xff", 0x0009: b"\x01",
     })
@@ -292,10 +293,10 @@ def test_terminal_from_json_preset_and_unregistered() -> None:
         downlink_expiry=NEVER, base_key="0123456789ABCDEF", base_key_expiry=NEVER,
     )
     assert (terminal.apps, terminal.default_app) == ({"EC01"}, "EC01")
-    view = rq.describe_provisioned(terminal)
+    view = views.describe_provisioned(terminal)
     assert (view["base_key"], view["uplink_expiry"], view["state"]) == (
         "0123456789ABCDEF", NEVER, "REGISTERED")
-    listed = rq.describe_terminal(terminal, detail=True)
+    listed = views.describe_terminal(terminal, detail=True)
     assert not {"uplink_password", "downlink_password", "base_key"} & set(listed)
     assert "Up123456" not in repr(listed)
     plain = rq.terminal_from_json({"imei": "860000000000002"}, expiry=NEVER)
@@ -344,7 +345,7 @@ def test_a_request_view_names_its_result_code() -> None:
         request = Request(serial="A972030000001234", command=Command.CONFIG_SET, body=b"",
                           state="failed", created_at=0, expires_at=1, origin="admin",
                           result=result)  # fmt: skip
-        return rq.describe_request(request)
+        return views.describe_request(request)
 
     assert (view(1)["result"], view(1)["result_label"]) == (1, "1 (ERROR)")
     assert view(None)["result_label"] is None

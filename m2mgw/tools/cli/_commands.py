@@ -96,7 +96,7 @@ def cmd_provision(ctx: Context, args: argparse.Namespace) -> int:
 
     def add(registry: SqliteRegistry) -> Any:
         default = ctx.config.protocol.default_compat
-        return registry.add(terminal).addCallback(build.describe_provisioned, default)
+        return registry.add(terminal).addCallback(views.describe_provisioned, default)
 
     record = ctx.either("POST", _asking(args, "/terminals"), add, body=params, write=True)
     print_record(record, args)
@@ -158,7 +158,7 @@ def cmd_terminals(ctx: Context, args: argparse.Namespace) -> int:
     query = _query(args, search=args.search, state=args.state, bearer=args.bearer)
 
     def listing(registry: SqliteRegistry, query: Query) -> views.Page:
-        return views.list_terminals(registry.terminals(), query, lambda t: build.describe_terminal(
+        return views.list_terminals(registry.terminals(), query, lambda t: views.describe_terminal(
             t, default_compat=ctx.config.protocol.default_compat
         ))
 
@@ -170,11 +170,11 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> int:
     def show(registry: SqliteRegistry) -> dict[str, Any]:
         terminal = find_terminal(registry, args.terminal)
         serial = terminal.serial or ""
-        view = build.describe_terminal(
+        view = views.describe_terminal(
             terminal, detail=True, default_compat=ctx.config.protocol.default_compat
         )
-        view["config"] = build.describe_config(registry.config_values(serial))
-        view["queue"] = [build.describe_request(r) for r in registry.queued(serial)]
+        view["config"] = views.describe_config(registry.config_values(serial))
+        view["queue"] = [views.describe_request(r) for r in registry.queued(serial)]
         return view
 
     path = _asking(args, f"/terminals/{quote(args.terminal, safe='')}")
