@@ -33,10 +33,14 @@ from twisted.web.server import Site
 
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine.dispatch import PlatformEngine
+from m2mgw.core.engine.events import EngineEvents
+from m2mgw.core.engine.frames import FrameBuilder
+from m2mgw.core.files import DiskFiles
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
+from m2mgw.core.sessions import SessionTable
 from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.limits import (
@@ -145,17 +149,25 @@ class GatewayService(service.MultiService):
             master_key_file=config.registry.master_key_path,
         )
         self.uplink = StoredUplink(self.registry, clock.seconds)
+        refusals = Refusals(
+            clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
+        )
+        sessions, events = SessionTable(), EngineEvents()
+        frames = FrameBuilder(sessions, config.protocol, refusals)
+        self.router = Router(self.registry, sessions, frames, events, clock, config.protocol)
         self.engine = PlatformEngine(
             self.registry,
             config.protocol,
             clock,
-            serial_prefix=config.registry.serial_prefix,
+            sessions=sessions,
+            frames=frames,
+            events=events,
+            requests=self.router,
             uplink=self.uplink,
-            refusals=Refusals(
-                clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
-            ),
+            files=DiskFiles(),
+            serial_prefix=config.registry.serial_prefix,
+            refusals=refusals,
         )
-        self.router = Router(self.engine, self.registry, clock, config.protocol)
         self.files = FileService(self.registry, config, clock)
         self.apps = ApplicationService(self)
         self.apps.setServiceParent(self)
@@ -208,7 +220,7 @@ class GatewayService(service.MultiService):
         if config.metrics.listen:
             self._listen_http("metrics", config.metrics.listen, metrics_site(self.metrics),
                               HttpLimits.of(config.metrics))
-        for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
+        for interval, call in ((TICK_INTERVAL, self._tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
             timer.setServiceParent(self)
@@ -245,6 +257,11 @@ class GatewayService(service.MultiService):
         for bearer in (self.tcp_factory, self.udp_protocol):
             if bearer is not None:
                 bearer.hold_reading(saturated)
+
+    def _tick(self) -> None:
+        """The engine's deadlines, looked at once a second as they always were: a
+        timeout fires at the first tick after it."""
+        self.engine.tick(self.reactor.seconds())
 
     def _expire(self) -> Deferred[Any]:
         return self.router.expire()
