@@ -40,11 +40,17 @@ from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
 from m2mgw.app.uplink import AppUplink
 from m2mgw.config import GatewayConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine.dispatch import PlatformEngine
+from m2mgw.core.engine.events import EngineEvents
+from m2mgw.core.engine.frames import FrameBuilder
+from m2mgw.core.files import DiskFiles
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
+from m2mgw.core.session import Bearer
+from m2mgw.core.sessions import SessionTable
 from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.limits import (
     HttpLimits,
@@ -172,24 +178,36 @@ class GatewayService(service.MultiService):
         self.uplink = AppUplink(
             self.registry, self.outbox, StoredUplink(self.registry, clock.seconds), clock
         )
+
+        # The engine's collaborators, then the SMS bearer (the router wakes terminals
+        # through it), the router and the engine itself.
+        refusals = Refusals(
+            clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
+        )
+        sessions, events, stats = SessionTable(), EngineEvents(), EngineStats()
+        frames = FrameBuilder(sessions, config.protocol, refusals)
+        self.sms: SmsService | None = None
+        if config.sms.enabled:
+            self.sms = SmsService(self.registry, self._sms_received, reactor, config.sms,
+                                  stats=stats, queue_ttl=config.protocol.queue_ttl)
+        self.router = Router(
+            self.registry, sessions, frames, events, clock, config.protocol,
+            sms_bearer=self.sms.bearer_for if self.sms is not None else None,
+        )
         self.engine = PlatformEngine(
             self.registry,
             config.protocol,
             clock,
-            serial_prefix=config.registry.serial_prefix,
+            sessions=sessions,
+            frames=frames,
+            events=events,
+            requests=self.router,
             uplink=self.uplink,
-            refusals=Refusals(
-                clock, burst=config.log.refusal_burst, interval=config.log.refusal_interval
-            ),
+            files=DiskFiles(),
+            serial_prefix=config.registry.serial_prefix,
+            refusals=refusals,
+            stats=stats,
         )
-        self.sms: SmsService | None = None
-        if config.sms.enabled:
-            self.sms = SmsService(self.registry, self.engine.receive, reactor, config.sms,
-                                  stats=self.engine.stats, queue_ttl=config.protocol.queue_ttl)
-        self.router = Router(self.engine, self.registry, clock, config.protocol)
-        if self.sms is not None:
-            # Until the Router's constructor takes it (issue #12 part 1).
-            self.router.sms_bearer = self.sms.bearer_for
         self.files = FileService(self.registry, config, clock)
         files = self.files if config.http.listen else None
         self.apps = ApplicationService(
@@ -261,7 +279,7 @@ class GatewayService(service.MultiService):
                               HttpLimits.of(config.metrics))
 
         # Time: the engine's tick, request expiry and the registry's retention.
-        for interval, call in ((TICK_INTERVAL, self.engine.tick), (EXPIRY_INTERVAL, self._expire)):
+        for interval, call in ((TICK_INTERVAL, self._tick), (EXPIRY_INTERVAL, self._expire)):
             timer = TimerService(interval, call)
             timer.clock = clock
             timer.setServiceParent(self)
@@ -302,6 +320,16 @@ class GatewayService(service.MultiService):
         for bearer in (self.tcp_factory, self.udp_protocol):
             if bearer is not None:
                 bearer.hold_reading(saturated)
+
+    def _sms_received(self, data: bytes, bearer: Bearer) -> None:
+        """A frame the modem received enters the engine, which is built after the SMS
+        service: the router before it needs the SMS bearer to wake terminals."""
+        self.engine.receive(data, bearer)
+
+    def _tick(self) -> None:
+        """The engine's deadlines, looked at once a second as they always were: a
+        timeout fires at the first tick after it."""
+        self.engine.tick(self.reactor.seconds())
 
     def _expire(self) -> Deferred[Any]:
         return self.router.expire()

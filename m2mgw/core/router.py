@@ -11,27 +11,28 @@ recorded on the request and reported to the observers (the application side).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from m2mgw.config import ProtocolConfig
-from m2mgw.core.engine import PlatformEngine, terminal_keys
+from m2mgw.core.engine import events as ev
+from m2mgw.core.engine.exchange import terminal_keys
+from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
 from m2mgw.core.refusals import Reason
 from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.session import Bearer
+from m2mgw.core.sessions import Outstanding, SessionTable, Traffic
 from m2mgw.protocol import messages as m
-from m2mgw.protocol.checksum import crc32
-from m2mgw.protocol.codec import FRAGMENT_FLAG, build_frame
+from m2mgw.protocol import tags
 from m2mgw.protocol.compat import ProfileRefused
 from m2mgw.protocol.constants import (
     ACK_BIT,
     Command,
-    Flag,
     SecurityOp,
     TransparentResult,
     result_label,
@@ -39,44 +40,14 @@ from m2mgw.protocol.constants import (
 from m2mgw.protocol.errors import ProtocolError
 from m2mgw.protocol.fragment import FragmentAbort, FragmentPart, FragmentSender
 from m2mgw.protocol.header import Header
-from m2mgw.protocol.tlv import Tlv, encode_tlvs
+from m2mgw.protocol.tlv import Tlv
 
 log = Logger()
 
 #: Commands whose ACK only accepts the operation; the outcome follows (PD-35).
 ASYNC_COMMANDS = frozenset({Command.CONFIG_SET, Command.REMOTE_CTRL, Command.DOWNLOAD_INFO})
-#: The TLV tags of a credential delivery, in the order of 6.3.4.
-CREDENTIAL_TAGS = (0xE025, 0xE027, 0xE028, 0xE02A, 0xE036, 0xE038)
 ORIGIN_PLATFORM = "platform"
 ORIGIN_REGISTRATION = "registration"
-
-
-@dataclass(slots=True, eq=False)
-class _Outstanding:
-    request: Request
-    frames: list[bytes]
-    bearer: Bearer
-    sends: int = 1
-    timer: IDelayedCall | None = None
-    sender: FragmentSender | None = None
-
-
-@dataclass(slots=True)
-class _TerminalTraffic:
-    """Per-terminal router memory that need not survive a restart."""
-
-    #: Sequence_ID of requests whose outcome comes in a later 0x4010 (PD-35).
-    awaiting_report: dict[int, int] = field(default_factory=dict)
-    #: The TLVs last applied by CONFIG_SET / CONFIG_REQ_ACK, for the 0x4017 check.
-    applied: dict[int, bytes] = field(default_factory=dict)
-    #: DOWNLOAD_INFO requests accepted by the terminal, by offered version (4.14).
-    awaiting_version: dict[str, int] = field(default_factory=dict)
-    #: A LOGOUT reason 7 was received; the next LOGIN confirms pending CONFIG_SETs.
-    reconfigured: bool = False
-    #: Sequence_ID of a platform LOGOUT in flight.
-    logout_sequence: int | None = None
-    #: Sequence_ID of the last SMS wake-up (9.6); when it was sent is on the record.
-    wakeup_sequence: int | None = None
 
 
 class Router:
@@ -84,23 +55,51 @@ class Router:
 
     def __init__(
         self,
-        engine: PlatformEngine,
         registry: ITerminalRegistry,
+        sessions: SessionTable,
+        frames: FrameBuilder,
+        events: ev.EngineEvents,
         clock: IReactorTime,
         config: ProtocolConfig,
+        *,
+        sms_bearer: Callable[[Terminal], Bearer | None] | None = None,
     ) -> None:
-        self.engine = engine
         self.registry = registry
+        #: The terminals' runtime records: the request in flight, its timers and the
+        #: correlation memory live there, with the session they are sent in.
+        self.sessions = sessions
+        self.frames = frames
         self.clock = clock
         self.config = config
-        engine.router = self
-        self._outstanding: dict[str, _Outstanding] = {}
-        self._confirm_timers: dict[tuple[str, int], IDelayedCall] = {}
-        self._traffic: dict[str, _TerminalTraffic] = {}
         #: Called with each request that reached a final state or a new outcome.
         self.result_observers: list[Callable[[Request], None]] = []
-        #: The SMS bearer factory, set when a modem is configured: MSISDN -> Bearer.
-        self.sms_bearer: Callable[[Terminal], Bearer | None] | None = None
+        #: The SMS bearer factory when a modem is configured: MSISDN -> Bearer.
+        self.sms_bearer = sms_bearer
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            ev.SessionStarted: lambda e: self._on_login(e.terminal),
+            ev.SessionEnded: lambda e: self._on_session_ended(e.terminal, e.why),
+            ev.Reconfiguring: lambda e: self._reconfigured(e.terminal),
+            ev.ReadyForRequests: lambda e: self.kick(e.terminal),
+            ev.SyncTrapMissing: lambda e: self._sync_trap_missing(e.terminal),
+            ev.VersionReported: lambda e: self._version_reported(e.terminal, e.version),
+            ev.ExecutionReported: lambda e: self._execution_report(
+                e.terminal, e.sequence_id, e.result
+            ),
+            ev.ConfigReported: lambda e: self._config_sent(e.terminal, e.tlvs),
+            ev.CredentialsDue: lambda e: self.deliver_credentials(e.terminal, e.credentials),
+            ev.LogoutDue: lambda e: self._send_logout(e.terminal, e.reason, e.bearer),
+            ev.AnswerReceived: lambda e: self._on_answer(
+                e.terminal, e.header, e.message, e.bearer
+            ),
+            ev.PartRequested: lambda e: self._on_answer_part(
+                e.terminal, e.header, e.part, e.bearer
+            ),
+            ev.BearerLost: lambda e: self._bearer_lost(e.terminal, e.bearer),
+        }
+        events.subscribe(self._on_event)
+
+    def _on_event(self, event: ev.Event) -> None:
+        self._handlers[type(event)](event)
 
     # ------------------------------------------------------------------ submitting
 
@@ -124,7 +123,7 @@ class Router:
             raise LookupError(f"unknown terminal {serial}")
         if command & ACK_BIT or command not in {c.value for c in Command}:
             raise ValueError(f"0x{command:04X} is not a request Command_ID")
-        self.engine.check_deliverable(terminal, command, body)
+        self.frames.check_deliverable(terminal, command, body)
         now = self.clock.seconds()
         request = Request(
             serial=serial,
@@ -162,12 +161,13 @@ class Router:
             creds.base_key,
             creds.base_key_expiry,
         )
-        tlvs = [Tlv.of(tag, value) for tag, value in zip(CREDENTIAL_TAGS, values, strict=True)]
+        pairs = zip(tags.CREDENTIAL_TAGS, values, strict=True)
+        tlvs = [Tlv.of(tag, value) for tag, value in pairs]
         body = m.SecurityConfig(SecurityOp.SET, tlvs=tlvs).encode_body()
         for queued in self.registry.queued(terminal.serial or ""):
             if queued.origin == ORIGIN_REGISTRATION and queued.body == body:
                 return  # the same set is already on its way (4.3 step 4)
-        session = self.engine.sessions.get(terminal.serial or "")
+        session = self.sessions.get(terminal.serial or "")
         if self.sms_bearer is None and (session is None or session.cipher is None):
             log.warn(
                 "Credentials for {serial} wait in the queue: they travel only by SMS or in "
@@ -189,7 +189,7 @@ class Router:
         else:
             kept = [t for t in msg.tlvs if t.tag in (m.TAG_CMD_FIXED, m.TAG_USER_DATA)]
             out = m.TransparentCmd(tlvs=[address, *kept])
-        reachable = self.engine.reachable(target) is not None
+        reachable = self.sessions.reachable(target) is not None
         try:
             d = self.submit(
                 target.serial or "",
@@ -208,15 +208,16 @@ class Router:
     def kick(self, terminal: Terminal) -> None:
         """Send the terminal's next queued request if the window and a bearer allow."""
         serial = terminal.serial or ""
-        if serial in self._outstanding:
+        record = self.sessions.find(serial)
+        if record is not None and record.outstanding is not None:
             return
-        session = self.engine.sessions.get(serial)
+        session = self.sessions.get(serial)
         for request in self.registry.queued(serial):
             if request.state == RequestState.SENT:
                 # Sent before a restart or a lost session and never answered: send again.
                 request.state = RequestState.QUEUED
             bearer = self._bearer_for(terminal, request)
-            if bearer is None and _confidential(request) and self.engine.reachable(terminal):
+            if bearer is None and _confidential(request) and self.sessions.reachable(terminal):
                 # Waits for an encrypted session or SMS (PD-21); the rest need not wait.
                 continue
             if bearer is None:
@@ -229,17 +230,17 @@ class Router:
 
     def _bearer_for(self, terminal: Terminal, request: Request) -> Bearer | None:
         """9.6, with PD-21 for credentials and the SMS rules of PD-38."""
-        session = self.engine.sessions.get(terminal.serial or "")
+        session = self.sessions.get(terminal.serial or "")
         if _confidential(request):
             # Credentials and plaintext reads travel only encrypted or by SMS (PD-21);
             # op 1 is never sent by SMS (4.13).
-            bearer = self.engine.reachable(terminal)
+            bearer = self.sessions.reachable(terminal)
             if bearer is not None and session is not None and session.cipher is not None:
                 return bearer
             if request.body[:1] == b"\x01" or self.sms_bearer is None:
                 return None
             return self.sms_bearer(terminal)
-        bearer = self.engine.reachable(terminal)
+        bearer = self.sessions.reachable(terminal)
         if bearer is None and terminal.connect_mode == 4 and self.sms_bearer is not None:
             return self.sms_bearer(terminal)
         return bearer
@@ -248,7 +249,7 @@ class Router:
         serial = terminal.serial or ""
         sequence_id = terminal.next_sequence()
         try:
-            frames = self.engine.request_frames(
+            frames = self.frames.request_frames(
                 terminal, request.command, sequence_id, request.body, bearer
             )
         except (ProtocolError, ProfileRefused) as exc:
@@ -260,17 +261,19 @@ class Router:
             sender = FragmentSender(
                 request.body, terminal.next_trans(), self.config.fragment_threshold
             )
-            frames = [self._part_frame(terminal, request.command, sequence_id, sender.first())]
+            first = sender.first()
+            frames = [self.frames.request_part(terminal, request.command, sequence_id, first)]
         request.sequence_id = sequence_id
         request.state = RequestState.SENT
         request.attempts += 1
         request.updated_at = self.clock.seconds()
         self.registry.update_request(request)
         self.registry.save(terminal)
-        out = _Outstanding(request, frames, bearer, sender=sender)
-        self._outstanding[serial] = out
+        out = Outstanding(request, frames, bearer, sender=sender)
+        record = self.sessions.record(serial)
+        record.outstanding = out
         if request.command in ASYNC_COMMANDS:
-            self._traffic_of(serial).awaiting_report[sequence_id] = request.id or 0
+            record.traffic.awaiting_report[sequence_id] = request.id or 0
         bearer.send(frames[0])
         self._arm(serial, out)
         log.info(
@@ -283,23 +286,7 @@ class Router:
             peer=bearer.address,
         )
 
-    def _part_frame(
-        self, terminal: Terminal, command: int, sequence_id: int, part: FragmentPart
-    ) -> bytes:
-        session = self.engine.sessions[terminal.serial or ""]
-        flag = FRAGMENT_FLAG & ~Flag.DIGEST
-        return build_frame(
-            command,
-            sequence_id,
-            terminal.serial or "",
-            part.encode_tlv(),
-            version=session.version,
-            flag=flag,
-            key=session.down,
-            timestamp=session.timestamp,
-        )
-
-    def _arm(self, serial: str, out: _Outstanding) -> None:
+    def _arm(self, serial: str, out: Outstanding) -> None:
         timeout = (
             self.config.answer_timeout_sms
             if out.bearer.kind == "sms"
@@ -309,8 +296,8 @@ class Router:
             out.timer.cancel()
         out.timer = self.clock.callLater(timeout, self._timeout, serial, out)
 
-    def _timeout(self, serial: str, out: _Outstanding) -> None:
-        if self._outstanding.get(serial) is not out:
+    def _timeout(self, serial: str, out: Outstanding) -> None:
+        if self._outstanding(serial) is not out:
             return
         if out.bearer.kind == "udp" and out.sends < self.config.udp_sends:
             out.sends += 1
@@ -327,22 +314,15 @@ class Router:
 
     # ------------------------------------------------------------------ answers
 
-    def on_answer(
+    def _on_answer(
         self, terminal: Terminal, header: Header, message: m.Message | None, bearer: Bearer
     ) -> None:
-        """An answer from a terminal: complete the matching request (4.2 rule 5)."""
+        """An answer from a terminal: complete the matching request (4.2 rule 5); the
+        engine took the ACK of its own LOGOUT already."""
         serial = terminal.serial or ""
-        traffic = self._traffic_of(serial)
-        if (
-            header.command_id == Command.LOGOUT | ACK_BIT
-            and header.sequence_id == traffic.logout_sequence
-        ):
-            traffic.logout_sequence = None
-            self.engine.logout_answered(terminal)
-            return
         if self._wakeup_answered(terminal, header, message):
             return
-        out = self._outstanding.get(serial)
+        out = self._outstanding(serial)
         request = out.request if out else None
         if (
             out is None
@@ -350,7 +330,7 @@ class Router:
             or header.command_id != request.command | ACK_BIT
             or header.sequence_id != request.sequence_id
         ):
-            self.engine.refusals.report(
+            self.frames.refusals.report(
                 Reason.UNMATCHED_ANSWER,
                 "no outstanding request with this Command_ID and Sequence_ID",
                 **terminal_keys(header, bearer),
@@ -362,9 +342,9 @@ class Router:
         result = _result_of(message)
         self._after_answer(terminal, request, message, result)
         if request.command == Command.CONFIG_SET and result == 0:
-            key = (serial, request.sequence_id or 0)
-            self._confirm_timers[key] = self.clock.callLater(
-                self.config.config_confirm_wait, self._unconfirmed, *key
+            sequence_id = request.sequence_id or 0
+            self.sessions.record(serial).confirm_timers[sequence_id] = self.clock.callLater(
+                self.config.config_confirm_wait, self._unconfirmed, serial, sequence_id
             )
         ok = _answer_ok(request.command, result)
         outcome = "acknowledged" if ok and request.command in ASYNC_COMMANDS else "ok"
@@ -376,12 +356,12 @@ class Router:
             outcome if ok else f"result {result_label(request.command, result)}",
         )
 
-    def on_answer_part(
+    def _on_answer_part(
         self, terminal: Terminal, header: Header, part: FragmentPart, bearer: Bearer
     ) -> None:
         """The terminal asks for the next part of a fragmented request (7.3)."""
         serial = terminal.serial or ""
-        out = self._outstanding.get(serial)
+        out = self._outstanding(serial)
         if out is None or out.sender is None or header.sequence_id != out.request.sequence_id:
             return
         try:
@@ -389,11 +369,13 @@ class Router:
         except FragmentAbort as exc:
             if exc.reply is not None:
                 bearer.send(
-                    self._part_frame(terminal, out.request.command, header.sequence_id, exc.reply)
+                    self.frames.request_part(
+                        terminal, out.request.command, header.sequence_id, exc.reply
+                    )
                 )
             self._complete(serial, RequestState.FAILED, None, f"part exchange ended: {exc.reason}")
             return
-        frame = self._part_frame(terminal, out.request.command, header.sequence_id, nxt)
+        frame = self.frames.request_part(terminal, out.request.command, header.sequence_id, nxt)
         out.frames = [frame]
         out.sends = 1
         bearer.send(frame)
@@ -405,16 +387,17 @@ class Router:
         """Command-specific effects of a successful answer."""
         serial = terminal.serial or ""
         if request.command == Command.CONFIG_GET and result == 0:
-            keys = {"serial": serial, "command": m.MESSAGE_NAMES[message.COMMAND]}
+            name = m.MESSAGE_NAMES[message.COMMAND]
+            keys: dict[str, object] = {"serial": serial, "command": name}
             values = {
                 t.tag: t.raw
                 for t in message.tlvs
-                if not self.engine.value_refused(terminal, t, keys)
+                if not self.frames.value_refused(terminal, t, keys)
             }
             self.registry.store_config(serial, values, "reported")
         elif request.command == Command.CONFIG_SET and result == 0:
             sent = m.ConfigSet.decode_body(request.body).tlvs
-            self.config_sent(terminal, request.sequence_id or 0, sent)
+            self._config_sent(terminal, sent)
             self.registry.store_config(serial, {t.tag: t.raw for t in sent}, "set")
         elif request.command == Command.DOWNLOAD_INFO and result == 1:
             version = _offered_version(request.body)
@@ -429,9 +412,12 @@ class Router:
             self.registry.save(terminal)
 
     def _complete(self, serial: str, state: str, result: int | None, outcome: str) -> None:
-        out = self._outstanding.pop(serial, None)
-        if out is None:
+        record = self.sessions.find(serial)
+        out = record.outstanding if record is not None else None
+        if record is None or out is None:
             return
+        record.outstanding = None
+        self.sessions.prune(serial)
         if out.timer is not None and out.timer.active():
             out.timer.cancel()
         self._finish(out.request, state, result, outcome)
@@ -457,13 +443,15 @@ class Router:
 
     # ------------------------------------------------------------------ outcomes that come later
 
-    def execution_report(self, terminal: Terminal, sequence_id: int, result: int) -> None:
+    def _execution_report(self, terminal: Terminal, sequence_id: int, result: int) -> None:
         """TLV 0x4010 in a CONFIG_TRAP: the outcome of an asynchronous request (4.9)."""
-        timer = self._confirm_timers.pop((terminal.serial or "", sequence_id), None)
+        serial = terminal.serial or ""
+        record = self.sessions.record(serial)
+        timer = record.confirm_timers.pop(sequence_id, None)
         if timer is not None and timer.active():
             timer.cancel()
-        traffic = self._traffic_of(terminal.serial or "")
-        request_id = traffic.awaiting_report.pop(sequence_id, None)
+        request_id = record.traffic.awaiting_report.pop(sequence_id, None)
+        self.sessions.prune(serial)
         request = self.registry.request(request_id) if request_id else None
         if request is None:
             log.info(
@@ -482,8 +470,10 @@ class Router:
 
     def _unconfirmed(self, serial: str, sequence_id: int) -> None:
         """No 0x4010 within config_confirm_wait of a CONFIG_SET's ACK (4.10)."""
-        self._confirm_timers.pop((serial, sequence_id), None)
-        request_id = self._traffic_of(serial).awaiting_report.pop(sequence_id, None)
+        record = self.sessions.record(serial)
+        record.confirm_timers.pop(sequence_id, None)
+        request_id = record.traffic.awaiting_report.pop(sequence_id, None)
+        self.sessions.prune(serial)
         request = self.registry.request(request_id) if request_id else None
         if request is None:
             return
@@ -493,23 +483,17 @@ class Router:
         for observer in self.result_observers:
             observer(request)
 
-    def config_sent(self, terminal: Terminal, sequence_id: int, tlvs: list[Tlv]) -> None:
+    def _config_sent(self, terminal: Terminal, tlvs: list[Tlv]) -> None:
         """Remember applied TLVs for the 0x4017 check (6.5)."""
-        del sequence_id
         self._traffic_of(terminal.serial or "").applied = {
-            t.tag: t.raw for t in tlvs if t.tag != 0x4009
+            t.tag: t.raw for t in tlvs if t.tag != tags.PLATFORM_OPTION
         }
 
-    def config_crc_matches(self, terminal: Terminal, crc: int) -> bool:
-        applied = self._traffic_of(terminal.serial or "").applied
-        if not applied:
-            return True
-        stream = encode_tlvs(Tlv(tag, raw) for tag, raw in sorted(applied.items()))
-        return crc32(stream) == crc
-
-    def version_reported(self, terminal: Terminal, version: str) -> None:
+    def _version_reported(self, terminal: Terminal, version: str) -> None:
         """A LOGIN or 0x100C with the version a DOWNLOAD_INFO offered: applied (4.14)."""
-        request_id = self._traffic_of(terminal.serial or "").awaiting_version.pop(version, None)
+        serial = terminal.serial or ""
+        request_id = self._traffic_of(serial).awaiting_version.pop(version, None)
+        self.sessions.prune(serial)
         request = self.registry.request(request_id) if request_id else None
         if request is None:
             return
@@ -523,28 +507,28 @@ class Router:
 
     # ------------------------------------------------------------------ session events
 
-    def on_login(self, terminal: Terminal) -> None:
+    def _on_login(self, terminal: Terminal) -> None:
         """Queued requests wait for the first CONFIG_TRAP or sync_trap_wait (4.4).
 
         A LOGIN after a LOGOUT reason 7 confirms the CONFIG_SETs awaiting their
         outcome: the terminal reconnected to apply them (4.10).
         """
         if terminal.software_version:
-            self.version_reported(terminal, terminal.software_version)
+            self._version_reported(terminal, terminal.software_version)
         traffic = self._traffic_of(terminal.serial or "")
         if traffic.reconfigured:
             traffic.reconfigured = False
             for sequence_id, request_id in list(traffic.awaiting_report.items()):
                 request = self.registry.request(request_id)
                 if request is not None and request.command == Command.CONFIG_SET:
-                    self.execution_report(terminal, sequence_id, 0)
+                    self._execution_report(terminal, sequence_id, 0)
         self.kick(terminal)
 
-    def reconfigured(self, terminal: Terminal) -> None:
+    def _reconfigured(self, terminal: Terminal) -> None:
         """The terminal logged out with reason 7 to apply a new configuration."""
         self._traffic_of(terminal.serial or "").reconfigured = True
 
-    def sync_trap_missing(self, terminal: Terminal) -> None:
+    def _sync_trap_missing(self, terminal: Terminal) -> None:
         """PD-29: no sync trap after LOGIN_ACK 1; read the sync tags with CONFIG_GET."""
         sync_tags = terminal.sync_tags or list(self.config.default_sync_tags)
         body = m.ConfigGet(tlvs=[Tlv.query(tag) for tag in sync_tags]).encode_body()
@@ -554,16 +538,20 @@ class Router:
             return  # reported: its profile takes no CONFIG_GET (C9)
         d.addErrback(_log_failure)
 
-    def on_session_ended(self, terminal: Terminal, why: str) -> None:
+    def _on_session_ended(self, terminal: Terminal, why: str) -> None:
         """The outstanding request fails; queued ones stay queued (9.5)."""
         serial = terminal.serial or ""
-        self._traffic_of(serial).logout_sequence = None
-        if serial in self._outstanding:
+        record = self.sessions.find(serial)
+        if record is None:
+            return
+        record.traffic.logout_sequence = None
+        if record.outstanding is not None:
             self._complete(serial, RequestState.FAILED, None, why)
+        self.sessions.prune(serial)
 
-    def bearer_lost(self, terminal: Terminal, bearer: Bearer) -> None:
+    def _bearer_lost(self, terminal: Terminal, bearer: Bearer) -> None:
         """A TCP connection closed while a request waited on it: it fails at once (8.3)."""
-        out = self._outstanding.get(terminal.serial or "")
+        out = self._outstanding(terminal.serial or "")
         if out is not None and out.bearer is bearer:
             self._complete(
                 terminal.serial or "",
@@ -572,7 +560,7 @@ class Router:
                 "connection closed before the answer",
             )
 
-    def send_logout(self, terminal: Terminal, reason: int, bearer: Bearer) -> None:
+    def _send_logout(self, terminal: Terminal, reason: int, bearer: Bearer) -> None:
         """A platform LOGOUT, sent once outside the queue (4.5, 9.4)."""
         traffic = self._traffic_of(terminal.serial or "")
         traffic.logout_sequence = self._send_unqueued(terminal, m.Logout(reason), bearer)
@@ -595,7 +583,6 @@ class Router:
         Sent outside the queue, at most once per ``wakeup_min_interval``, and only to a
         terminal with an MSISDN and SMS wake-up enabled, when a modem is configured.
         """
-        traffic = self._traffic_of(terminal.serial or "")
         now = self.clock.seconds()
         last = terminal.wakeup_at
         recent = last is not None and now - last < self.config.wakeup_min_interval
@@ -605,6 +592,7 @@ class Router:
         if bearer is None:
             return
         terminal.wakeup_at = now  # saved with the sequence counter, before the SMS is queued
+        traffic = self._traffic_of(terminal.serial or "")
         traffic.wakeup_sequence = self._send_unqueued(terminal, m.RemoteCtrl.build(3), bearer)
         log.info(
             "Wake-up SMS sent to {serial} at {msisdn} seq {sequence_id}",
@@ -617,13 +605,16 @@ class Router:
         self, terminal: Terminal, header: Header, message: m.Message | None
     ) -> bool:
         """The REMOTE_CTRL_ACK of a wake-up: logged; the LOGIN that follows drains the queue."""
-        traffic = self._traffic_of(terminal.serial or "")
+        record = self.sessions.find(terminal.serial or "")
         if (
-            header.command_id != Command.REMOTE_CTRL | ACK_BIT
-            or header.sequence_id != traffic.wakeup_sequence
+            record is None
+            or header.command_id != Command.REMOTE_CTRL | ACK_BIT
+            or header.sequence_id != record.traffic.wakeup_sequence
         ):
             return False
+        traffic = record.traffic
         traffic.wakeup_sequence = None
+        self.sessions.prune(terminal.serial or "")
         log.info(
             "Terminal {serial} answered the wake-up seq {sequence_id}: ret {ret}",
             serial=terminal.serial,
@@ -635,7 +626,7 @@ class Router:
     def _send_unqueued(self, terminal: Terminal, message: m.Message, bearer: Bearer) -> int:
         """Send a request once outside the window-1 queue; returns its Sequence_ID."""
         sequence_id = terminal.next_sequence()
-        frames = self.engine.request_frames(
+        frames = self.frames.request_frames(
             terminal, message.COMMAND, sequence_id, message.encode_body(), bearer
         )
         # Saved first: an SMS leaves once its outbox row is committed, and so after the
@@ -659,24 +650,27 @@ class Router:
     def stop(self) -> None:
         """Cancel every timer; outstanding requests stay ``sent`` in the registry and
         are sent again after the terminal's next login (D-16)."""
-        for timer in self._confirm_timers.values():
-            if timer.active():
-                timer.cancel()
-        self._confirm_timers.clear()
-        for out in self._outstanding.values():
-            if out.timer is not None and out.timer.active():
+        for record in self.sessions.records():
+            for timer in record.confirm_timers.values():
+                if timer.active():
+                    timer.cancel()
+            record.confirm_timers.clear()
+            out = record.outstanding
+            if out is not None and out.timer is not None and out.timer.active():
                 out.timer.cancel()
-        self._outstanding.clear()
+            record.outstanding = None
+            self.sessions.prune(record.serial)
 
     def outstanding(self, serial: str) -> Request | None:
-        out = self._outstanding.get(serial)
+        out = self._outstanding(serial)
         return out.request if out else None
 
-    def _traffic_of(self, serial: str) -> _TerminalTraffic:
-        traffic = self._traffic.get(serial)
-        if traffic is None:
-            traffic = self._traffic[serial] = _TerminalTraffic()
-        return traffic
+    def _outstanding(self, serial: str) -> Outstanding | None:
+        record = self.sessions.find(serial)
+        return record.outstanding if record is not None else None
+
+    def _traffic_of(self, serial: str) -> Traffic:
+        return self.sessions.record(serial).traffic
 
 
 def _confidential(request: Request) -> bool:

@@ -2,7 +2,8 @@
 
 A :class:`Bearer` is where a message came from and where its answer goes: a TCP
 connection, a UDP source address or an MSISDN. Transports implement it; the
-engine never touches sockets.
+engine never touches sockets. A TCP connection may also have ``on_bound()``: the
+session table calls it when it first binds a session to the connection (D-290).
 """
 
 from __future__ import annotations

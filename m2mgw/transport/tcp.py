@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from m2mgw.config import TcpConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.refusals import Reason
 from m2mgw.limits import Unauthenticated
 from m2mgw.protocol.errors import FramingError
@@ -80,7 +80,6 @@ class TerminalConnection(protocol.Protocol):
         self.framer = StreamFramer()
         self.address = ""
         self.host = ""
-        self._bound_serial: str | None = None
         #: Set once a session was bound to the connection (D-290); until then the
         #: login timer runs, whatever was answered on it.
         self.authenticated = False
@@ -122,15 +121,14 @@ class TerminalConnection(protocol.Protocol):
 
     @property
     def bound_serial(self) -> str | None:
-        """The serial whose session this connection is bound to (10.2)."""
-        return self._bound_serial
+        """The serial whose session this connection is bound to (10.2): the engine's
+        session table keeps the binding."""
+        return self.factory.engine.sessions.bound_serial(self)
 
-    @bound_serial.setter
-    def bound_serial(self, serial: str | None) -> None:
+    def on_bound(self) -> None:
         """The engine binds a connection only on an accepted LOGIN or a fresh verified
         message (D-290): that, and nothing it answered, authenticates the connection."""
-        self._bound_serial = serial
-        if serial is not None and not self.authenticated:
+        if not self.authenticated:
             self.authenticated = True
             for timer in (self._first_frame_timer, self._login_timer):
                 if timer is not None:

@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from m2mgw.config import UdpConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.refusals import RateLimit, Reason
 from m2mgw.core.stats import EngineStats
 from m2mgw.protocol.constants import HEADER_SIZE, SERIAL_SIZE

@@ -622,9 +622,7 @@ class _TerminalRequests(_Scoped):
         if serial not in engine.sessions:
             raise ApiError(409, f"terminal {serial} is not logged in")
         terminal = self.terminal(serial)
-        sent = engine.platform_logout(terminal, reason)
-        if not sent:
-            engine.end_session(terminal, reason, TerminalState.LOGGED_OUT, self.now())
+        sent = engine.logout(terminal, reason, self.now(), TerminalState.LOGGED_OUT)
         log.info("Platform LOGOUT of {serial} (reason {reason}) via admin API",
                  serial=serial, reason=reason)
         return 202, {"serial": serial, "command": "LOGOUT", "reason": reason, "sent": sent}

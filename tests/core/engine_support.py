@@ -1,4 +1,7 @@
-"""Shared pieces for engine tests: the spec's example terminal, provisioned, and a fake bearer."""
+"""Shared pieces for engine tests: the spec's example terminal, provisioned, and a fake bearer.
+
+:func:`engine_registry` is the one place the registry of these tests is chosen.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,18 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 
 from m2mgw.config import ProtocolConfig
-from m2mgw.core.engine import PlatformEngine
+from m2mgw.core.engine.dispatch import PlatformEngine
+from m2mgw.core.engine.events import EngineEvents
+from m2mgw.core.engine.frames import FrameBuilder
+from m2mgw.core.files import DiskFiles
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
+from m2mgw.core.refusals import Refusals
+from m2mgw.core.registry import ITerminalRegistry
 from m2mgw.core.router import Router
+from m2mgw.core.sessions import SessionTable
 from m2mgw.core.sqlite_registry import SqliteRegistry
-from m2mgw.core.uplink import StoredUplink
+from m2mgw.core.stats import EngineStats
+from m2mgw.core.uplink import StoredUplink, UplinkSink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
 from m2mgw.protocol.security import DigestKey
@@ -40,7 +50,6 @@ class FakeBearer:
     address: str = "127.0.0.1:40000"
     sent: list[bytes] = field(default_factory=list)
     is_open: bool = True
-    bound_serial: str | None = None
 
     @property
     def host(self) -> str:
@@ -91,22 +100,41 @@ def example_credentials(**expiries: int) -> CredentialSet:
     )
 
 
-class EngineFixture:
-    """A real SQLite registry, an engine on a Clock, and the example terminal."""
+def engine_registry(path: str) -> ITerminalRegistry:
+    """The registry engine tests run on: the one place it is chosen."""
+    return SqliteRegistry(path, reactor)
 
-    def __init__(self, path: str, **protocol: object) -> None:
+
+class EngineFixture:
+    """A registry, an engine and its router on a Clock, and the example terminal."""
+
+    def __init__(self, path: str, *, uplink: UplinkSink | None = None, **protocol: object) -> None:
         self.clock = Clock()
         self.clock.advance(TS_11_3)
-        self.registry = SqliteRegistry(path, reactor)
+        self.registry = engine_registry(path)
         config = ProtocolConfig(**protocol)  # type: ignore[arg-type]
+        refusals = Refusals(self.clock)
+        self.sessions, events = SessionTable(), EngineEvents()
+        self.frames = FrameBuilder(self.sessions, config, refusals)
+        self.router = Router(self.registry, self.sessions, self.frames, events, self.clock, config)
         self.engine = PlatformEngine(
             self.registry,
             config,
             self.clock,
+            sessions=self.sessions,
+            frames=self.frames,
+            events=events,
+            requests=self.router,
+            uplink=uplink or StoredUplink(self.registry, self.clock.seconds),
+            files=DiskFiles(),
             serial_prefix="A9720300",
-            uplink=StoredUplink(self.registry, self.clock.seconds),
+            refusals=refusals,
+            stats=EngineStats(),
         )
-        self.router = Router(self.engine, self.registry, self.clock, config)
+
+    def tick(self) -> None:
+        """One tick of the engine at the clock's time (the gateway ticks once a second)."""
+        self.engine.tick(self.clock.seconds())
 
     @inlineCallbacks
     def start(self, *, provision: bool = True):  # type: ignore[no-untyped-def]

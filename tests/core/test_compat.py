@@ -241,7 +241,8 @@ class StrictProfileTest(ProfileTestCase):
 
     def test_default_compat_serves_terminals_provisioned_without_one(self) -> None:
         self.terminal.compat = None
-        self.engine.config = dataclasses.replace(self.engine.config, default_compat="cmcc-javame")
+        frames = self.fx.frames
+        frames.config = dataclasses.replace(frames.config, default_compat="cmcc-javame")
         bearer = FakeBearer(kind="tcp")
         self.receive(cmcc.LOGIN_1_6, bearer)
         self.assertEqual(bearer.take()[0].result, 0)

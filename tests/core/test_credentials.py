@@ -65,7 +65,7 @@ class CredentialTest(unittest.TestCase):
 
     def advance(self, seconds: float) -> None:
         self.fx.clock.advance(seconds)
-        self.fx.engine.tick()
+        self.fx.tick()
 
     @staticmethod
     def settle() -> Deferred[None]:
@@ -238,14 +238,14 @@ class CredentialTest(unittest.TestCase):
         """The upkeep is a time-ordered heap: a logged-in terminal is checked at login
         and then once per interval (or at its margin), not on every tick."""
         checks: list[str] = []
-        engine = self.fx.engine
-        check = engine._check_credentials
+        credentials = self.fx.engine.credentials
+        check = credentials.check
 
-        def counting(terminal, session, now):  # type: ignore[no-untyped-def]
+        def counting(terminal, session, record, now):  # type: ignore[no-untyped-def]
             checks.append(session.serial)
-            return check(terminal, session, now)
+            return check(terminal, session, record, now)
 
-        engine._check_credentials = counting  # type: ignore[method-assign]
+        credentials.check = counting  # type: ignore[method-assign]
         self.login()
         for _ in range(100):
             self.advance(1)

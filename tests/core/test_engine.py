@@ -186,13 +186,44 @@ class EngineTest(unittest.TestCase):
         bearer = self.login()
         bearer.sent.clear()
         self.fx.clock.advance(3 * 90 + 1)
-        self.fx.engine.tick()
+        self.fx.tick()
         [logout] = bearer.take()
         self.assertEqual((logout.COMMAND, logout.reason), (Command.LOGOUT, 2))
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_IN)
         self.fx.clock.advance(16)
-        self.fx.engine.tick()
+        self.fx.tick()
         self.assertEqual(self.fx.terminal.state, TerminalState.OFFLINE)
+
+    def test_the_offline_check_fires_at_its_tick_and_looks_only_when_due(self) -> None:
+        """Deadlines are kept in a heap (issue #16): a tick once a second still sends the
+        LOGOUT at the first tick past 3 intervals of silence, and looks at the session
+        only when one of its deadlines comes up, not on every tick."""
+        checks: list[float] = []
+        engine = self.fx.engine
+        check = engine._check
+
+        def counting(record, now):  # type: ignore[no-untyped-def]
+            checks.append(now - TS_11_3)
+            check(record, now)
+
+        engine._check = counting  # type: ignore[method-assign]
+        bearer = self.login()
+        bearer.sent.clear()
+        self.assertEqual(engine.next_deadline(), TS_11_3)  # the credential check at login
+        fired = None
+        for second in range(1, 301):
+            self.fx.clock.advance(1)
+            self.fx.tick()
+            if fired is None and bearer.sent:
+                fired = second
+        self.assertEqual(fired, 3 * 90 + 1)
+        [logout] = bearer.take()
+        self.assertEqual((logout.COMMAND, logout.reason), (Command.LOGOUT, 2))
+        # The sync wait (30 s), the offline time (270 s, acted on strictly after it), the
+        # LOGOUT's release 15 s later: nothing in between.
+        self.assertEqual(checks, [30, 270, 271, 286])
+        self.assertEqual(self.fx.terminal.state, TerminalState.OFFLINE)
+        self.assertNotIn(SERIAL, engine.sessions)
 
     @inlineCallbacks
     def test_request_for_offline_terminal_waits_for_login(self):  # type: ignore[no-untyped-def]
@@ -303,7 +334,7 @@ class BindingTest(unittest.TestCase):
         """10.2: only REGISTER and LOGIN may rebind a bound TCP connection."""
         connection = FakeBearer(kind="tcp")
         self.fx.engine.receive(login_bytes(), connection)
-        self.assertEqual(connection.bound_serial, SERIAL)
+        self.assertEqual(self.fx.sessions.bound_serial(connection), SERIAL)
         connection.sent.clear()
         other = bytearray(VECTORS["11.4 HEART_BEAT"])
         other[12:28] = b"A972039999999999"
@@ -323,10 +354,10 @@ class BindingTest(unittest.TestCase):
         session.interval = 10**6  # keep the heartbeat watchdog out of the way
         bearer.sent.clear()
         self.fx.clock.advance(expiry + 300 - self.fx.clock.seconds())
-        self.fx.engine.tick()
+        self.fx.tick()
         self.assertEqual(bearer.sent, [])
         self.fx.clock.advance(1)
-        self.fx.engine.tick()
+        self.fx.tick()
         [logout] = bearer.sent
         frame = parse_frame(logout)
         self.assertEqual(frame.header.command_id, Command.LOGOUT)

@@ -71,7 +71,7 @@ class EngineFuzzTest(unittest.TestCase):
             engine.receive(raw, fuzzer)  # must not raise
             if i % 500 == 0:
                 self.fx.clock.advance(1)
-                engine.tick()
+                self.fx.tick()
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_IN)
         answered = {raw[2:4] for raw in fuzzer.sent}
         # The garbage got past authentication into the handlers, which answered it.

@@ -62,11 +62,12 @@ class ReplayEngineTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db", response_cache_window=0.0)
+        self.uplink = CountingUplink()
+        self.fx = EngineFixture(
+            self.mktemp() + ".db", uplink=self.uplink, response_cache_window=0.0
+        )
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
-        self.uplink = CountingUplink()
-        self.fx.engine.uplink = self.uplink
         self.home = FakeBearer(address="127.0.0.1:40000")
         self.fx.engine.receive(login_bytes(), self.home)
         self.fx.engine.receive(trap(2), self.home)
@@ -174,7 +175,7 @@ class LoginReplayEngineTest(unittest.TestCase):
         self.assertEqual((ack.result, ack.timestamp), (0, TS_11_3 + 1))
         self.assertIs(self.fx.engine.sessions[SERIAL], self.first)
         self.assertTrue(self.home.is_open)
-        self.assertIsNone(replayer.bound_serial)
+        self.assertIsNone(self.fx.sessions.bound_serial(replayer))
         self.assertIs(self.fx.engine.reachable(self.fx.terminal), self.home)
         # The same bytes again: the same answer, no new timestamp or key.
         self.fx.engine.receive(login_bytes(), replayer)
@@ -201,7 +202,7 @@ class LoginReplayEngineTest(unittest.TestCase):
         self.assertEqual(session.timestamp, timestamp)
         self.assertEqual(self.fx.terminal.session_timestamp, timestamp)
         self.assertFalse(self.home.is_open, "its previous connection is closed (10.2)")
-        self.assertEqual(restarted.bound_serial, SERIAL)
+        self.assertEqual(self.fx.sessions.bound_serial(restarted), SERIAL)
         # The old session's messages no longer verify.
         self.fx.engine.receive(trap(3), self.home)
         self.assertEqual(self.home.sent, [])
@@ -231,7 +232,7 @@ class LoginReplayEngineTest(unittest.TestCase):
         self.assertEqual(replayer.sent, [])
         # Unproven for as long as a session would live without traffic, then forgotten.
         self.fx.clock.advance(3 * 90 + 1)
-        self.fx.engine.tick()
+        self.fx.tick()
         self.fx.engine.receive(trap(2, timestamp=ack.timestamp), replayer)
         self.assertEqual(replayer.sent, [])
         self.assertEqual(self.fx.terminal.state, TerminalState.LOGGED_OUT)
@@ -244,7 +245,7 @@ class LoginReplayEngineTest(unittest.TestCase):
         [ack] = self.home.take()
         self.assertEqual(ack.timestamp, TS_11_3 + 5)
         self.assertEqual(self.fx.engine.sessions[SERIAL].timestamp, TS_11_3 + 5)
-        self.assertEqual(self.fx.engine._openings, {})
+        self.assertIsNone(self.fx.sessions.record(SERIAL).opening)
 
     def test_the_record_keeps_no_row_of_it(self) -> None:
         rows = logged(self.fx)

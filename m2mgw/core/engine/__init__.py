@@ -1,0 +1,1 @@
+"""The platform side of the terminal protocol, by phase (see :mod:`.dispatch`)."""
