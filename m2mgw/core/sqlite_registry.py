@@ -150,9 +150,28 @@ def _checked(migrations: Iterable[Migration]) -> list[Migration]:
     return ordered
 
 
+def _rows(conn: Any, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    """Every row of one statement on ``conn``, its cursor closed at once.
+
+    An open cursor keeps its statement active, and COMMIT then fails ("SQL statements
+    in progress") wherever cursors are not freed as soon as they are dropped, as under
+    PyPy: every statement on a connection goes through here or :func:`_run_many`.
+    """
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _run_many(conn: Any, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """``executemany``, its cursor closed at once (see :func:`_rows`)."""
+    conn.executemany(sql, rows).close()
+
+
 def _schema_version(conn: Any, latest: int, path: str) -> int:
     """The database's schema version, refused when newer than the code knows."""
-    current: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    current: int = _rows(conn, "PRAGMA user_version")[0][0]
     if current > latest:
         raise RegistryError(
             f"{path}: database schema version {current} is newer than this m2mgw "
@@ -179,15 +198,15 @@ def _migrate(
             f"PRAGMA user_version = {migration.version};"
         )
         try:
-            conn.executescript(script)
+            conn.executescript(script).close()
             if sealing and unlocked is not None:
                 _seal_stored(conn, unlocked)
-            conn.execute("COMMIT")
+            _rows(conn, "COMMIT")
         except sqlite3.Error as e:
             conn.rollback()
             raise RegistryError(f"{path}: schema migration {migration.name} failed: {e}") from e
         if sealing:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _rows(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
         applied.append(migration.name)
     return applied
 
@@ -247,9 +266,10 @@ def _unlock(conn: Any, path: str, key_path: str, *, sealed: bool) -> _Unlocked:
         created = key is None
         key = create_key(key_path) if key is None else key
         return _Unlocked(key, Vault(key.key), created)
-    recorded = dict(conn.execute(
-        f"SELECT name, value FROM registry_meta WHERE name IN ('{_KEY_CHECK}', '{_KEY_CREATED}')"
-    ).fetchall())
+    recorded = dict(_rows(
+        conn,
+        f"SELECT name, value FROM registry_meta WHERE name IN ('{_KEY_CHECK}', '{_KEY_CREATED}')",
+    ))
     check = recorded.get(_KEY_CHECK)
     if check is None:
         raise VaultError(f"registry {path} is encrypted, but records no master key check value")
@@ -272,34 +292,35 @@ def _rewrite(conn: Any) -> None:
     """Before sealing an existing file: rebuild it from its live rows and empty the WAL,
     so that no plaintext secret stays in a freed page (a retired credential set) or an
     old WAL frame (D-284). Sealing then zeroes what it frees (``secure_delete``)."""
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.execute("VACUUM")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for sql in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+        _rows(conn, sql)
 
 
 def _seal_stored(conn: Any, unlocked: _Unlocked) -> None:
     """Migration 008's step, in its transaction: seal every secret stored in plaintext
     and record which key sealed them."""
     vault = unlocked.vault
-    conn.execute("PRAGMA secure_delete = ON")
+    _rows(conn, "PRAGMA secure_delete = ON")
     try:
         for table in _SEALED_TABLES:
             table.seal_stored(conn, vault)
-        rows = conn.execute(
-            f"SELECT terminal_id, tag, value FROM terminal_config WHERE {_SECRET_CONFIG_SQL}"
-        ).fetchall()
-        conn.executemany(
+        rows = _rows(
+            conn, f"SELECT terminal_id, tag, value FROM terminal_config WHERE {_SECRET_CONFIG_SQL}"
+        )
+        _run_many(
+            conn,
             "UPDATE terminal_config SET value = ? WHERE terminal_id = ? AND tag = ?",
             [(vault.seal(value, _config_context(terminal_id, tag)), terminal_id, tag)
              for terminal_id, tag, value in rows if not is_sealed(value)],
         )
         created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlocked.key.created))
-        conn.executemany(
+        _run_many(
+            conn,
             "INSERT OR REPLACE INTO registry_meta (name, value) VALUES (?, ?)",
             [(_KEY_CHECK, vault.check_value), (_KEY_CREATED, created)],
         )
     finally:
-        conn.execute("PRAGMA secure_delete = OFF")
+        _rows(conn, "PRAGMA secure_delete = OFF")
 
 
 #: Security tags (spec 3.7: passwords, keys, SIM PINs...): their configuration values
@@ -334,16 +355,15 @@ def _watermarks(pair: tuple[int, int], what: str) -> tuple[int, int]:
 
 def _configure(conn: sqlite3.Connection) -> None:
     """Per-connection settings (cp_openfun): WAL, foreign keys, lock wait."""
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                   "busy_timeout=5000"):
+        _rows(conn, f"PRAGMA {pragma}")
 
 
 def _configure_read_only(conn: sqlite3.Connection) -> None:
     """A reader beside a running gateway: no journal change, no write, lock wait."""
-    conn.execute("PRAGMA query_only=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    for pragma in ("query_only=ON", "busy_timeout=5000"):
+        _rows(conn, f"PRAGMA {pragma}")
 
 
 def _apply(txn: Any, batch: Batch) -> None:
@@ -460,12 +480,12 @@ def stored_instance_id(database: str) -> str | None:
     except sqlite3.Error:
         return None
     try:
-        row = conn.execute("SELECT value FROM registry_meta WHERE name = 'instance_id'").fetchone()
+        rows = _rows(conn, "SELECT value FROM registry_meta WHERE name = 'instance_id'")
     except sqlite3.Error:
         return None
     finally:
         conn.close()
-    return None if row is None else str(row[0])
+    return str(rows[0][0]) if rows else None
 
 
 # --- row mapping -----------------------------------------------------------------------
@@ -582,12 +602,13 @@ class _Table:
         if self._sealed_if is not None:
             where = f' WHERE "{self.columns[self._sealed_if[0]]}" = ?'
             params.append(int(self._sealed_if[1]))
-        rows = conn.execute(f'SELECT "{self.key}", {names} FROM {self.name}{where}', params)
-        for key, *values in rows.fetchall():
+        rows = _rows(conn, f'SELECT "{self.key}", {names} FROM {self.name}{where}', params)
+        for key, *values in rows:
             for (_, column, _), value in zip(self._sealed, values, strict=True):
                 if value is not None and not is_sealed(value):
                     sealed = vault.seal(_data(value), self.context(key, column))
-                    conn.execute(
+                    _rows(
+                        conn,
                         f'UPDATE {self.name} SET "{column}" = ? WHERE "{self.key}" = ?',
                         (sealed, key),
                     )

@@ -27,7 +27,13 @@ from m2mgw.core.model import (
     TerminalState,
 )
 from m2mgw.core.registry import ITerminalRegistry, RegistryError
-from m2mgw.core.sqlite_registry import Migration, SqliteRegistry, load_migrations
+from m2mgw.core.sqlite_registry import (
+    Migration,
+    SqliteRegistry,
+    _configure,
+    _prepare,
+    load_migrations,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERIAL = "A972030000000001"
@@ -54,6 +60,31 @@ def db_rows(path: str, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+class CursorKeeper:
+    """A connection that keeps every cursor it hands out alive, as PyPy's collector may:
+    a cursor left open keeps its statement active, and COMMIT then fails (issue #16)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.cursors: list[sqlite3.Cursor] = []
+
+    def _kept(self, cursor: sqlite3.Cursor) -> sqlite3.Cursor:
+        self.cursors.append(cursor)
+        return cursor
+
+    def execute(self, *args: object) -> sqlite3.Cursor:
+        return self._kept(self.conn.execute(*args))  # type: ignore[arg-type]
+
+    def executemany(self, *args: object) -> sqlite3.Cursor:
+        return self._kept(self.conn.executemany(*args))  # type: ignore[arg-type]
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        return self._kept(self.conn.executescript(script))
+
+    def rollback(self) -> None:
+        self.conn.rollback()
 
 
 class RegistryTestCase(unittest.TestCase):
@@ -444,6 +475,18 @@ class RegistryTestCase(unittest.TestCase):
                                  migrations=[*shipped, broken]).open()
         self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(n - 1,)])
         self.assertEqual(db_rows(self.path, "SELECT name FROM sqlite_master WHERE name='a'"), [])
+
+    def test_migrating_a_new_database_closes_every_cursor(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(conn.close)
+        keeper = CursorKeeper(conn)
+        _configure(keeper)  # type: ignore[arg-type]
+        prepared = _prepare(keeper, load_migrations(), self.path, self.path + ".key",
+                            read_only=False)
+        self.assertEqual(prepared.applied, [m.name for m in load_migrations()])
+        self.assertGreater(len(keeper.cursors), 10)
+        for cursor in keeper.cursors:
+            self.assertRaises(sqlite3.ProgrammingError, cursor.fetchone)  # closed
 
     def test_migration_numbering_is_checked(self) -> None:
         n = len(load_migrations()) + 2
