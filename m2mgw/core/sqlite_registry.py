@@ -813,7 +813,7 @@ class SqliteRegistry:
     def __init__(
         self,
         path: str,
-        reactor: Any = None,
+        reactor: Any,
         migrations: Sequence[Migration] | None = None,
         *,
         watermarks: tuple[int, int] = WRITE_WATERMARKS,
@@ -821,10 +821,6 @@ class SqliteRegistry:
         read_only: bool = False,
         master_key_file: str | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
         self._path = path
         self._reactor = reactor
         self._migrations = load_migrations() if migrations is None else _checked(migrations)
