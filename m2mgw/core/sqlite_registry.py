@@ -60,6 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from m2mgw.config import ROW_WATERMARKS, WRITE_WATERMARKS
 from m2mgw.core.model import (
     U32_MAX,
     Alarm,
@@ -104,13 +105,6 @@ GROUP_COMMIT_DELAY = 0.005
 #: Finished requests kept in memory for ``request(id)``.
 FINISHED_CACHE_SIZE = 10_000
 SERIAL_DIGITS_MAX = 99_999_999
-#: (high, low) watermarks of uncommitted write transactions. Every commit costs a WAL
-#: append, about 0.1-1 ms on a busy machine, so 2000 bound the drain at shutdown to
-#: about a second; 500 left queued on resume keep the writer busy while reading restarts.
-WRITE_WATERMARKS = (2000, 500)
-#: (high, low) watermarks of uncommitted rows: the memory held (a few hundred bytes a
-#: row); 20 log flushes of ``LOG_FLUSH_SIZE`` rows, about 10 MB.
-ROW_WATERMARKS = (20_000, 5_000)
 
 Row = tuple[Any, ...]
 Batch = list[tuple[str, list[Row]]]
