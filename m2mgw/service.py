@@ -35,9 +35,9 @@ from m2mgw.app.gateway import ApplicationService
 from m2mgw.config import GatewayConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.refusals import Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.router import Router
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.limits import (
     HttpLimits,
@@ -128,7 +128,7 @@ class GatewayService(service.MultiService):
         self,
         config: GatewayConfig,
         reactor: Any,
-        registry: ITerminalRegistry | None = None,
+        registry: Registry | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         super().__init__()

@@ -32,7 +32,7 @@ from m2mgw.core.model import (
     normalize_msisdn,
 )
 from m2mgw.core.refusals import Reason, Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer, Session, digest_keys
 from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import UplinkSink
@@ -217,7 +217,7 @@ class PlatformEngine:
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Registry,
         config: ProtocolConfig,
         clock: IReactorTime,
         *,

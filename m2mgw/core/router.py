@@ -22,7 +22,7 @@ from m2mgw.config import ProtocolConfig
 from m2mgw.core.engine import PlatformEngine, terminal_keys
 from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
 from m2mgw.core.refusals import Reason
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.checksum import crc32
@@ -85,7 +85,7 @@ class Router:
     def __init__(
         self,
         engine: PlatformEngine,
-        registry: ITerminalRegistry,
+        registry: Registry,
         clock: IReactorTime,
         config: ProtocolConfig,
     ) -> None:

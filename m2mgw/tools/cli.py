@@ -47,7 +47,7 @@ from m2mgw.config import (
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
+from m2mgw.core.registry.sqlite import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol.constants import Command, result_label
 from m2mgw.web import auth, views

@@ -16,8 +16,8 @@ from m2mgw.app.gateway import message_outcome, refused_read, refused_write
 from m2mgw.config import ConfigError, parse_config
 from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Request
 from m2mgw.core.registry import RegistryError
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.requests import RequestError
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from tests.admin_token import bearer
 from tests.e2e.support import provisioned, start_gateway
 from tests.twistd import cli

@@ -18,7 +18,7 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app.gateway import encode_notification
 from m2mgw.core.model import AppNotification, NotificationState
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 
 from .gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase
 

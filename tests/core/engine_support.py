@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from m2mgw.config import ProtocolConfig
 from m2mgw.core.engine import PlatformEngine
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.router import Router
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
-from zope.interface.verify import verifyObject
 
 from m2mgw.core.model import (
     Alarm,
@@ -26,14 +25,9 @@ from m2mgw.core.model import (
     Terminal,
     TerminalState,
 )
-from m2mgw.core.registry import ITerminalRegistry, RegistryError
-from m2mgw.core.sqlite_registry import (
-    Migration,
-    SqliteRegistry,
-    _configure,
-    _prepare,
-    load_migrations,
-)
+from m2mgw.core.registry import Registry, RegistryError
+from m2mgw.core.registry.migrations import Migration, load_migrations, prepare
+from m2mgw.core.registry.sqlite import SqliteRegistry, _configure
 
 REPO = Path(__file__).resolve().parents[2]
 SERIAL = "A972030000000001"
@@ -106,7 +100,7 @@ class RegistryTestCase(unittest.TestCase):
 
     async def test_provides_interface(self) -> None:
         registry = await self.open()
-        self.assertTrue(verifyObject(ITerminalRegistry, registry))
+        self.assertIsInstance(registry, Registry)
 
     async def test_add_and_lookups(self) -> None:
         registry = await self.open()
@@ -354,7 +348,7 @@ class RegistryTestCase(unittest.TestCase):
             """
             from twisted.internet import defer, task
             from m2mgw.core.model import LogEntry, Request, Terminal
-            from m2mgw.core.sqlite_registry import SqliteRegistry
+            from m2mgw.core.registry.sqlite import SqliteRegistry
 
             async def main(reactor):
                 registry = SqliteRegistry({path!r}, reactor)
@@ -481,7 +475,7 @@ class RegistryTestCase(unittest.TestCase):
         self.addCleanup(conn.close)
         keeper = CursorKeeper(conn)
         _configure(keeper)  # type: ignore[arg-type]
-        prepared = _prepare(keeper, load_migrations(), self.path, self.path + ".key",
+        prepared = prepare(keeper, load_migrations(), self.path, self.path + ".key",
                             read_only=False)
         self.assertEqual(prepared.applied, [m.name for m in load_migrations()])
         self.assertGreater(len(keeper.cursors), 10)

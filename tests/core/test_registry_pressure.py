@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from m2mgw.config import ROW_WATERMARKS
 from m2mgw.core import terminal as core
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol.constants import Command
 from tests.core.test_registry import SERIAL, db_rows, make_terminal
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep

@@ -33,7 +33,8 @@ from m2mgw.core.model import (
     TerminalState,
 )
 from m2mgw.core.registry import HISTORY_TABLES, OutgoingSms, RegistryError, SmsState
-from m2mgw.core.sqlite_registry import _PRUNE_SQL, SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
+from m2mgw.core.registry.tables import PRUNE_SQL
 from m2mgw.retention import KIND_OF, MIN_AGE, PRUNE_BATCH, RetentionService, retention_ages
 
 SERIAL = "A972030000000001"
@@ -235,7 +236,7 @@ class WhatIsPrunedTest(RetentionTestCase):
 
     def test_kinds_and_ages(self) -> None:
         self.assertEqual(set(KIND_OF), set(HISTORY_TABLES))
-        self.assertEqual(set(_PRUNE_SQL), set(HISTORY_TABLES))
+        self.assertEqual(set(PRUNE_SQL), set(HISTORY_TABLES))
         ages = retention_ages(registry_config(
             "retention_messages = never\nretention_alarms = 7d\nretention_requests = 5m\n"))
         self.assertEqual(ages, {
@@ -251,7 +252,7 @@ class WhatIsPrunedTest(RetentionTestCase):
         await self.open()
         conn = sqlite3.connect(self.path)
         self.addCleanup(conn.close)
-        for table, sql in _PRUNE_SQL.items():
+        for table, sql in PRUNE_SQL.items():
             plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}",
                                                              (NOW, PRUNE_BATCH)))
             self.assertIn(f"SEARCH {table} USING", plan.split(" / ")[-1], plan)

@@ -14,12 +14,8 @@ from twisted.trial import unittest
 
 from m2mgw.core.model import Application, CredentialSet, Request, Terminal
 from m2mgw.core.registry import OutgoingSms, RegistryError
-from m2mgw.core.sqlite_registry import (
-    SEALING_MIGRATION,
-    Migration,
-    SqliteRegistry,
-    load_migrations,
-)
+from m2mgw.core.registry.migrations import SEALING_MIGRATION, Migration, load_migrations
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.vault import PREFIX, Vault, default_key_path
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, SecurityOp
