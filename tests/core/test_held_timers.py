@@ -13,7 +13,7 @@ from twisted.internet.protocol import Protocol
 
 from m2mgw.config import ROW_WATERMARKS
 from m2mgw.core.refusals import Reason
-from tests.core.test_registry_pressure import WriterLock
+from tests.core.registry_backends import WriterLock
 from tests.core.test_replay import HEARTBEAT
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
 

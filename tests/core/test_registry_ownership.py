@@ -16,7 +16,8 @@ from twisted.trial import unittest
 
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.registry.sqlite import SqliteRegistry, lock_holder, stored_instance_id
-from tests.core.test_registry import REPO, SERIAL, db_rows, make_terminal
+from tests.core.registry_backends import db_rows
+from tests.core.test_registry import REPO, SERIAL, make_terminal
 
 
 class OwnershipTests(unittest.TestCase):

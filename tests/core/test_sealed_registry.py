@@ -20,7 +20,7 @@ from m2mgw.core.vault import PREFIX, Vault, default_key_path
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, SecurityOp
 from m2mgw.protocol.tlv import Tlv
-from tests.core.test_registry import db_rows
+from tests.core.registry_backends import db_rows
 
 SERIAL = "A972030000000001"
 OTHER_SERIAL = "A972030000000002"

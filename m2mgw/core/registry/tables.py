@@ -65,8 +65,8 @@ class Table:
 
     ``key`` names the primary key columns; a table without one is numbered by its store
     in an ``id`` column of its own (the message log, alarm history, statistics).
-    ``references`` names the table and column whose rows own this one's: deleting the
-    owner deletes them (``ON DELETE CASCADE``).
+    ``references`` is (owner table, the column here holding the owner's key): deleting
+    an owner row deletes the rows that reference it (``ON DELETE CASCADE``).
     """
 
     def __init__(
