@@ -168,7 +168,7 @@ def _unlock(conn: Any, path: str, key_path: str, *, sealed: bool) -> Unlocked:
         created = key is None
         key = create_key(key_path) if key is None else key
         return Unlocked(key, Vault(key.key), created)
-    recorded = dict(execute(
+    recorded: dict[str, str] = dict(execute(
         conn,
         f"SELECT name, value FROM registry_meta WHERE name IN ('{_KEY_CHECK}', '{_KEY_CREATED}')",
     ))

@@ -151,21 +151,24 @@ def _load_all(txn: Any, now: float, finished: int, app_messages: int) -> Snapsho
         txn.execute(sql, params)
         return txn.fetchall()
 
+    def pairs(sql: str) -> dict[Any, Any]:
+        return dict(rows(sql))
+
     def select(table: Any, where: str = "", *params: Any) -> list[Row]:
         return rows(f"{statements(table).select}{where}", *params)
 
     pending = states_sql("state", ("pending",), negate=False)
     return Snapshot(
-        instance_id=dict(rows("SELECT name, value FROM registry_meta"))["instance_id"],
+        instance_id=pairs("SELECT name, value FROM registry_meta")["instance_id"],
         terminals=select(TERMINALS),
         config=rows("SELECT terminal_id, tag, value FROM terminal_config"),
         active=select(REQUESTS, f" WHERE {_ACTIVE} ORDER BY id"),
         finished=select(REQUESTS, f" WHERE {_FINISHED} ORDER BY id DESC LIMIT ?", finished),
         files=select(FILES, " WHERE expires_at > ?", now),
-        counters=dict(rows("SELECT name, value FROM counters")),
-        sequences=dict(rows("SELECT name, seq FROM sqlite_sequence")),
+        counters=pairs("SELECT name, value FROM counters"),
+        sequences=pairs("SELECT name, seq FROM sqlite_sequence"),
         sms_pending=select(SMS_OUTBOX, f" WHERE {pending} ORDER BY id"),
-        sms_references=dict(rows("SELECT msisdn, reference FROM sms_references")),
+        sms_references=pairs("SELECT msisdn, reference FROM sms_references"),
         applications=select(APPLICATIONS),
         notifications=select(NOTIFICATIONS, " ORDER BY id"),
         app_messages=select(APP_MESSAGES, " ORDER BY id DESC LIMIT ?", app_messages),
