@@ -328,10 +328,7 @@ class CachedRegistry(RegistryCache):
                 lambda rows: [(None, ALARM_STATE.load(row)) for row in rows]
             )
         page = filters(serial=serial, code=code, status=status)
-        d: Deferred[list[tuple[int | None, Alarm]]] = self._history_page(
-            ALARM_HISTORY, page, before, offset, limit
-        )
-        return d
+        return self._history_page(ALARM_HISTORY, page, before, offset, limit)
 
     def _history_page(
         self, table: Table, page: dict[str, Any], before: int | None, offset: int, limit: int,
@@ -380,10 +377,7 @@ class CachedRegistry(RegistryCache):
     ) -> Deferred[list[tuple[int, LogEntry]]]:
         self._writer.flush()
         page = filters(serial=serial, direction=direction, event=event)
-        d: Deferred[list[tuple[int, LogEntry]]] = self._history_page(
-            MESSAGES, page, before, offset, limit
-        )
-        return d
+        return self._history_page(MESSAGES, page, before, offset, limit)
 
     # --- request queue --------------------------------------------------------------
 

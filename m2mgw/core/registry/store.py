@@ -78,6 +78,7 @@ class Snapshot:
     #: What the store calls its database: created once, kept by copies (D-171).
     instance_id: str
     terminals: list[Row]
+    #: Stored configuration values, rows starting (terminal_id, tag, value).
     config: list[Row]
     #: Active (queued or sent) requests by id; the newest finished ones, newest first.
     active: list[Row]
