@@ -52,7 +52,7 @@ from benchlib import (
 
 from m2mgw.config import load_config
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.tools.cli import with_registry
 
 BENCH = Path(__file__).resolve().parent

@@ -46,7 +46,7 @@ from m2mgw.app.outbox import Outbox
 from m2mgw.app.policy import ORIGIN_PREFIX
 from m2mgw.core.model import NotificationState, Request, RequestState, TerminalState
 from m2mgw.core.refusals import Reason, Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Session
 from m2mgw.core.stats import EngineStats, Histogram
 from m2mgw.logsetup import DebugAccessLogSite
@@ -79,7 +79,7 @@ class Observed:
     """The parts of a running gateway that its metrics and ``GET /stats`` read."""
 
     clock: IReactorTime
-    registry: ITerminalRegistry
+    registry: Registry
     engine: EngineState
     outbox: Outbox
     sms: SmsService | None = None

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from m2mgw.app.policy import BIZ_SEQ_WINDOW
 from m2mgw.config import RegistryConfig
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Retention
 
 log = Logger()
 
@@ -57,7 +57,7 @@ class RetentionService(TimerService):
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Retention,
         config: RegistryConfig,
         clock: IReactorTime,
         batch: int = PRUNE_BATCH,

@@ -45,11 +45,11 @@ from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
 from m2mgw.core.refusals import Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.router import Router
 from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import SessionTable
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import StoredUplink
 from m2mgw.limits import (
@@ -148,7 +148,7 @@ class GatewayService(service.MultiService):
         self,
         config: GatewayConfig,
         reactor: Any,
-        registry: ITerminalRegistry | None = None,
+        registry: Registry | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         super().__init__()

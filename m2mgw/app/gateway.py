@@ -33,7 +33,7 @@ from m2mgw.core.model import (
     Terminal,
     TerminalState,
 )
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.router import Router
 from m2mgw.core.session import Bearer
 from m2mgw.protocol.compat import ProfileRefused
@@ -81,7 +81,7 @@ class ApplicationService:
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Registry,
         router: Router,
         sessions: Sessions,
         files: FileOffers | None,

@@ -25,7 +25,7 @@ from m2mgw.app import soap
 from m2mgw.app.callbacks import CallbackChannel
 from m2mgw.config import AppConfig
 from m2mgw.core.model import Application, AppNotification, NotificationState
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 
 log = Logger()
 
@@ -70,7 +70,7 @@ class Outbox(service.Service):
 
     name = "outbox"
 
-    def __init__(self, registry: ITerminalRegistry, callbacks: CallbackChannel,
+    def __init__(self, registry: Registry, callbacks: CallbackChannel,
                  clock: IReactorTime, config: AppConfig) -> None:
         self.registry = registry
         self.callbacks = callbacks

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from m2mgw.app import keys
 from m2mgw.app.operations import is_valid_app_id, is_valid_terminal_id
 from m2mgw.core.model import APP_PERMISSIONS, Application
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.requests import RequestError, ec_code
 from m2mgw.protocol.errors import ProtocolError
 
@@ -81,7 +81,7 @@ def _string_set(value: Any, what: str) -> list[Any]:
     return value
 
 
-def application_from_json(params: Mapping[str, Any], registry: ITerminalRegistry) -> Application:
+def application_from_json(params: Mapping[str, Any], registry: Registry) -> Application:
     """A new application record; bound terminals must exist; secrets are generated if absent.
 
     The password and Base Key are generated (7.1) when not given; the caller shows
@@ -137,7 +137,7 @@ def application_from_json(params: Mapping[str, Any], registry: ITerminalRegistry
     )
 
 
-def bind_terminals(registry: ITerminalRegistry, app: Application) -> Deferred[Any]:
+def bind_terminals(registry: Registry, app: Application) -> Deferred[Any]:
     """Put the app's EC code into each bound terminal's ``apps`` (engine routing, PD-27)."""
     saves = []
     for serial in sorted(app.terminals):
@@ -148,7 +148,7 @@ def bind_terminals(registry: ITerminalRegistry, app: Application) -> Deferred[An
     return gatherResults(saves, consumeErrors=True)
 
 
-def provision(registry: ITerminalRegistry, params: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
+def provision(registry: Registry, params: Mapping[str, Any]) -> Deferred[dict[str, Any]]:
     """Validate, store and bind a new application; fires with the provisioning answer."""
     app = application_from_json(params, registry)
     d = registry.add_application(app)
@@ -157,7 +157,7 @@ def provision(registry: ITerminalRegistry, params: Mapping[str, Any]) -> Deferre
 
 
 def schedule_rotation(
-    registry: ITerminalRegistry, app_id: str, params: Mapping[str, Any], now: float
+    registry: Registry, app_id: str, params: Mapping[str, Any], now: float
 ) -> Deferred[dict[str, Any]]:
     """Set (or replace) the Base Key rotation of a provisioned application (7.2 step 3).
 

@@ -19,7 +19,7 @@ from m2mgw.app import operations as ops
 from m2mgw.app import policy
 from m2mgw.app.outbox import Outbox
 from m2mgw.core.model import Application, Terminal, TerminalState
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.uplink import UplinkSink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol import tags
@@ -31,7 +31,7 @@ log = Logger()
 class AppUplink:
     """Terminal data, reports and state changes as notifications (an ``UplinkSink``)."""
 
-    def __init__(self, registry: ITerminalRegistry, outbox: Outbox, stored: UplinkSink,
+    def __init__(self, registry: Registry, outbox: Outbox, stored: UplinkSink,
                  clock: IReactorTime) -> None:
         self.registry = registry
         self.outbox = outbox

@@ -24,7 +24,7 @@ from m2mgw.core.engine.exchange import terminal_keys
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
 from m2mgw.core.refusals import Reason
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import Outstanding, SessionTable, Traffic
 from m2mgw.protocol import messages as m
@@ -55,7 +55,7 @@ class Router:
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Registry,
         sessions: SessionTable,
         frames: FrameBuilder,
         events: ev.EngineEvents,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.internet.defer import Deferred
 
 from m2mgw.core.model import LogEntry, Terminal
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.protocol.constants import TransparentResult
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class StoredUplink:
     ("queued") only after the registry committed it.
     """
 
-    def __init__(self, registry: ITerminalRegistry, clock_seconds: object) -> None:
+    def __init__(self, registry: Registry, clock_seconds: object) -> None:
         self.registry = registry
         self._seconds = clock_seconds
         #: Per EC code, the terminal last seen bound to it: checked in O(1) per message.

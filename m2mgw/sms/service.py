@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 
 from m2mgw.config import SmsConfig
 from m2mgw.core.model import Request, Terminal, normalize_msisdn
-from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, SmsState
+from m2mgw.core.registry import OutgoingSms, Registry, SmsState
 from m2mgw.core.session import Bearer
 from m2mgw.core.stats import EngineStats
 from m2mgw.protocol.errors import ProtocolError
@@ -155,7 +155,7 @@ class SmsService(MultiService):
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Registry,
         receive: Callable[[bytes, Bearer], None],
         reactor: Any,
         config: SmsConfig,
@@ -526,7 +526,7 @@ class WakeupSweep(TimerService):
     seconds; the router decides whether a wake-up SMS is due.
     """
 
-    def __init__(self, registry: ITerminalRegistry, router: Waker, clock: IReactorTime,
+    def __init__(self, registry: Registry, router: Waker, clock: IReactorTime,
                  wakeup_min_interval: float) -> None:
         super().__init__(max(MIN_REWAKE_PERIOD, wakeup_min_interval), self.sweep)
         self.clock = clock

@@ -34,7 +34,7 @@ from m2mgw.config import ProtocolConfig
 from m2mgw.core import requests as build
 from m2mgw.core.model import RequestState, Terminal, TerminalState
 from m2mgw.core.refusals import Refusals
-from m2mgw.core.registry import ITerminalRegistry, RegistryError
+from m2mgw.core.registry import Registry, RegistryError
 from m2mgw.core.session import Session
 from m2mgw.metrics import MetricsResource
 from m2mgw.protocol.compat import ProfileRefused
@@ -88,7 +88,7 @@ class AdminContext:
     """Everything the admin API reads and acts on, handed in where the gateway is built."""
 
     clock: IReactorTime
-    registry: ITerminalRegistry
+    registry: Registry
     engine: TerminalSessions
     router: Router
     #: None when the file service is disabled (``[http] listen = none``).

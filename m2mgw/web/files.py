@@ -30,7 +30,7 @@ from twisted.web.server import Request
 
 from m2mgw.config import GatewayConfig
 from m2mgw.core.model import FileTransaction
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.requests import FILES_PATH, RequestError, check_version, download_url
 from m2mgw.protocol.checksum import CRC16_INIT, crc16, crc32
 
@@ -47,7 +47,7 @@ MAX_FILE_SIZE = 0xFFFFFFFF  # FILE_SIZE and FILE_REQ offsets are u32 (4.15)
 class FileService:
     """Creates file transactions and serves their files over HTTP."""
 
-    def __init__(self, registry: ITerminalRegistry, config: GatewayConfig, clock: IReactorTime):
+    def __init__(self, registry: Registry, config: GatewayConfig, clock: IReactorTime):
         self.registry = registry
         self.config = config
         self.clock = clock

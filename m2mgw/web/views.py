@@ -33,7 +33,7 @@ from m2mgw.core.model import (
     Terminal,
     TerminalState,
 )
-from m2mgw.core.registry import ITerminalRegistry, OutgoingSms, SmsState
+from m2mgw.core.registry import OutgoingSms, Registry, SmsState
 from m2mgw.core.requests import CREDENTIAL_FIELDS, download_url
 from m2mgw.protocol import compat, tags
 from m2mgw.protocol import messages as m
@@ -327,7 +327,7 @@ def list_terminals(
 # --- requests ----------------------------------------------------------------------------
 
 
-def list_requests(registry: ITerminalRegistry, query: Query, path: str = "/requests"
+def list_requests(registry: Registry, query: Query, path: str = "/requests"
                   ) -> Deferred[Page]:
     """Request history, newest first, by ``serial`` and ``state``."""
     d = registry.requests(query.get("serial"), query.get("state") or None, **_fetch(query))
@@ -336,7 +336,7 @@ def list_requests(registry: ITerminalRegistry, query: Query, path: str = "/reque
     )
 
 
-def list_queue(registry: ITerminalRegistry, query: Query, path: str = "/queue") -> Page:
+def list_queue(registry: Registry, query: Query, path: str = "/queue") -> Page:
     """Active (queued or sent) requests of every terminal, oldest first."""
     return offset_page(registry.active_requests(), describe_request, path, query)
 
@@ -359,7 +359,7 @@ def describe_alarm(id: int | None, alarm: Alarm) -> dict[str, Any]:
     }
 
 
-def list_alarms(registry: ITerminalRegistry, query: Query, path: str = "/alarms"
+def list_alarms(registry: Registry, query: Query, path: str = "/alarms"
                 ) -> Deferred[Page]:
     """Alarm history newest first by ``serial``, ``code`` and ``status``; with
     ``active`` the alarms raised now instead."""
@@ -404,7 +404,7 @@ def describe_sms(sms: OutgoingSms) -> dict[str, Any]:
     }
 
 
-def list_sms(registry: ITerminalRegistry, query: Query, path: str = "/sms/outbox"
+def list_sms(registry: Registry, query: Query, path: str = "/sms/outbox"
              ) -> Deferred[Page]:
     """The SMS outbox, newest first, by ``state`` and ``msisdn``."""
     d = registry.sms_page(states=query.get("state") or None, msisdn=query.get("msisdn"),
@@ -433,7 +433,7 @@ def describe_message(id: int | None, entry: LogEntry) -> dict[str, Any]:
     }
 
 
-def list_messages(registry: ITerminalRegistry, query: Query, path: str = "/messages"
+def list_messages(registry: Registry, query: Query, path: str = "/messages"
                   ) -> Deferred[Page]:
     """The message log newest first, by ``serial``, ``direction`` and ``event``."""
     d = registry.message_page(
@@ -480,7 +480,7 @@ def describe_notification(entry: AppNotification, now: float) -> dict[str, Any]:
     }
 
 
-def list_notifications(registry: ITerminalRegistry, query: Query, now: float,
+def list_notifications(registry: Registry, query: Query, now: float,
                        path: str = "/notifications") -> Page:
     """Undelivered notifications (all in memory) by ``app`` and ``state``, oldest first."""
     apps = [query["app"]] if query.get("app") else sorted(a.app_id for a in
@@ -497,7 +497,7 @@ def list_notifications(registry: ITerminalRegistry, query: Query, now: float,
 # --- applications ------------------------------------------------------------------------
 
 
-def list_apps(registry: ITerminalRegistry, query: Query, path: str = "/apps") -> Page:
+def list_apps(registry: Registry, query: Query, path: str = "/apps") -> Page:
     """Applications by app id, without their secrets."""
     apps = sorted(registry.applications(), key=lambda a: a.app_id)
     return offset_page(apps, provision.describe_application, path, query)
@@ -510,7 +510,7 @@ def _age(now: float, since: float | None) -> float | None:
     return None if since is None else max(0.0, now - since)
 
 
-def registry_stats(registry: ITerminalRegistry, now: float) -> dict[str, Any]:
+def registry_stats(registry: Registry, now: float) -> dict[str, Any]:
     """What the registry alone tells: the summary of a stopped gateway (``running``
     false); :func:`gateway_stats` adds what only the running gateway knows."""
     states = Counter(terminal.state for terminal in registry.terminals())

@@ -17,28 +17,20 @@ from m2mgw.config import ConfigError, parse_config
 from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Request
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.requests import RequestError
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from tests.admin_token import bearer
+from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
 from tests.e2e.support import provisioned, start_gateway
 from tests.twistd import cli
 
 KEY = "AppBaseKey0123456789ABCD"
 
 
-class RegistryTest(unittest.TestCase):
-    @defer.inlineCallbacks
-    def open(self):  # type: ignore[no-untyped-def]
-        registry = SqliteRegistry(self.path, reactor)
-        yield registry.open()
-        return registry
-
-    @defer.inlineCallbacks
-    def test_applications_outbox_and_messages_survive_a_restart(self):  # type: ignore[no-untyped-def]
-        self.path = self.mktemp() + ".db"
-        registry = yield self.open()
+class AppRegistryTests(RegistryContract):
+    async def test_applications_outbox_and_messages_survive_a_restart(self) -> None:
+        registry = await self.open()
         terminal = provisioned(0, apps=set(), default_app=None)
-        yield registry.add(terminal)
-        view = yield provision.provision(registry, {
+        await registry.add(terminal)
+        view = await provision.provision(registry, {
             "app_id": "EC0001", "password": "s3cretPW", "base_key": KEY,
             "callback_url": "http://127.0.0.1:9/notify", "terminals": [terminal.serial],
             "permissions": ["connectivity"]})
@@ -48,21 +40,19 @@ class RegistryTest(unittest.TestCase):
             provision.provision(registry, {"app_id": "EC0001", "base_key": "short"})
         with self.assertRaises(RegistryError):
             provision.provision(registry, {"app_id": "EC0001"})
-        first = yield registry.enqueue_notification(AppNotification(
+        first = await registry.enqueue_notification(AppNotification(
             app_id="EC0001", kind="DeliverData", body=b"<x/>", created_at=1.0))
-        second = yield registry.enqueue_notification(AppNotification(
+        second = await registry.enqueue_notification(AppNotification(
             app_id="EC0001", kind="NotifyResult", body=b"<y/>", created_at=2.0))
         second.state, second.attempts = NotificationState.KEPT, 4
-        yield registry.update_notification(second)
-        yield registry.delete_notifications([first.id, 999])
-        message = yield registry.add_app_message(AppMessage(
+        await registry.update_notification(second)
+        await registry.delete_notifications([first.id, 999])
+        message = await registry.add_app_message(AppMessage(
             app_id="EC0001", operation="SendData", serial=terminal.serial, biz_seq="b-1",
             created_at=3.0))
         message.state, message.op_result = "ACKED", 0
-        yield registry.update_app_message(message)
-        yield registry.close()
-
-        registry = yield self.open()
+        await registry.update_app_message(message)
+        registry = await self.reopen(registry)
         app = registry.application("EC0001")
         self.assertEqual((app.terminals, app.permissions, app.callback_url),
                          ({terminal.serial}, {"connectivity"}, "http://127.0.0.1:9/notify"))
@@ -70,15 +60,23 @@ class RegistryTest(unittest.TestCase):
         kept = registry.notifications("EC0001")
         self.assertEqual([(n.id, n.kind, n.state, n.attempts) for n in kept],
                          [(second.id, "NotifyResult", "kept", 4)])
-        loaded = yield registry.app_message(message.id)
+        loaded = await registry.app_message(message.id)
         self.assertEqual((loaded.state, loaded.op_result, loaded.biz_seq), ("ACKED", 0, "b-1"))
         self.assertIs(registry.app_message_by_biz_seq("EC0001", "b-1"), loaded)
-        missing = yield registry.app_message(12345)
+        missing = await registry.app_message(12345)
         self.assertIsNone(missing)
-        newer = yield registry.enqueue_notification(AppNotification(
+        newer = await registry.enqueue_notification(AppNotification(
             app_id="EC0001", kind="DeliverData", body=b"<z/>", created_at=4.0))
         self.assertGreater(newer.id, second.id, "notifyIds are never reused")
-        yield registry.close()
+        await registry.close()
+
+
+class SqliteAppRegistryTest(SqliteBackend, AppRegistryTests, unittest.TestCase):
+    pass
+
+
+class MemoryAppRegistryTest(MemoryBackend, AppRegistryTests, unittest.TestCase):
+    pass
 
 
 class AdminApiTest(unittest.TestCase):

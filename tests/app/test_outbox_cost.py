@@ -18,7 +18,7 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app.outbox import encode_notification
 from m2mgw.core.model import AppNotification, NotificationState
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
 
 from .gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase
 
@@ -105,15 +105,12 @@ class DeliveryCostTest(AppGatewayTestCase):
         self.assertLessEqual(cost, 2 * lc.WINDOW)
 
 
-class ReadyQueueTest(unittest.TestCase):
+class ReadyQueueTests(RegistryContract):
     """The registry's ready queue keeps notifyId order through every change of state."""
 
-    @defer.inlineCallbacks
-    def test_order_and_membership(self):  # type: ignore[no-untyped-def]
-        registry = SqliteRegistry(self.mktemp() + ".db", reactor)
-        yield registry.open()
-        self.addCleanup(registry.close)
-        entries = yield defer.gatherResults([
+    async def test_order_and_membership(self) -> None:
+        registry = await self.open()
+        entries = await defer.gatherResults([
             registry.enqueue_notification(AppNotification(
                 app_id="EC0001", kind="DeliverData", body=b"<x/>", created_at=float(i)))
             for i in range(6)])
@@ -127,14 +124,14 @@ class ReadyQueueTest(unittest.TestCase):
                                               NotificationState.UNENCODABLE,
                                               NotificationState.KEPT), strict=True):
             entry.state = state
-            yield registry.update_notification(entry)
+            await registry.update_notification(entry)
         self.assertEqual(ready(), ids[3:])
         # Kept ones come back (a new session): in notifyId order, before the rest.
         for entry in (entries[2], entries[0]):
             entry.state = NotificationState.PENDING
-            yield registry.update_notification(entry)
+            await registry.update_notification(entry)
         self.assertEqual(ready(), [ids[0], ids[2], *ids[3:]])
-        yield registry.delete_notifications([ids[0], ids[4]])
+        await registry.delete_notifications([ids[0], ids[4]])
         self.assertEqual(ready(), [ids[2], ids[3], ids[5]])
         self.assertIsNone(registry.notification(ids[0]))
         self.assertIs(registry.notification(ids[1]), entries[1])
@@ -142,6 +139,14 @@ class ReadyQueueTest(unittest.TestCase):
                          [ids[1], ids[2], ids[3], ids[5]])
         # An update of a deleted entry does not bring it back.
         entries[4].attempts = 1
-        yield registry.update_notification(entries[4])
+        await registry.update_notification(entries[4])
         self.assertEqual(ready(), [ids[2], ids[3], ids[5]])
         self.assertEqual(list(registry.ready_notifications("nobody")), [])
+
+
+class SqliteReadyQueueTest(SqliteBackend, ReadyQueueTests, unittest.TestCase):
+    pass
+
+
+class MemoryReadyQueueTest(MemoryBackend, ReadyQueueTests, unittest.TestCase):
+    pass

@@ -18,10 +18,10 @@ from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.core.refusals import Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.router import Router
 from m2mgw.core.sessions import SessionTable
-from m2mgw.core.sqlite_registry import SqliteRegistry
 from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import StoredUplink, UplinkSink
 from m2mgw.protocol import messages as m
@@ -100,7 +100,7 @@ def example_credentials(**expiries: int) -> CredentialSet:
     )
 
 
-def engine_registry(path: str) -> ITerminalRegistry:
+def engine_registry(path: str) -> Registry:
     """The registry engine tests run on: the one place it is chosen."""
     return SqliteRegistry(path, reactor)
 

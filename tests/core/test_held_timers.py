@@ -11,9 +11,9 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
+from m2mgw.config import ROW_WATERMARKS
 from m2mgw.core.refusals import Reason
-from m2mgw.core.sqlite_registry import ROW_WATERMARKS
-from tests.core.test_registry_pressure import WriterLock
+from tests.core.registry_backends import WriterLock
 from tests.core.test_replay import HEARTBEAT
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
 

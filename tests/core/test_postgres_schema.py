@@ -11,7 +11,7 @@ from twisted.internet.defer import gatherResults
 
 from m2mgw.core.postgres.connection import PostgresError
 from m2mgw.core.postgres.migrations import migrate
-from m2mgw.core.sqlite_registry import Migration, load_migrations
+from m2mgw.core.registry.migrations import Migration, load_migrations
 from tests.core.postgres_support import PostgresTestCase
 
 #: What the PostgreSQL schema has beyond SQLite's: the nodes' tables and claims (002).

@@ -1,8 +1,8 @@
-"""SqliteRegistry on real SQLite files: cache, persistence, ordering, durability."""
+"""The registry: cache, persistence, ordering, on both backends; durability and the
+schema on real SQLite files."""
 
 from __future__ import annotations
 
-import os
 import select
 import signal
 import sqlite3
@@ -13,7 +13,6 @@ from pathlib import Path
 
 from twisted.internet import reactor, task
 from twisted.trial import unittest
-from zope.interface.verify import verifyObject
 
 from m2mgw.core.model import (
     Alarm,
@@ -26,8 +25,15 @@ from m2mgw.core.model import (
     Terminal,
     TerminalState,
 )
-from m2mgw.core.registry import ITerminalRegistry, RegistryError
-from m2mgw.core.sqlite_registry import Migration, SqliteRegistry, load_migrations
+from m2mgw.core.registry import Registry, RegistryError
+from m2mgw.core.registry.migrations import Migration, load_migrations, prepare
+from m2mgw.core.registry.sqlite import SqliteRegistry, _configure
+from tests.core.registry_backends import (
+    MemoryBackend,
+    RegistryContract,
+    SqliteBackend,
+    db_rows,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SERIAL = "A972030000000001"
@@ -47,35 +53,39 @@ def make_request(serial: str = SERIAL, body: bytes = b"\x00\x01", **kw: object) 
     return Request(**values)  # type: ignore[arg-type]
 
 
-def db_rows(path: str, sql: str) -> list[tuple]:
-    """Read the file with an independent connection, as another process would."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+class CursorKeeper:
+    """A connection that keeps every cursor it hands out alive, as PyPy's collector may:
+    a cursor left open keeps its statement active, and COMMIT then fails (issue #16)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.cursors: list[sqlite3.Cursor] = []
+
+    def _kept(self, cursor: sqlite3.Cursor) -> sqlite3.Cursor:
+        self.cursors.append(cursor)
+        return cursor
+
+    def execute(self, *args: object) -> sqlite3.Cursor:
+        return self._kept(self.conn.execute(*args))  # type: ignore[arg-type]
+
+    def executemany(self, *args: object) -> sqlite3.Cursor:
+        return self._kept(self.conn.executemany(*args))  # type: ignore[arg-type]
+
+    def executescript(self, script: str) -> sqlite3.Cursor:
+        return self._kept(self.conn.executescript(script))
+
+    def rollback(self) -> None:
+        self.conn.rollback()
 
 
-class RegistryTestCase(unittest.TestCase):
-    def setUp(self) -> None:
-        self.path = str(Path(self.mktemp()).resolve())
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-
-    async def open(self, **kw: object) -> SqliteRegistry:
-        registry = SqliteRegistry(self.path, reactor=reactor, **kw)  # type: ignore[arg-type]
-        await registry.open()
-        self.addCleanup(registry.close)
-        return registry
-
-    async def reopen(self, registry: SqliteRegistry) -> SqliteRegistry:
-        await registry.close()
-        return await self.open()
+class RegistryTests(RegistryContract):
+    """Behaviour every registry backend shares: cache, ordering, what is stored."""
 
     # --- terminals ----------------------------------------------------------------
 
     async def test_provides_interface(self) -> None:
         registry = await self.open()
-        self.assertTrue(verifyObject(ITerminalRegistry, registry))
+        self.assertIsInstance(registry, Registry)
 
     async def test_add_and_lookups(self) -> None:
         registry = await self.open()
@@ -172,7 +182,7 @@ class RegistryTestCase(unittest.TestCase):
         self.assertEqual(registry.queued(SERIAL), [])
         self.assertEqual(request.state, RequestState.CANCELLED)
         self.assertRaises(RegistryError, registry.remove, IMEI)
-        self.assertEqual(db_rows(self.path, "SELECT COUNT(*) FROM terminal_config"), [(0,)])
+        self.assertEqual(self.stored("terminal_config", "tag"), [])
         reopened = await self.reopen(registry)
         self.assertEqual(reopened.terminals(), [])
         self.assertEqual(reopened.request(request.id).state, RequestState.CANCELLED)
@@ -193,9 +203,9 @@ class RegistryTestCase(unittest.TestCase):
             registry.touch(SERIAL, 100.0 + i, "tcp", f"127.0.0.1:{40000 + i}")
         registry.touch("UNKNOWN000000000", 1.0, "tcp", "x")  # ignored
         self.assertEqual((terminal.last_seen, terminal.address), (104.0, "127.0.0.1:40004"))
-        self.assertEqual(db_rows(self.path, "SELECT last_seen FROM terminals"), [(None,)])
+        self.assertEqual(self.stored("terminals", "last_seen"), [(None,)])
         await task.deferLater(reactor, 1.3, lambda: None)  # one flush tick
-        self.assertEqual(db_rows(self.path, "SELECT last_seen, address FROM terminals"),
+        self.assertEqual(self.stored("terminals", "last_seen", "address"),
                          [(104.0, "127.0.0.1:40004")])
         registry.touch(SERIAL, 200.0, "udp", "127.0.0.1:50000")
         reopened = await self.reopen(registry)  # close flushes
@@ -262,7 +272,7 @@ class RegistryTestCase(unittest.TestCase):
         for d in done:
             await d
         # Committed: visible to another connection on the file, before any flush tick.
-        rows = db_rows(self.path, "SELECT detail FROM messages ORDER BY id")
+        rows = self.stored("messages", "detail", order="id")
         self.assertEqual([r[0] for r in rows], [f"n={i}" for i in range(5)])
         await registry.close()
 
@@ -272,7 +282,7 @@ class RegistryTestCase(unittest.TestCase):
                                             event="uplink-data", detail="last"))
         await registry.close()
         await d
-        self.assertEqual(db_rows(self.path, "SELECT detail FROM messages"), [("last",)])
+        self.assertEqual(self.stored("messages", "detail"), [("last",)])
 
     # --- request queue --------------------------------------------------------------
 
@@ -313,6 +323,40 @@ class RegistryTestCase(unittest.TestCase):
         # ids are never reused
         self.assertEqual((await reopened.enqueue(make_request())).id, 4)
 
+    # --- files ------------------------------------------------------------------------
+
+    async def test_file_transactions(self) -> None:
+        registry = await self.open()
+        ids = [registry.allocate_trans_id() for _ in range(2)]
+        self.assertEqual(ids, [1, 2])
+        tx = FileTransaction(
+            trans_id=ids[0], serial=SERIAL, token="3F9A0C27D1E4B856", path="/tmp/fw.bin",
+            name="fw-2.0.bin", version="2.0", size=65536, crc16=0x1D0F, crc32=0x0A1B2C3D,
+            created_at=reactor.seconds(), expires_at=reactor.seconds() + 3600,
+        )
+        await registry.add_file(tx)
+        self.assertRaises(RegistryError, registry.add_file, tx)
+        self.assertIs(registry.file_by_token("3F9A0C27D1E4B856"), tx)
+        self.assertIs(registry.file_by_trans_id(ids[0]), tx)
+        self.assertIsNone(registry.file_by_token("0000000000000000"))
+        tx.state = FileState.DOWNLOADED
+        await registry.update_file(tx)
+        reopened = await self.reopen(registry)
+        self.assertEqual(reopened.file_by_trans_id(ids[0]), tx)
+        self.assertEqual(reopened.allocate_trans_id(), 3)
+
+
+class SqliteRegistryTest(SqliteBackend, RegistryTests, unittest.TestCase):
+    """The shared behaviour on SqliteRegistry, on a real file."""
+
+
+class MemoryRegistryTest(MemoryBackend, RegistryTests, unittest.TestCase):
+    """The shared behaviour on MemoryRegistry."""
+
+
+class SqliteFileTest(SqliteBackend, unittest.TestCase):
+    """What only a file gives: durability across processes, the schema, migrations."""
+
     def run_child(self, body: str, *, kill: bool) -> None:
         """Run ``body`` (inside ``async def main(reactor, registry)``) in a child process.
 
@@ -323,7 +367,7 @@ class RegistryTestCase(unittest.TestCase):
             """
             from twisted.internet import defer, task
             from m2mgw.core.model import LogEntry, Request, Terminal
-            from m2mgw.core.sqlite_registry import SqliteRegistry
+            from m2mgw.core.registry.sqlite import SqliteRegistry
 
             async def main(reactor):
                 registry = SqliteRegistry({path!r}, reactor)
@@ -378,28 +422,6 @@ class RegistryTestCase(unittest.TestCase):
         self.assertEqual(registry.get(SERIAL).last_seen, 123.0)
         self.assertEqual([e.event for e in await registry.messages(SERIAL)], ["login"])
 
-    # --- files ------------------------------------------------------------------------
-
-    async def test_file_transactions(self) -> None:
-        registry = await self.open()
-        ids = [registry.allocate_trans_id() for _ in range(2)]
-        self.assertEqual(ids, [1, 2])
-        tx = FileTransaction(
-            trans_id=ids[0], serial=SERIAL, token="3F9A0C27D1E4B856", path="/tmp/fw.bin",
-            name="fw-2.0.bin", version="2.0", size=65536, crc16=0x1D0F, crc32=0x0A1B2C3D,
-            created_at=reactor.seconds(), expires_at=reactor.seconds() + 3600,
-        )
-        await registry.add_file(tx)
-        self.assertRaises(RegistryError, registry.add_file, tx)
-        self.assertIs(registry.file_by_token("3F9A0C27D1E4B856"), tx)
-        self.assertIs(registry.file_by_trans_id(ids[0]), tx)
-        self.assertIsNone(registry.file_by_token("0000000000000000"))
-        tx.state = FileState.DOWNLOADED
-        await registry.update_file(tx)
-        reopened = await self.reopen(registry)
-        self.assertEqual(reopened.file_by_trans_id(ids[0]), tx)
-        self.assertEqual(reopened.allocate_trans_id(), 3)
-
     # --- schema -----------------------------------------------------------------------
 
     async def test_schema_version_and_wal(self) -> None:
@@ -444,6 +466,18 @@ class RegistryTestCase(unittest.TestCase):
                                  migrations=[*shipped, broken]).open()
         self.assertEqual(db_rows(self.path, "PRAGMA user_version"), [(n - 1,)])
         self.assertEqual(db_rows(self.path, "SELECT name FROM sqlite_master WHERE name='a'"), [])
+
+    def test_migrating_a_new_database_closes_every_cursor(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(conn.close)
+        keeper = CursorKeeper(conn)
+        _configure(keeper)  # type: ignore[arg-type]
+        prepared = prepare(keeper, load_migrations(), self.path, self.path + ".key",
+                            read_only=False)
+        self.assertEqual(prepared.applied, [m.name for m in load_migrations()])
+        self.assertGreater(len(keeper.cursors), 10)
+        for cursor in keeper.cursors:
+            self.assertRaises(sqlite3.ProgrammingError, cursor.fetchone)  # closed
 
     def test_migration_numbering_is_checked(self) -> None:
         n = len(load_migrations()) + 2

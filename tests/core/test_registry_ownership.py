@@ -15,8 +15,9 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
-from tests.core.test_registry import REPO, SERIAL, db_rows, make_terminal
+from m2mgw.core.registry.sqlite import SqliteRegistry, lock_holder, stored_instance_id
+from tests.core.registry_backends import db_rows
+from tests.core.test_registry import REPO, SERIAL, make_terminal
 
 
 class OwnershipTests(unittest.TestCase):
@@ -85,7 +86,7 @@ class OwnershipTests(unittest.TestCase):
             f"""
             import sys
             from twisted.internet import defer, task
-            from m2mgw.core.sqlite_registry import SqliteRegistry
+            from m2mgw.core.registry.sqlite import SqliteRegistry
 
             async def main(reactor):
                 await SqliteRegistry({self.path!r}, reactor).open()

@@ -1,57 +1,33 @@
 """Backpressure: the registry's write watermarks, and the gateway holding terminal input.
 
-The writer is made slow for real: another connection holds SQLite's write lock (as the
-CLI or a backup would), so the registry's writer waits in ``BEGIN IMMEDIATE`` (its busy
-timeout is 5 s; every hold here is well under a second).
+The writer is made slow for real: on SQLite another connection holds the write lock
+(as the CLI or a backup would), so the registry's writer waits in ``BEGIN IMMEDIATE``
+(its busy timeout is 5 s; every hold here is well under a second); in memory the store
+holds its commits.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from m2mgw.config import ROW_WATERMARKS
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import ROW_WATERMARKS, SqliteRegistry
 from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
-from tests.core.test_registry import SERIAL, db_rows, make_terminal
+from tests.core.registry_backends import (
+    MemoryBackend,
+    RegistryContract,
+    SqliteBackend,
+    WriterLock,
+)
+from tests.core.test_registry import SERIAL, make_terminal
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
 
 
-class WriterLock:
-    """Another connection's open write transaction: the registry's writer must wait."""
-
-    def __init__(self, path: str) -> None:
-        self._conn: sqlite3.Connection | None = sqlite3.connect(path, isolation_level=None)
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def release(self) -> None:
-        if self._conn is not None:
-            self._conn.execute("COMMIT")
-            self._conn.close()
-            self._conn = None
-
-
-class WatermarkTest(unittest.TestCase):
-    def setUp(self) -> None:
-        self.path = str(Path(self.mktemp()).resolve())
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-
-    async def open(self, **kw: Any) -> SqliteRegistry:
-        registry = SqliteRegistry(self.path, reactor, **kw)
-        await registry.open()
-        self.addCleanup(registry.close)
-        return registry
-
-    def hold_writer(self) -> WriterLock:
-        lock = WriterLock(self.path)
-        self.addCleanup(lock.release)
-        return lock
-
+class WatermarkTests(RegistryContract):
     async def test_crossings_notify_once_each_way_and_every_write_commits(self) -> None:
         registry = await self.open(watermarks=(10, 3))
         await registry.add(make_terminal(serial=SERIAL))
@@ -69,7 +45,7 @@ class WatermarkTest(unittest.TestCase):
         self.assertEqual(seen, [(True, 10), (False, 3)])
         self.assertFalse(registry.saturated)
         self.assertEqual((registry.pending_writes, registry.pending_rows), (0, 0))
-        self.assertEqual(db_rows(self.path, "SELECT tag FROM statistics ORDER BY id"),
+        self.assertEqual(self.stored("statistics", "tag", order="id"),
                          [(i,) for i in range(30)])
 
     async def test_rows_have_their_own_watermarks(self) -> None:
@@ -81,7 +57,7 @@ class WatermarkTest(unittest.TestCase):
         self.assertEqual((seen, registry.pending_writes, registry.pending_rows), ([True], 1, 150))
         await big
         self.assertEqual(seen, [True, False])
-        self.assertEqual(db_rows(self.path, "SELECT COUNT(*) FROM statistics"), [(150,)])
+        self.assertEqual(len(self.stored("statistics", "tag")), 150)
 
     async def test_a_failing_observer_fails_no_write(self) -> None:
         registry = await self.open(watermarks=(1, 0))
@@ -100,13 +76,20 @@ class WatermarkTest(unittest.TestCase):
             registry.remove_pressure_observer(observer)
         await registry.save(terminal)
         self.assertEqual(seen, [True, False])
-        self.assertEqual(db_rows(self.path, "SELECT COUNT(*) FROM terminals"), [(1,)])
+        self.assertEqual(len(self.stored("terminals", "id")), 1)
 
     def test_watermarks_need_hysteresis(self) -> None:
         for pair in ((5, 5), (5, 6), (5, -1)):
-            self.assertRaises(RegistryError, SqliteRegistry, self.path, reactor, watermarks=pair)
-            self.assertRaises(RegistryError, SqliteRegistry, self.path, reactor,
-                              row_watermarks=pair)
+            self.assertRaises(RegistryError, self.new_registry, watermarks=pair)
+            self.assertRaises(RegistryError, self.new_registry, row_watermarks=pair)
+
+
+class SqliteWatermarkTest(SqliteBackend, WatermarkTests, unittest.TestCase):
+    pass
+
+
+class MemoryWatermarkTest(MemoryBackend, WatermarkTests, unittest.TestCase):
+    pass
 
 
 class InputHeldTest(GatewayTestCase):

@@ -1,16 +1,14 @@
-"""Retention (D-200..D-209): history pruned by age in small batches on a real SQLite file.
+"""Retention (D-200..D-209): history pruned by age in small batches, on both backends.
 
-The registry runs on the real reactor (its pool thread needs one) but tells the time
-of a ``task.Clock``, so rows are stamped at chosen ages; the retention service runs on
-that same ``task.Clock``.
+The registry runs on the real reactor (SQLite's pool thread needs one; the memory
+store commits on its next turn) but tells the time of a ``task.Clock``, so rows are
+stamped at chosen ages; the retention service runs on that same ``task.Clock``.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -33,8 +31,10 @@ from m2mgw.core.model import (
     TerminalState,
 )
 from m2mgw.core.registry import HISTORY_TABLES, OutgoingSms, RegistryError, SmsState
-from m2mgw.core.sqlite_registry import _PRUNE_SQL, SqliteRegistry
+from m2mgw.core.registry.cached import CachedRegistry
+from m2mgw.core.registry.tables import PRUNE_SQL
 from m2mgw.retention import KIND_OF, MIN_AGE, PRUNE_BATCH, RetentionService, retention_ages
+from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
 
 SERIAL = "A972030000000001"
 NOW = 1_000_000_000.0
@@ -60,33 +60,20 @@ def registry_config(text: str = "") -> RegistryConfig:
     return parse_config(f"[registry]\nretention = {RETENTION:g}s\n{text}").registry
 
 
-def db_rows(path: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read the file with an independent connection, as another process would."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
 def log_entry(at: float, event: str = "message") -> LogEntry:
     return LogEntry(time=at, serial=SERIAL, direction="in", event=event)
 
 
-class RetentionTestCase(unittest.TestCase):
+class RetentionTests(RegistryContract):
     def setUp(self) -> None:
-        self.path = str(Path(self.mktemp()).resolve())
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        super().setUp()
         self.clock = task.Clock()
         self.clock.advance(NOW)
 
-    async def open(self, **kw: Any) -> SqliteRegistry:
-        registry = SqliteRegistry(self.path, reactor=ClockedReactor(self.clock), **kw)
-        await registry.open()
-        self.addCleanup(registry.close)
-        return registry
+    def registry_clock(self) -> ClockedReactor:
+        return ClockedReactor(self.clock)
 
-    def retention(self, registry: SqliteRegistry, text: str = "", **kw: Any) -> RetentionService:
+    def retention(self, registry: CachedRegistry, text: str = "", **kw: Any) -> RetentionService:
         return RetentionService(registry, registry_config(text), self.clock, **kw)
 
     async def settle(self, d: Deferred[Any]) -> Any:
@@ -111,16 +98,13 @@ class RetentionTestCase(unittest.TestCase):
         """Set the shared clock; the registry stamps what it writes with it."""
         self.clock.advance(when - self.clock.seconds())
 
-    async def log_rows(self, registry: SqliteRegistry, at: float, count: int) -> None:
+    async def log_rows(self, registry: CachedRegistry, at: float, count: int) -> None:
         for _ in range(count):
             registry.log(log_entry(at))
         await registry.log_committed(log_entry(at))
 
-    def count(self, table: str) -> int:
-        return db_rows(self.path, f"SELECT count(*) FROM {table}")[0][0]
 
-
-class WhatIsPrunedTest(RetentionTestCase):
+class WhatIsPrunedTests(RetentionTests):
     async def test_old_history_goes_young_history_and_live_state_stay(self) -> None:
         registry = await self.open()
         await registry.add(Terminal(imei="860000000000001", serial=SERIAL))
@@ -174,24 +158,23 @@ class WhatIsPrunedTest(RetentionTestCase):
         with capturedLogs() as events:
             await self.settle(self.retention(registry).run())
 
-        self.assertEqual(db_rows(self.path, "SELECT event FROM messages"), [("young",)])
-        self.assertEqual(db_rows(self.path, "SELECT time FROM statistics"), [(YOUNG,)])
-        self.assertEqual(db_rows(self.path, "SELECT code FROM alarm_history"), [(2,)])
+        self.assertEqual(self.stored("messages", "event"), [("young",)])
+        self.assertEqual(self.stored("statistics", "time"), [(YOUNG,)])
+        self.assertEqual(self.stored("alarm_history", "code"), [(2,)])
         # The current state of each alarm is live state, however old.
-        self.assertEqual(db_rows(self.path, "SELECT code FROM alarm_state ORDER BY code"),
-                         [(1,), (2,)])
-        self.assertEqual(db_rows(self.path, "SELECT id FROM requests ORDER BY id"),
+        self.assertEqual(self.stored("alarm_state", "code", order="code"), [(1,), (2,)])
+        self.assertEqual(self.stored("requests", "id", order="id"),
                          [(old_queued.id,), (old_sent.id,), (young_done.id,)])
         # Finished a day ago but less than a day: kept for its bizSeq (AD-14).
-        self.assertEqual(db_rows(self.path, "SELECT id FROM app_messages ORDER BY id"),
+        self.assertEqual(self.stored("app_messages", "id", order="id"),
                          [(day_message.id,), (waiting_message.id,)])
-        self.assertEqual(db_rows(self.path, "SELECT trans_id FROM file_transactions"), [(2,)])
-        self.assertEqual(db_rows(self.path, "SELECT id FROM sms_outbox ORDER BY id"),
+        self.assertEqual(self.stored("file_transactions", "trans_id"), [(2,)])
+        self.assertEqual(self.stored("sms_outbox", "id", order="id"),
                          [(pending_sms.id,), (young_sms.id,)])
-        self.assertEqual(db_rows(self.path, "SELECT id FROM app_notifications"),
+        self.assertEqual(self.stored("app_notifications", "id"),
                          [(notification.id,)])
         self.assertEqual(self.count("terminals"), 1)
-        self.assertEqual(db_rows(self.path, "SELECT name FROM counters"), [("serial",)])
+        self.assertEqual(self.stored("counters", "name"), [("serial",)])
 
         # The caches agree with the file.
         self.assertIsNone(registry.request(old_done.id or 0))
@@ -231,32 +214,7 @@ class WhatIsPrunedTest(RetentionTestCase):
         await self.settle(retention.run())
         self.assertEqual(self.count("messages"), 1)
         self.assertEqual(self.count("statistics"), 0)
-        self.assertEqual(db_rows(self.path, "SELECT status FROM alarm_history"), [])
-
-    def test_kinds_and_ages(self) -> None:
-        self.assertEqual(set(KIND_OF), set(HISTORY_TABLES))
-        self.assertEqual(set(_PRUNE_SQL), set(HISTORY_TABLES))
-        ages = retention_ages(registry_config(
-            "retention_messages = never\nretention_alarms = 7d\nretention_requests = 5m\n"))
-        self.assertEqual(ages, {
-            "statistics": RETENTION, "alarm_history": 7 * 86_400.0, "requests": 300.0,
-            "app_messages": MIN_AGE["app_messages"], "file_transactions": 300.0,
-            "sms_outbox": RETENTION,
-        })
-        self.assertEqual(retention_ages(parse_config("[registry]\nretention = never\n").registry),
-                         {})
-
-    async def test_pruning_uses_the_time_indexes(self) -> None:
-        """Each batch finds its rows by index: its cost is its rows, not the table."""
-        await self.open()
-        conn = sqlite3.connect(self.path)
-        self.addCleanup(conn.close)
-        for table, sql in _PRUNE_SQL.items():
-            plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}",
-                                                             (NOW, PRUNE_BATCH)))
-            self.assertIn(f"SEARCH {table} USING", plan.split(" / ")[-1], plan)
-            self.assertNotIn("SCAN", plan, plan)
-            self.assertNotIn("TEMP B-TREE", plan, plan)
+        self.assertEqual(self.stored("alarm_history", "status"), [])
 
     async def test_only_history_tables_and_positive_limits(self) -> None:
         registry = await self.open()
@@ -281,7 +239,7 @@ class WhatIsPrunedTest(RetentionTestCase):
             created_at=expires_at - 3600, expires_at=expires_at, state=state)
 
 
-class BatchesTest(RetentionTestCase):
+class BatchesTests(RetentionTests):
     async def test_a_backlog_goes_in_bounded_batches_with_writes_committed_between(
         self,
     ) -> None:
@@ -310,7 +268,7 @@ class BatchesTest(RetentionTestCase):
         self.assertEqual(order, [PRUNE_BATCH, "write", PRUNE_BATCH, PRUNE_BATCH, PRUNE_BATCH,
                                  100])
         self.assertEqual(self.count("messages"), 10)
-        self.assertEqual(db_rows(self.path, "SELECT state FROM terminals"), [("LOGGED_IN",)])
+        self.assertEqual(self.stored("terminals", "state"), [("LOGGED_IN",)])
         summaries = [e for e in events if "deleted" in e]
         self.assertEqual(len(summaries), 1)
         self.assertEqual(summaries[0]["deleted"], {"messages": 4 * PRUNE_BATCH + 100})
@@ -367,3 +325,48 @@ class BatchesTest(RetentionTestCase):
         self.assertEqual(order, ["before"] * 20 + [PRUNE_BATCH] + ["meanwhile"] * 20
                          + [PRUNE_BATCH, 0])
         self.assertEqual(self.count("messages"), 0)
+
+
+class SqliteWhatIsPrunedTest(SqliteBackend, WhatIsPrunedTests, unittest.TestCase):
+    pass
+
+
+class MemoryWhatIsPrunedTest(MemoryBackend, WhatIsPrunedTests, unittest.TestCase):
+    pass
+
+
+class SqliteBatchesTest(SqliteBackend, BatchesTests, unittest.TestCase):
+    pass
+
+
+class MemoryBatchesTest(MemoryBackend, BatchesTests, unittest.TestCase):
+    pass
+
+
+class PruneStatementsTest(SqliteBackend, RetentionTests, unittest.TestCase):
+    """The kinds of history, and SQLite's pruning statements."""
+
+    def test_kinds_and_ages(self) -> None:
+        self.assertEqual(set(KIND_OF), set(HISTORY_TABLES))
+        self.assertEqual(set(PRUNE_SQL), set(HISTORY_TABLES))
+        ages = retention_ages(registry_config(
+            "retention_messages = never\nretention_alarms = 7d\nretention_requests = 5m\n"))
+        self.assertEqual(ages, {
+            "statistics": RETENTION, "alarm_history": 7 * 86_400.0, "requests": 300.0,
+            "app_messages": MIN_AGE["app_messages"], "file_transactions": 300.0,
+            "sms_outbox": RETENTION,
+        })
+        self.assertEqual(retention_ages(parse_config("[registry]\nretention = never\n").registry),
+                         {})
+
+    async def test_pruning_uses_the_time_indexes(self) -> None:
+        """Each batch finds its rows by index: its cost is its rows, not the table."""
+        await self.open()
+        conn = sqlite3.connect(self.path)
+        self.addCleanup(conn.close)
+        for table, sql in PRUNE_SQL.items():
+            plan = " / ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}",
+                                                             (NOW, PRUNE_BATCH)))
+            self.assertIn(f"SEARCH {table} USING", plan.split(" / ")[-1], plan)
+            self.assertNotIn("SCAN", plan, plan)
+            self.assertNotIn("TEMP B-TREE", plan, plan)

@@ -15,17 +15,13 @@ from twisted.trial import unittest
 from m2mgw.config import default_key_path
 from m2mgw.core.model import Application, CredentialSet, Request, Terminal
 from m2mgw.core.registry import OutgoingSms, RegistryError
-from m2mgw.core.sqlite_registry import (
-    SEALING_MIGRATION,
-    Migration,
-    SqliteRegistry,
-    load_migrations,
-)
+from m2mgw.core.registry.migrations import SEALING_MIGRATION, Migration, load_migrations
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.core.vault import PREFIX, Vault
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.constants import Command, SecurityOp
 from m2mgw.protocol.tlv import Tlv
-from tests.core.test_registry import db_rows
+from tests.core.registry_backends import db_rows
 
 SERIAL = "A972030000000001"
 OTHER_SERIAL = "A972030000000002"

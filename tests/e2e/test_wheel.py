@@ -48,7 +48,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "m2mgw/app/wsdl/M2MPlatformService.wsdl" in names
     assert "m2mgw/app/wsdl/m2m-types.xsd" in names
     assert "m2mgw/etc/m2mgw.ini" in names
-    assert any(n.startswith("m2mgw/core/schema/") and n.endswith(".sql") for n in names)
+    assert any(n.startswith("m2mgw/core/registry/schema/") and n.endswith(".sql") for n in names)
     venv = root / "venv"
     run(BASE_PYTHON, "-m", "venv", venv, cwd=root)
     run(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel, cwd=root)

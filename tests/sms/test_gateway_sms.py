@@ -380,8 +380,9 @@ class RestartTest(GatewaySmsTestCase):
             long_message, "8613900000002", 1
         )
         self.assertEqual(self.submits(), expected)
-        rows = yield self.registry._query("SELECT state, parts_sent FROM sms_outbox ORDER BY id")
-        self.assertEqual(rows, [("sent", 1), ("sent", 2)])
+        stored = yield self.registry.sms_page()  # read back from the database, newest first
+        self.assertEqual([(sms.state, sms.parts_sent) for sms in reversed(stored)],
+                         [("sent", 1), ("sent", 2)])
 
 
 class SimulatorTest(GatewaySmsTestCase):

@@ -18,7 +18,8 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from m2mgw.core.registry import OutgoingSms, SmsState
-from m2mgw.core.sqlite_registry import SqliteRegistry, load_migrations
+from m2mgw.core.registry.migrations import load_migrations
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, parse_frame
 from m2mgw.protocol.constants import Command

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from twisted.web import pages, server
 
 from m2mgw.config import parse_config
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.tools.cli import admin_client, make_parser, send_body
 from tests.twistd import cli
 from tests.web import IMEI, IMSI, SERIAL, start_gateway

@@ -19,7 +19,7 @@ from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import FileBlocks
 from m2mgw.core.model import LogEntry, Terminal, TerminalState
 from m2mgw.core.refusals import Reason, Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer, Session
 from m2mgw.core.sessions import SessionTable
 from m2mgw.core.stats import EngineStats
@@ -43,7 +43,7 @@ class Context:
     def __init__(
         self,
         *,
-        registry: ITerminalRegistry,
+        registry: Registry,
         config: ProtocolConfig,
         clock: IReactorTime,
         sessions: SessionTable,

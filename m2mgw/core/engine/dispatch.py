@@ -40,7 +40,7 @@ from m2mgw.core.engine.reports import Reports
 from m2mgw.core.files import FileBlocks
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.core.refusals import Reason, Refusals
-from m2mgw.core.registry import ITerminalRegistry
+from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer, Session
 from m2mgw.core.sessions import Runtime, SessionTable
 from m2mgw.core.stats import EngineStats
@@ -82,7 +82,7 @@ class PlatformEngine:
 
     def __init__(
         self,
-        registry: ITerminalRegistry,
+        registry: Registry,
         config: ProtocolConfig,
         clock: IReactorTime,
         *,

@@ -23,7 +23,7 @@ from m2mgw.core.postgres.connection import (
     is_unavailable,
     one_line,
 )
-from m2mgw.core.sqlite_registry import Migration, load_migrations
+from m2mgw.core.registry.migrations import Migration, load_migrations
 
 _log = Logger()
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 from m2mgw.app import provision
 from m2mgw.config import sample_config
 from m2mgw.core import requests as build
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol import tags
 from m2mgw.protocol.constants import Command, result_label
 from m2mgw.tools.cli._context import Context

@@ -8,7 +8,7 @@ from typing import Any
 
 from m2mgw.config import GatewayConfig
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry, lock_holder, stored_instance_id
+from m2mgw.core.registry.sqlite import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.tools.cli._admin_client import (
     AdminClient,
     Refused,

@@ -12,7 +12,7 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from m2mgw.config import GatewayConfig
 from m2mgw.core import requests as build
 from m2mgw.core.registry import RegistryError
-from m2mgw.core.sqlite_registry import SqliteRegistry
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.tools.cli._errors import CliError
 
 
