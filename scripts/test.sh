@@ -8,4 +8,5 @@ if [ -x scripts/system-deps.sh ]; then
     scripts/system-deps.sh
 fi
 ruff check m2mgw tests bench twisted
+mypy m2mgw/protocol m2mgw/core m2mgw/transport m2mgw/sms m2mgw/app
 exec python -m pytest "$@"

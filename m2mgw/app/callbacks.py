@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from m2mgw.app import operations as ops
 from m2mgw.app import soap
@@ -64,10 +65,10 @@ class CallbackChannel:
                                 session_id=session.session_id if session else None)
         cipher = session.cipher if session else None
         body = soap.build_message(header, notification, app.password, cipher=cipher)
-        d = self.http.post(app.callback_url or "", data=body, headers={
+        d = self.http.post(app.callback_url or "", data=body, headers=Headers({
             b"content-type": [soap.CONTENT_TYPE.encode("ascii")],
             b"soapaction": [soap.soap_action(name).encode("ascii")],
-        })
+        }))
         self._calls.add(d)
         self._busy[app.app_id] = self._busy.get(app.app_id, 0) + 1
         d.addCallback(self._read)

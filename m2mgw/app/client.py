@@ -195,8 +195,12 @@ class AppClient(Protocol):
             if len(self._seen) > SEEN_NOTIFICATIONS:
                 self._seen.popitem(last=False)
         d = maybeDeferred(self.on_notification, payload)
-        d.addErrback(lambda f: log.failure("Notification handler failed", f)
-                     or ops.ResultCode.INTERNAL_ERROR)
+
+        def failed(failure: Failure) -> ops.ResultCode:
+            log.failure("Notification handler failed", failure)
+            return ops.ResultCode.INTERNAL_ERROR
+
+        d.addErrback(failed)
         d.addCallback(lambda result: self._answer(
             event.sequence_id, response_type(result_code=int(result or 0))))
 

@@ -195,9 +195,9 @@ class ApplicationService:
         spec = ops.OPERATIONS[name]
 
         def failed(failure: Failure) -> Any:
-            if failure.check(ProfileRefused):
+            refused = failure.value
+            if isinstance(refused, ProfileRefused):
                 # The terminal's compatibility profile cannot carry it (C7, C9): 10 or 12.
-                refused = failure.value
                 code = R.TOO_LARGE if refused.too_large else R.UNSUPPORTED
                 return respond(spec.response, code, refused.reason)
             log.failure("{operation} of {app_id} failed", failure, operation=name,
@@ -376,6 +376,7 @@ class ApplicationService:
                                  timeout=self.source_fetch_timeout,
                                  allowed_hosts=self.config.upgrade_source_hosts)
         else:
+            assert request.file_data is not None  # exactly one of the two, checked above
             d = maybeDeferred(fetch.store_bytes, request.file_data)
         d.addCallback(self._offer_upgrade, files, app, terminal, request)
 
@@ -391,8 +392,9 @@ class ApplicationService:
         if stored.size != request.file_size or stored.md5 != request.file_md5.lower():
             stored.remove()
             raise fetch.FetchError("fileSize or fileMd5 mismatch")
-        d = files.offer(terminal.serial or "", stored.path, request.version)
-        d.addBoth(_remove_then, stored)
+        d = files.offer(terminal.serial or "", stored.path, request.version).addBoth(
+            _remove_then, stored
+        )
         d.addCallback(lambda tx: self._submit(
             app, "Upgrade", terminal,
             build.download_info(tx, files.public_url, force=request.force),

@@ -116,7 +116,8 @@ class Outbox(service.Service):
         limit = self.clock.seconds() - self.config.notify_retention
         for app in self.registry.applications():
             old = [n.id for n in self.registry.notifications(app.app_id)
-                   if n.created_at < limit and n.id not in self._state(app.app_id).inflight]
+                   if n.id is not None and n.created_at < limit
+                   and n.id not in self._state(app.app_id).inflight]
             if old:
                 log.warn("Discarded {count} undelivered notifications of {app_id}",
                          count=len(old), app_id=app.app_id)
@@ -222,7 +223,7 @@ class Outbox(service.Service):
             state.inflight.discard(entry.id or 0)
             if not self.running:
                 return  # stopping: the stored entry is offered again after the restart
-            if isinstance(ok, Failure) and ok.check(ops.Unencodable):
+            if isinstance(ok, Failure) and isinstance(ok.value, ops.Unencodable):
                 self._set_aside(entry, ok.value.reason)
                 self.pump(app.app_id)
                 return

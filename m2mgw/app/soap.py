@@ -188,7 +188,8 @@ def to_element(payload: object, name: str | None = None) -> etree._Element:
 
 
 def _fill(element: etree._Element, payload: object) -> None:
-    for info in ops.fields_of(type(payload)):
+    # mypy takes type[object] for unhashable (python/mypy#20409).
+    for info in ops.fields_of(type(payload)):  # type: ignore[arg-type]
         value = getattr(payload, info.name)
         for item in (value if info.many else [value]):
             if item is None:
@@ -218,15 +219,15 @@ def from_element(element: etree._Element, cls: type) -> Any:
     for child in _children(element):
         name = _local(child)
         info = infos.get(name)
-        if info is None and choice is not None and ops.element_class(name) is not None:
-            kwargs[choice.name] = from_element(child, ops.element_class(name))  # type: ignore[arg-type]
+        if info is None and choice is not None and (member := ops.element_class(name)):
+            kwargs[choice.name] = from_element(child, member)
             continue
         if info is None or etree.QName(child).namespace != NS:
             raise BadMessage(f"unexpected element {name!r} in {cls.__name__}")
         if isinstance(info.xs, type):
             value = from_element(child, info.xs)
         else:
-            value = _parse_value(info.xs, "".join(child.itertext()))  # type: ignore[arg-type]
+            value = _parse_value(info.xs, "".join(child.itertext()))
         if info.many:
             kwargs.setdefault(info.name, []).append(value)
         else:
@@ -515,7 +516,9 @@ def _inlined_wsdl(which: str) -> bytes:
     root = etree.fromstring(_resource(name), _parser())
     xsd = etree.fromstring(_resource("m2m-types.xsd"), _parser())
     for placeholder in root.iter(f"{{{_XSD_NS}}}schema"):
-        placeholder.getparent().replace(placeholder, xsd)
+        parent = placeholder.getparent()
+        assert parent is not None  # xs:schema sits in wsdl:types
+        parent.replace(placeholder, xsd)
         break
     return etree.tostring(root, encoding="UTF-8")
 

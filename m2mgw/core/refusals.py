@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypedDict
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -135,6 +136,17 @@ class RateLimit:
         if not bucket.take(now, self.burst, self.rate):
             return False
         return self._total.take(now, self.total_burst, self.total_rate)
+
+
+class TerminalKeys(TypedDict, total=False):
+    """The keys naming a terminal and its message in a log event (issue #8): the
+    keyword parameters of :meth:`Refusals.report`, so ``**keys`` type-checks."""
+
+    serial: str | None
+    peer: str
+    bearer: str
+    command: str
+    sequence_id: int
 
 
 class Refusals:

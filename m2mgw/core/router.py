@@ -17,13 +17,14 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from m2mgw.config import ProtocolConfig
 from m2mgw.core.engine import events as ev
 from m2mgw.core.engine.exchange import terminal_keys
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
-from m2mgw.core.refusals import Reason
+from m2mgw.core.refusals import Reason, TerminalKeys
 from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import Outstanding, SessionTable, Traffic
@@ -353,7 +354,7 @@ class Router:
             serial,
             RequestState.SUCCEEDED if ok else RequestState.FAILED,
             result,
-            outcome if ok else f"result {result_label(request.command, result)}",
+            outcome if ok or result is None else f"result {result_label(request.command, result)}",
         )
 
     def _on_answer_part(
@@ -388,7 +389,7 @@ class Router:
         serial = terminal.serial or ""
         if request.command == Command.CONFIG_GET and result == 0:
             name = m.MESSAGE_NAMES[message.COMMAND]
-            keys: dict[str, object] = {"serial": serial, "command": name}
+            keys: TerminalKeys = {"serial": serial, "command": name}
             values = {
                 t.tag: t.raw
                 for t in message.tlvs
@@ -707,5 +708,5 @@ def _answer_ok(command: int, result: int | None) -> bool:
     return result == 0
 
 
-def _log_failure(failure: object) -> None:
-    log.failure("Could not queue a platform request", failure)  # type: ignore[arg-type]
+def _log_failure(failure: Failure) -> None:
+    log.failure("Could not queue a platform request", failure)

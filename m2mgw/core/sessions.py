@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, overload
 
 from twisted.internet.interfaces import IDelayedCall
 
@@ -27,6 +28,8 @@ from m2mgw.core.session import Bearer, Session
 from m2mgw.protocol.checksum import crc32
 from m2mgw.protocol.fragment import FragmentSender
 from m2mgw.protocol.tlv import Tlv, encode_tlvs
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -164,14 +167,19 @@ class SessionTable(Mapping[str, Session]):
             raise KeyError(serial)
         return session
 
-    def get(self, serial: str, default: Session | None = None) -> Session | None:  # type: ignore[override]
+    @overload
+    def get(self, serial: str, /) -> Session | None: ...
+    @overload
+    def get(self, serial: str, default: _T, /) -> Session | _T: ...
+
+    def get(self, serial: str, default: _T | None = None, /) -> Session | _T | None:
         record = self._records.get(serial)
         if record is None or record.session is None:
             return default
         return record.session
 
     def __contains__(self, serial: object) -> bool:
-        record = self._records.get(serial)  # type: ignore[call-overload]
+        record = self._records.get(serial) if isinstance(serial, str) else None
         return record is not None and record.session is not None
 
     def __iter__(self) -> Iterator[str]:

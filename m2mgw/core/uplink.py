@@ -7,6 +7,7 @@ keeps every uplink message in the registry's message log so nothing is lost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
@@ -45,7 +46,7 @@ class StoredUplink:
     ("queued") only after the registry committed it.
     """
 
-    def __init__(self, registry: Registry, clock_seconds: object) -> None:
+    def __init__(self, registry: Registry, clock_seconds: Callable[[], float]) -> None:
         self.registry = registry
         self._seconds = clock_seconds
         #: Per EC code, the terminal last seen bound to it: checked in O(1) per message.
@@ -74,7 +75,7 @@ class StoredUplink:
         kind = "data" if message.COMMAND == 0x0004 else "command"
         committed = self.registry.log_committed(
             LogEntry(
-                time=self._seconds(),  # type: ignore[operator]
+                time=self._seconds(),
                 serial=serial,
                 direction="in",
                 command_id=message.COMMAND,

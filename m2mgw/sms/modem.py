@@ -247,8 +247,7 @@ class ModemProtocol(Protocol):
     def _read(self, index: int) -> None:
         if not self._claim(index):
             return
-        d = self.command(at.read_command(index, self.command_timeout))
-        d.addCallback(at.parse_cmgr)
+        d = self.command(at.read_command(index, self.command_timeout)).addCallback(at.parse_cmgr)
         d.addCallback(self._read_done, index)
         d.addErrback(self._release, index)
         d.addErrback(self._log_failure, f"reading SMS {index}")

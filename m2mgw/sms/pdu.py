@@ -34,7 +34,9 @@ _GSM7_EXTENSION = {
     0x0A: "\x0c", 0x14: "^", 0x28: "{", 0x29: "}", 0x2F: "\\",
     0x3C: "[", 0x3D: "~", 0x3E: "]", 0x40: "|", 0x65: "€",
 }  # fmt: skip
-_GSM7_ENCODE = {ch: (code,) for code, ch in enumerate(_GSM7_BASIC) if code != _ESC}
+_GSM7_ENCODE: dict[str, tuple[int, ...]] = {
+    ch: (code,) for code, ch in enumerate(_GSM7_BASIC) if code != _ESC
+}
 _GSM7_ENCODE.update({ch: (_ESC, code) for code, ch in _GSM7_EXTENSION.items()})
 
 

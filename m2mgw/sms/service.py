@@ -37,7 +37,7 @@ Failures (``ModemError``):
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -213,7 +213,7 @@ class SmsService(MultiService):
         self._pump()
 
     @inlineCallbacks
-    def stopService(self):  # type: ignore[no-untyped-def]
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         """Let a send in progress finish and be recorded, then close the port."""
         self._stopping = True
         if self._signal_poll.running:

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from m2mgw.config import TcpConfig
 from m2mgw.core.engine.dispatch import PlatformEngine
-from m2mgw.core.refusals import Reason
+from m2mgw.core.refusals import Reason, TerminalKeys
 from m2mgw.limits import Unauthenticated
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import StreamFramer
@@ -136,7 +136,7 @@ class TerminalConnection(protocol.Protocol):
             self.factory.pending.discard(self)
 
     @property
-    def log_keys(self) -> dict[str, object]:
+    def log_keys(self) -> TerminalKeys:
         """The terminal keys of a log event about this connection (issue #8)."""
         return {"serial": self.bound_serial, "bearer": self.kind, "peer": self.address}
 
@@ -277,7 +277,7 @@ class TerminalConnection(protocol.Protocol):
             self.factory.engine.bearer_lost(self)
 
 
-class TerminalTcpFactory(protocol.Factory):
+class TerminalTcpFactory(protocol.Factory[TerminalConnection]):
     """Accepts terminal connections for one engine (10.2)."""
 
     protocol = TerminalConnection

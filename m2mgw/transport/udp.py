@@ -10,8 +10,9 @@ before any parsing or digest work, so that a flood cannot starve logged-in termi
 from __future__ import annotations
 
 import socket
+from typing import cast
 
-from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.interfaces import ISystemHandle, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -85,7 +86,8 @@ class TerminalDatagramProtocol(DatagramProtocol):
         than being dropped by the kernel, while the gateway is busy (a flood's, a
         collection, backpressure): the default 208 KiB holds some 270 small datagrams,
         27 ms of a 10,000 a second flood (D-356)."""
-        sock: socket.socket = self.transport.socket  # type: ignore[attr-defined]
+        # The listening port's own socket (ISystemHandle: udp.Port provides it).
+        sock = cast(socket.socket, ISystemHandle(self.transport).getHandle())
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
         # Linux reports twice what it grants, the rest being its bookkeeping.
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2

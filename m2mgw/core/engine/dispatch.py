@@ -334,7 +334,7 @@ class PlatformEngine:
         """Feed a part of a fragmented request; the body once complete (7.4)."""
         header = ex.header
         key = (header.serial, header.command_id, "in", part.trans_id)
-        event = self.reassembly.feed(key[:3], part, ex.now)  # type: ignore[arg-type]
+        event = self.reassembly.feed(key[:3], part, ex.now)
         if isinstance(event, Complete):
             return event.body
         if isinstance(event, NeedPart):

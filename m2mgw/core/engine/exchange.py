@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from m2mgw.core.model import Terminal
+from m2mgw.core.refusals import TerminalKeys
 from m2mgw.core.session import Bearer, Session
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import Frame
@@ -46,12 +49,12 @@ class Exchange:
         return self.bearer.kind == "sms"
 
     @property
-    def log_keys(self) -> dict[str, object]:
+    def log_keys(self) -> TerminalKeys:
         """The terminal keys of a log event about this exchange (issue #8)."""
         return terminal_keys(self.header, self.bearer)
 
 
-def terminal_keys(header: Header, bearer: Bearer) -> dict[str, object]:
+def terminal_keys(header: Header, bearer: Bearer) -> TerminalKeys:
     """The keys every log event about a terminal's message carries (issue #8)."""
     return {
         "serial": header.serial,
@@ -70,7 +73,8 @@ def error_answer(command: int) -> m.Message | None:
     cls = m.MESSAGE_TYPES[command | ACK_BIT]
     if cls is m.FileReqAck:
         return m.FileReqAck(0, result, 0, 0)
-    return cls(result)  # type: ignore[call-arg]
+    # The other answers with a generic error result have it as their one field.
+    return cast(Callable[[int], m.Message], cls)(result)
 
 
 def single_tlv(body: bytes, tag: int) -> bytes:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from m2mgw.config import ProtocolConfig
 from m2mgw.core.engine.exchange import Exchange
 from m2mgw.core.model import Terminal
-from m2mgw.core.refusals import Reason, Refusals
+from m2mgw.core.refusals import Reason, Refusals, TerminalKeys
 from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import AnswerParts, SessionTable
 from m2mgw.protocol import compat, tags
@@ -234,7 +234,7 @@ class FrameBuilder:
         self.refusals.report(Reason.PROFILE, refused.reason, serial=terminal.serial, command=name)
         raise refused
 
-    def value_refused(self, terminal: Terminal | None, tlv: Tlv, keys: dict[str, object]) -> bool:
+    def value_refused(self, terminal: Terminal | None, tlv: Tlv, keys: TerminalKeys) -> bool:
         """True, and reported, when a value the terminal reports is outside its tag's
         range (D-240): whatever the profile, such a value is never stored."""
         problem = tags.value_error(tlv.tag, tlv.raw)

@@ -122,9 +122,11 @@ class Reports:
         """TRANSPARENT_DATA / TRANSPARENT_CMD from a terminal (4.7, 4.16, PD-27)."""
         assert isinstance(msg, m.TransparentData | m.TransparentCmd)
         ctx = self.ctx
-        ack = m.MESSAGE_TYPES[msg.COMMAND | ACK_BIT]
+        ack: type[m.TransparentDataAck | m.TransparentCmdAck] = (
+            m.TransparentDataAck if isinstance(msg, m.TransparentData) else m.TransparentCmdAck
+        )
         if isinstance(msg, m.TransparentData) and not self._crc_ok(ex, terminal, msg):
-            ctx.answer(ex, ack(TransparentResult.CRC_MISMATCH))  # type: ignore[call-arg]
+            ctx.answer(ex, ack(TransparentResult.CRC_MISMATCH))
             return
         result = self.route_transparent(terminal, msg)
         if isinstance(result, Deferred):
@@ -134,7 +136,7 @@ class Reports:
                 cache.begin(ex.cache_key, ex.frame.raw, ex.now)
 
             def answer(code: int) -> None:
-                ctx.answer(ex, ack(code))  # type: ignore[call-arg]
+                ctx.answer(ex, ack(code))
 
             def failed(failure: Failure) -> None:
                 log.failure("Could not store data from {serial}", failure, serial=terminal.serial)
@@ -145,7 +147,7 @@ class Reports:
 
             result.addCallbacks(answer, failed)
             return
-        ctx.answer(ex, ack(result))  # type: ignore[call-arg]
+        ctx.answer(ex, ack(result))
 
     def _crc_ok(self, ex: Exchange, terminal: Terminal, msg: m.TransparentData) -> bool:
         """The CRC16 of 6.5, or the CMCC variant for a C5 terminal; a mismatch is

@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -163,7 +163,7 @@ class NodeLease:
     renewal finds it lapsed, or when no renewal succeeded for ``timeout`` seconds, after
     which other nodes consider this one dead whatever the database says later."""
 
-    def __init__(self, db: Database, node: str, clock: Any, lost: Callable[[], None], *,
+    def __init__(self, db: Database, node: str, clock: IReactorTime, lost: Callable[[], None], *,
                  timeout: float = LEASE_TIMEOUT, interval: float = RENEW_INTERVAL) -> None:
         self.db = db
         self.node = check_node(node)

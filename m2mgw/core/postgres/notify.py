@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer
 
 from m2mgw.core.postgres.connection import Cursor, connect, one_line, redact
 
