@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 
 from m2mgw.core.model import LogEntry, Terminal
 from m2mgw.core.registry import Registry
-from m2mgw.protocol.constants import TransparentResult
+from m2mgw.protocol.constants import Command, TransparentResult
 
 if TYPE_CHECKING:
     from m2mgw.protocol.messages import TransparentCmd, TransparentData
@@ -72,7 +72,7 @@ class StoredUplink:
     def deliver(
         self, app_id: str, serial: str, message: TransparentData | TransparentCmd
     ) -> int | Deferred[int]:
-        kind = "data" if message.COMMAND == 0x0004 else "command"
+        kind = "data" if message.COMMAND == Command.TRANSPARENT_DATA else "command"
         committed = self.registry.log_committed(
             LogEntry(
                 time=self._seconds(),
