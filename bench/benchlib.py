@@ -1,4 +1,4 @@
-"""What the gateway benchmark's processes share: identities and the open-files limit.
+"""What the benchmarks' processes share: identities and the open-files limit.
 
 The orchestrator (``gateway.py``) provisions terminal ``i`` and the load client
 (``load_client.py``) logs it in; both derive the identity from the index here, so no
@@ -10,12 +10,22 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
+from m2mgw.protocol import tags
+
 UPLINK_PASSWORD = "12345678"
 DOWNLINK_PASSWORD = "87654321"
 BASE_KEY = "112233445566778899001234"
 APP = "EC0001"
 # Not the gateway's allocation prefix (A9720300), so no allocated serial collides.
 SERIAL_STEM = "A9720301"
+#: What a terminal reports in its sync CONFIG_TRAP after login: a 90 s heartbeat.
+SYNC_CONFIG = {
+    tags.APN: b"CMNET",
+    tags.SMS_SPECIAL_NUMBER: b"1065840436",
+    tags.PLATFORM_IP: bytes.fromhex("C000020A"),
+    tags.PLATFORM_PORT: bytes.fromhex("14731474"),
+    tags.HEARTBEAT: (90).to_bytes(4, "big"),
+}
 
 
 @dataclass(frozen=True, slots=True)
