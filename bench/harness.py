@@ -273,6 +273,18 @@ def nofile_limits(pid: int) -> tuple[str, str]:
     raise RuntimeError(f"no open-files limit for {pid}")
 
 
+def filesystem(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (its commits' cost depends on it)."""
+    best, kind = "", "?"
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            _, mount, fstype, *_ = line.split()
+            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, fstype
+    return kind
+
+
 # --- the gateway -------------------------------------------------------------------------------
 
 
