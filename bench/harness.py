@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from benchlib import APP, BASE_KEY, DOWNLINK_PASSWORD, UPLINK_PASSWORD, Identity
 
+from m2mgw.app import provision as app_provision
 from m2mgw.config import load_config
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.core.sqlite_registry import SqliteRegistry
@@ -289,12 +290,14 @@ def filesystem(path: Path) -> str:
 
 
 def gateway_ini(
-    database: Path, key: Path, port: int, max_connections: int, extra: str = ""
-) -> str:
-    """A gateway on loopback with the terminal TCP bearer only, on its own database.
+    database: Path, key: Path, port: int, max_connections: int, *, http: str = "none",
+    extra: str = "",
+) -> str:  # fmt: skip
+    """A gateway on loopback with the terminal TCP bearer, on its own database.
 
     The master key lives beside the template database, so that every copy of the
-    database opens with it; ``extra`` adds sections or keys at the end.
+    database opens with it; ``http`` is the SOAP and file listener (off by default);
+    ``extra`` adds sections at the end.
     """
     return f"""[registry]
 database = {database}
@@ -307,8 +310,9 @@ max_unauthenticated_per_host = {max_connections}
 [udp]
 enabled = no
 [http]
-listen = none
+listen = {http}
 public_url = http://127.0.0.1:1
+files_dir = {database.parent / "files"}
 [admin]
 listen = none
 {extra}"""
@@ -339,27 +343,32 @@ def bench_terminal(index: int, apps: Iterable[str] = (APP,)) -> Terminal:
     )
 
 
-def provision(ini: Path, terminals: Iterable[Terminal]) -> int:
-    """Add ``terminals`` in one registry session: the adds are queued back to back on
-    the registry's single writer (group commits), far faster than one CLI call each.
+def provision(
+    ini: Path, terminals: Iterable[Terminal], apps: Iterable[dict[str, Any]] = ()
+) -> None:
+    """Add ``terminals`` in one registry session, then the applications ``apps`` (the
+    admin API's JSON, which binds their terminals). The adds are queued back to back on
+    the registry's single writer, far faster than one CLI call each.
 
-    Runs a reactor, so at most once per process. Returns how many were added.
+    Runs a reactor, so at most once per process.
     """
 
     def add_all(registry: SqliteRegistry) -> Any:
         from twisted.internet.defer import gatherResults
 
-        return gatherResults([registry.add(terminal) for terminal in terminals])
+        done = gatherResults([registry.add(terminal) for terminal in terminals])
+        for params in apps:
+            done.addCallback(lambda _, params=params: app_provision.provision(registry, params))
+        return done
 
     # with_registry runs a reactor, which takes SIGINT/SIGTERM over for good: restore
     # ours, or Ctrl-C would no longer stop the benchmark.
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        added = with_registry(load_config(str(ini)), add_all, create=True)
+        with_registry(load_config(str(ini)), add_all, create=True)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-    return len(added)
 
 
 # --- figures -----------------------------------------------------------------------------------

@@ -210,7 +210,7 @@ class Bench:
         extra = f"[metrics]\nlisten = tcp:{self.metrics_port}:interface=127.0.0.1\n"
         self.ini.write_text(
             gateway_ini(result.database, self.workdir / "m2mgw.key", self.port,
-                        self.plan.terminals, extra),
+                        self.plan.terminals, extra=extra),
             encoding="ascii",
         )  # fmt: skip
         started = time.monotonic()
