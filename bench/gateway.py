@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3, help="load client processes")
     parser.add_argument("--window", type=int, default=192,
                         help="terminals busy at once, over all clients")  # fmt: skip
-    parser.add_argument("--depth", type=int, default=4,
+    parser.add_argument("--depth", type=int, default=1,
                         help="pipelined requests per busy terminal")  # fmt: skip
     parser.add_argument("--load", type=float, default=0.5,
                         help="paced rate as a share of the gateway's saturated rate")  # fmt: skip
