@@ -133,12 +133,13 @@ class Bench:
             ("terminals", ["--port", ports["tcp"], "--credit-port", ports["credit_t"],
                            "--peer", ports["credit_a"]]),
         ):  # fmt: skip
+            # One after the other: the callback server listens before the application
+            # logs in, both before the terminals log in (and their status is notified).
             argv = [PYTHON, str(BENCH / "app_peer.py"), role, *map(str, options), *common]
             self.peers[role] = self.processes.start(argv, stdin=True)
-        others = [self.peers[role] for role in ROLES[1:]]
-        for record in self.lines.wait(others, "ready", 120):
+            record = self.lines.wait([self.peers[role]], "ready", 120)[0]
             if "error" in record:
-                raise RuntimeError(f"a peer failed to start: {record}")
+                raise RuntimeError(f"the {role} process failed to start: {record['error']}")
 
     def _cpu(self) -> list[Cpu]:
         return [Cpu.of(self.peers[role].pid) for role in ROLES]

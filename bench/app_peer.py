@@ -69,7 +69,6 @@ PADDING = bytes(32 - STAMP.size)
 TERMINAL_WINDOW = 8  # TRANSPARENT_DATA in flight per terminal, unacked
 SOAP_CONCURRENCY = 8
 PACE_TICK = 0.001
-CONNECT_TRIES = 100
 
 
 def stamp(phase: int, index: int) -> bytes:
@@ -108,8 +107,9 @@ class CreditLine(LineReceiver):
 class Credits:
     """Outgoing credits to a sender's port, batched to one line per reactor turn.
 
-    The peer process may not listen yet when this one starts: connecting is retried
-    for a while before ``ready`` fails.
+    The sender may start after this process (the orchestrator starts the receivers
+    first, so that they listen before the terminals log in): connecting is retried in
+    the background, and credits owed meanwhile go out once connected.
     """
 
     def __init__(self, reactor: Any, port: int) -> None:
@@ -117,19 +117,19 @@ class Credits:
         self.port = port
         self.owed = 0
         self.line: protocol.Protocol | None = None
-        self.ready = defer.ensureDeferred(self._connect())
+        defer.ensureDeferred(self._connect())
 
     async def _connect(self) -> None:
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port)
-        for _ in range(CONNECT_TRIES):
+        while self.line is None:
             try:
-                self.line = await connectProtocol(endpoint, protocol.Protocol())
+                line = await connectProtocol(endpoint, protocol.Protocol())
             except error.ConnectionRefusedError:
                 await task.deferLater(self.reactor, 0.1)
             else:
-                self.line.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
-                return
-        raise RuntimeError(f"no credit port {self.port} to connect to")
+                line.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+                self.line = line
+                self._flush()
 
     def give(self) -> None:
         self.owed += 1
@@ -348,7 +348,6 @@ class Terminals:
         self.arrivals = Arrivals(reactor, output, Credits(reactor, args.peer))
 
     async def start(self) -> None:
-        await self.arrivals.credits.ready  # type: ignore[union-attr]
         for index in range(self.args.terminals):
             identity = Identity.of(index)
             client = core.TerminalClient(core.TerminalIdentity(
@@ -381,9 +380,9 @@ class Terminals:
 
     def command(self, words: list[str]) -> None:
         if words[0] == "send":
-            phase, destination, mode, rate, warmup, duration = words[1:7]
+            number, destination, mode, rate, warmup, duration = words[1:7]
             self.sender = Sender(self.reactor, self.output, self.submitter(destination),
-                                 int(phase), mode, float(rate), self.args.window)  # fmt: skip
+                                 int(number), mode, float(rate), self.args.window)  # fmt: skip
             self.sender.run(float(warmup), float(duration))
         elif words[0] == "count":
             count, phase, destination = int(words[1]), int(words[2]), words[3]
@@ -423,7 +422,6 @@ class Application:
         self.soap_busy = 0
 
     async def start(self) -> None:
-        await self.arrivals.credits.ready  # type: ignore[union-attr]
         await self._login()
         self.output.emit(event="ready")
 
@@ -472,9 +470,9 @@ class Application:
 
     def command(self, words: list[str]) -> None:
         if words[0] == "send":
-            phase, destination, mode, rate, warmup, duration = words[1:7]
+            number, destination, mode, rate, warmup, duration = words[1:7]
             submit = self.send_long if destination == "long" else self.send_soap
-            self.sender = Sender(self.reactor, self.output, submit, int(phase), mode,
+            self.sender = Sender(self.reactor, self.output, submit, int(number), mode,
                                  float(rate), self.args.window)  # fmt: skip
             self.sender.run(float(warmup), float(duration))
         elif words[0] == "receive":
@@ -523,7 +521,9 @@ class Receiver(Resource):
         self.arrivals = arrivals
 
     def render_POST(self, request: server.Request) -> bytes:
-        envelope = soap.parse_envelope(request.content.read(), service="notify")  # type: ignore[union-attr]
+        content = request.content
+        assert content is not None
+        envelope = soap.parse_envelope(content.read(), service="notify")
         envelope.verify(APP_PASSWORD)
         payload = envelope.payload()
         if isinstance(payload, ops.DeliverData):
@@ -543,7 +543,6 @@ class Callback:
         self.arrivals = Arrivals(reactor, output, Credits(reactor, args.peer))
 
     async def start(self) -> None:
-        await self.arrivals.credits.ready  # type: ignore[union-attr]
         site = server.Site(Receiver(self.arrivals))
         site.noisy = False
         self.reactor.listenTCP(self.args.listen_http, site, interface="127.0.0.1")
@@ -609,8 +608,10 @@ def main(argv: list[str] | None = None) -> None:
     output = Output()
     control = Control(reactor, output)
     stdio.StandardIO(control)
-    role_type = {"terminals": Terminals, "application": Application, "callback": Callback}
-    role = role_type[args.role](reactor, args, output)
+    roles: dict[str, type[Terminals | Application | Callback]] = {
+        "terminals": Terminals, "application": Application, "callback": Callback,
+    }  # fmt: skip
+    role = roles[args.role](reactor, args, output)
     control.role = role
     factory = protocol.Factory.forProtocol(lambda: CreditLine(role.on_credit))
     factory.noisy = False

@@ -171,6 +171,7 @@ class Result:
     datas: list[int] = field(default_factory=list)
     steady_logged_in: int = 0
     dropped: int = 0
+    reconnected: int = 0
     steady_wall: float = 0.0
     steady_gateway: Cpu = field(default_factory=lambda: Cpu(0.0, 0.0))
     steady_clients: list[Cpu] = field(default_factory=list)
@@ -230,6 +231,8 @@ class Bench:
         self._steady()
         result.counters = scrape(self.metrics_port)
         log("login storm: restarting the gateway ...")
+        send(self.clients, "hold")
+        self.lines.wait(self.clients, "holding", 30)
         started = time.monotonic()
         self.processes.stop(self.gateway)
         result.stop_seconds = time.monotonic() - started
@@ -308,6 +311,7 @@ class Bench:
         result.datas = sorted(x for r in reports for x in r["data_us"])
         result.steady_logged_in = sum(r["logged_in"] for r in reports)
         result.dropped = sum(r["dropped"] for r in reports)
+        result.reconnected = sum(r["reconnected"] for r in reports)
 
     def stop(self) -> None:
         for client in self.clients:
@@ -344,7 +348,7 @@ def report(the_plan: Plan, result: Result, args: argparse.Namespace) -> None:
         f"TRANSPARENT_DATA trickle: {args.data_rate:g}/s. Steady state measured over "
         f"{args.duration:g} s after {args.warmup:g} s: {len(result.heartbeats):,} heartbeats, "
         f"{len(result.datas):,} data messages; {result.steady_logged_in:,} logged in, "
-        f"{result.dropped} dropped by the gateway."
+        f"{result.dropped} dropped by the gateway ({result.reconnected} reconnected)."
     )
     wall = result.steady_wall
     print(f"CPU at steady state: gateway {result.steady_gateway.show(wall)}; clients "

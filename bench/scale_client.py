@@ -20,8 +20,9 @@ answered with one JSON line each:
   ``--data-rate`` per second to the terminals in turn.
 * ``quit`` or the end of input: exit.
 
-Connections the gateway closes (its restart) are noted and wait for the next
-``connect``.
+* ``hold``: the gateway is about to restart; the connections it closes wait for the
+  next ``connect`` (otherwise a terminal the gateway drops reconnects after 1-2 s, and
+  a failed reconnection is retried likewise).
 """
 
 from __future__ import annotations
@@ -176,9 +177,12 @@ class Fleet:
         self.output: Any = None
         self.storm_t0: float | None = None
         self._give_up: Any = None
-        self.completions: list[float] = []
+        #: Logged in during this storm and still connected: link -> seconds after T0.
+        self.completions: dict[Link, float] = {}
         self.failures: dict[str, int] = {}
         self.dropped = 0
+        self.reconnected = 0
+        self.reconnect = False
         self.measuring = False
         self.latencies: dict[int, list[float]] = {}
         self._started = time.perf_counter()
@@ -191,7 +195,7 @@ class Fleet:
     def connect(self, t0: float, deadline: float) -> None:
         """Log every terminal in; report when all are, or ``deadline`` s after ``t0``."""
         self.storm_t0 = t0
-        self.completions = []
+        self.completions = {}
         self.failures = {}
         for link in self.links:
             if not link.logged_in and not link.attempting:
@@ -204,7 +208,7 @@ class Fleet:
     def login_done(self, link: Link) -> bool:
         link.attempting = False
         if self.storm_t0 is not None:
-            self.completions.append(time.monotonic() - self.storm_t0)
+            self.completions[link] = time.monotonic() - self.storm_t0
             self._check_storm()
         if not self._clock.running:
             self._started = time.perf_counter()
@@ -217,18 +221,38 @@ class Fleet:
             return
         link.attempting = False
         self.failures[why] = self.failures.get(why, 0) + 1
-        if self.storm_t0 is not None:
+        if self.storm_t0 is not None or self.reconnect:
             self.reactor.callLater(random.uniform(*RETRY), self._retry, link)
 
     def _retry(self, link: Link) -> None:
-        if self.storm_t0 is not None and not link.logged_in and not link.attempting:
+        if (self.storm_t0 is not None or self.reconnect) and not (
+            link.logged_in or link.attempting
+        ):
             link.attempt()
 
     def closed(self, link: Link, was_logged_in: bool) -> None:
+        """A connection ended. A terminal the gateway dropped reconnects, as a real one
+        would: at once during a storm (its close read after the ``connect``), else
+        after 1-2 s, unless the orchestrator said ``hold`` (the gateway restarts)."""
         if was_logged_in:
             self.dropped += 1
+            self.completions.pop(link, None)
+            if self.storm_t0 is not None and not link.attempting:
+                link.attempt()
+            elif self.reconnect:
+                self.reactor.callLater(random.uniform(*RETRY), self._reconnect, link)
         elif link.attempting:
             self.failed(link, "closed during login")
+
+    def _reconnect(self, link: Link) -> None:
+        if self.reconnect and not link.logged_in and not link.attempting:
+            self.reconnected += 1
+            link.attempt()
+
+    def hold(self) -> None:
+        """The gateway is about to stop: its closes are not reconnected until ``connect``."""
+        self.reconnect = False
+        self.emit(event="holding")
 
     def _check_storm(self) -> None:
         if self.storm_t0 is not None and len(self.completions) == len(self.links):
@@ -238,6 +262,7 @@ class Fleet:
         """The storm's outcome; failed terminals are no longer retried after it."""
         if self.storm_t0 is not None:
             self.storm_t0 = None
+            self.reconnect = True
             if self._give_up is not None and self._give_up.active():
                 self._give_up.cancel()
             self._give_up = None
@@ -245,7 +270,7 @@ class Fleet:
                 event="connected",
                 logged_in=len(self.completions),
                 failures=self.failures,
-                completions_ms=[round(x * 1000) for x in self.completions],
+                completions_ms=[round(x * 1000) for x in self.completions.values()],
             )
 
     # -- heartbeats and data ----------------------------------------------------------------
@@ -277,7 +302,7 @@ class Fleet:
         def measure() -> None:
             self.measuring = True
             self.latencies = {}
-            self.dropped = 0
+            self.dropped = self.reconnected = 0
 
         def finish() -> None:
             self.measuring = False
@@ -285,6 +310,7 @@ class Fleet:
                 event="steady",
                 logged_in=sum(link.logged_in for link in self.links),
                 dropped=self.dropped,
+                reconnected=self.reconnected,
                 heartbeat_us=[round(x * 1e6) for x in self.latencies.get(Command.HEART_BEAT, [])],
                 data_us=[
                     round(x * 1e6) for x in self.latencies.get(Command.TRANSPARENT_DATA, [])
@@ -312,6 +338,8 @@ class Control(LineReceiver):
         words = line.decode().split()
         if words[:1] == ["connect"]:
             self.fleet.connect(float(words[1]), float(words[2]))
+        elif words[:1] == ["hold"]:
+            self.fleet.hold()
         elif words[:1] == ["steady"]:
             self.fleet.steady(float(words[1]), float(words[2]))
         elif words[:1] == ["quit"]:
