@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app_peer import APP_KEY, APP_PASSWORD, LONG_APP, SOAP_APP
-from benchlib import Identity
+from benchlib import Identity, machine
 from harness import (
     BENCH,
     PYTHON,
@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="m2mgw-bench-app-"))
     bench = Bench(args, workdir)
+    at_start = machine()
     try:
         bench.start()
         bench.run()
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Machine at start: {at_start}\nMachine at end:   {machine()}")
     report(bench.phases, args)
     return 0
 

@@ -7,6 +7,7 @@ credentials file has to pass between them.
 
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
 
@@ -52,3 +53,17 @@ def raise_nofile_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
+
+
+def machine() -> str:
+    """How busy the machine is: cores, load average and CPU pressure (PSI), so that a
+    reader can tell a quiet machine's figures from those of a shared one."""
+    one, five, fifteen = os.getloadavg()
+    text = f"{os.cpu_count()} cores, load average {one:.2f} {five:.2f} {fifteen:.2f}"
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as pressure:
+            fields = dict(part.split("=") for part in pressure.readline().split()[1:])
+        text += f", CPU pressure (PSI some) avg10 {fields['avg10']}% avg60 {fields['avg60']}%"
+    except (OSError, KeyError, ValueError):
+        pass
+    return text

@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchlib import machine
+
 from m2mgw.protocol import codec
 from m2mgw.protocol.messages import HeartBeat, Login, Message, TransparentData
 from m2mgw.protocol.security import DigestKey
@@ -146,7 +148,7 @@ def main() -> int:
     if CHILD in sys.argv[1:]:
         table()
         return 0
-    print(f"CPython {sys.version.split()[0]}:")
+    print(f"Machine: {machine()}\nCPython {sys.version.split()[0]}:")
     table()
     pypy()
     return 0

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import raise_nofile_limit
+from benchlib import machine, raise_nofile_limit
 from harness import (
     BENCH,
     PYTHON,
@@ -298,8 +298,9 @@ def report(pairs: list[tuple[Measurement, Measurement]], args: argparse.Namespac
         if share < SATURATED:
             print(
                 f"\nNote: at {bare.size} terminals the bare server used {share:.0%} of a core, "
-                "so it was not CPU-bound: the load clients (CPU above) limited its rate, and "
-                "its answers per CPU-second are the meaningful floor, not its rate."
+                "so it was not CPU-bound: the load clients (their CPU above) or other "
+                "processes on the machine (its CPU pressure above) limited its rate; its "
+                "answers per CPU-second are the meaningful floor, not its rate."
             )
     if TARGET_SIZE not in {gw.size for gw, _ in pairs}:
         print(f"\nNote: the targets apply at {TARGET_SIZE:,} terminals, not measured in this run.")
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="m2mgw-bench-"))
     bench = Bench(args, workdir)
+    at_start = machine()
     pairs: list[tuple[Measurement, Measurement]] = []
     try:
         bench.prepare()
@@ -362,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Machine at start: {at_start}\nMachine at end:   {machine()}")
     report(pairs, args)
     return 0
 

@@ -42,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchlib import machine
 from harness import (
     BENCH,
     PYTHON,
@@ -453,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="m2mgw-bench-scale-"))
     bench = Bench(args, the_plan, workdir)
+    at_start = machine()
     try:
         result = bench.run()
     except KeyboardInterrupt:
@@ -467,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Machine at start: {at_start}\nMachine at end:   {machine()}")
     report(the_plan, result, args)
     return 0
 
