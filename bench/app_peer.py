@@ -153,6 +153,7 @@ class Arrivals:
         self.phase = -1
         self.measuring = False
         self.latencies: list[float] = []
+        self.started = 0.0
         self.on_arrival: Callable[[int], None] = lambda phase: None
 
     def arrived(self, data: bytes) -> None:
@@ -211,6 +212,7 @@ class Sender:
         self.measuring = False
         self.latencies: list[float] = []
         self.limit: int | None = None
+        self.started = self.window_start = 0.0
         self.done: defer.Deferred[None] = defer.Deferred()
 
     def run(self, warmup: float, duration: float) -> None:
@@ -291,7 +293,8 @@ class Sender:
 
 
 class Terminal(protocol.Protocol):
-    """One terminal: TRANSPARENT_DATA with a window of its own; arrivals go to ``peer``."""
+    """One terminal: TRANSPARENT_DATA with a window of its own; the platform's
+    TRANSPARENT_DATA goes to ``arrivals``."""
 
     def __init__(self, client: core.TerminalClient, arrivals: Arrivals) -> None:
         self.client = client
