@@ -1,404 +1,306 @@
-"""Application interface benchmark: terminal <-> application rates and latencies, end to end.
+"""Application paths against the bare terminal uplink, each in its own process (issue #16).
 
-Runs ``twistd -n m2mgw`` on loopback with a fresh database, then drives it from this
-process with simulated terminals (TCP), one long-connection application (EC0001), one
-SOAP application (EC0002, whose callbacks this process serves) and plain HTTP SOAP
-requests. Measured, each with p50/p99 latency:
+Run as ``.venv/bin/python bench/app.py [--terminals 16] [--duration 10] [--backlog N]``.
+On loopback, five processes: the gateway (``twistd -n m2mgw``, temp ini and SQLite
+file), and ``app_peer.py`` as the terminals (TCP), the application (EC0001 on the
+long connection, EC0002's SOAP requests) and EC0002's callback server. Every phase
+runs ``--warmup`` seconds, is measured for ``--duration`` seconds, and waits until
+everything it sent has arrived before the next one starts:
 
-* bare:            terminal TRANSPARENT_DATA answered by the gateway, no application
-                   (EC code without an application: the message log keeps it);
-* uplink long:     terminal -> DeliverData on the long connection;
-* uplink SOAP:     terminal -> DeliverData callback to M2MAppNotifyService;
-* downlink long:   APP_SEND_DATA -> TRANSPARENT_DATA at the terminal;
-* downlink SOAP:   SendData POST -> TRANSPARENT_DATA at the terminal;
-* backlog drain:   ``--backlog`` uplinks stored while EC0001 is away, then delivered
-                   on its next login: the rate at which a long outbox drains, with
-                   p50/p99 of the time since that login (D-255).
+* bare: terminal TRANSPARENT_DATA to an EC code without an application, answered by
+  the gateway (the message log keeps it); closed loop on the ACKs;
+* uplink long: terminal -> DeliverData on EC0001's long connection;
+* uplink SOAP: terminal -> DeliverData callback of EC0002, saturated, then paced at
+  ``--soap-rate`` (500) per second;
+* downlink long: SendData on the long connection -> TRANSPARENT_DATA at a terminal;
+* downlink SOAP: SendData over HTTP -> TRANSPARENT_DATA at a terminal;
+* backlog drain (``--backlog N``): N uplinks stored while EC0001 is logged out, then
+  delivered on its next login.
 
-Every figure is printed beside the bare rate of the same run. Usage::
-
-    python bench/app.py [--terminals 8] [--messages 2000] [--phase-seconds 15]
-                        [--backlog 10000]
-
-It stops by itself (each phase is capped, and a watchdog ends the run at 150 s).
+Saturated phases are closed loops end to end: the receiver credits each arrival back
+to the sender, which keeps at most ``--window`` messages in flight, so a rate is what
+the path sustains, not how fast a queue fills. Latencies run from the sender's write
+to the receiver's arrival (CLOCK_MONOTONIC, shared by the processes). Each figure is
+printed with its target of issue #16 and its ratio, and every process's CPU per phase.
+It stops by itself; every process it starts is stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import socket
-import struct
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treq.client import HTTPClient
-from twisted.internet import defer, protocol, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.web import server
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.resource import Resource
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from app_peer import APP_KEY, APP_PASSWORD, LONG_APP, SOAP_APP
+from benchlib import Identity, machine
+from harness import (
+    BENCH,
+    PYTHON,
+    STOP_GRACE,
+    Cpu,
+    Lines,
+    Processes,
+    bench_terminal,
+    free_port,
+    gateway_ini,
+    log,
+    percentile,
+    provision,
+    ratio,
+    send,
+    twistd_argv,
+    verdict,
+    wait_listening,
+)
 
-from m2mgw.app import client as app_client  # noqa: E402
-from m2mgw.app import operations as ops  # noqa: E402
-from m2mgw.app import soap  # noqa: E402
-from m2mgw.app.longconn import AppCredentials  # noqa: E402
-from m2mgw.config import load_config  # noqa: E402
-from m2mgw.protocol import terminal as role  # noqa: E402
-from m2mgw.protocol.framing import StreamFramer  # noqa: E402
-from m2mgw.web.auth import first_token  # noqa: E402
-
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-PASSWORD, BASE_KEY = "s3cretPW", "AppBaseKey0123456789ABCD"
-UPLINK, DOWNLINK, TERMINAL_KEY = "12345678", "87654321", "112233445566778899001234"
-STAMP = struct.Struct(">Id")  # message index, send time
-WINDOW = 8  # uplink messages in flight per terminal
-SOAP_CONCURRENCY = 8
-WATCHDOG = 150.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+BARE = "BARE"  # an EC code bound to the terminals without an application behind it
+#: Issue #16, target 4.
+TARGET_UPLINK_RATIO = 0.5
+TARGET_SOAP_P50_MS = 50.0
+TARGET_DOWNLINK_RATE = 3_000
+ROLES = ("gateway", "terminals", "application", "callback")
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+@dataclass
+class Phase:
+    """One measured path: its rate, latencies, and every process's CPU."""
 
+    name: str
+    rate: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu: list[Cpu] = field(default_factory=list)
+    wall: float = 0.0
+    sent: int = 0
+    failed: int = 0
+    drain_seconds: float = 0.0
+    undelivered: int = 0
+    target: str = ""
+    met: bool | None = None
+    versus: str = ""
 
-class Meter:
-    """Completions of one phase: count, first/last time, latencies."""
-
-    def __init__(self, name: str, expected: int) -> None:
-        self.name = name
-        self.expected = expected
-        self.latencies: list[float] = []
-        self.started = time.monotonic()
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def record(self, sent_at: float) -> None:
-        now = time.monotonic()
-        self.latencies.append(now - sent_at)
-        if len(self.latencies) >= self.expected and not self.done.called:
-            self.elapsed = now - self.started
-            self.done.callback(None)
-
-    def finish(self, timeout: float) -> defer.Deferred[None]:
-        def late(failure: Any) -> None:
-            failure.trap(defer.TimeoutError)
-            self.elapsed = time.monotonic() - self.started
-
-        return self.done.addTimeout(timeout, reactor).addErrback(late)
-
-    @property
-    def rate(self) -> float:
-        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
-
-
-class Terminal(protocol.Protocol):
-    """A simulated terminal: sends stamped data with a window, records what arrives."""
-
-    def __init__(self, client: role.TerminalClient) -> None:
-        self.client = client
-        self.framer = StreamFramer()
-        self.logged_in: defer.Deferred[None] = defer.Deferred()
-        self.on_ack: Callable[[float], None] = lambda sent: None
-        self.on_data: Callable[[bytes], None] = lambda data: None
-        self.sent_at: dict[int, float] = {}
-        self.queue: list[bytes] = []
-        self.destination = ""
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.client.login())
-
-    def dataReceived(self, data: bytes) -> None:
-        for frame in self.framer.feed(data):
-            for event in self.client.receive(frame, time.time()):
-                self._event(event)
-            for out in self.client.data_to_send():
-                self.transport.write(out)
-
-    def _event(self, event: Any) -> None:
-        if isinstance(event, role.LoggedIn):
-            self.transport.write(self.client.trap([]))
-        elif isinstance(event, role.Answer) and event.command == 0x8004:
-            self.on_ack(self.sent_at.pop(event.sequence_id))
-            self.pump()
-        elif isinstance(event, role.Answer) and not self.logged_in.called:
-            self.logged_in.callback(None)
-        elif isinstance(event, role.PlatformRequest) and event.message.COMMAND == 0x0004:
-            self.on_data(event.message.user_data)
-
-    def send_all(self, payloads: list[bytes], destination: str) -> None:
-        self.queue, self.destination = list(reversed(payloads)), destination
-        self.pump()
-
-    def pump(self) -> None:
-        while self.queue and len(self.sent_at) < WINDOW:
-            frame = self.client.transparent_data(stamp_now(self.queue.pop()), self.destination)
-            self.sent_at[struct.unpack_from(">I", frame, 4)[0]] = time.monotonic()
-            self.transport.write(frame)
-
-
-class Receiver(Resource):
-    """EC0002's M2MAppNotifyService: verifies, records and acknowledges DeliverData."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.on_data: Callable[[bytes], None] = lambda data: None
-
-    def render_POST(self, request: server.Request) -> bytes:
-        envelope = soap.parse_envelope(request.content.read(), service="notify")
-        envelope.verify(PASSWORD)
-        payload = envelope.payload()
-        if isinstance(payload, ops.DeliverData):
-            self.on_data(payload.data)
-        spec = ops.OPERATIONS[envelope.operation]
-        return soap.build_message(envelope.header.reply(time.time()), spec.response(), PASSWORD)
-
-
-def stamped(count: int) -> list[bytes]:
-    return [STAMP.pack(i, 0.0) for i in range(count)]
-
-
-def stamp_now(data: bytes) -> bytes:
-    return STAMP.pack(STAMP.unpack(data)[0], time.monotonic())
+    def p(self, fraction: float) -> float:
+        return percentile(sorted(self.latencies_ms), fraction)
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, ports: dict[str, int]) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
-        self.ports = ports
-        self.terminals: list[Terminal] = []
-        self.results: list[Meter] = []
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+        self.workdir = workdir
+        self.processes = Processes()
+        self.lines = Lines()
+        self.ports = {name: free_port() for name in
+                      ("tcp", "http", "app", "callback", "credit_t", "credit_a")}  # fmt: skip
+        self.peers: dict[str, subprocess.Popen[bytes]] = {}
+        self.phases: list[Phase] = []
 
-    async def setup(self, receiver: Receiver) -> None:
-        for index in range(self.args.terminals):
-            identity = role.TerminalIdentity(
-                serial=f"A9720310{index:08d}", imei=f"86{index:013d}", imsi=f"46000{index:010d}",
-                credentials=role.Credentials(UPLINK, DOWNLINK, base_key=TERMINAL_KEY))
-            link = Terminal(role.TerminalClient(identity, "tcp", clock=time.time))
-            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.ports["tcp"]), link)
-            await link.logged_in
-            self.terminals.append(link)
-        creds = AppCredentials("EC0001", PASSWORD, BASE_KEY)
-        self.deliveries: Callable[[bytes], None] = lambda data: None
-        self.app = await app_client.connect(reactor, "127.0.0.1", self.ports["app"], creds,
-                                            on_notification=self._notified)
-        self.receiver = receiver
+    def start(self) -> None:
+        ports, args = self.ports, self.args
+        ini = self.workdir / "m2mgw.ini"
+        extra = f"[app]\nlisten = tcp:{ports['app']}:interface=127.0.0.1\n"
+        ini.write_text(gateway_ini(
+            self.workdir / "m2mgw.db", self.workdir / "m2mgw.key", ports["tcp"], 1000,
+            http=f"tcp:{ports['http']}:interface=127.0.0.1", extra=extra,
+        ), encoding="ascii")  # fmt: skip
+        serials = [Identity.of(i).serial for i in range(args.terminals)]
+        apps: list[dict[str, Any]] = [
+            {"app_id": LONG_APP, "password": APP_PASSWORD, "base_key": APP_KEY,
+             "terminals": serials},
+            {"app_id": SOAP_APP, "password": APP_PASSWORD, "base_key": APP_KEY,
+             "terminals": serials,
+             "callback_url": f"http://127.0.0.1:{ports['callback']}/notify"},
+        ]  # fmt: skip
+        provision(ini, (bench_terminal(i, apps=(BARE,)) for i in range(args.terminals)), apps)
+        gateway = self.processes.start(
+            twistd_argv(self.workdir, ini), cwd=str(self.workdir), stdout=subprocess.DEVNULL
+        )
+        self.peers["gateway"] = gateway
+        wait_listening(ports["tcp"], gateway)
+        wait_listening(ports["app"], gateway)
+        common = ["--terminals", str(args.terminals), "--window", str(args.window)]
+        for role, options in (
+            ("callback", ["--listen-http", ports["callback"], "--peer", ports["credit_t"]]),
+            ("application", ["--app-port", ports["app"], "--http-port", ports["http"],
+                             "--credit-port", ports["credit_a"], "--peer", ports["credit_t"]]),
+            ("terminals", ["--port", ports["tcp"], "--credit-port", ports["credit_t"],
+                           "--peer", ports["credit_a"]]),
+        ):  # fmt: skip
+            # One after the other: the callback server listens before the application
+            # logs in, both before the terminals log in (and their status is notified).
+            argv = [PYTHON, str(BENCH / "app_peer.py"), role, *map(str, options), *common]
+            self.peers[role] = self.processes.start(argv, stdin=True)
+            record = self.lines.wait([self.peers[role]], "ready", 120)[0]
+            if "error" in record:
+                raise RuntimeError(f"the {role} process failed to start: {record['error']}")
 
-    def _notified(self, payload: object) -> None:
-        if isinstance(payload, ops.DeliverData):
-            self.deliveries(payload.data)
+    def _cpu(self) -> list[Cpu]:
+        return [Cpu.of(self.peers[role].pid) for role in ROLES]
 
-    async def uplink(self, name: str, destination: str, sink: str | None) -> None:
-        count, meter = self.args.messages, Meter(name, self.args.messages)
-        if sink is None:
-            for link in self.terminals:
-                link.on_ack = meter.record
-        else:
-            for link in self.terminals:
-                link.on_ack = lambda sent: None
+    def phase(
+        self, name: str, number: int, sender: str, destination: str, mode: str,
+        receiver: str | None, rate: float = 0.0,
+    ) -> Phase:  # fmt: skip
+        """One phase: the receiver counts arrivals (None: the sender counts answers)."""
+        args = self.args
+        result = Phase(name)
+        if receiver is not None:
+            send([self.peers[receiver]], f"receive {number} {args.warmup} {args.duration}")
+        command = f"send {number} {destination} {mode} {rate} {args.warmup} {args.duration}"
+        send([self.peers[sender]], command)
+        time.sleep(args.warmup)
+        before, started = self._cpu(), time.monotonic()
+        sent = self.lines.wait([self.peers[sender]], "sent", args.duration + 60)[0]
+        measured = sent
+        if receiver is not None:
+            measured = self.lines.wait([self.peers[receiver]], "received", 60)[0]
+        result.cpu = [b - a for a, b in zip(before, self._cpu(), strict=True)]
+        result.wall = time.monotonic() - started
+        result.latencies_ms = [x / 1000 for x in measured["latencies_us"]]
+        result.rate = len(result.latencies_ms) / measured["seconds"]
+        result.sent, result.failed = sent["sent"], sent["failed"]
+        if receiver is not None:
+            self._drain(result, number, receiver, sent["answered"] - sent["failed"])
+        self.phases.append(result)
+        log(f"{name}: {result.rate:,.0f}/s")
+        return result
 
-            def arrived(data: bytes) -> None:
-                meter.record(STAMP.unpack(data)[1])
-
-            if sink == "long":
-                self.deliveries = arrived
-            else:
-                self.receiver.on_data = arrived
-        templates = stamped(count)
-        for index, link in enumerate(self.terminals):
-            link.send_all(templates[index::len(self.terminals)], destination)
-        await meter.finish(self.args.phase_seconds)
-        for link in self.terminals:
-            link.queue = []
-        self.results.append(meter)
-
-    async def downlink(self, name: str, send: Callable[[str, bytes], defer.Deferred[Any]],
-                       concurrency: int) -> None:
-        count, meter = self.args.messages, Meter(name, self.args.messages)
-        for link in self.terminals:
-            link.on_data = lambda data: meter.record(STAMP.unpack(data)[1])
-        jobs = [(self.terminals[i % len(self.terminals)].client.serial, i) for i in range(count)]
-        deadline = time.monotonic() + self.args.phase_seconds
-
-        async def worker() -> None:
-            while jobs and time.monotonic() < deadline:
-                serial, index = jobs.pop()
-                await send(serial, STAMP.pack(index, time.monotonic()))
-
-        workers = [defer.ensureDeferred(worker()) for _ in range(concurrency)]
-        await meter.finish(self.args.phase_seconds + 2)
-        jobs.clear()
-        await defer.DeferredList(workers)
-        self.results.append(meter)
-
-    async def backlog(self, name: str, count: int) -> None:
-        """Uplink to EC0001 while it is logged out, then the drain at its next login."""
-        await self.app.logout()
-        stored = Meter("backlog stored", count)
-        for link in self.terminals:
-            link.on_ack = stored.record
-        templates = stamped(count)
-        for index, link in enumerate(self.terminals):
-            link.send_all(templates[index::len(self.terminals)], "EC0001")
-        await stored.finish(self.args.phase_seconds)
-        for link in self.terminals:
-            link.queue, link.on_ack = [], lambda sent: None
-        meter = Meter(f"{name} of {len(stored.latencies)}", len(stored.latencies))
-        self.deliveries = lambda data: meter.record(meter.started)
-        self.app = await app_client.connect(
-            reactor, "127.0.0.1", self.ports["app"], AppCredentials("EC0001", PASSWORD, BASE_KEY),
-            on_notification=self._notified)
-        await meter.finish(self.args.phase_seconds)
-        self.results.append(meter)
-
-    def send_long(self, serial: str, data: bytes) -> defer.Deferred[Any]:
-        return self.app.call(ops.SendData(terminal_id=serial, data=data,
-                                          need_terminal_ack=False))
-
-    def send_soap(self, serial: str, data: bytes) -> defer.Deferred[Any]:
-        self._seq = getattr(self, "_seq", 0) + 1
-        header = soap.MsgHeader(msg_type="", app_id="EC0002", seq_id=self._seq,
-                                timestamp=ops.format_soap_timestamp(time.time()))
-        body = soap.build_message(header, ops.SendData(terminal_id=serial, data=data,
-                                                       need_terminal_ack=False), PASSWORD)
-        url = f"http://127.0.0.1:{self.ports['http']}/m2m/app/v1/M2MPlatformService"
-        d = self.http.post(url, data=body, headers={
-            "content-type": soap.CONTENT_TYPE, "soapaction": soap.soap_action("SendData")})
-        return d.addCallback(lambda response: response.content())
-
-
-def write_ini(path: Path, work: Path, ports: dict[str, int]) -> None:
-    path.write_text(f"""
-[registry]
-database = {work / "bench.db"}
-[tcp]
-listen = tcp:{ports["tcp"]}:interface=127.0.0.1
-[udp]
-enabled = no
-[http]
-listen = tcp:{ports["http"]}:interface=127.0.0.1
-files_dir = {work / "files"}
-[admin]
-listen = tcp:{ports["admin"]}:interface=127.0.0.1
-[app]
-listen = tcp:{ports["app"]}:interface=127.0.0.1
-[log]
-level = warn
-""")
-
-
-def admin(ports: dict[str, int], path: str, body: Any, token: str) -> Any:
-    """POST to the admin API with the token the gateway created (D-190)."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{ports['admin']}{path}", data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
-        method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def wait_admin(ports: dict[str, int], child: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise SystemExit(f"the gateway exited with {child.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ports['admin']}/health", timeout=1)
-            return
-        except OSError:
+    def _drain(self, result: Phase, number: int, receiver: str, expected: int) -> None:
+        """Until the receiver has all that the gateway accepted in this phase."""
+        started = time.monotonic()
+        while True:
+            send([self.peers[receiver]], f"total {number}")
+            count = self.lines.wait([self.peers[receiver]], "total", 30)[0]["count"]
+            result.undelivered = max(0, expected - count)
+            if not result.undelivered or time.monotonic() - started > self.args.drain_timeout:
+                break
             time.sleep(0.2)
-    raise SystemExit("the gateway did not start within 60 s")
+        result.drain_seconds = time.monotonic() - started
+
+    def backlog(self, number: int) -> Phase:
+        """``--backlog`` uplinks stored while EC0001 is away, delivered at its login."""
+        count = self.args.backlog
+        application, terminals = self.peers["application"], self.peers["terminals"]
+        send([application], "logout")
+        self.lines.wait([application], "logged_out", 30)
+        send([terminals], f"count {count} {number} {LONG_APP}")
+        stored = self.lines.wait([terminals], "counted", self.args.drain_timeout)[0]
+        before, started = self._cpu(), time.monotonic()
+        send([application], f"drain {number} {stored['answered'] - stored['failed']}")
+        drained = self.lines.wait([application], "drained", self.args.drain_timeout + 60)[0]
+        result = Phase(f"backlog drain of {count:,} (stored at "
+                       f"{stored['answered'] / stored['seconds']:,.0f}/s)")  # fmt: skip
+        result.cpu = [b - a for a, b in zip(before, self._cpu(), strict=True)]
+        result.wall = time.monotonic() - started
+        offsets = [x / 1000 for x in drained["offsets_us"]]
+        result.latencies_ms = offsets
+        result.rate = len(offsets) / (offsets[-1] / 1000) if offsets else 0.0
+        result.undelivered = count - drained["count"]
+        self.phases.append(result)
+        return result
+
+    def run(self) -> None:
+        args = self.args
+        bare = self.phase("bare: terminal -> gateway (ACK)", 1, "terminals", BARE, "acked", None)
+        long_up = self.phase("uplink: terminal -> long connection", 2, "terminals", LONG_APP,
+                             "credit", "application")  # fmt: skip
+        long_up.versus = f"ratio to bare {ratio(long_up.rate, bare.rate):.2f}"
+        long_up.target = f"ratio >= {TARGET_UPLINK_RATIO}"
+        long_up.met = ratio(long_up.rate, bare.rate) >= TARGET_UPLINK_RATIO
+        soap_up = self.phase("uplink: terminal -> SOAP callback", 3, "terminals", SOAP_APP,
+                             "credit", "callback")  # fmt: skip
+        soap_up.versus = f"ratio to bare {ratio(soap_up.rate, bare.rate):.2f}"
+        paced = self.phase(f"uplink: -> SOAP callback at {args.soap_rate:g}/s", 4, "terminals",
+                           SOAP_APP, "paced", "callback", args.soap_rate)  # fmt: skip
+        paced.target = f"p50 <= {TARGET_SOAP_P50_MS:g} ms"
+        paced.met = paced.p(0.5) <= TARGET_SOAP_P50_MS and paced.rate >= 0.95 * args.soap_rate
+        paced.versus = f"{paced.rate / args.soap_rate:.0%} of the rate offered"
+        down = self.phase("downlink: long connection -> terminal", 5, "application", "long",
+                          "credit", "terminals")  # fmt: skip
+        down.target = f">= {TARGET_DOWNLINK_RATE:,}/s"
+        down.met = down.rate >= TARGET_DOWNLINK_RATE
+        down.versus = f"ratio to bare {ratio(down.rate, bare.rate):.2f}"
+        soap_down = self.phase("downlink: SOAP -> terminal", 6, "application", "soap", "credit",
+                               "terminals")  # fmt: skip
+        soap_down.versus = f"ratio to bare {ratio(soap_down.rate, bare.rate):.2f}"
+        if args.backlog:
+            self.backlog(7)
+
+    def stop(self) -> None:
+        for role in ROLES[:0:-1]:
+            if role in self.peers:
+                self.processes.stop(self.peers[role], exiting=STOP_GRACE)
+        self.processes.stop_all()
 
 
-def provision(ports: dict[str, int], terminals: int, callback_url: str, token: str) -> None:
-    serials = []
-    for index in range(terminals):
-        serial = f"A9720310{index:08d}"
-        serials.append(serial)
-        admin(ports, "/terminals", {
-            "imei": f"86{index:013d}", "imsi": f"46000{index:010d}", "serial": serial,
-            "uplink_password": UPLINK, "downlink_password": DOWNLINK,
-            "base_key": TERMINAL_KEY, "apps": ["BARE"]}, token)
-    admin(ports, "/apps", {"app_id": "EC0001", "password": PASSWORD, "base_key": BASE_KEY,
-                           "terminals": serials}, token)
-    admin(ports, "/apps", {"app_id": "EC0002", "password": PASSWORD, "base_key": BASE_KEY,
-                           "terminals": serials, "callback_url": callback_url}, token)
-
-
-def report(results: list[Meter]) -> None:
-    bare = results[0].rate
-    print(f"\n{'path':<34}{'msgs':>7}{'rate/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'bare rate/s':>13}")
-    for meter in results:
-        lat = [v * 1000 for v in meter.latencies]
-        print(f"{meter.name:<34}{len(lat):>7}{meter.rate:>10.0f}{percentile(lat, 0.5):>9.2f}"
-              f"{percentile(lat, 0.99):>9.2f}{bare:>13.0f}")
-
-
-async def run(args: argparse.Namespace, ports: dict[str, int], receiver: Receiver) -> None:
-    bench = Bench(args, ports)
-    await bench.setup(receiver)
-    await bench.uplink("bare: terminal -> gateway", "BARE", None)
-    await bench.uplink("uplink: terminal -> long conn", "EC0001", "long")
-    await bench.uplink("uplink: terminal -> SOAP callback", "EC0002", "soap")
-    await bench.downlink("downlink: long conn -> terminal", bench.send_long, 16)
-    await bench.downlink("downlink: SOAP -> terminal", bench.send_soap, SOAP_CONCURRENCY)
-    if args.backlog:
-        await bench.backlog("backlog drain", args.backlog)
-    report(bench.results)
-    await bench.app.logout()
+def report(phases: list[Phase], args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.terminals} terminals; {args.warmup:g} s warm-up and {args.duration:g} s "
+        f"measured per phase; saturated phases keep {args.window} messages in flight end "
+        "to end. Latency: write at the sender to arrival at the receiver (bare: to the "
+        "ACK; backlog: from the application's login). 'drain': seconds after the window "
+        "until everything accepted had arrived.\n"
+    )
+    head = (f"{'path':<42} {'msgs':>7} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'drain s':>7}  {'compared':<28} {'target':<16}")  # fmt: skip
+    print(head)
+    print("-" * (len(head) + 8))
+    for ph in phases:
+        met = "" if ph.met is None else verdict(ph.met)
+        print(f"{ph.name:<42} {len(ph.latencies_ms):>7} {ph.rate:>8,.0f} {ph.p(0.5):>8.2f} "
+              f"{ph.p(0.99):>8.2f} {ph.drain_seconds:>7.1f}  {ph.versus:<28} "
+              f"{ph.target:<16} {met}")  # fmt: skip
+        if ph.undelivered or ph.failed:
+            print(f"{'':<42} {ph.undelivered} not delivered, {ph.failed} failed")
+    print("\nCPU per phase over its measured window (user+sys s = share of the wall time):")
+    print(f"{'path':<42} " + " ".join(f"{role:>20}" for role in ROLES))
+    for ph in phases:
+        print(f"{ph.name:<42} " + " ".join(f"{c.show(ph.wall):>20}" for c in ph.cpu))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--terminals", type=int, default=8)
-    parser.add_argument("--messages", type=int, default=2000, help="per phase")
-    parser.add_argument("--phase-seconds", type=float, default=15.0, help="cap per phase")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--terminals", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--window", type=int, default=64,
+                        help="messages in flight in a saturated phase")  # fmt: skip
+    parser.add_argument("--soap-rate", type=float, default=500.0,
+                        help="uplinks per second of the paced SOAP phase")  # fmt: skip
     parser.add_argument("--backlog", type=int, default=10_000,
-                        help="outbox length of the drain phase (0: no such phase)")
+                        help="outbox length of the drain phase (0: no such phase)")  # fmt: skip
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="seconds a phase's leftovers may take to arrive")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="m2mgw-bench-app-"))
-    ports = {name: free_port() for name in ("tcp", "http", "admin", "app", "callback")}
-    ini = work / "m2mgw.ini"
-    write_ini(ini, work, ports)
-    child = subprocess.Popen([TWISTD, "-n", "--pidfile=", "-l", str(work / "twistd.log"),
-                              "m2mgw", "--config", str(ini)], cwd=REPO)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    workdir = Path(tempfile.mkdtemp(prefix="m2mgw-bench-app-"))
+    bench = Bench(args, workdir)
+    at_start = machine()
     try:
-        wait_admin(ports, child)
-        receiver = Receiver()
-        token = first_token(load_config(str(ini)).admin_tokens_file) or ""
-        provision(ports, args.terminals, f"http://127.0.0.1:{ports['callback']}/notify", token)
-        print(f"gateway pid {child.pid}, {args.terminals} terminals, "
-              f"{args.messages} messages per phase (log: {work / 'twistd.log'})")
-
-        async def react(_: Any) -> None:
-            reactor.listenTCP(ports["callback"], server.Site(receiver), interface="127.0.0.1")
-            reactor.callLater(WATCHDOG, reactor.stop)
-            await run(args, ports, receiver)
-
-        try:
-            task.react(lambda r: defer.ensureDeferred(react(r)))
-        except SystemExit as exit_:
-            return int(exit_.code or 0)
+        bench.start()
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except RuntimeError as exc:
+        log(f"benchmark failed: {exc}")
+        return 1
     finally:
-        child.terminate()
-        child.wait(10)
+        bench.stop()
+        if args.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Machine at start: {at_start}\nMachine at end:   {machine()}")
+    report(bench.phases, args)
     return 0
 
 

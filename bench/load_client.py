@@ -1,4 +1,4 @@
-"""Load client of ``gateway.py``: many TCP terminals, a closed loop of requests.
+"""Load client of ``gateway.py``: many TCP terminals, requests closed-loop or paced.
 
 One process holds ``--count`` connections (terminals ``--first`` onwards, identities
 from :mod:`benchlib`). With ``--login`` each terminal logs in through
@@ -6,11 +6,17 @@ from :mod:`benchlib`). With ``--login`` each terminal logs in through
 without it (the bare echo server) connections are just opened. Then it prints
 ``{"event": "ready", ...}`` and waits on stdin:
 
-* ``go WARMUP DURATION``: keep ``--window`` requests in flight, round-robin over the
-  terminals, each terminal alternating HEART_BEAT and a signed TRANSPARENT_DATA;
-  after WARMUP seconds count answers, latencies and this process's CPU for DURATION
-  seconds, then print ``{"event": "result", ...}``.
-* ``quit`` or end of input: exit (the connections close with the process).
+* ``closed WARMUP DURATION``: keep ``--window`` terminals busy, round-robin over all
+  of them; a busy terminal has ``--depth`` requests in flight, written back to back in
+  one write (pipelined), and gets its next burst when all are answered. Requests
+  alternate HEART_BEAT and a signed TRANSPARENT_DATA.
+* ``paced RATE WARMUP DURATION``: RATE requests per second, one at a time on the next
+  terminal in turn, sent on a 1 ms tick whatever the answers do (open loop), so that a
+  slow server shows as latency rather than as a lower rate.
+
+Both count answers and latencies (from the write to the answer) after WARMUP seconds,
+for DURATION seconds, then print ``{"event": "result", ...}``. ``quit`` or the end of
+input exits (the connections close with the process).
 
 Load frames are built with the codec rather than through ``TerminalClient``, and
 answers are matched by Sequence_ID from the header alone: both targets get exactly
@@ -24,47 +30,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import select
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import protocol, stdio
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP
 from twisted.protocols.basic import LineReceiver
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import DOWNLINK_PASSWORD, UPLINK_PASSWORD, Identity, raise_nofile_limit
+from benchlib import (
+    DOWNLINK_PASSWORD,
+    SYNC_CONFIG,
+    UPLINK_PASSWORD,
+    Identity,
+    raise_nofile_limit,
+)
 
 from m2mgw.protocol import terminal as role
-from m2mgw.protocol.codec import build_frame
-from m2mgw.protocol.constants import ACK_BIT, Command
+from m2mgw.protocol.codec import DIGEST_PREFIX, build_frame
+from m2mgw.protocol.constants import ACK_BIT, DIGEST_TLV_SIZE, Command
 from m2mgw.protocol.errors import FramingError
 from m2mgw.protocol.framing import StreamFramer
 from m2mgw.protocol.messages import TransparentData
-from m2mgw.protocol.security import DigestKey
+from m2mgw.protocol.security import DigestKey, compute_digest
 
-# Sequence_IDs of load requests start here, clear of the login exchange's.
+# Sequence_IDs of load requests start here, clear of the login exchange's (even: the
+# first request is a HEART_BEAT).
 FIRST_LOAD_SEQUENCE = 1000
 PAYLOAD = bytes(range(32))
 DATA_BODY = TransparentData.build(PAYLOAD).encode_body()
-SYNC_CONFIG = {
-    0x0002: b"CMNET",
-    0x0007: b"1065840436",
-    0x0009: bytes.fromhex("C000020A"),
-    0x000A: bytes.fromhex("14731474"),
-    0x0011: (90).to_bytes(4, "big"),
-}
+COMMANDS = (Command.HEART_BEAT, Command.TRANSPARENT_DATA)  # by Sequence_ID parity
 HEADER_SEQUENCE = slice(4, 8)
 HEADER_COMMAND = slice(2, 4)
 BODY_START = 28
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+RECV_SIZE = 65536
+#: Seconds a run waits at its end for the answers still outstanding.
+DRAIN = 2.0
 
 
 class Link(protocol.Protocol):
@@ -76,10 +82,12 @@ class Link(protocol.Protocol):
         self.framer = StreamFramer()
         self.client: role.TerminalClient | None = None
         self.key = DigestKey.make(self.identity.imei, self.identity.imsi, UPLINK_PASSWORD)
+        self.serial = self.identity.serial
         self.timestamp = 0
         self.sequence = FIRST_LOAD_SEQUENCE
-        self.data_next = False
+        self.beat = self.data = (b"", b"")
         self.sent: dict[int, tuple[float, int]] = {}
+        self.unsent = b""
         self.ready = False
         self.settled = False
         self.open = False
@@ -100,16 +108,16 @@ class Link(protocol.Protocol):
         self.transport.write(self.client.login())  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
+        """The login exchange; once ready, the reactor sees only answers that came after a
+        run's drain, which no run counts."""
         try:
             frames = self.framer.feed(data)
         except FramingError:
-            self.fleet.errors += 1
+            self.fleet.login_failed(self, "framing error")
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
-        for frame in frames:
-            if self.ready:
-                self.fleet.answered(self, frame)
-            else:
+        if not self.ready:
+            for frame in frames:
                 self._login_step(frame)
 
     def _login_step(self, frame: bytes) -> None:
@@ -127,23 +135,48 @@ class Link(protocol.Protocol):
             self.timestamp = client.session_timestamp or 0
             self.fleet.became_ready(self)
 
-    def send_next(self) -> None:
-        """One load request: HEART_BEAT and TRANSPARENT_DATA in turn."""
-        sequence = self.sequence
-        self.sequence += 1
-        identity = self.identity
-        if self.data_next:
-            command = Command.TRANSPARENT_DATA
-            frame = build_frame(
-                command, sequence, identity.serial, DATA_BODY, key=self.key,
-                timestamp=self.timestamp,
-            )  # fmt: skip
-        else:
-            command = Command.HEART_BEAT
-            frame = build_frame(command, sequence, identity.serial, b"")
-        self.data_next = not self.data_next
-        self.sent[sequence] = (time.perf_counter(), command)
-        self.transport.write(frame)  # type: ignore[union-attr]
+    def prepare(self) -> None:
+        """Templates of both requests: a frame built by the codec with Sequence_ID 0,
+        cut around the Sequence_ID (and, for the signed one, before its digest TLV).
+
+        :meth:`requests` splices the sequence in and signs with the codec's own
+        ``compute_digest``, at a third of ``build_frame``'s cost (the client must stay
+        cheaper per answer than the bare server); the first requests are checked
+        against ``build_frame`` so the bytes stay exactly the codec's.
+        """
+        beat = build_frame(Command.HEART_BEAT, 0, self.serial, b"")
+        data = build_frame(Command.TRANSPARENT_DATA, 0, self.serial, DATA_BODY, key=self.key,
+                           timestamp=self.timestamp)  # fmt: skip
+        self.beat = (beat[:4], beat[8:])
+        self.data = (data[:4], data[8:-DIGEST_TLV_SIZE])
+        for sequence in (self.sequence, self.sequence + 1):
+            built = self._frame(sequence)
+            command = Command.TRANSPARENT_DATA if sequence % 2 else Command.HEART_BEAT
+            body, key = (DATA_BODY, self.key) if sequence % 2 else (b"", None)
+            if built != build_frame(command, sequence, self.serial, body, key=key,
+                                    timestamp=self.timestamp):  # fmt: skip
+                raise AssertionError("request templates differ from the codec's frames")
+
+    def _frame(self, sequence: int) -> bytes:
+        """HEART_BEAT on even Sequence_IDs, TRANSPARENT_DATA on odd ones."""
+        number = sequence.to_bytes(4, "big")
+        if sequence & 1:
+            start, rest = self.data
+            unsigned = start + number + rest
+            return unsigned + DIGEST_PREFIX + compute_digest(unsigned, self.timestamp, self.key)
+        start, rest = self.beat
+        return start + number + rest
+
+    def requests(self, count: int, now: float) -> bytes:
+        """``count`` load requests back to back: HEART_BEAT and TRANSPARENT_DATA in turn."""
+        frames = []
+        sent = self.sent
+        for _ in range(count):
+            sequence = self.sequence
+            self.sequence = sequence + 1
+            frames.append(self._frame(sequence))
+            sent[sequence] = (now, COMMANDS[sequence & 1])
+        return frames[0] if count == 1 else b"".join(frames)
 
     def connectionLost(self, reason: object = None) -> None:
         self.open = False
@@ -166,7 +199,7 @@ class LinkFactory(protocol.ClientFactory):
 
 
 class Fleet:
-    """All links of this process, the connect/login phase and the request loop."""
+    """All links of this process, the connect/login phase and the request loops."""
 
     def __init__(self, reactor: Any, args: argparse.Namespace) -> None:
         self.reactor = reactor
@@ -178,18 +211,8 @@ class Fleet:
         self.ready: list[Link] = []
         self.failed = 0
         self.failures: dict[str, int] = {}
-        self.errors = 0
-        self.strays = 0
-        self.lost_during_load = 0
         self.started = time.monotonic()
         self.output: Any = None
-        self.running = False
-        self.measuring = False
-        self.answers = 0
-        self.latencies: list[float] = []
-        self._next = 0
-        self._window_start = 0.0
-        self._cpu_start = 0.0
 
     # -- connecting and logging in --------------------------------------------------
 
@@ -214,6 +237,7 @@ class Fleet:
 
     def became_ready(self, link: Link) -> None:
         if not link.settled:
+            link.prepare()
             link.ready = link.settled = True
             self.ready.append(link)
             self._settled()
@@ -229,8 +253,6 @@ class Fleet:
     def lost(self, link: Link) -> None:
         if not link.settled:
             self.login_failed(link, "connection lost during login")
-        elif link.ready and self.running:
-            self.lost_during_load += 1
 
     def _check_ready(self) -> None:
         if self._connecting == 0 and len(self.ready) + self.failed == len(self.links):
@@ -244,66 +266,206 @@ class Fleet:
 
     # -- the load ---------------------------------------------------------------------
 
-    def go(self, warmup: float, duration: float) -> None:
-        self.running = True
-        for _ in range(self.args.window):
-            self._send()
-        clock: IReactorTime = self.reactor
-        clock.callLater(warmup, self._measure)
-        clock.callLater(warmup + duration, self._finish)
-
-    def _send(self) -> None:
-        links = self.ready
-        for _ in range(len(links)):
-            link = links[self._next]
-            self._next = (self._next + 1) % len(links)
-            if link.open:
-                link.send_next()
-                return
-
-    def answered(self, link: Link, frame: bytes) -> None:
-        sent = link.sent.pop(int.from_bytes(frame[HEADER_SEQUENCE], "big"), None)
-        if sent is None:
-            self.strays += 1
-            return
-        started, command = sent
-        answer = int.from_bytes(frame[HEADER_COMMAND], "big")
-        if answer & ~ACK_BIT != command or (
-            answer == Command.TRANSPARENT_DATA | ACK_BIT and frame[BODY_START] > 1
-        ):
-            self.errors += 1
-        if self.measuring:
-            self.answers += 1
-            self.latencies.append(time.perf_counter() - started)
-        if self.running:
-            self._send()
-
-    def _measure(self) -> None:
-        self.measuring = True
-        self.answers = self.errors = self.strays = self.lost_during_load = 0
-        self.latencies = []
-        self._window_start = time.perf_counter()
-        self._cpu_start = cpu_seconds()
-
-    def _finish(self) -> None:
-        wall = time.perf_counter() - self._window_start
-        cpu = cpu_seconds() - self._cpu_start
-        self.running = self.measuring = False
-        self.emit(
-            event="result",
-            answers=self.answers,
-            seconds=round(wall, 4),
-            errors=self.errors,
-            strays=self.strays,
-            lost=self.lost_during_load,
-            held=sum(link.open for link in self.ready),
-            cpu=round(cpu, 3),
-            latencies_us=[round(x * 1e6) for x in self.latencies],
-        )
+    def load(self, mode: str, rate: float, warmup: float, duration: float) -> None:
+        """One measured run (see :class:`Blast`), then the result line."""
+        self.emit(event="result", **Blast(self, mode, rate).run(warmup, duration))
 
     def emit(self, **record: Any) -> None:
         """One JSON line to the orchestrator, through the reactor's non-blocking stdout."""
         self.output.write(json.dumps(record).encode() + b"\n")
+
+
+class Blast:
+    """One measured run on the logged-in links, outside the reactor.
+
+    The sockets leave Twisted's reactor for the run and are driven by a plain epoll
+    loop (one ``recv`` and one ``send`` per ready socket, no Deferreds, no buffers of
+    Twisted's), which costs the client less per answer than the bare server spends
+    per echo, so that several clients can load it to 100% of a role. The run blocks
+    the reactor; afterwards the outstanding answers are drained and the sockets go
+    back to the reactor.
+    """
+
+    def __init__(self, fleet: Fleet, mode: str, rate: float) -> None:
+        self.fleet = fleet
+        self.closed = mode == "closed"
+        self.rate = rate
+        self.depth = fleet.args.depth
+        self.links = [link for link in fleet.ready if link.open]
+        self.by_fd: dict[int, Link] = {}
+        self.sockets: dict[int, socket.socket] = {}
+        self.poll = select.epoll()
+        self.next = 0
+        self.measuring = False
+        self.sending = True
+        self.answers = 0
+        self.errors = 0
+        self.strays = 0
+        self.lost = 0
+        self.latencies: list[float] = []
+
+    def run(self, warmup: float, duration: float) -> dict[str, Any]:
+        reactor = self.fleet.reactor
+        for link in self.links:
+            transport = link.transport
+            reactor.removeReader(transport)
+            reactor.removeWriter(transport)
+            sock = transport.socket  # type: ignore[union-attr]
+            fd = sock.fileno()
+            self.by_fd[fd] = link
+            self.sockets[fd] = sock
+            self.poll.register(fd, select.EPOLLIN)
+        try:
+            return self._loop(warmup, duration)
+        finally:
+            self.poll.close()
+            for link in self.by_fd.values():
+                if link.open:
+                    reactor.addReader(link.transport)
+
+    def _loop(self, warmup: float, duration: float) -> dict[str, Any]:
+        start = time.perf_counter()
+        measure_at = start + warmup
+        end = measure_at + duration
+        drain_end = end + DRAIN
+        sent = 0
+        if self.closed:
+            for _ in range(self.fleet.args.window):
+                self._burst(start)
+        window_start = start
+        window = 0.0
+        while True:
+            now = time.perf_counter()
+            if not self.measuring and self.sending and now >= measure_at:
+                self.measuring = True
+                window_start = now
+                self.answers = self.errors = self.strays = self.lost = 0
+                self.latencies = []
+            if self.sending and now >= end:
+                self.sending = False
+                self.measuring = False
+                window = now - window_start
+            if not self.sending and (now >= drain_end or not self._outstanding()):
+                break
+            timeout = 0.05
+            if self.sending and not self.closed:
+                due = int((now - start) * self.rate) - sent
+                for _ in range(due):
+                    self._send(self._next_link(idle_only=False), 1, now)
+                sent += max(due, 0)
+                timeout = max(0.0, (sent + 1) / self.rate - (now - start))
+            for fd, events in self.poll.poll(timeout):
+                if events & select.EPOLLOUT:
+                    self._flush(fd)
+                if events & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                    self._read(fd)
+        return {
+            "answers": self.answers,
+            "seconds": round(window, 4),
+            "errors": self.errors,
+            "strays": self.strays,
+            "lost": self.lost,
+            "held": sum(link.open for link in self.links),
+            "latencies_us": [round(x * 1e6) for x in self.latencies],
+        }
+
+    def _outstanding(self) -> bool:
+        return any(link.sent for link in self.links if link.open)
+
+    def _next_link(self, *, idle_only: bool) -> Link | None:
+        """The next open terminal in turn (with ``idle_only``, one with nothing in flight)."""
+        links = self.links
+        for _ in range(len(links)):
+            link = links[self.next]
+            self.next = (self.next + 1) % len(links)
+            if link.open and not (idle_only and link.sent):
+                return link
+        return None
+
+    def _burst(self, now: float) -> None:
+        self._send(self._next_link(idle_only=True), self.depth, now)
+
+    def _send(self, link: Link | None, count: int, now: float) -> None:
+        if link is None:
+            return
+        data = link.requests(count, now)
+        if link.unsent:
+            link.unsent += data
+            return
+        fd = link.transport.socket.fileno()  # type: ignore[union-attr]
+        try:
+            written = self.sockets[fd].send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            self._close(fd)
+            return
+        if written < len(data):
+            link.unsent = data[written:]
+            self.poll.modify(fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def _flush(self, fd: int) -> None:
+        link = self.by_fd[fd]
+        try:
+            written = self.sockets[fd].send(link.unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._close(fd)
+            return
+        link.unsent = link.unsent[written:]
+        if not link.unsent:
+            self.poll.modify(fd, select.EPOLLIN)
+
+    def _read(self, fd: int) -> None:
+        link = self.by_fd[fd]
+        try:
+            data = self.sockets[fd].recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(fd)
+            return
+        now = time.perf_counter()
+        if not link.framer.buffered and len(data) == (data[0] << 8 | data[1]):
+            frames: list[bytes] = [data]  # the common case: exactly one answer
+        else:
+            try:
+                frames = link.framer.feed(data)
+            except FramingError:
+                self.errors += 1
+                self._close(fd)
+                return
+        sent = link.sent
+        for frame in frames:
+            request = sent.pop(int.from_bytes(frame[HEADER_SEQUENCE], "big"), None)
+            if request is None:
+                self.strays += 1
+                continue
+            started, command = request
+            answer = int.from_bytes(frame[HEADER_COMMAND], "big")
+            if answer & ~ACK_BIT != command or (
+                answer == Command.TRANSPARENT_DATA | ACK_BIT and frame[BODY_START] > 1
+            ):
+                self.errors += 1
+            if self.measuring:
+                self.answers += 1
+                self.latencies.append(now - started)
+        if self.closed and self.sending and not sent:
+            self._burst(now)
+
+    def _close(self, fd: int) -> None:
+        """A socket failed during the run: it is lost to the load (the reactor will see
+        the close once the socket is back in it)."""
+        link = self.by_fd[fd]
+        if link.open:
+            link.open = False
+            self.lost += 1
+            self.poll.unregister(fd)
+            link.sent.clear()
+            link.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class Control(LineReceiver):
@@ -317,8 +479,10 @@ class Control(LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         words = line.decode().split()
-        if words[:1] == ["go"]:
-            self.fleet.go(float(words[1]), float(words[2]))
+        if words[:1] == ["closed"]:
+            self.fleet.load("closed", 0.0, float(words[1]), float(words[2]))
+        elif words[:1] == ["paced"]:
+            self.fleet.load("paced", float(words[1]), float(words[2]), float(words[3]))
         elif words[:1] == ["quit"]:
             self._stop()
 
@@ -339,7 +503,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first", type=int, default=0, help="index of the first terminal")
     parser.add_argument("--count", type=int, required=True, help="connections to hold")
     parser.add_argument("--login", action="store_true", help="log each terminal in first")
-    parser.add_argument("--window", type=int, default=64, help="requests kept in flight")
+    parser.add_argument("--window", type=int, default=64, help="terminals busy at once")
+    parser.add_argument("--depth", type=int, default=1,
+                        help="requests in flight per busy terminal, pipelined")  # fmt: skip
     parser.add_argument("--connect-parallel", type=int, default=200,
                         help="connect/login attempts in progress at once")  # fmt: skip
     args = parser.parse_args(argv)
