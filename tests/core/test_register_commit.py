@@ -6,6 +6,11 @@ next start hand the same serial to another terminal. Here a second SQLite connec
 holds the database's write lock, so the gateway's writes wait for certain: no
 REGISTER_ACK may be sent until the lock is released, and when it is sent, a reader of
 the file finds the serial in the terminal's row and in the counter.
+
+The point is the SQLite file and its write lock, so these tests run on a real
+:class:`~m2mgw.core.registry.sqlite.SqliteRegistry`, whose pool threads need the real
+reactor; the engine's other tests use the in-memory registry
+(tests/core/engine_support.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from m2mgw.core.model import Terminal
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
 from m2mgw.protocol.constants import RegisterResult
@@ -52,7 +58,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
         self.db = self.mktemp() + ".db"
-        self.fx = EngineFixture(self.db)
+        self.fx = EngineFixture(registry=SqliteRegistry(self.db, reactor))
         yield self.fx.start(provision=False)
         self.addCleanup(self.fx.stop)
         yield self.fx.registry.add(Terminal(imei=IMEI, msisdn=MSISDN))
