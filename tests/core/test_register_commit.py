@@ -27,6 +27,7 @@ from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
 from m2mgw.protocol.constants import RegisterResult
+from tests.e2e.support import until
 from tests.spec_examples import IMEI, IMSI
 
 from .engine_support import EngineFixture, FakeBearer
@@ -88,10 +89,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
         serial = self.fx.registry.by_imei(IMEI).serial
         self.assertIsNotNone(serial)  # allocated in memory already
         blocker.execute("ROLLBACK")
-        for _ in range(200):
-            if bearer.sent:
-                break
-            yield sleep(0.01)
+        yield until(lambda: bearer.sent, "the REGISTER_ACK")
         [frame] = bearer.sent
         ack = decode_frame(parse_frame(frame))
         self.assertEqual(ack, m.RegisterAck(RegisterResult.OK_SMS, serial))
@@ -113,10 +111,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
         self.assertEqual(bearer.sent, [])
         blocker.execute("ROLLBACK")
         self.register(bearer, 1)
-        for _ in range(200):
-            if bearer.sent:
-                break
-            yield sleep(0.01)
+        yield until(lambda: bearer.sent, "the REGISTER_ACK")
         [ack] = bearer.take()
         self.assertEqual(ack.result, RegisterResult.OK_SMS)
         self.flushLoggedErrors(sqlite3.OperationalError)
