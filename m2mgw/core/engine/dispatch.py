@@ -47,20 +47,25 @@ from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import UplinkSink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import TAG_ENCRYPTED, TAG_FRAGMENT, Frame, parse_frame
-from m2mgw.protocol.constants import ACK_BIT, Command, Flag, LoginResult, LogoutReason
+from m2mgw.protocol.constants import (
+    ACK_BIT,
+    Command,
+    Flag,
+    LoginResult,
+    LogoutReason,
+    command_name,
+)
 from m2mgw.protocol.dupcache import CacheHit, InProgress
 from m2mgw.protocol.errors import BodyError, ProtocolError
 from m2mgw.protocol.fragment import (
     Abort,
     Complete,
-    Duplicate,
-    Ended,
     FragmentAbort,
     FragmentLimits,
     FragmentOp,
     FragmentPart,
-    NeedPart,
     ReassemblyTable,
+    reply_to,
 )
 from m2mgw.protocol.header import VersionError
 from m2mgw.protocol.replay import Freshness, ReplayWindow
@@ -331,18 +336,32 @@ class PlatformEngine:
         self._ctx.send_reply(ex, self._ctx.frames.answer_part(parts, reply, ex, ex.key))
 
     def _reassemble(self, ex: Exchange, part: FragmentPart) -> bytes | None:
-        """Feed a part of a fragmented request; the body once complete (7.4)."""
+        """Feed a part of a fragmented request; the body once complete (7.4). Each
+        other part is answered as :func:`~m2mgw.protocol.fragment.reply_to` says, the
+        policy of every machine that reassembles (PD-28, D-370); an op 2 is not cached."""
         header = ex.header
-        key = (header.serial, header.command_id, "in", part.trans_id)
-        event = self.reassembly.feed(key[:3], part, ex.now)  # type: ignore[arg-type]
+        table = self.reassembly
+        event = table.feed((header.serial, header.command_id, "in"), part, ex.now)
+        for serial, command_id, _ in table.dropped:
+            log.info(
+                "Reassembly table full: dropped the reassembly of {command} from {serial}, "
+                "for {by_serial} seq {by_sequence_id}",
+                serial=serial,
+                command=command_name(command_id),
+                by_serial=header.serial,
+                by_sequence_id=header.sequence_id,
+            )
         if isinstance(event, Complete):
             return event.body
-        if isinstance(event, NeedPart):
-            self._ctx.reassembly_reply(ex, event.reply)
-        elif isinstance(event, Abort):
-            self._ctx.reassembly_reply(ex, event.abort_part, cache=False)
-        elif isinstance(event, Duplicate | Ended):
-            pass
+        if isinstance(event, Abort):
+            log.debug(
+                "Aborted reassembly {trans_id} of {command} seq {sequence_id} from {serial}",
+                trans_id=part.trans_id,
+                **ex.log_keys,
+            )
+        reply = reply_to(event)
+        if reply is not None:
+            self._ctx.reassembly_reply(ex, reply, cache=not isinstance(event, Abort))
         return None
 
     # ------------------------------------------------------------------ answers from terminals
