@@ -3,12 +3,18 @@
 :class:`PlatformEngine` applies spec sections 4, 6, 7, 8 and 9 to complete messages
 handed in by the transports, answers on the bearer each request came from, and
 keeps the logical connections in its :class:`~m2mgw.core.sessions.SessionTable`.
-It does no I/O of its own: bytes go out through the
-:class:`~m2mgw.core.session.Bearer` they belong to, records through the registry,
-file blocks come from a :class:`~m2mgw.core.files.FileBlocks`, what happened is
-published as :mod:`~m2mgw.core.engine.events`, and time is handed in
-(:meth:`PlatformEngine.tick`, :meth:`PlatformEngine.next_deadline`), so it is
-tested with fake bearers and ``task.Clock``.
+
+It is not sans-I/O as :mod:`m2mgw.protocol` is (bytes and time in, events and bytes
+out): it sends, calling :meth:`~m2mgw.core.session.Bearer.send` on the bearer a frame
+belongs to, and some answers wait on a Deferred: a REGISTER_ACK for its record's
+commit (D-340), the ACK of uplink data for its log entry's commit or for the
+application's answer. What it never does is open a socket, import the reactor or
+start a thread: the bearers, the registry, the file blocks (a
+:class:`~m2mgw.core.files.FileBlocks`; the gateway's reads the disk) and the clock
+are handed in, what happened is published as :mod:`~m2mgw.core.engine.events`, and
+timed work runs in :meth:`PlatformEngine.tick` by :meth:`PlatformEngine.next_deadline`.
+So it is tested with fake bearers, the in-memory registry and a ``task.Clock``, with
+no reactor running.
 
 This module routes each message to its phase: :mod:`.admission` (REGISTER, LOGIN,
 LOGOUT, the digest), :mod:`.reports` (what a logged-in terminal sends) and the
