@@ -21,7 +21,7 @@ from m2mgw.core.files import DiskFiles
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
-from m2mgw.core.registry.memory import MemoryRegistry
+from m2mgw.core.registry.memory import MemoryRegistry, MemoryStore
 from m2mgw.core.router import Router
 from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import SessionTable
@@ -106,9 +106,9 @@ def example_credentials(**expiries: int) -> CredentialSet:
 def engine_registry(clock: Clock) -> MemoryRegistry:
     """The registry engine tests run on: the one place it is chosen.
 
-    Its store commits a write as it is submitted (``registry.store.hold()`` makes writes
-    wait, as a busy database would, until ``release()``); the writer's group commit and
-    its flush run on ``clock``.
+    Its store commits a write as it is submitted (:attr:`EngineFixture.store`'s
+    ``hold()`` makes writes wait, as a busy database would, until ``release()``); the
+    writer's group commit and its flush run on ``clock``.
     """
     return MemoryRegistry(clock)
 
@@ -157,6 +157,12 @@ class EngineFixture:
     def tick(self) -> None:
         """One tick of the engine at the clock's time (the gateway ticks once a second)."""
         self.engine.tick(self.clock.seconds())
+
+    @property
+    def store(self) -> MemoryStore:
+        """The in-memory registry's store, to hold its commits back and release them."""
+        assert isinstance(self.registry, MemoryRegistry), "a test on a real database file"
+        return self.registry.store
 
     def commit(self) -> None:
         """The registry's next turn: log entries that must be durable before their

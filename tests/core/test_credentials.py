@@ -266,7 +266,7 @@ class CredentialTest(unittest.TestCase):
     def register_by_sms(self, sms: FakeBearer) -> m.Message:
         """REGISTER op 1 by SMS: its REGISTER_ACK follows the record's commit (D-340)."""
         raw = encode_message(m.Register(1, IMEI, IMSI), sequence_id=2, serial=SERIAL, flag=0xC0)
-        store = self.fx.registry.store
+        store = self.fx.store
         store.hold()
         self.fx.engine.receive(raw, sms)
         self.assertEqual(sms.sent, [], "answered before the commit")

@@ -380,7 +380,7 @@ class RegistrationTest(unittest.TestCase):
 
         msg = m.Register(op, IMEI, IMSI)
         raw = encode_message(msg, serial="A972030000000000", flag=0x80, **kwargs)
-        store = self.fx.registry.store
+        store = self.fx.store
         store.hold()
         self.fx.engine.receive(raw, self.bearer)
         self.assertEqual(self.bearer.sent, [], "answered before the commit")
