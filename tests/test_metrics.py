@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from m2mgw.config import parse_config
@@ -18,7 +18,7 @@ from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import build_frame
 from m2mgw.protocol.constants import Command
 from m2mgw.service import GatewayService
-from tests.e2e.support import TestTerminal, client_for, connect_tcp, provisioned
+from tests.e2e.support import TestTerminal, client_for, connect_tcp, provisioned, until
 from tests.e2e.test_metrics import Samples, by_label, samples, value
 from tests.twistd import free_port
 
@@ -70,14 +70,6 @@ class GatewayMetricsTest(unittest.TestCase):
         return samples(generate_latest(self.gateway.metrics))
 
     @defer.inlineCallbacks
-    def wait_for(self, condition, what: str):  # type: ignore[no-untyped-def]
-        for _ in range(250):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    @defer.inlineCallbacks
     def test_tcp_connections_open_accepted_refused_and_the_session_that_outlives_one(
         self,
     ):  # type: ignore[no-untyped-def]
@@ -94,14 +86,14 @@ class GatewayMetricsTest(unittest.TestCase):
         self.assertEqual(by_label(scraped, "m2mgw_terminals_online", "bearer"), {"tcp": 1})
 
         with socket.create_connection(("127.0.0.1", port)):  # over max_connections
-            yield self.wait_for(
+            yield until(
                 lambda: value(self.scrape(), "m2mgw_tcp_connections_refused_total") == 1,
                 "the refused connection",
             )
             self.assertEqual(value(self.scrape(), "m2mgw_tcp_connections"), 1)
         link.transport.loseConnection()
         yield terminal.closed
-        yield self.wait_for(
+        yield until(
             lambda: value(self.scrape(), "m2mgw_tcp_connections") == 0, "the close"
         )
         scraped = self.scrape()
@@ -136,7 +128,7 @@ class GatewayMetricsTest(unittest.TestCase):
         terminal = TestTerminal(client_for(record, "tcp"))
         yield connect_tcp(terminal, self.gateway.port_of("tcp"))
         terminal.send(terminal.client.login())  # NotifyTerminalState LOGGED_IN to watcher
-        yield self.wait_for(
+        yield until(
             lambda: value(self.scrape(), "m2mgw_app_notification_failures_total",
                           app="watcher", channel="callback") >= 1,
             "the failed callback",

@@ -18,9 +18,9 @@ from twisted.trial import unittest
 from m2mgw.service import GatewayService
 from m2mgw.sms.service import SmsBearer
 from m2mgw.tools.modem_emulator import ModemEmulator
-from tests.e2e.support import gateway_config
+from tests.e2e.support import gateway_config, until
 from tests.e2e.test_metrics import Samples, samples, value
-from tests.sms.test_gateway_sms import FAST, MSISDN, SMS_CONFIG, WAKEUP, wait_until
+from tests.sms.test_gateway_sms import FAST, MSISDN, SMS_CONFIG, WAKEUP
 
 TUNING = dataclasses.replace(FAST, signal_interval=0.1)
 
@@ -58,16 +58,16 @@ class ModemMetricsTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_signal_is_read_with_csq_while_the_modem_is_open(self):  # type: ignore[no-untyped-def]
-        yield wait_until(lambda: "m2mgw_modem_signal_rssi" in self.names(), "a signal reading")
+        yield until(lambda: "m2mgw_modem_signal_rssi" in self.names(), "a signal reading")
         scraped = self.scrape()
         self.assertEqual(value(scraped, "m2mgw_modem_up"), 1)
         self.assertEqual(value(scraped, "m2mgw_modem_signal_rssi"), 20)  # "+CSQ: 20,99"
         self.assertEqual(value(scraped, "m2mgw_modem_signal_dbm"), -73)
         first = self.readings()
-        yield wait_until(lambda: self.readings() >= first + 2, "two more readings")
+        yield until(lambda: self.readings() >= first + 2, "two more readings")
 
         self.emulator.stop()  # the port disappears
-        yield wait_until(lambda: value(self.scrape(), "m2mgw_modem_up") == 0, "the modem down")
+        yield until(lambda: value(self.scrape(), "m2mgw_modem_up") == 0, "the modem down")
         self.assertNotIn("m2mgw_modem_signal_rssi", self.names())
         self.assertNotIn("m2mgw_modem_signal_dbm", self.names())
 
@@ -76,20 +76,20 @@ class ModemMetricsTest(unittest.TestCase):
         bearer = SmsBearer(self.sms, MSISDN)
         bearer.send(WAKEUP)
         self.assertEqual(value(self.scrape(), "m2mgw_sms_outbox_messages"), 1)
-        yield wait_until(lambda: len(self.emulator.sent) == 1, "the SMS to go out")
-        yield wait_until(lambda: value(self.scrape(), "m2mgw_sms_sent_total") == 1, "the count")
+        yield until(lambda: len(self.emulator.sent) == 1, "the SMS to go out")
+        yield until(lambda: value(self.scrape(), "m2mgw_sms_sent_total") == 1, "the count")
         scraped = self.scrape()
         self.assertEqual(value(scraped, "m2mgw_sms_outbox_messages"), 0)
         self.assertEqual(value(scraped, "m2mgw_messages_out_total", command="REMOTE_CTRL"), 1)
 
         self.emulator.deliver_text(MSISDN, "hello")
-        yield wait_until(
+        yield until(
             lambda: value(self.scrape(), "m2mgw_sms_received_total") == 1, "the received SMS"
         )
 
         self.emulator.set_fault("cms", 38)
         bearer.send(WAKEUP)
-        yield wait_until(
+        yield until(
             lambda: value(self.scrape(), "m2mgw_sms_failed_total") == 1, "the refused message"
         )
         scraped = self.scrape()

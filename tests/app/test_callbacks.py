@@ -19,6 +19,7 @@ from m2mgw.app import soap
 from m2mgw.core.model import NotificationState
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
+from tests.e2e.support import until
 
 from .gateway_support import PASSWORD, AppGatewayTestCase, Inbox, is_result, sleep
 
@@ -97,8 +98,8 @@ class CallbackTestCase(AppGatewayTestCase):
         term = yield self.online_terminal()
         yield self.receiver.inbox.wait(lambda n: isinstance(n, ops.NotifyTerminalState))
         # A notification joins the outbox once committed (D-277): none may be on its way.
-        while self.outbox() or self.gateway.registry.pending_writes:
-            yield sleep(0.05)
+        yield until(lambda: not (self.outbox() or self.gateway.registry.pending_writes),
+                    "the outbox to empty")
         return term
 
 
@@ -142,10 +143,7 @@ class CallbackDeliveryTest(CallbackTestCase):
         yield term.answer_to(Command.TRANSPARENT_DATA)
         term.send(term.client.transparent_data(b"\x42", "EC0001"))
         yield term.answer_to(Command.TRANSPARENT_DATA)
-        for _ in range(100):  # until the refused connection fails the first offer
-            if self.outbox()[0].attempts:
-                break
-            yield sleep(0.02)
+        yield until(lambda: self.outbox()[0].attempts, "the refused first offer")
         self.assertEqual([n.attempts for n in self.outbox()], [1, 0], "first one failed")
         self.receiver_port = reactor.listenTCP(port, self.site, interface="127.0.0.1")
         second = yield self.receiver.inbox.wait(

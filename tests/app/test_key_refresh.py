@@ -21,6 +21,7 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import admin_token
+from tests.e2e.support import until
 from tests.twistd import cli
 from tests.web import call
 
@@ -116,17 +117,10 @@ class LiveSessionCase(AppGatewayTestCase):
 
     @defer.inlineCallbacks
     def confirmed(self, app_id: str):  # type: ignore[no-untyped-def]
-        yield self.until(lambda: self.gateway.outbox.connections(app_id), "a confirmed session")
+        yield until(lambda: self.gateway.outbox.connections(app_id), "a confirmed session")
         [connection] = self.gateway.outbox.connections(app_id)
         return connection
 
-    @defer.inlineCallbacks
-    def until(self, condition: Any, what: str):  # type: ignore[no-untyped-def]
-        for _ in range(250):
-            if condition():
-                return
-            yield sleep(0.02)
-        self.fail(f"timed out waiting for {what}")
 
 
 class SessionKeyRefreshTest(LiveSessionCase):
@@ -146,8 +140,8 @@ class SessionKeyRefreshTest(LiveSessionCase):
         yield sleep(0.1)
         self.assertEqual(client.session.session_key, first)
         clock.advance(0.5)
-        yield self.until(lambda: client.session.session_key != first, "the key update")
-        yield self.until(lambda: not connection.session.key_update_outstanding, "its ACK")
+        yield until(lambda: client.session.session_key != first, "the key update")
+        yield until(lambda: not connection.session.key_update_outstanding, "its ACK")
         # An encrypted request under the new key: the platform switched too.
         info = yield client.call(ops.QueryTerminalInfo(terminal_id=self.record.serial))
         self.assertEqual((info.result_code, info.info.imei), (R.OK, self.record.imei))
@@ -178,7 +172,7 @@ class RotationAnnouncedAtOnceTest(LiveSessionCase):
         )
         self.assertEqual((status, view["next_base_key"], view["next_base_key_from"]),
                          (200, NEW_BASE_KEY, effective))
-        yield self.until(lambda: announced, "the announcement")
+        yield until(lambda: announced, "the announcement")
         self.assertEqual(announced, [lc.BaseKeyAnnounced(NEW_BASE_KEY, effective)])
         self.assertEqual(client.credentials_at(effective).base_key, NEW_BASE_KEY)
         # The client answered it: the session goes on, the same rotation is not repeated.
@@ -189,7 +183,7 @@ class RotationAnnouncedAtOnceTest(LiveSessionCase):
         status, view, _ = yield self.admin("/apps/EC0001/base-key",
                                            {"next_base_key_from": effective + 1})
         self.assertEqual((status, view["next_base_key"]), (200, "***"))
-        yield self.until(lambda: len(announced) == 2, "the second rotation")
+        yield until(lambda: len(announced) == 2, "the second rotation")
         generated = self.registry.application("EC0001").next_base_key
         self.assertEqual(announced[1], lc.BaseKeyAnnounced(generated, effective + 1))
         self.assertEqual(len(generated), len(BASE_KEY))

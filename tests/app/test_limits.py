@@ -19,6 +19,7 @@ from m2mgw.limits import REQUEST_TIMEOUT
 from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.framing import StreamFramer
 from tests.admin_token import admin_token
+from tests.e2e.support import until
 
 from .gateway_support import APP_CONFIG, BASE_KEY, PASSWORD, AppGatewayTestCase, sleep
 
@@ -119,14 +120,10 @@ class LimitsTestCase(AppGatewayTestCase):
         port = self.gateway.getServiceNamed(listener).port
         return len(port.factory.protocols)
 
-    @defer.inlineCallbacks
-    def until_connections(self, listener: str, count: int):  # type: ignore[no-untyped-def]
+    def until_connections(self, listener: str, count: int) -> defer.Deferred[None]:
         """Wait until the gateway has accepted ``count`` connections on ``listener``."""
-        for _ in range(200):
-            if self.connections(listener) >= count:
-                return
-            yield sleep(0.01)
-        self.fail(f"{listener}: {self.connections(listener)} connections, not {count}")
+        return until(lambda: self.connections(listener) >= count,
+                     f"{count} connections on {listener}")
 
     def query(self, seq: int) -> defer.Deferred[Any]:
         return soap_call(self.http_port, ops.QueryTerminalStatus(
@@ -241,10 +238,7 @@ max_connections = 2
         self.assertEqual(streams.open(), [0, 1], "the event streams go on")
         streams.sockets[0].close()
         streams.closed_at[0] = time.monotonic()
-        for _ in range(100):
-            if self.connections("admin") < 2:
-                break
-            yield sleep(0.01)
+        yield until(lambda: self.connections("admin") < 2, "the closed stream's connection")
         answer = yield treq.get(f"http://127.0.0.1:{self.gateway.port_of('admin')}/health",
                                 persistent=False)
         self.assertEqual(answer.code, 200)

@@ -19,6 +19,7 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.framing import StreamFramer
+from tests.e2e.support import until
 
 from .gateway_support import AppGatewayTestCase, sleep
 
@@ -79,10 +80,7 @@ class LoginReplayTest(AppGatewayTestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.app_port),
                               replayer)
         self.addCleanup(self._hang_up, replayer)
-        for _ in range(40):
-            if replayer.frames:
-                break
-            yield sleep(0.05)
+        yield until(lambda: replayer.frames, "the replayed login's answer")
         ack = replayer.frames[0]
         self.assertEqual((ack.header.command_id, ack.body[0]), (LOGIN_ACK, R.OK),
                          "the bytes are a valid login: answered like one")

@@ -15,8 +15,9 @@ from m2mgw.core.model import NotificationState
 from m2mgw.protocol.constants import Command
 from m2mgw.protocol.tlv import Tlv
 from m2mgw.web import views
+from tests.e2e.support import until
 
-from .gateway_support import PASSWORD, AppGatewayTestCase, sleep
+from .gateway_support import PASSWORD, AppGatewayTestCase
 from .test_soap_e2e import ZeepApp, in_thread
 
 R = ops.ResultCode
@@ -86,10 +87,8 @@ class PoisonTrapTest(AppGatewayTestCase):
                          and n.event == "LOGGED_IN", timeout=2)
         term.send(term.client.transparent_data(b"\x45", "EC0001"))
         yield inbox.wait(is_kind(ops.DeliverData), timeout=2)
-        for _ in range(40):  # the rest is delivered; it alone stays
-            if [n.id for n in registry.notifications("EC0001")] == [poison.id]:
-                break
-            yield sleep(0.05)
+        yield until(lambda: [n.id for n in registry.notifications("EC0001")] == [poison.id],
+                    "the rest to be delivered")  # it alone stays
         self.assertEqual([n.id for n in registry.notifications("EC0001")], [poison.id])
         self.assertEqual(outbox.unencodable["EC0001"], 1, "not offered again")
         # ... and FetchMessages (SOAP) still has it, whole.

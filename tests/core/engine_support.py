@@ -1,13 +1,15 @@
 """Shared pieces for engine tests: the spec's example terminal, provisioned, and a fake bearer.
 
-:func:`engine_registry` is the one place the registry of these tests is chosen.
+:func:`engine_registry` is the one place the registry of these tests is chosen: a
+:class:`~m2mgw.core.registry.memory.MemoryRegistry` on the fixture's ``task.Clock``, so
+the engine and the router run with no reactor, no file and no polling.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 
@@ -19,8 +21,9 @@ from m2mgw.core.files import DiskFiles
 from m2mgw.core.model import CredentialSet, Terminal, TerminalState
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
-from m2mgw.core.registry.sqlite import SqliteRegistry
+from m2mgw.core.registry.memory import MemoryRegistry, MemoryStore
 from m2mgw.core.router import Router
+from m2mgw.core.session import Bearer
 from m2mgw.core.sessions import SessionTable
 from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import StoredUplink, UplinkSink
@@ -100,23 +103,42 @@ def example_credentials(**expiries: int) -> CredentialSet:
     )
 
 
-def engine_registry(path: str) -> Registry:
-    """The registry engine tests run on: the one place it is chosen."""
-    return SqliteRegistry(path, reactor)
+def engine_registry(clock: Clock) -> MemoryRegistry:
+    """The registry engine tests run on: the one place it is chosen.
+
+    Its store commits a write as it is submitted (:attr:`EngineFixture.store`'s
+    ``hold()`` makes writes wait, as a busy database would, until ``release()``); the
+    writer's group commit and its flush run on ``clock``.
+    """
+    return MemoryRegistry(clock)
 
 
 class EngineFixture:
-    """A registry, an engine and its router on a Clock, and the example terminal."""
+    """A registry, an engine and its router on a Clock, and the example terminal.
 
-    def __init__(self, path: str, *, uplink: UplinkSink | None = None, **protocol: object) -> None:
+    ``registry`` replaces the in-memory one, for the tests whose point is a real
+    database file; ``sms_bearer`` is the router's SMS path (a modem), none by default.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Registry | None = None,
+        uplink: UplinkSink | None = None,
+        sms_bearer: Callable[[Terminal], Bearer | None] | None = None,
+        **protocol: object,
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(TS_11_3)
-        self.registry = engine_registry(path)
+        self.registry = registry if registry is not None else engine_registry(self.clock)
         config = ProtocolConfig(**protocol)  # type: ignore[arg-type]
         refusals = Refusals(self.clock)
         self.sessions, events = SessionTable(), EngineEvents()
         self.frames = FrameBuilder(self.sessions, config, refusals)
-        self.router = Router(self.registry, self.sessions, self.frames, events, self.clock, config)
+        self.router = Router(
+            self.registry, self.sessions, self.frames, events, self.clock, config,
+            sms_bearer=sms_bearer,
+        )
         self.engine = PlatformEngine(
             self.registry,
             config,
@@ -135,6 +157,17 @@ class EngineFixture:
     def tick(self) -> None:
         """One tick of the engine at the clock's time (the gateway ticks once a second)."""
         self.engine.tick(self.clock.seconds())
+
+    @property
+    def store(self) -> MemoryStore:
+        """The in-memory registry's store, to hold its commits back and release them."""
+        assert isinstance(self.registry, MemoryRegistry), "a test on a real database file"
+        return self.registry.store
+
+    def commit(self) -> None:
+        """The registry's next turn: log entries that must be durable before their
+        answer (``log_committed``, group commit) are committed, and the answer sent."""
+        self.clock.advance(0)
 
     @inlineCallbacks
     def start(self, *, provision: bool = True):  # type: ignore[no-untyped-def]

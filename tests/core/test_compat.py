@@ -1,6 +1,6 @@
 """Each accommodation of the compatibility profiles in the engine and router (issue #10):
 the CMCC Java ME client's bytes of spec 1.6 against ``cmcc-javame`` and ``strict``, on
-fake bearers, a Clock and a real SQLite registry."""
+fake bearers, a Clock and the in-memory registry."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from m2mgw.protocol.tlv import Tlv
 from tests import cmcc
 from tests.spec_examples import TS_11_3
 
-from . import test_engine
 from .engine_support import EngineFixture, FakeBearer, login_bytes, terminal_message
 
 TRAP_3007 = m.ConfigTrap(tlvs=[Tlv.of(0x3007, 23)])
@@ -54,7 +53,7 @@ class ProfileTestCase(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         yield self.fx.registry.add(cmcc.record(compat=self.compat))
@@ -107,7 +106,7 @@ class CmccProfileTest(ProfileTestCase):
         data = m.TransparentData(int.from_bytes(crc16_cmcc(b"\x01\x02"), "big"),
                                  tlvs=[Tlv.of(0x4014, "EC0001"), Tlv(0x4007, b"\x01\x02")])
         self.assertEqual(self.receive(sent_by_cmcc(data, 2), bearer), [])
-        yield test_engine.committed(bearer)
+        self.fx.commit()
         [raw] = bearer.sent
         self.assertIsNone(parse_frame(raw).digest, "an unsigned request is answered unsigned")
         self.assertEqual(bearer.take()[0].result, 1)  # stored for its application
@@ -208,8 +207,7 @@ class CmccProfileTest(ProfileTestCase):
         self.assertIn("(C7)", line)
         self.assertEqual(bearer.take(), [m.ConfigReqAck(1)])
 
-    @inlineCallbacks
-    def test_relayed_data_to_it_is_rejected(self):  # type: ignore[no-untyped-def]
+    def test_relayed_data_to_it_is_rejected(self) -> None:
         """A terminal's TRANSPARENT_DATA to a CMCC terminal would be a platform
         TRANSPARENT_DATA, which it never answers (C9): result 3."""
         udp = FakeBearer()
@@ -217,7 +215,6 @@ class CmccProfileTest(ProfileTestCase):
         udp.sent.clear()
         msg = m.TransparentData.build(b"\x05", Tlv.of(0x4012, cmcc.SERIAL))
         self.engine.receive(terminal_message(msg, 2, timestamp=TS_11_3), udp)
-        yield test_engine.committed(udp)
         self.assertEqual(udp.take()[0].result, 3)
         self.assertEqual(self.counts(), {Reason.PROFILE: 1})
 
@@ -276,13 +273,11 @@ class StrictProfileTest(ProfileTestCase):
         self.assertEqual(bearer.sent, [])
         self.assertEqual(self.counts(), {Reason.HEADER_ONLY_DIGEST: 1})
 
-    @inlineCallbacks
-    def test_the_crc_variant_is_result_4_with_the_c5_line(self):  # type: ignore[no-untyped-def]
+    def test_the_crc_variant_is_result_4_with_the_c5_line(self) -> None:
         bearer = self.login_signed()
         variant = int.from_bytes(crc16_cmcc(b"\x01\x02"), "big")
         data = m.TransparentData(variant, tlvs=[Tlv(0x4007, b"\x01\x02")])
         [line] = self.receive(sent_by_cmcc(data, 2, sign="flagged", timestamp=self.ts), bearer)
-        yield test_engine.committed(bearer)
         self.assertEqual(bearer.take()[0].result, 4)
         self.assertIn("crc-mismatch", line)
         self.assertIn("the cmcc-javame profile accepts it (C5)", line)
@@ -348,6 +343,6 @@ class DeprecatedSwitchTest(unittest.TestCase):
     def test_the_old_switch_is_logged_as_deprecated(self) -> None:
         """D-238: the gateway says what the key now means, once, at start."""
         with capturedLogs() as events:
-            EngineFixture(self.mktemp() + ".db", register_op3_digest_optional=True)
+            EngineFixture(register_op3_digest_optional=True)
         [line] = [formatEvent(e) for e in events if "deprecated" in formatEvent(e)]
         self.assertIn("default_compat = simcom", line)

@@ -1,13 +1,12 @@
 """Credential renewal, re-delivery and expiry (spec 6.3.5, 4.3, 4.13, PD-21, PD-26):
-the engine on a Clock with fake bearers and a real SQLite registry file."""
+the engine on a Clock with fake bearers and the in-memory registry."""
 
 from __future__ import annotations
 
-from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from m2mgw.core.model import CredentialSet
+from m2mgw.core.model import CredentialSet, Terminal
 from m2mgw.core.session import Session
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import TAG_ENCRYPTED, Frame, encode_message, parse_frame, verify_frame
@@ -37,15 +36,27 @@ def credential_tlvs(creds: CredentialSet) -> list[tuple[int, bytes]]:
 
 
 class CredentialTest(unittest.TestCase):
-    @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db", credential_redeliver_interval=INTERVAL)
-        yield self.fx.start()
-        self.addCleanup(self.fx.stop)
         self.bearer = FakeBearer()
+        self.sms = FakeBearer(kind="sms", address=MSISDN)
         self.seen: set[int] = set()
+        return self.start(modem=True)
 
     # ------------------------------------------------------------------ helpers
+
+    @inlineCallbacks
+    def start(self, *, modem: bool):  # type: ignore[no-untyped-def]
+        """The fixture, with a modem or without one ([sms] device unset)."""
+        self.fx = EngineFixture(
+            sms_bearer=self.by_sms if modem else None,
+            credential_redeliver_interval=INTERVAL,
+        )
+        yield self.fx.start()
+        self.addCleanup(self.fx.stop)
+
+    def by_sms(self, terminal: Terminal) -> FakeBearer | None:
+        """The modem's bearer, for a terminal with an MSISDN (as the SMS service's)."""
+        return self.sms if terminal.msisdn else None
 
     def expire_current_in(self, seconds: float) -> None:
         """Make the current uplink password expire ``seconds`` from now."""
@@ -66,11 +77,6 @@ class CredentialTest(unittest.TestCase):
     def advance(self, seconds: float) -> None:
         self.fx.clock.advance(seconds)
         self.fx.tick()
-
-    @staticmethod
-    def settle() -> Deferred[None]:
-        """Let the registry commit queued requests, after which the router sends them."""
-        return task.deferLater(reactor, 0.05, lambda: None)
 
     def deliveries(self, bearer: FakeBearer) -> list[Frame]:
         """SECURITY_CONFIG requests sent on ``bearer`` since the last call, without
@@ -109,8 +115,7 @@ class CredentialTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ renewal
 
-    @inlineCallbacks
-    def test_renewal_at_the_margin_goes_encrypted_and_commits_at_login(self):  # type: ignore[no-untyped-def]
+    def test_renewal_at_the_margin_goes_encrypted_and_commits_at_login(self) -> None:
         """6.3.5: within the margin a new set is pending, sent in E042, committed by LOGIN."""
         self.expire_current_in(MARGIN + 100)
         session = self.login(VECTORS["11.9 LOGIN"])
@@ -123,7 +128,6 @@ class CredentialTest(unittest.TestCase):
         pending = terminal.pending
         assert pending is not None
         self.assertNotEqual(pending.uplink_password, UPLINK_PASSWORD)
-        yield self.settle()
         [frame] = self.deliveries(self.bearer)
         self.assertTrue(verify_frame(frame, session.timestamp, DOWNLINK))
         self.assert_carries(self.decrypted(frame), pending)
@@ -143,8 +147,9 @@ class CredentialTest(unittest.TestCase):
         self.assertIsNone(terminal.pending)
 
     @inlineCallbacks
-    def test_renewal_needs_a_session_key_or_sms(self):  # type: ignore[no-untyped-def]
-        """PD-21: without a session key the set goes by SMS; with neither, none is made."""
+    def test_no_renewal_without_a_session_key_or_a_modem(self):  # type: ignore[no-untyped-def]
+        """PD-21: with neither a session key nor a modem, no set is made."""
+        yield self.start(modem=False)
         terminal = self.fx.terminal
         terminal.msisdn = MSISDN
         self.expire_current_in(MARGIN - 1)
@@ -152,22 +157,31 @@ class CredentialTest(unittest.TestCase):
         self.advance(1)
         self.assertIsNone(terminal.pending)
         self.assertEqual(self.fx.registry.queued(SERIAL), [], "nothing blocks the queue")
+        self.advance(INTERVAL)
+        self.assertIsNone(terminal.pending)
 
-        sms = FakeBearer(kind="sms", address=MSISDN)
-        self.fx.router.sms_bearer = lambda t: sms if t.msisdn else None
+    def test_renewal_without_a_session_key_goes_by_sms(self) -> None:
+        """PD-21: without a session key the set goes by SMS, to a terminal with an
+        MSISDN; without one, none is made."""
+        terminal = self.fx.terminal
+        self.expire_current_in(MARGIN - 1)
+        self.login()
+        self.advance(1)
+        self.assertIsNone(terminal.pending)
+        self.assertEqual(self.fx.registry.queued(SERIAL), [], "nothing blocks the queue")
+
+        terminal.msisdn = MSISDN
         self.advance(INTERVAL)
         pending = terminal.pending
         assert pending is not None
-        yield self.settle()
         self.assertEqual(self.bearer.sent, [], "never in plaintext over IP")
-        [frame] = self.deliveries(sms)
+        [frame] = self.deliveries(self.sms)
         self.assertEqual((frame.header.flag, frame.digest), (0x80, None))
         msg = m.decode_message(Command.SECURITY_CONFIG, frame.body)
         assert isinstance(msg, m.SecurityConfig)
         self.assert_carries(msg, pending)
 
-    @inlineCallbacks
-    def test_one_pending_set_redelivered_once_per_interval(self):  # type: ignore[no-untyped-def]
+    def test_one_pending_set_redelivered_once_per_interval(self) -> None:
         """No second set while one is pending; re-delivery with the same values."""
         self.expire_current_in(MARGIN - 1)
         session = self.login(VECTORS["11.9 LOGIN"])
@@ -175,7 +189,6 @@ class CredentialTest(unittest.TestCase):
         self.advance(30)
         pending = terminal.pending
         assert pending is not None
-        yield self.settle()
         [first] = self.deliveries(self.bearer)
         # The terminal asks for renewal (op 6) meanwhile: the same set, no second delivery.
         renew = m.SecurityConfig(6, tlvs=[Tlv.query(0xE025)])
@@ -188,11 +201,9 @@ class CredentialTest(unittest.TestCase):
         assert delivered is not None
 
         self.advance(INTERVAL - 1)
-        yield self.settle()
         self.assertIs(terminal.pending, pending)
         self.assertEqual(self.deliveries(self.bearer), [])
         self.advance(1)
-        yield self.settle()
         [again] = self.deliveries(self.bearer)
         self.assertIs(terminal.pending, pending)
         self.assert_carries(self.decrypted(again), pending)
@@ -201,16 +212,13 @@ class CredentialTest(unittest.TestCase):
         # once per interval, counted from the re-delivery.
         for _ in range(int(INTERVAL) - 1):
             self.advance(1)
-        yield self.settle()
         self.assertEqual(self.deliveries(self.bearer), [])
         self.advance(1)
-        yield self.settle()
         [third] = self.deliveries(self.bearer)
         self.assert_carries(self.decrypted(third), pending)
         self.assertEqual(pending.delivered_at, delivered)
 
-    @inlineCallbacks
-    def test_rejected_set_is_discarded(self):  # type: ignore[no-untyped-def]
+    def test_rejected_set_is_discarded(self) -> None:
         """4.13: SECURITY_CONFIG_ACK ret 2 discards the pending set; the old set stays."""
         self.expire_current_in(MARGIN - 1)
         session = self.login(VECTORS["11.9 LOGIN"])
@@ -219,7 +227,6 @@ class CredentialTest(unittest.TestCase):
         self.advance(30)
         rejected = terminal.pending
         assert rejected is not None
-        yield self.settle()
         [frame] = self.deliveries(self.bearer)
         self.answer(frame, 2, session)
         self.assertIsNone(terminal.pending)
@@ -230,7 +237,6 @@ class CredentialTest(unittest.TestCase):
         retry = terminal.pending
         assert retry is not None
         self.assertNotEqual(retry.uplink_password, rejected.uplink_password)
-        yield self.settle()
         [frame] = self.deliveries(self.bearer)
         self.assert_carries(self.decrypted(frame), retry)
 
@@ -257,19 +263,20 @@ class CredentialTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ expiry at login
 
-    @inlineCallbacks
-    def register_by_sms(self, sms: FakeBearer):  # type: ignore[no-untyped-def]
+    def register_by_sms(self, sms: FakeBearer) -> m.Message:
         """REGISTER op 1 by SMS: its REGISTER_ACK follows the record's commit (D-340)."""
         raw = encode_message(m.Register(1, IMEI, IMSI), sequence_id=2, serial=SERIAL, flag=0xC0)
+        store = self.fx.store
+        store.hold()
         self.fx.engine.receive(raw, sms)
-        yield self.settle()
+        self.assertEqual(sms.sent, [], "answered before the commit")
+        store.release()
         answer = Command.REGISTER | ACK_BIT
         [ack] = [f for f in sms.sent if parse_frame(f).header.command_id == answer]
         sms.sent.remove(ack)
         return m.decode_message(answer, parse_frame(ack).body)
 
-    @inlineCallbacks
-    def test_expired_set_gives_7_then_register_op1_delivers_a_fresh_set(self):  # type: ignore[no-untyped-def]
+    def test_expired_set_gives_7_then_register_op1_delivers_a_fresh_set(self) -> None:
         """6.3.5 and 4.3: LOGIN_ACK 7, then REGISTER op 1 gets a new set by SMS."""
         terminal = self.fx.terminal
         terminal.msisdn = MSISDN
@@ -279,31 +286,24 @@ class CredentialTest(unittest.TestCase):
         self.assertEqual((ack.result, ack.timestamp), (7, 0))
         self.assertNotIn(SERIAL, self.fx.engine.sessions)
 
-        sms = FakeBearer(kind="sms", address=MSISDN)
-        self.fx.router.sms_bearer = lambda t: sms
-        self.assertEqual((yield self.register_by_sms(sms)), m.RegisterAck(0, SERIAL))
+        self.assertEqual(self.register_by_sms(self.sms), m.RegisterAck(0, SERIAL))
         fresh = terminal.pending
         assert fresh is not None
         self.assertNotEqual(fresh.uplink_password, UPLINK_PASSWORD)
-        yield self.settle()
-        [frame] = self.deliveries(sms)
+        [frame] = self.deliveries(self.sms)
         msg = m.decode_message(Command.SECURITY_CONFIG, frame.body)
         assert isinstance(msg, m.SecurityConfig)
         self.assert_carries(msg, fresh)
 
-    @inlineCallbacks
-    def test_register_op1_with_a_valid_set_redelivers_it(self):  # type: ignore[no-untyped-def]
+    def test_register_op1_with_a_valid_set_redelivers_it(self) -> None:
         """4.3 selection: an unexpired current set is re-sent; no new set is made."""
         terminal = self.fx.terminal
         terminal.msisdn = MSISDN
         current = terminal.current
         assert current is not None
-        sms = FakeBearer(kind="sms", address=MSISDN)
-        self.fx.router.sms_bearer = lambda t: sms
-        self.assertEqual((yield self.register_by_sms(sms)), m.RegisterAck(0, SERIAL))
+        self.assertEqual(self.register_by_sms(self.sms), m.RegisterAck(0, SERIAL))
         self.assertIsNone(terminal.pending)
-        yield self.settle()
-        [frame] = self.deliveries(sms)
+        [frame] = self.deliveries(self.sms)
         msg = m.decode_message(Command.SECURITY_CONFIG, frame.body)
         assert isinstance(msg, m.SecurityConfig)
         self.assert_carries(msg, current)

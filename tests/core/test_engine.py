@@ -1,9 +1,8 @@
 """The platform engine against the spec's example terminal: fake bearers, a Clock,
-and a real SQLite registry file."""
+and the in-memory registry (no reactor runs here)."""
 
 from __future__ import annotations
 
-from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
@@ -35,18 +34,10 @@ from .engine_support import (
 )
 
 
-@inlineCallbacks
-def committed(bearer: FakeBearer, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    """Wait (on the real reactor, where the registry commits) until an answer is sent."""
-    deadline = reactor.seconds() + timeout
-    while not bearer.sent and reactor.seconds() < deadline:
-        yield task.deferLater(reactor, 0.01, lambda: None)
-
-
 class EngineTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 
@@ -121,7 +112,7 @@ class EngineTest(unittest.TestCase):
         msg = m.TransparentData.build(b"\x01\x02\x03\x04", Tlv.of(0x4014, "EC0001"))
         self.fx.engine.receive(terminal_message(msg, 3, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.sent, [], "answered only once the data is committed")
-        yield committed(bearer)
+        self.fx.commit()
         [ack] = bearer.take()
         self.assertEqual(ack.result, 1)  # queued for the application
         entries = yield self.fx.registry.messages(SERIAL)
@@ -134,8 +125,7 @@ class EngineTest(unittest.TestCase):
         self.fx.engine.receive(terminal_message(other, 5, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 2)
 
-    @inlineCallbacks
-    def test_answer_to_the_spec_transparent_data(self):  # type: ignore[no-untyped-def]
+    def test_answer_to_the_spec_transparent_data(self) -> None:
         """11.5: the platform's answer is byte-exact."""
         bearer = self.login()
         bearer.sent.clear()
@@ -146,7 +136,8 @@ class EngineTest(unittest.TestCase):
         # The stored uplink answers "queued" (1) where the spec's platform answered 0:
         # the header and the digest rule are the same.
         self.fx.engine.receive(request, bearer)
-        yield committed(bearer)
+        self.assertEqual(bearer.sent, [], "answered only once the data is committed")
+        self.fx.commit()
         [raw] = bearer.sent
         self.assertEqual(raw[:28], bytes.fromhex("003180040000000303002000") + SERIAL.encode())
         self.assertTrue(verify(raw, TS_11_3, DOWNLINK))
@@ -282,7 +273,7 @@ class AsyncOutcomeTest(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.bearer = FakeBearer()
@@ -326,7 +317,7 @@ class AsyncOutcomeTest(unittest.TestCase):
 class BindingTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 
@@ -368,7 +359,7 @@ class RegistrationTest(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start(provision=False)
         self.addCleanup(self.fx.stop)
         self.bearer = FakeBearer()
@@ -382,19 +373,18 @@ class RegistrationTest(unittest.TestCase):
         [ack] = self.bearer.take()
         return ack
 
-    @inlineCallbacks
     def register_stored(self, op, **kwargs):  # type: ignore[no-untyped-def]
-        """A REGISTER answered 0: its REGISTER_ACK waits for the record's commit (D-340)."""
+        """A REGISTER answered 0: its REGISTER_ACK waits for the record's commit (D-340),
+        held back here until the store is released."""
         from m2mgw.protocol.codec import encode_message
 
         msg = m.Register(op, IMEI, IMSI)
         raw = encode_message(msg, serial="A972030000000000", flag=0x80, **kwargs)
+        store = self.fx.store
+        store.hold()
         self.fx.engine.receive(raw, self.bearer)
         self.assertEqual(self.bearer.sent, [], "answered before the commit")
-        for _ in range(200):
-            if self.bearer.sent:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        store.release()
         [ack] = self.bearer.take()
         return ack
 
@@ -406,7 +396,7 @@ class RegistrationTest(unittest.TestCase):
         from m2mgw.core.model import Terminal
 
         yield self.fx.registry.add(Terminal(imei=IMEI, msisdn="8613900000001"))
-        ack = yield self.register_stored(0, sequence_id=1)
+        ack = self.register_stored(0, sequence_id=1)
         self.assertEqual(ack.result, 0)
         self.assertTrue(ack.serial.startswith("A9720300"))
         terminal = self.fx.registry.by_imei(IMEI)
@@ -414,16 +404,14 @@ class RegistrationTest(unittest.TestCase):
         self.assertEqual(terminal.state, TerminalState.REGISTERED)
         self.assertIsNotNone(terminal.pending)
         self.assertEqual(len(terminal.pending.uplink_password), 8)
-        yield task.deferLater(reactor, 0.05, lambda: None)  # the enqueue commits
         [delivery] = self.fx.registry.queued(ack.serial)
         self.assertEqual(delivery.command, Command.SECURITY_CONFIG)
         self.assertEqual(delivery.body[0], 0)  # op 0, waiting for an SMS bearer (PD-21)
         # A repeated REGISTER re-sends the same pending set (4.3 step 4).
         pending = terminal.pending
-        again = yield self.register_stored(0, sequence_id=2)
+        again = self.register_stored(0, sequence_id=2)
         self.assertEqual(again.result, 0)
         self.assertIs(self.fx.registry.by_imei(IMEI).pending, pending)
-        yield task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(len(self.fx.registry.queued(ack.serial)), 1, "no second delivery")
 
     @inlineCallbacks
@@ -487,7 +475,7 @@ class RegistrationTest(unittest.TestCase):
 class HeartbeatTlvTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 
@@ -513,7 +501,7 @@ class HeartbeatTlvTest(unittest.TestCase):
 class ConfidentialQueueTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 
@@ -528,7 +516,6 @@ class ConfidentialQueueTest(unittest.TestCase):
         self.fx.router.deliver_credentials(self.fx.terminal, creds)
         body = m.ConfigGet(tlvs=[Tlv.query(0x0011)]).encode_body()
         get = yield self.fx.router.submit(SERIAL, Command.CONFIG_GET, body)
-        yield task.deferLater(reactor, 0.05, lambda: None)
         [sent] = bearer.sent
         self.assertEqual(parse_frame(sent).header.command_id, Command.CONFIG_GET)
         self.assertEqual(get.state, RequestState.SENT)

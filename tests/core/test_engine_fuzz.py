@@ -51,7 +51,7 @@ def random_body(rng: random.Random) -> tuple[bytes, int]:
 class EngineFuzzTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 

@@ -15,6 +15,7 @@ from m2mgw.config import ROW_WATERMARKS
 from m2mgw.core.refusals import Reason
 from tests.core.registry_backends import WriterLock
 from tests.core.test_replay import HEARTBEAT
+from tests.e2e.support import until
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
 
 HOLD = 1.5
@@ -56,8 +57,8 @@ tcp_login_timeout = 1s
         silent = await self.connect()  # first-frame timer
         framed = await self.connect(HEARTBEAT)  # a frame, no login: login timer
         factory = self.gateway.tcp_factory
-        while len(factory.connections) < 3 or factory.pending.from_host("127.0.0.1") < 2:
-            await sleep(0.01)
+        await until(lambda: len(factory.connections) >= 3
+                    and factory.pending.from_host("127.0.0.1") >= 2, "the connections")
         await sleep(0.1)  # the heartbeat is read: its first frame is in
         lock = WriterLock(self.db)
         self.addCleanup(lock.release)
@@ -74,10 +75,7 @@ tcp_login_timeout = 1s
         released_at = time.monotonic()
         self.assertFalse(factory.reading_held)
         links.append(logged_in)
-        for _ in range(300):
-            if all(link.closed_at for link in links):
-                break
-            await sleep(0.01)
+        await until(lambda: all(link.closed_at for link in links), "the closes")
         # Each closes once its own time has run, the hold apart: 0.5 s from the
         # connection (first frame), 1 s (login) and 1 s from the last bytes (idle).
         for link, seconds in ((silent, 0.5), (framed, 1.0), (logged_in, 1.0)):

@@ -136,7 +136,7 @@ class EngineRefusalsTest(unittest.TestCase):
 
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
 

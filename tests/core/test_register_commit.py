@@ -6,6 +6,11 @@ next start hand the same serial to another terminal. Here a second SQLite connec
 holds the database's write lock, so the gateway's writes wait for certain: no
 REGISTER_ACK may be sent until the lock is released, and when it is sent, a reader of
 the file finds the serial in the terminal's row and in the counter.
+
+The point is the SQLite file and its write lock, so these tests run on a real
+:class:`~m2mgw.core.registry.sqlite.SqliteRegistry`, whose pool threads need the real
+reactor; the engine's other tests use the in-memory registry
+(tests/core/engine_support.py).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
 from m2mgw.core.model import Terminal
+from m2mgw.core.registry.sqlite import SqliteRegistry
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import decode_frame, encode_message, parse_frame
 from m2mgw.protocol.constants import RegisterResult
+from tests.e2e.support import until
 from tests.spec_examples import IMEI, IMSI
 
 from .engine_support import EngineFixture, FakeBearer
@@ -52,7 +59,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
     @inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
         self.db = self.mktemp() + ".db"
-        self.fx = EngineFixture(self.db)
+        self.fx = EngineFixture(registry=SqliteRegistry(self.db, reactor))
         yield self.fx.start(provision=False)
         self.addCleanup(self.fx.stop)
         yield self.fx.registry.add(Terminal(imei=IMEI, msisdn=MSISDN))
@@ -82,10 +89,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
         serial = self.fx.registry.by_imei(IMEI).serial
         self.assertIsNotNone(serial)  # allocated in memory already
         blocker.execute("ROLLBACK")
-        for _ in range(200):
-            if bearer.sent:
-                break
-            yield sleep(0.01)
+        yield until(lambda: bearer.sent, "the REGISTER_ACK")
         [frame] = bearer.sent
         ack = decode_frame(parse_frame(frame))
         self.assertEqual(ack, m.RegisterAck(RegisterResult.OK_SMS, serial))
@@ -107,10 +111,7 @@ class RegisterAckAfterCommitTest(unittest.TestCase):
         self.assertEqual(bearer.sent, [])
         blocker.execute("ROLLBACK")
         self.register(bearer, 1)
-        for _ in range(200):
-            if bearer.sent:
-                break
-            yield sleep(0.01)
+        yield until(lambda: bearer.sent, "the REGISTER_ACK")
         [ack] = bearer.take()
         self.assertEqual(ack.result, RegisterResult.OK_SMS)
         self.flushLoggedErrors(sqlite3.OperationalError)

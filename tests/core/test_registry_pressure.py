@@ -24,6 +24,7 @@ from tests.core.registry_backends import (
     WriterLock,
 )
 from tests.core.test_registry import SERIAL, make_terminal
+from tests.e2e.support import until
 from tests.e2e.test_gateway_ip import GatewayTestCase, sleep
 
 
@@ -99,14 +100,6 @@ class InputHeldTest(GatewayTestCase):
         return [e for e in term.events if isinstance(e, role.Answer)]
 
     @defer.inlineCallbacks
-    def until(self, condition: Any, timeout: float = 2.0):  # type: ignore[no-untyped-def]
-        waited = 0.0
-        while not condition():
-            self.assertLess(waited, timeout, "condition not met in time")
-            yield sleep(0.02)
-            waited += 0.02
-
-    @defer.inlineCallbacks
     def test_reading_pauses_and_resumes_and_nothing_is_lost(self):  # type: ignore[no-untyped-def]
         records = []
         for index in range(3):
@@ -134,7 +127,7 @@ class InputHeldTest(GatewayTestCase):
             for payload in payloads:
                 term.send(term.client.transparent_data(payload, "EC0001"))
         late_term = yield self.open_terminal(records[2], "tcp")
-        yield self.until(lambda: len(factory.connections) == 2)
+        yield until(lambda: len(factory.connections) == 2, "both connections")
         late_term.send(late_term.client.login())
         yield sleep(0.3)
 

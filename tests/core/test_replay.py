@@ -1,5 +1,5 @@
 """Replays and hijacks inside the engine and the TCP adapter (issue #15 items 1, 6, 7, 8,
-12): fake bearers, a Clock, and a real SQLite registry file."""
+12): fake bearers, a Clock, and the in-memory registry."""
 
 from __future__ import annotations
 
@@ -63,9 +63,7 @@ class ReplayEngineTest(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
         self.uplink = CountingUplink()
-        self.fx = EngineFixture(
-            self.mktemp() + ".db", uplink=self.uplink, response_cache_window=0.0
-        )
+        self.fx = EngineFixture(uplink=self.uplink, response_cache_window=0.0)
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.home = FakeBearer(address="127.0.0.1:40000")
@@ -159,7 +157,7 @@ class LoginReplayEngineTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db", response_cache_window=0.0)
+        self.fx = EngineFixture(response_cache_window=0.0)
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.home = FakeBearer(kind="tcp", address="127.0.0.1:40000")
@@ -277,7 +275,7 @@ class UnauthenticatedRowsTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.rows = logged(self.fx)
@@ -332,7 +330,7 @@ class TcpAuthenticationTest(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.factory = TerminalTcpFactory(self.fx.engine, self.fx.clock, TcpConfig(), 60.0)

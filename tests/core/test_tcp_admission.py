@@ -1,6 +1,6 @@
 """Who may hold a terminal TCP connection before logging in (issue #11 part 1, D-350..D-354,
 D-357): the first-frame window, eviction at the caps, and timers that stand still while
-the gateway holds the input. The adapter on a Clock, the real engine and registry file."""
+the gateway holds the input. The adapter on a Clock, the real engine on the in-memory registry."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class AdmissionTestCase(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         self.factory = TerminalTcpFactory(self.fx.engine, self.fx.clock, self.config,

@@ -1,13 +1,13 @@
 """UDP datagrams from outside every session are rate-limited before any parsing or digest
 work, per source address and all together; a session's own address is never limited
-(issue #11 part 1, D-355, D-356). The real engine and registry file, on a Clock."""
+(issue #11 part 1, D-355, D-356). The real engine on the in-memory registry, on a Clock."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from m2mgw.config import UdpConfig
@@ -40,7 +40,7 @@ class Written:
 class UdpRateTest(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):  # type: ignore[no-untyped-def]
-        self.fx = EngineFixture(self.mktemp() + ".db")
+        self.fx = EngineFixture()
         yield self.fx.start()
         self.addCleanup(self.fx.stop)
         config = UdpConfig(unauthenticated_rate=2, unauthenticated_total_rate=5)
@@ -99,13 +99,22 @@ class RateLimitTest(unittest.TestCase):
         self.assertTrue(limit.allow("a", 1.0))
 
 
+class Bound:
+    """A listening port's socket, real and bound, as the protocol's transport."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+
+
 class ReceiveBufferTest(unittest.TestCase):
     def test_the_port_asks_for_its_receive_buffer(self) -> None:
-        fx = EngineFixture(self.mktemp() + ".db")
+        fx = EngineFixture()
         asked = 1 << 20
         udp = TerminalDatagramProtocol(fx.engine, UdpConfig(receive_buffer=asked))
-        port = reactor.listenUDP(0, udp, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        port = udp.transport = Bound()  # type: ignore[assignment]
+        self.addCleanup(port.socket.close)
+        udp.startProtocol()
         granted = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
         self.assertEqual(granted, min(asked, rmem_max))

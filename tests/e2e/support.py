@@ -64,13 +64,17 @@ def start_gateway(db: str, extra: str = ""):  # type: ignore[no-untyped-def]
 
 
 @defer.inlineCallbacks
-def until(condition: Any, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    """Poll ``condition`` on the real reactor until it holds (the gateway runs there)."""
+def until(  # type: ignore[no-untyped-def]
+    condition: Callable[[], object], what: str = "the condition", timeout: float = 5.0
+):
+    """Poll ``condition`` on the real reactor until it holds; fail, naming ``what``, after
+    ``timeout`` seconds. For tests of a running gateway, whose sockets, threads and
+    timers are the reactor's; unit tests advance a ``task.Clock`` instead."""
     deadline = reactor.seconds() + timeout
     while not condition():
         if reactor.seconds() > deadline:
-            raise AssertionError("condition not met in time")
-        yield task.deferLater(reactor, 0.02, lambda: None)
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 def provisioned(index: int = 0, **changes: Any) -> Terminal:

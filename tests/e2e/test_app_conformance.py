@@ -21,8 +21,15 @@ from m2mgw.protocol.constants import Command
 from tests.app.gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase, Inbox, is_result
 from tests.app.test_longconn_e2e import platform_request
 from tests.app.test_soap_e2e import ZeepApp, in_thread
-from tests.e2e.support import TestTerminal, client_for, connect_tcp, provisioned, start_gateway
-from tests.sms.test_gateway_sms import E164, MSISDN, GatewaySmsTestCase, wait_until
+from tests.e2e.support import (
+    TestTerminal,
+    client_for,
+    connect_tcp,
+    provisioned,
+    start_gateway,
+    until,
+)
+from tests.sms.test_gateway_sms import E164, MSISDN, GatewaySmsTestCase
 from tests.spec_examples import IMEI, IMSI, SYNC_VALUES
 
 R = ops.ResultCode
@@ -81,7 +88,7 @@ class ReconnectTest(AppGatewayTestCase):
         self.links[-1].transport.loseConnection()
         yield term.closed
         session = self.gateway.engine.sessions[serial]
-        yield wait_until(lambda: session.tcp is None, "the gateway to see the close")
+        yield until(lambda: session.tcp is None, "the gateway to see the close")
         client, inbox = yield self.connect_app()
         sent = yield client.call(ops.SendData(terminal_id=serial, data=b"\x42"))
         self.assertEqual(sent.result_code, R.TERMINAL_OFFLINE, "no path: queued")
@@ -145,7 +152,7 @@ class RegistrationNotifiedTest(AppSmsTestCase):
         self.assertEqual(registered.result, 0)
         yield sms.wait_type(role.CredentialsChanged)
         record = self.registry.by_imei(IMEI)
-        yield wait_until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
+        yield until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
 
         # The same terminal (its flash: serial and set) logs in over its IP stack.
         term = yield self.tcp_terminal(role.TerminalClient(identity, "tcp", clock=reactor.seconds))

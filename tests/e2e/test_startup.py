@@ -29,7 +29,7 @@ from m2mgw.config import parse_config
 from m2mgw.protocol import terminal as role
 from m2mgw.service import GatewayService, ListeningService, StartupError
 from m2mgw.systemd import Notifier
-from tests.e2e.support import client_for, gateway_config, provisioned, provisioning
+from tests.e2e.support import client_for, gateway_config, provisioned, provisioning, until
 from tests.spec_examples import SERIAL
 from tests.twistd import (
     TWISTD,
@@ -228,8 +228,7 @@ class StartupOrderTests(unittest.TestCase):
         gateway = self.gateway
         gateway.startService()
         self.addCleanup(gateway.stopService)
-        while gateway.port_of("admin") is None:
-            await deferLater(0.01)
+        await until(lambda: gateway.port_of("admin") is not None, "the admin listener")
         admin = f"http://127.0.0.1:{gateway.port_of('admin')}/health"
         status, body, _ = await call("GET", admin)
         self.assertEqual(status, 503)
@@ -248,8 +247,7 @@ class StartupOrderTests(unittest.TestCase):
     async def test_one_failed_listener_stops_the_others(self) -> None:
         gateway = self.gateway
         gateway.startService()
-        while gateway.port_of("admin") is None:
-            await deferLater(0.01)
+        await until(lambda: gateway.port_of("admin") is not None, "the admin listener")
         admin = gateway.port_of("admin")
         self.bound.errback(CannotListenError("127.0.0.1", 1, OSError(errno.EADDRINUSE, "x")))
         assert gateway.ready is not None
@@ -263,12 +261,6 @@ class StartupOrderTests(unittest.TestCase):
             socket.create_connection(("127.0.0.1", admin), timeout=2).close()
         self.assertIn("registry: not open", " ".join(gateway.problems()))
         await gateway.stopService()  # twistd still calls it: nothing left to do
-
-
-def deferLater(delay: float) -> defer.Deferred[None]:
-    from twisted.internet import task
-
-    return task.deferLater(reactor, delay, lambda: None)
 
 
 # --- the notifier ------------------------------------------------------------------------

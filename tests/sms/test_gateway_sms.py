@@ -38,6 +38,7 @@ from tests.e2e.support import (
     connect_udp,
     gateway_config,
     provisioned,
+    until,
 )
 from tests.spec_examples import IMEI, IMSI, SYNC_VALUES, VECTORS
 
@@ -65,15 +66,6 @@ sync_trap_wait = 1s
 
 def sleep(seconds: float) -> defer.Deferred[None]:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_until(condition: Any, what: str, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        yield sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class SmsNetwork:
@@ -175,7 +167,7 @@ class RegistrationTest(GatewaySmsTestCase):
 
         changed = yield term.wait_type(role.CredentialsChanged)
         self.assertEqual(changed.credentials.uplink_password, record.pending.uplink_password)
-        yield wait_until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
+        yield until(lambda: record.pending.delivered_at is not None, "SECURITY_CONFIG_ACK")
 
         term.send(term.client.login())
         logged_in = yield term.wait_type(role.LoggedIn)
@@ -235,7 +227,7 @@ class RegistrationTest(GatewaySmsTestCase):
         self.emulator.deliver_text(MSISDN, "hello")
         stranger = self.sms_terminal(record, STRANGER)
         stranger.send(stranger.client.login())
-        yield wait_until(lambda: not self.emulator.modem.store, "the SMS to be read")
+        yield until(lambda: not self.emulator.modem.store, "the SMS to be read")
         yield sleep(0.1)
         self.assertEqual(self.emulator.sent, [])
         self.assertEqual(record.state, TerminalState.REGISTERED)
@@ -258,7 +250,7 @@ class MixedModeTest(GatewaySmsTestCase):
         body = m.ConfigGet(tlvs=[Tlv.query(0x0002)]).encode_body()
         request = yield self.gateway.router.submit(record.serial, Command.CONFIG_GET, body)
         yield self.gateway.router.submit(record.serial, Command.CONFIG_GET, body)
-        yield wait_until(lambda: self.network.received, "the wake-up SMS")
+        yield until(lambda: self.network.received, "the wake-up SMS")
         [(msisdn, frame)] = self.network.received
         wakeup = decode_frame(parse_frame(frame))
         self.assertEqual((msisdn, type(wakeup), wakeup.code), ("86" + MSISDN, m.RemoteCtrl, 3))
@@ -274,13 +266,13 @@ class MixedModeTest(GatewaySmsTestCase):
         yield sleep(0.2)
         self.assertIsNotNone(traffic.wakeup_sequence)
         self.emulator.deliver_wmmp(MSISDN, ack)
-        yield wait_until(lambda: traffic.wakeup_sequence is None, "the wake-up ACK")
+        yield until(lambda: traffic.wakeup_sequence is None, "the wake-up ACK")
 
         # ...then logs in over UDP and gets the queued request there.
         yield self.log_in(term)
         got = yield term.wait_type(role.PlatformRequest)
         self.assertIsInstance(got.message, m.ConfigGet)
-        yield wait_until(lambda: request.state == RequestState.SUCCEEDED, "the CONFIG_GET")
+        yield until(lambda: request.state == RequestState.SUCCEEDED, "the CONFIG_GET")
         self.assertEqual(len(self.emulator.sent), 1)  # one wake-up within wakeup_min_interval
 
     @defer.inlineCallbacks
@@ -303,10 +295,10 @@ class ModemFaultTest(GatewaySmsTestCase):
             reactor.callLater(0.1, self.emulator.set_fault, "unplug")
         SmsBearer(self.gateway.sms, MSISDN).send(WAKEUP)
         [sms] = self.registry.pending_sms()
-        yield wait_until(lambda: sms.attempts >= 1, f"a failed send ({fault})")
+        yield until(lambda: sms.attempts >= 1, f"a failed send ({fault})")
         self.assertEqual(sms.uncertain, 0)  # each fault here is known not to have sent it
         self.emulator.set_fault("none")
-        yield wait_until(lambda: sms.state == SmsState.SENT, "the send after recovery")
+        yield until(lambda: sms.state == SmsState.SENT, "the send after recovery")
         self.assertEqual(self.submits(), expected)
         self.assertEqual(self.registry.pending_sms(), [])
 
@@ -335,12 +327,12 @@ class ModemFaultTest(GatewaySmsTestCase):
         message = WAKEUP * 5  # 165 bytes: two segments
         SmsBearer(self.gateway.sms, MSISDN).send(message)
         [sms] = self.registry.pending_sms()
-        yield wait_until(lambda: sms.attempts >= 1, "the refused second segment")
+        yield until(lambda: sms.attempts >= 1, "the refused second segment")
         self.assertEqual(sms.parts_sent, 1)
         emulator.set_fault("none")
-        yield wait_until(lambda: sms.state == SmsState.SENT, "the second segment")
+        yield until(lambda: sms.state == SmsState.SENT, "the second segment")
         self.assertEqual(self.submits(), wmmp_submit_pdus(message, MSISDN, reference=1))
-        yield wait_until(lambda: self.network.received, "the network to reassemble it")
+        yield until(lambda: self.network.received, "the network to reassemble it")
         self.assertEqual(self.network.received, [(E164, message)])
 
     @defer.inlineCallbacks
@@ -350,11 +342,11 @@ class ModemFaultTest(GatewaySmsTestCase):
         bearer = SmsBearer(self.gateway.sms, MSISDN)
         bearer.send(WAKEUP)
         [sms] = self.registry.pending_sms()
-        yield wait_until(lambda: sms.state == SmsState.FAILED, "the refused message to fail")
+        yield until(lambda: sms.state == SmsState.FAILED, "the refused message to fail")
         self.assertEqual(sms.attempts, FAST.max_refusals)
         self.emulator.set_fault("none")
         bearer.send(WAKEUP[:-1] + b"\x04")  # the outbox is not blocked by it
-        yield wait_until(lambda: len(self.emulator.sent) == 1, "the next message")
+        yield until(lambda: len(self.emulator.sent) == 1, "the next message")
 
 
 class RestartTest(GatewaySmsTestCase):
@@ -374,8 +366,8 @@ class RestartTest(GatewaySmsTestCase):
         self.emulator.set_fault("none")
         self.gateway = yield self.start_gateway(wait_for_modem=False)
         self.assertEqual(len(self.registry.pending_sms()), 2)
-        yield wait_until(lambda: len(self.emulator.sent) == 3, "the stored SMS")
-        yield wait_until(lambda: not self.registry.pending_sms(), "the outbox to empty")
+        yield until(lambda: len(self.emulator.sent) == 3, "the stored SMS")
+        yield until(lambda: not self.registry.pending_sms(), "the outbox to empty")
         expected = wmmp_submit_pdus(WAKEUP, MSISDN, 1) + wmmp_submit_pdus(
             long_message, "8613900000002", 1
         )
@@ -426,7 +418,7 @@ class DuplicatePresentationTest(GatewaySmsTestCase):
         [deliver] = wmmp_delivers(MSISDN, alarm, 1, scts)
         self.gateway.sms._on_sms(deliver)
         self.gateway.sms._on_sms(deliver)
-        yield wait_until(lambda: len(self.emulator.sent) == 1, "the CONFIG_TRAP_ACK")
+        yield until(lambda: len(self.emulator.sent) == 1, "the CONFIG_TRAP_ACK")
         yield sleep(0.1)
         alarms = yield self.registry.alarms(record.serial)
         self.assertEqual((len(self.emulator.sent), len(alarms)), (1, 1))

@@ -29,6 +29,7 @@ from m2mgw.sms.modem import (
 )
 from m2mgw.sms.pdu import SmsDeliver
 from m2mgw.tools.modem_emulator import ModemEmulator
+from tests.e2e.support import until
 from tests.spec_examples import VECTORS
 
 WAKEUP = VECTORS["11.8 REMOTE_CTRL"]  # spec 11.8: the wake-up message
@@ -86,14 +87,6 @@ class ModemTestCase(unittest.TestCase):
             yield d
 
     @inlineCallbacks
-    def wait_until(self, condition, what: str):  # type: ignore[no-untyped-def]
-        for _ in range(200):
-            if condition():
-                return
-            yield deferLater(reactor, 0.02, lambda: None)
-        self.fail(f"timed out waiting for {what}")
-
-    @inlineCallbacks
     def test_send_returns_reference_and_modem_gets_pdu(self):  # type: ignore[no-untyped-def]
         [tpdu] = wmmp_submit_pdus(WAKEUP, "13900000001", reference=1)
         first = yield self.service.send_pdu(tpdu)
@@ -108,7 +101,7 @@ class ModemTestCase(unittest.TestCase):
         message = bytes(range(256)) + b"tail"  # 3 segments
         self.emulator.deliver_wmmp("+8613900000001", message)
         yield self.wait_for_sms(3)
-        yield self.wait_until(lambda: not self.emulator.modem.store, "deletion")
+        yield until(lambda: not self.emulator.modem.store, "deletion")
         reassembler = SmsReassembler()
         events = [reassembler.feed(sms, 0.0) for sms in self.received]
         self.assertEqual(events[:2], [None, None])
@@ -124,7 +117,7 @@ class ModemTestCase(unittest.TestCase):
         yield self.start_service()
         yield self.wait_for_sms(1)
         self.assertEqual(self.received[0].user_data, "stored while down")
-        yield self.wait_until(lambda: not self.emulator.modem.store, "deletion")
+        yield until(lambda: not self.emulator.modem.store, "deletion")
 
     @inlineCallbacks
     def test_cms_error_fails_the_send(self):  # type: ignore[no-untyped-def]

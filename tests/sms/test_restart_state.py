@@ -27,9 +27,9 @@ from m2mgw.protocol.tlv import Tlv
 from m2mgw.sms.bearer import wmmp_submit_pdus
 from m2mgw.sms.service import SmsBearer
 from tests.core.test_sealed_registry import copy_to_schema
-from tests.e2e.support import provisioned
+from tests.e2e.support import provisioned, until
 
-from .test_gateway_sms import E164, MSISDN, WAKEUP, GatewaySmsTestCase, sleep, wait_until
+from .test_gateway_sms import E164, MSISDN, WAKEUP, GatewaySmsTestCase, sleep
 
 OTHER = "8613900000002"
 
@@ -41,14 +41,14 @@ class ReferenceRestartTest(GatewaySmsTestCase):
         yield self.gateway.sms.submit(MSISDN, WAKEUP)
         yield self.gateway.sms.submit(MSISDN, WAKEUP[:-1] + b"\x05")
         yield self.gateway.sms.submit(OTHER, WAKEUP)
-        yield wait_until(lambda: len(self.emulator.sent) == 3, "three SMS")
+        yield until(lambda: len(self.emulator.sent) == 3, "three SMS")
         yield self.gateway.stopService()
         self.gateway = yield self.start_gateway()
 
         assert self.gateway.sms is not None
         yield self.gateway.sms.submit(MSISDN, WAKEUP)
         yield self.gateway.sms.submit(OTHER, WAKEUP)
-        yield wait_until(lambda: len(self.emulator.sent) == 5, "two more SMS")
+        yield until(lambda: len(self.emulator.sent) == 5, "two more SMS")
         self.assertEqual(
             self.submits()[3:],
             wmmp_submit_pdus(WAKEUP, MSISDN, 3) + wmmp_submit_pdus(WAKEUP, OTHER, 2),
@@ -72,9 +72,9 @@ class ReferenceRestartTest(GatewaySmsTestCase):
         emulator.modem.sent = RefuseAfterFirst()
         first = WAKEUP * 5  # two segments
         SmsBearer(self.gateway.sms, MSISDN).send(first)
-        yield wait_until(lambda: self.registry.pending_sms(), "the message to be queued")
+        yield until(lambda: self.registry.pending_sms(), "the message to be queued")
         [sms] = self.registry.pending_sms()
-        yield wait_until(lambda: sms.attempts >= 1, "the refused second segment")
+        yield until(lambda: sms.attempts >= 1, "the refused second segment")
         self.assertEqual(sms.parts_sent, 1)
         yield self.gateway.stopService()
 
@@ -83,10 +83,10 @@ class ReferenceRestartTest(GatewaySmsTestCase):
         assert self.gateway.sms is not None
         second = WAKEUP[:-1] + b"\x05"
         SmsBearer(self.gateway.sms, MSISDN).send(second)
-        yield wait_until(lambda: len(emulator.sent) == 3, "the rest and the next message")
+        yield until(lambda: len(emulator.sent) == 3, "the rest and the next message")
         one, two = wmmp_submit_pdus(first, MSISDN, 1)
         self.assertEqual(self.submits(), [one, two, *wmmp_submit_pdus(second, MSISDN, 2)])
-        yield wait_until(lambda: len(self.network.received) == 2, "both to be reassembled")
+        yield until(lambda: len(self.network.received) == 2, "both to be reassembled")
         self.assertEqual(self.network.received, [(E164, first), (E164, second)])
 
 
@@ -103,7 +103,7 @@ class SentOnceCommittedTest(GatewaySmsTestCase):
         yield sleep(0.4)
         self.assertEqual(self.emulator.sent, [], "sent before its row was committed")
         blocker.execute("ROLLBACK")
-        yield wait_until(lambda: self.emulator.sent, "the SMS after the commit")
+        yield until(lambda: self.emulator.sent, "the SMS after the commit")
         self.assertEqual(self.submits(), wmmp_submit_pdus(WAKEUP, MSISDN, 1))
 
 
@@ -114,7 +114,7 @@ class WakeupRestartTest(GatewaySmsTestCase):
         yield self.registry.add(record)
         body = m.ConfigGet(tlvs=[Tlv.query(0x0002)]).encode_body()
         yield self.gateway.router.submit(record.serial, Command.CONFIG_GET, body)
-        yield wait_until(lambda: len(self.emulator.sent) == 1, "the wake-up SMS")
+        yield until(lambda: len(self.emulator.sent) == 1, "the wake-up SMS")
         sent_at = record.wakeup_at
         self.assertIsNotNone(sent_at)
         yield self.gateway.stopService()
@@ -136,7 +136,7 @@ class WakeupRestartTest(GatewaySmsTestCase):
         yield self.registry.save(record)
         yield self.gateway.stopService()
         self.gateway = yield self.start_gateway()
-        yield wait_until(lambda: len(self.network.received) == 2, "the wake-up after the interval")
+        yield until(lambda: len(self.network.received) == 2, "the wake-up after the interval")
         again = self.submits()[1]
         self.assertEqual(again, wmmp_submit_pdus(self.network.received[1][1], E164, 2)[0])
         wakeup = decode_frame(parse_frame(self.network.received[1][1]))

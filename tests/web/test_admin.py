@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial import unittest
 
@@ -20,6 +19,7 @@ from m2mgw.protocol.terminal import (
     TerminalIdentity,
     parse_download_url,
 )
+from tests.e2e.support import until
 from tests.web import CREDENTIALS, IMEI, IMSI, SERIAL, header, start_gateway
 
 PRESET = {"imei": IMEI, "imsi": IMSI, "serial": SERIAL, "cipher": "legacy", **CREDENTIALS}
@@ -216,14 +216,6 @@ class _UdpTerminal(DatagramProtocol):
             self.transport.write(out, addr)
 
 
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.01)
-
-
 class LiveTerminalTests(unittest.TestCase):
     """Requests queued through the API reach a logged-in terminal over UDP."""
 
@@ -240,14 +232,15 @@ class LiveTerminalTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
 
         terminal.send(terminal.client.login())
-        await until(lambda: terminal.client.logged_in)
+        await until(lambda: terminal.client.logged_in, "the login")
         status, request, _ = await gw.api(
             "POST", f"/terminals/{SERIAL}/requests",
             {"command": "CONFIG_GET", "tags": ["PERIOD_CFG"]},
         )
         self.assertEqual(status, 202, request)
         url = f"/requests/{request['id']}"
-        await until(lambda: not gw.gateway.registry.request(request["id"]).active)
+        await until(lambda: not gw.gateway.registry.request(request["id"]).active,
+                    "the request's answer")
         status, done, _ = await gw.api("GET", url)
         self.assertEqual((done["state"], done["result"]), ("succeeded", 0), done)
         status, detail, _ = await gw.api("GET", f"/terminals/{SERIAL}")
@@ -260,7 +253,7 @@ class LiveTerminalTests(unittest.TestCase):
             "POST", f"/terminals/{SERIAL}/requests", {"command": "LOGOUT", "reason": 4}
         )
         self.assertEqual((status, answer["sent"]), (202, True), answer)
-        await until(lambda: SERIAL not in gw.gateway.engine.sessions)
+        await until(lambda: SERIAL not in gw.gateway.engine.sessions, "the session's end")
         self.assertFalse(terminal.client.logged_in)
         status, health, _ = await gw.api("GET", "/health")
         self.assertEqual((health["terminals"], health["sessions"]), (1, 0))

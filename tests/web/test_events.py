@@ -13,16 +13,8 @@ from twisted.trial import unittest
 import m2mgw
 from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
-from tests.e2e.support import TestTerminal, client_for, connect_udp, provisioned
+from tests.e2e.support import TestTerminal, client_for, connect_udp, provisioned, until
 from tests.web import start_gateway
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.01)
 
 
 def parse(stream: bytes) -> list[tuple[str, Any]]:

@@ -3,12 +3,18 @@
 :class:`PlatformEngine` applies spec sections 4, 6, 7, 8 and 9 to complete messages
 handed in by the transports, answers on the bearer each request came from, and
 keeps the logical connections in its :class:`~m2mgw.core.sessions.SessionTable`.
-It does no I/O of its own: bytes go out through the
-:class:`~m2mgw.core.session.Bearer` they belong to, records through the registry,
-file blocks come from a :class:`~m2mgw.core.files.FileBlocks`, what happened is
-published as :mod:`~m2mgw.core.engine.events`, and time is handed in
-(:meth:`PlatformEngine.tick`, :meth:`PlatformEngine.next_deadline`), so it is
-tested with fake bearers and ``task.Clock``.
+
+It is not sans-I/O as :mod:`m2mgw.protocol` is (bytes and time in, events and bytes
+out): it sends, calling :meth:`~m2mgw.core.session.Bearer.send` on the bearer a frame
+belongs to, and some answers wait on a Deferred: a REGISTER_ACK for its record's
+commit (D-340), the ACK of uplink data for its log entry's commit or for the
+application's answer. What it never does is open a socket, import the reactor or
+start a thread: the bearers, the registry, the file blocks (a
+:class:`~m2mgw.core.files.FileBlocks`; the gateway's reads the disk) and the clock
+are handed in, what happened is published as :mod:`~m2mgw.core.engine.events`, and
+timed work runs in :meth:`PlatformEngine.tick` by :meth:`PlatformEngine.next_deadline`.
+So it is tested with fake bearers, the in-memory registry and a ``task.Clock``, with
+no reactor running.
 
 This module routes each message to its phase: :mod:`.admission` (REGISTER, LOGIN,
 LOGOUT, the digest), :mod:`.reports` (what a logged-in terminal sends) and the
@@ -47,20 +53,25 @@ from m2mgw.core.stats import EngineStats
 from m2mgw.core.uplink import UplinkSink
 from m2mgw.protocol import messages as m
 from m2mgw.protocol.codec import TAG_ENCRYPTED, TAG_FRAGMENT, Frame, parse_frame
-from m2mgw.protocol.constants import ACK_BIT, Command, Flag, LoginResult, LogoutReason
+from m2mgw.protocol.constants import (
+    ACK_BIT,
+    Command,
+    Flag,
+    LoginResult,
+    LogoutReason,
+    command_name,
+)
 from m2mgw.protocol.dupcache import CacheHit, InProgress
 from m2mgw.protocol.errors import BodyError, ProtocolError
 from m2mgw.protocol.fragment import (
     Abort,
     Complete,
-    Duplicate,
-    Ended,
     FragmentAbort,
     FragmentLimits,
     FragmentOp,
     FragmentPart,
-    NeedPart,
     ReassemblyTable,
+    reply_to,
 )
 from m2mgw.protocol.header import VersionError
 from m2mgw.protocol.replay import Freshness, ReplayWindow
@@ -331,18 +342,32 @@ class PlatformEngine:
         self._ctx.send_reply(ex, self._ctx.frames.answer_part(parts, reply, ex, ex.key))
 
     def _reassemble(self, ex: Exchange, part: FragmentPart) -> bytes | None:
-        """Feed a part of a fragmented request; the body once complete (7.4)."""
+        """Feed a part of a fragmented request; the body once complete (7.4). Each
+        other part is answered as :func:`~m2mgw.protocol.fragment.reply_to` says, the
+        policy of every machine that reassembles (PD-28, D-370); an op 2 is not cached."""
         header = ex.header
-        key = (header.serial, header.command_id, "in", part.trans_id)
-        event = self.reassembly.feed(key[:3], part, ex.now)
+        table = self.reassembly
+        event = table.feed((header.serial, header.command_id, "in"), part, ex.now)
+        for serial, command_id, _ in table.dropped:
+            log.info(
+                "Reassembly table full: dropped the reassembly of {command} from {serial}, "
+                "for {by_serial} seq {by_sequence_id}",
+                serial=serial,
+                command=command_name(command_id),
+                by_serial=header.serial,
+                by_sequence_id=header.sequence_id,
+            )
         if isinstance(event, Complete):
             return event.body
-        if isinstance(event, NeedPart):
-            self._ctx.reassembly_reply(ex, event.reply)
-        elif isinstance(event, Abort):
-            self._ctx.reassembly_reply(ex, event.abort_part, cache=False)
-        elif isinstance(event, Duplicate | Ended):
-            pass
+        if isinstance(event, Abort):
+            log.debug(
+                "Aborted reassembly {trans_id} of {command} seq {sequence_id} from {serial}",
+                trans_id=part.trans_id,
+                **ex.log_keys,
+            )
+        reply = reply_to(event)
+        if reply is not None:
+            self._ctx.reassembly_reply(ex, reply, cache=not isinstance(event, Abort))
         return None
 
     # ------------------------------------------------------------------ answers from terminals
