@@ -15,7 +15,7 @@ from m2mgw.app.longconn import embeddable
 from m2mgw.core.model import Application, Request, RequestState, Terminal, TerminalState
 from m2mgw.protocol import messages as m
 from m2mgw.protocol import tags
-from m2mgw.protocol.constants import Command
+from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.errors import ProtocolError
 
 R = ops.ResultCode
@@ -132,7 +132,7 @@ def answer_items(request: Request) -> tuple[list[ops.TlvItem], list[int]]:
         Command.CONFIG_GET, Command.CONFIG_SET, Command.REMOTE_CTRL
     ):
         return [], []
-    ack_type = m.MESSAGE_TYPES[request.command | 0x8000]
+    ack_type = m.MESSAGE_TYPES[request.command | ACK_BIT]
     try:
         ack = ack_type.decode_body(request.answer_body)
     except ProtocolError:
