@@ -303,6 +303,19 @@ def connect_address(description: str | None) -> tuple[str, int] | None:
     return host, int(port)
 
 
+def with_backlog(description: str, backlog: int) -> str:
+    """A ``tcp:``/``tcp6:`` description with ``backlog=`` added unless it has one.
+
+    Twisted listens with a queue of 50: a fleet reconnecting at once after a restart
+    overflows it, and each connection refused waits for the kernel's SYN retransmit
+    (1, 3, 7 s ...) before it is accepted (D-375).
+    """
+    kind, _, kwargs = endpoint_parts(description)
+    if kind not in ("tcp", "tcp6") or "backlog" in kwargs:
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 def _endpoint(raw: str) -> str | None:
     """A server endpoint description, or ``none`` (the listener is disabled)."""
     expected = (
@@ -424,6 +437,8 @@ class TcpConfig:
     """``[tcp]``: the terminal TCP bearer (spec 10.2)."""
 
     listen: str | None = _setting("tcp:5236:interface=127.0.0.1", _endpoint)
+    #: The listen queue of a tcp:/tcp6: listener without its own backlog= (D-375).
+    backlog: int = _setting(4096, _integer(1, 65_535))
     max_connections: int = _setting(10_000, _integer(1, 1_000_000))
     #: Connections not logged in from one source address (D-352).
     max_unauthenticated_per_host: int = _setting(256, _integer(1, 1_000_000))

@@ -39,7 +39,7 @@ from m2mgw.app.gateway import ApplicationService
 from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
 from m2mgw.app.uplink import AppUplink
-from m2mgw.config import GatewayConfig
+from m2mgw.config import GatewayConfig, with_backlog
 from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
@@ -110,9 +110,13 @@ class ListeningService(service.Service):
         self.listening: Deferred[None] | None = None
 
     @classmethod
-    def stream(cls, reactor: Any, description: str, factory: Factory) -> ListeningService:
-        """A listener on a Twisted server endpoint string (``tcp:...``, ``systemd:...``)."""
-        return cls(description, lambda: serverFromString(reactor, description).listen(factory))
+    def stream(
+        cls, reactor: Any, description: str, factory: Factory, backlog: int | None = None
+    ) -> ListeningService:
+        """A listener on a Twisted server endpoint string (``tcp:...``, ``systemd:...``),
+        with ``backlog`` as its queue unless the string gives one (D-375)."""
+        endpoint = description if backlog is None else with_backlog(description, backlog)
+        return cls(description, lambda: serverFromString(reactor, endpoint).listen(factory))
 
     def startService(self) -> None:
         super().startService()
@@ -223,7 +227,7 @@ class GatewayService(service.MultiService):
             self.tcp_factory = TerminalTcpFactory(
                 self.engine, clock, config.tcp, config.protocol.tcp_login_timeout
             )
-            self._listen("tcp", config.tcp.listen, self.tcp_factory)
+            self._listen("tcp", config.tcp.listen, self.tcp_factory, backlog=config.tcp.backlog)
         if config.udp.enabled:
             udp = self.udp_protocol = TerminalDatagramProtocol(self.engine, config.udp)
             interface = config.udp.interface
@@ -290,8 +294,12 @@ class GatewayService(service.MultiService):
         self._registry_open = False
         self._failed = False
 
-    def _listen(self, name: str, description: str, factory: Factory) -> None:
-        self._add_listener(name, ListeningService.stream(self.reactor, description, factory))
+    def _listen(
+        self, name: str, description: str, factory: Factory, backlog: int | None = None
+    ) -> None:
+        self._add_listener(
+            name, ListeningService.stream(self.reactor, description, factory, backlog)
+        )
 
     def _listen_http(self, name: str, description: str, site: Site, limits: HttpLimits) -> None:
         """An HTTP listener with request deadlines and a connection cap (D-310..D-312)."""

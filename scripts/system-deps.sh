@@ -5,7 +5,7 @@
 # postgresql for the throw-away clusters of the PostgreSQL registry's tests (tests/pgcluster.py).
 # Idempotent and quiet: exits 0 at once when everything is already installed.
 set -euo pipefail
-PACKAGES=(gammu prometheus chromium chromium-driver systemd postgresql)
+PACKAGES=(gammu prometheus chromium chromium-driver systemd postgresql iproute2)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
