@@ -28,6 +28,7 @@ with it if it is killed (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -133,22 +134,28 @@ class Bench:
         provision(ini, (bench_terminal(i) for i in range(count)))
         log(f"provisioned {count} terminals in {time.monotonic() - started:.1f} s")
 
-    def gateway(self, size: int) -> Measurement:
-        run = self.workdir / f"gw-{size}"
+    def gateway(
+        self, size: int, *, checkout: Path | None = None, paced_rate: float | None = None
+    ) -> Measurement:
+        """The gateway of this checkout, or of ``checkout`` (``--baseline``) at the
+        current gateway's paced rate."""
+        target = "gateway" if checkout is None else "baseline"
+        run = self.workdir / f"{target}-{size}"
         run.mkdir()
         database = run / "m2mgw.db"
         shutil.copyfile(self.template, database)
         port = free_port()
         ini = run / "m2mgw.ini"
         ini.write_text(gateway_ini(database, self.key, port, max(size, 10_000)), encoding="ascii")
+        env = None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout)}
         server = self.processes.start(
-            twistd_argv(run, ini), cwd=str(run), stdout=subprocess.DEVNULL
+            twistd_argv(run, ini), cwd=str(run), stdout=subprocess.DEVNULL, env=env
         )
         try:
             wait_listening(port, server)
             time.sleep(1.0)  # let start-up garbage settle before the idle reading
-            measurement = Measurement("gateway", size, rss_idle_kb=rss_kb(server.pid))
-            self._load(measurement, server, port, login=True, paced_rate=None)
+            measurement = Measurement(target, size, rss_idle_kb=rss_kb(server.pid))
+            self._load(measurement, server, port, login=True, paced_rate=paced_rate)
         finally:
             self.processes.stop(server)
         return measurement
@@ -306,6 +313,36 @@ def report(pairs: list[tuple[Measurement, Measurement]], args: argparse.Namespac
         print(f"\nNote: the targets apply at {TARGET_SIZE:,} terminals, not measured in this run.")
 
 
+def compare(
+    pairs: list[tuple[Measurement, Measurement]], baselines: list[Measurement], checkout: Path
+) -> None:
+    """Before and after: the ``--baseline`` checkout's gateway under the same load."""
+    print(f"\nBefore and after: the gateway of {checkout} (baseline) and of this checkout, "
+          "under the same load in this run (paced: at the same rate).")  # fmt: skip
+    for base in baselines:
+        for run in (base.saturated, base.paced):
+            clients = ", ".join(c.show(run.wall) for c in run.clients)
+            print(
+                f"{base.size:>9} {base.target:<8} {run.mode:<9} {run.held:>6} {run.rate:>10.0f} "
+                f"{run.p50_ms:>7.2f} {run.p99_ms:>7.2f} {run.errors:>6}  "
+                f"{run.server.show(run.wall)} / {clients}"
+            )
+    head = (
+        f"{'terminals':>9} {'before /CPU-s':>14} {'after /CPU-s':>13} {'after/before':>13} "
+        f"{'before p99':>11} {'after p99':>10} {'before login s':>15} {'after login s':>14}"
+    )
+    print(head)
+    print("-" * len(head))
+    for (gw, _), base in zip(pairs, baselines, strict=True):
+        print(
+            f"{gw.size:>9} {base.saturated.per_cpu_second:>14.0f} "
+            f"{gw.saturated.per_cpu_second:>13.0f} "
+            f"{ratio(gw.saturated.per_cpu_second, base.saturated.per_cpu_second):>13.2f} "
+            f"{base.paced.p99_ms:>11.2f} {gw.paced.p99_ms:>10.2f} "
+            f"{base.login_seconds:>15.1f} {gw.login_seconds:>14.1f}"
+        )
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -336,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--login-timeout", type=float, default=300.0,
                         help="seconds allowed for connecting and logging in")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--baseline", type=Path, default=None, metavar="CHECKOUT",
+        help="also run the gateway of another checkout (a git worktree of an older commit, "
+             "same schema) under the same load, and print before and after",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.window < args.clients:
         parser.error("--window must be at least --clients")
@@ -345,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, workdir)
     at_start = machine()
     pairs: list[tuple[Measurement, Measurement]] = []
+    baselines: list[Measurement] = []
     try:
         bench.prepare()
         for size in args.sizes:
@@ -352,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             gateway = bench.gateway(size)
             log(f"{size} terminals: bare server ...")
             pairs.append((gateway, bench.bare(size, gateway.paced_rate)))
+            if args.baseline is not None:
+                log(f"{size} terminals: baseline gateway from {args.baseline} ...")
+                baselines.append(bench.gateway(
+                    size, checkout=args.baseline, paced_rate=gateway.paced_rate))
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -366,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"Machine at start: {at_start}\nMachine at end:   {machine()}")
     report(pairs, args)
+    if baselines:
+        compare(pairs, baselines, args.baseline)
     return 0
 
 
