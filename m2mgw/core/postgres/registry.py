@@ -14,16 +14,16 @@ blocks of ids, which must not wait behind a long queue of writes.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from m2mgw.config import ROW_WATERMARKS, WRITE_WATERMARKS
-from m2mgw.core.postgres.connection import Cursor, Database, redact
+from m2mgw.config import ROW_WATERMARKS, WRITE_WATERMARKS, default_node
+from m2mgw.core.postgres.connection import Cursor, Database, PostgresError, one_line, redact
 from m2mgw.core.postgres.migrations import migrate
 from m2mgw.core.postgres.store import PostgresStore, allocate_blocks, give_back
 from m2mgw.core.registry.cached import CachedRegistry
@@ -46,11 +46,6 @@ _log = Logger()
 
 #: Another block is taken once a table's current one is down to this share.
 REFILL_SHARE = 0.5
-
-
-def default_node() -> str:
-    """This node's name when ``[registry] node`` does not give one: the host name."""
-    return socket.gethostname().split(".")[0] or "m2mgw"
 
 
 @dataclass(slots=True)
@@ -192,6 +187,8 @@ class PostgresRegistry(CachedRegistry):
     def _open_failed(self, failure: Failure) -> Failure:
         self._vault = None
         self._close_databases()
+        if isinstance(failure.value, psycopg.Error):  # SQL refused (a privilege...)
+            raise PostgresError(f"registry {self._name}: cannot open: {one_line(failure.value)}")
         return failure
 
     def _close_databases(self) -> None:
