@@ -39,11 +39,13 @@ from m2mgw.app.gateway import ApplicationService
 from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
 from m2mgw.app.uplink import AppUplink
-from m2mgw.config import GatewayConfig, with_backlog
+from m2mgw.config import GatewayConfig, RegistryConfig, with_backlog
 from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
+from m2mgw.core.postgres.connection import redact
+from m2mgw.core.postgres.registry import PostgresRegistry
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
 from m2mgw.core.registry.sqlite import SqliteRegistry
@@ -139,6 +141,21 @@ class ListeningService(service.Service):
         return maybeDeferred(port.stopListening)
 
 
+def _registry(config: RegistryConfig, reactor: Any) -> Registry:
+    """The registry ``[registry]`` names: PostgreSQL given a ``url``, else the SQLite
+    ``database``."""
+    tuning: dict[str, Any] = {"watermarks": config.write_watermarks,
+                              "row_watermarks": config.row_watermarks,
+                              "master_key_file": config.master_key_path}
+    if config.url:
+        return PostgresRegistry(config.url, reactor, node=config.node or None, **tuning)
+    return SqliteRegistry(config.database, reactor, **tuning)
+
+
+def _registry_location(config: RegistryConfig) -> str:
+    return redact(config.url) if config.url else config.database
+
+
 class GatewayService(service.MultiService):
     """The whole gateway: registry, engine, router, transports, HTTP services.
 
@@ -161,13 +178,7 @@ class GatewayService(service.MultiService):
         #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
         self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
-        self.registry = registry or SqliteRegistry(
-            config.registry.database,
-            reactor,
-            watermarks=config.registry.write_watermarks,
-            row_watermarks=config.registry.row_watermarks,
-            master_key_file=config.registry.master_key_path,
-        )
+        self.registry = registry or _registry(config.registry, reactor)
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
         #: The admin API's tokens (D-190); the file is created at start-up if missing.
@@ -426,7 +437,7 @@ class GatewayService(service.MultiService):
         elif self.ready is None or not self.ready.called:
             found.append("gateway: starting")
         if not self._registry_open:
-            found.append(f"registry: not open ({self.config.registry.database})")
+            found.append(f"registry: not open ({_registry_location(self.config.registry)})")
         found += [
             f"{listener.name}: not listening on {listener.description}"
             for listener in self.listeners()

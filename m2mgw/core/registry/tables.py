@@ -4,8 +4,9 @@ A :class:`Table` maps a dataclass (or a plain tuple) to a table: columns are the
 dataclass fields in order, values are encoded by per-column codecs (JSON for sets and
 credentials, integers for booleans) and secret columns are sealed by the vault
 (D-281). The mapping is the same for every store; the SQL text at the end of this
-module (:class:`SqliteStatements`, :data:`PRUNE_SQL`) is SQLite's dialect, which a
-PostgreSQL store would write its own of.
+module (:class:`SqliteStatements`, :data:`PRUNE_SQL`) is SQLite's dialect; the
+PostgreSQL store renders its own from the same definitions
+(:mod:`m2mgw.core.postgres.store`).
 """
 
 from __future__ import annotations
@@ -324,16 +325,18 @@ def states_sql(column: str, values: tuple[str, ...], *, negate: bool) -> str:
     return f"{column} {'NOT IN' if negate else 'IN'} ({listed})"
 
 
-def _prune_sql(history: History) -> str:
+def prune_sql(history: History, parameter: str = "?") -> str:
     """Delete the oldest ``LIMIT`` history rows, found through migration 006's indexes
-    (the ``live`` term matches the partial indexes' WHERE, so they apply)."""
+    (the ``live`` term matches the partial indexes' WHERE, so they apply); ``parameter``
+    is the dialect's placeholder (PostgreSQL's is ``%s``)."""
     finished = f"{states_sql('state', history.live, negate=True)} AND " if history.live else ""
     table, key, age = history.table.name, history.key, history.age
     return (
         f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
-        f"WHERE {finished}{age} < ? ORDER BY {age} LIMIT ?) RETURNING {key}"
+        f"WHERE {finished}{age} < {parameter} ORDER BY {age} LIMIT {parameter}) "
+        f"RETURNING {key}"
     )
 
 
 #: The pruning statement of each history table.
-PRUNE_SQL = {name: _prune_sql(history) for name, history in HISTORY.items()}
+PRUNE_SQL = {name: prune_sql(history) for name, history in HISTORY.items()}
