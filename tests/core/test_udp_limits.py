@@ -8,7 +8,9 @@ import socket
 from pathlib import Path
 
 from twisted.internet import defer
+from twisted.internet.interfaces import ISystemHandle
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from m2mgw.config import UdpConfig
 from m2mgw.core.refusals import RateLimit, Reason
@@ -99,12 +101,16 @@ class RateLimitTest(unittest.TestCase):
         self.assertTrue(limit.allow("a", 1.0))
 
 
+@implementer(ISystemHandle)
 class Bound:
     """A listening port's socket, real and bound, as the protocol's transport."""
 
     def __init__(self) -> None:
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
+
+    def getHandle(self) -> socket.socket:
+        return self.socket
 
 
 class ReceiveBufferTest(unittest.TestCase):
