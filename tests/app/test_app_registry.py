@@ -18,7 +18,12 @@ from m2mgw.core.model import AppMessage, AppNotification, NotificationState, Req
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.requests import RequestError
 from tests.admin_token import bearer
-from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
+from tests.core.registry_backends import (
+    MemoryBackend,
+    PostgresBackend,
+    RegistryContract,
+    SqliteBackend,
+)
 from tests.e2e.support import provisioned, start_gateway
 from tests.twistd import cli
 
@@ -76,6 +81,10 @@ class SqliteAppRegistryTest(SqliteBackend, AppRegistryTests, unittest.TestCase):
 
 
 class MemoryAppRegistryTest(MemoryBackend, AppRegistryTests, unittest.TestCase):
+    pass
+
+
+class PostgresAppRegistryTest(PostgresBackend, AppRegistryTests, unittest.TestCase):
     pass
 
 

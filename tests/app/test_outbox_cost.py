@@ -18,7 +18,12 @@ from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.app.outbox import encode_notification
 from m2mgw.core.model import AppNotification, NotificationState
-from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
+from tests.core.registry_backends import (
+    MemoryBackend,
+    PostgresBackend,
+    RegistryContract,
+    SqliteBackend,
+)
 
 from .gateway_support import BASE_KEY, PASSWORD, AppGatewayTestCase
 
@@ -149,4 +154,8 @@ class SqliteReadyQueueTest(SqliteBackend, ReadyQueueTests, unittest.TestCase):
 
 
 class MemoryReadyQueueTest(MemoryBackend, ReadyQueueTests, unittest.TestCase):
+    pass
+
+
+class PostgresReadyQueueTest(PostgresBackend, ReadyQueueTests, unittest.TestCase):
     pass

@@ -7,26 +7,34 @@ backend-independent test class is declared once per backend::
     class QueueTests(RegistryContract): ...              # the tests, no backend
     class SqliteQueueTest(SqliteBackend, QueueTests, unittest.TestCase): ...
     class MemoryQueueTest(MemoryBackend, QueueTests, unittest.TestCase): ...
+    class PostgresQueueTest(PostgresBackend, QueueTests, unittest.TestCase): ...
 
-Both run on the reactor trial spins: SqliteRegistry on a real file, MemoryRegistry
+All run on the reactor trial spins: SqliteRegistry on a real file, MemoryRegistry
 on a MemoryStore that commits on the reactor's next turn (so that, as with SQLite,
-nothing is committed synchronously). What a test reads "from the database" it reads
-through :meth:`RegistryContract.stored`: a SELECT on the file, or the store's rows.
+nothing is committed synchronously), PostgresRegistry on a schema of its own on the
+session's throw-away cluster. What a test reads "from the database" it reads through
+:meth:`RegistryContract.stored`: a SELECT on its own connection, or the store's rows.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+import pytest
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from m2mgw.core.postgres.registry import PostgresRegistry
+from m2mgw.core.registry import tables
 from m2mgw.core.registry.cached import CachedRegistry
 from m2mgw.core.registry.memory import MemoryRegistry, MemoryStore
 from m2mgw.core.registry.sqlite import SqliteRegistry
+from tests.pgcluster import PgCluster
 
 # The mixins are TestCases to the type checker only: each test class adds one itself.
 _TestCase = unittest.TestCase if TYPE_CHECKING else object
@@ -155,3 +163,66 @@ class MemoryBackend(RegistryContract):
         hold = _StoreHold(self.store)
         self.addCleanup(hold.release)
         return hold
+
+
+_schemas = itertools.count(1)
+#: Each table's key, the order ``stored`` reads it in when not told (SQLite's rowid).
+_KEYS = {
+    table.name: table.key or ("id",)
+    for table in vars(tables).values() if isinstance(table, tables.Table)
+}
+
+
+class _TablesLock:
+    """Another connection's open transaction holding every table of the schema: the
+    registry's writer must wait (its id blocks do not: sequences are not locked)."""
+
+    def __init__(self, url: str) -> None:
+        self._conn: psycopg.Connection[Any] | None = psycopg.connect(url)
+        names = self._conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+        self._conn.execute(
+            f"LOCK TABLE {', '.join(n for n, in names)} IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.commit()
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresBackend(RegistryContract):
+    """PostgresRegistry on a schema of its own in the session's throw-away cluster,
+    the master key in the test's temporary directory."""
+
+    backend = "postgresql"
+    url: str
+
+    @pytest.fixture(autouse=True)
+    def _postgres_schema(self, postgres_cluster: PgCluster) -> None:
+        self.url = postgres_cluster.create_schema(f"registry_{next(_schemas)}")
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.key_path = str(Path(self.mktemp()).resolve())
+
+    def new_registry(self, **kw: Any) -> PostgresRegistry:
+        return PostgresRegistry(self.url, self.registry_clock(), node="test",
+                                master_key_file=self.key_path, **kw)
+
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute(query).fetchall()
+
+    def stored(self, table: str, *columns: str, order: str | None = None) -> list[tuple[Any, ...]]:
+        by = order or ", ".join(_KEYS[table])
+        return self.sql(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {by}")
+
+    def count(self, table: str) -> int:
+        return int(self.sql(f"SELECT count(*) FROM {table}")[0][0])
+
+    def hold_writer(self) -> _TablesLock:
+        lock = _TablesLock(self.url)
+        self.addCleanup(lock.release)
+        return lock

@@ -12,6 +12,7 @@ from twisted.internet.defer import gatherResults
 from m2mgw.core.postgres.connection import PostgresError
 from m2mgw.core.postgres.migrations import migrate
 from m2mgw.core.registry.migrations import Migration, load_migrations
+from m2mgw.core.registry.tables import SEALED_TABLES
 from tests.core.postgres_support import PostgresTestCase
 
 #: What the PostgreSQL schema has beyond SQLite's: the nodes' tables and claims (002).
@@ -19,6 +20,10 @@ PG_ONLY_TABLES = {"nodes", "terminal_owners", "schema_version"}
 PG_ONLY_COLUMNS = {("app_notifications", "claimed_by"), ("app_notifications", "claimed_until")}
 PG_ONLY_INDEXES = {"app_notifications_claimed", "terminal_owners_node"}
 TYPES = {"INTEGER": "bigint", "REAL": "double precision", "TEXT": "text", "BLOB": "bytea"}
+#: Sealed secrets are bytes: SQLite holds them in its TEXT columns, PostgreSQL in BYTEA
+#: (003).
+SEALED_COLUMNS = {(t.name, column) for t in SEALED_TABLES for column in t.sealed_columns}
+MIGRATIONS = ["001_registry.sql", "002_nodes.sql", "003_registry_store.sql"]
 
 Schema = dict[str, Any]
 
@@ -33,8 +38,11 @@ def sqlite_schema() -> Schema:
     columns, keys, unique, foreign = {}, {}, set(), set()
     for table in tables:
         info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-        columns[table] = [(name, TYPES[kind], bool(notnull or pk))
-                          for _, name, kind, notnull, _, pk in info]
+        columns[table] = [
+            (name, "bytea" if (table, name) in SEALED_COLUMNS else TYPES[kind],
+             bool(notnull or pk))
+            for _, name, kind, notnull, _, pk in info
+        ]
         keys[table] = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5]]
         for _, index, is_unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
             if is_unique and origin == "u":
@@ -104,10 +112,10 @@ class SchemaTests(PostgresTestCase):
     async def test_migrations_apply_once_and_record_their_versions(self) -> None:
         db = self.database()
         await db.open()
-        self.assertEqual(await migrate(db), ["001_registry.sql", "002_nodes.sql"])
+        self.assertEqual(await migrate(db), MIGRATIONS)
         self.assertEqual(await migrate(db), [])
         self.assertEqual(self.sql("SELECT version, name FROM schema_version ORDER BY version"),
-                         [(1, "001_registry.sql"), (2, "002_nodes.sql")])
+                         list(enumerate(MIGRATIONS, 1)))
         [(instance_id,)] = self.sql("SELECT value FROM registry_meta WHERE name = 'instance_id'")
         self.assertRegex(instance_id, r"^[0-9a-f]{32}$")
 
@@ -124,19 +132,20 @@ class SchemaTests(PostgresTestCase):
         for db in dbs:
             await db.open()
         applied = await gatherResults([migrate(db) for db in dbs])
-        self.assertEqual(sorted(name for names in applied for name in names),
-                         ["001_registry.sql", "002_nodes.sql"])
+        self.assertEqual(sorted(name for names in applied for name in names), MIGRATIONS)
         self.assertEqual(self.sql("SELECT count(*) FROM registry_meta"), [(1,)])
 
     async def test_a_newer_database_is_refused(self) -> None:
         db = self.database()
         await db.open()
         await migrate(db)
-        self.sql("INSERT INTO schema_version (version, name) VALUES (3, '003_future.sql')")
+        future = len(MIGRATIONS) + 1
+        self.sql("INSERT INTO schema_version (version, name) VALUES (%s, 'future.sql')",
+                 (future,))
         with self.assertRaises(PostgresError) as caught:
             await migrate(db)
-        self.assertIn("database schema version 3 is newer than this m2mgw supports (2)",
-                      str(caught.exception))
+        self.assertIn(f"database schema version {future} is newer than this m2mgw supports "
+                      f"({len(MIGRATIONS)})", str(caught.exception))
 
     async def test_a_failing_migration_leaves_nothing_behind(self) -> None:
         db = self.database()

@@ -30,6 +30,7 @@ from m2mgw.core.registry.migrations import Migration, load_migrations, prepare
 from m2mgw.core.registry.sqlite import SqliteRegistry, _configure
 from tests.core.registry_backends import (
     MemoryBackend,
+    PostgresBackend,
     RegistryContract,
     SqliteBackend,
     db_rows,
@@ -352,6 +353,10 @@ class SqliteRegistryTest(SqliteBackend, RegistryTests, unittest.TestCase):
 
 class MemoryRegistryTest(MemoryBackend, RegistryTests, unittest.TestCase):
     """The shared behaviour on MemoryRegistry."""
+
+
+class PostgresRegistryTest(PostgresBackend, RegistryTests, unittest.TestCase):
+    """The shared behaviour on PostgresRegistry, on a real server."""
 
 
 class SqliteFileTest(SqliteBackend, unittest.TestCase):

@@ -19,6 +19,7 @@ from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import Command
 from tests.core.registry_backends import (
     MemoryBackend,
+    PostgresBackend,
     RegistryContract,
     SqliteBackend,
     WriterLock,
@@ -89,6 +90,10 @@ class SqliteWatermarkTest(SqliteBackend, WatermarkTests, unittest.TestCase):
 
 
 class MemoryWatermarkTest(MemoryBackend, WatermarkTests, unittest.TestCase):
+    pass
+
+
+class PostgresWatermarkTest(PostgresBackend, WatermarkTests, unittest.TestCase):
     pass
 
 

@@ -34,7 +34,12 @@ from m2mgw.core.registry import HISTORY_TABLES, OutgoingSms, RegistryError, SmsS
 from m2mgw.core.registry.cached import CachedRegistry
 from m2mgw.core.registry.tables import PRUNE_SQL
 from m2mgw.retention import KIND_OF, MIN_AGE, PRUNE_BATCH, RetentionService, retention_ages
-from tests.core.registry_backends import MemoryBackend, RegistryContract, SqliteBackend
+from tests.core.registry_backends import (
+    MemoryBackend,
+    PostgresBackend,
+    RegistryContract,
+    SqliteBackend,
+)
 
 SERIAL = "A972030000000001"
 NOW = 1_000_000_000.0
@@ -335,11 +340,19 @@ class MemoryWhatIsPrunedTest(MemoryBackend, WhatIsPrunedTests, unittest.TestCase
     pass
 
 
+class PostgresWhatIsPrunedTest(PostgresBackend, WhatIsPrunedTests, unittest.TestCase):
+    pass
+
+
 class SqliteBatchesTest(SqliteBackend, BatchesTests, unittest.TestCase):
     pass
 
 
 class MemoryBatchesTest(MemoryBackend, BatchesTests, unittest.TestCase):
+    pass
+
+
+class PostgresBatchesTest(PostgresBackend, BatchesTests, unittest.TestCase):
     pass
 
 

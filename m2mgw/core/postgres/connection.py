@@ -28,6 +28,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from m2mgw.core.registry.interfaces import RegistryError
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -48,8 +50,9 @@ CONNECT_DEFAULTS = {
 _GONE_STATES = ("57P01", "57P02", "57P03")
 
 
-class PostgresError(Exception):
-    """The database cannot be used as configured; the message is one line."""
+class PostgresError(RegistryError):
+    """The database cannot be used as configured; the message is one line. A
+    :class:`RegistryError`, so that callers handle both registries' failures alike."""
 
 
 class PostgresUnavailable(PostgresError):
@@ -63,6 +66,8 @@ class Cursor(Protocol):
     def rowcount(self) -> int: ...
 
     def execute(self, query: Any, params: Any = ...) -> Any: ...
+
+    def executemany(self, query: Any, params_seq: Any) -> Any: ...
 
     def fetchone(self) -> Any: ...
 

@@ -248,14 +248,23 @@ class CachedRegistry(RegistryCache):
         self, obj: Terminal | Request | OutgoingSms | AppNotification | AppMessage, table: Table
     ) -> Row:
         """Give ``obj`` the table's next id and encode it; no change if encoding fails."""
-        obj.id = self._next_id[table.name]
+        obj.id = self._id_for(table)
         try:
             row = table.row(obj, self._vault)
         except ValueError:
             obj.id = None
             raise
-        self._next_id[table.name] += 1
+        self._id_used(table)
         return row
+
+    def _id_for(self, table: Table) -> int:
+        """The id the next new row of ``table`` gets (a backend whose ids come from
+        elsewhere refuses when it has none at hand)."""
+        return self._next_id[table.name]
+
+    def _id_used(self, table: Table) -> None:
+        """The id :meth:`_id_for` gave is taken."""
+        self._next_id[table.name] += 1
 
     def _set_counter(self, name: str, value: int) -> None:
         self._counters[name] = value

@@ -13,7 +13,7 @@ import importlib.resources
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from m2mgw.core.registry.interfaces import RegistryError
@@ -31,8 +31,9 @@ _MIGRATION_RE = re.compile(r"(\d+)_\w+\.sql")
 #: The migration that seals the secrets (D-281). A migration list without it is the
 #: schema from before, whose secret columns hold plaintext.
 SEALING_MIGRATION = "008_sealed_secrets.sql"
-_KEY_CHECK = "master_key_check"
-_KEY_CREATED = "master_key_created"
+#: The ``registry_meta`` names of the master key's check value and creation time.
+KEY_CHECK = "master_key_check"
+KEY_CREATED = "master_key_created"
 _SECRET_CONFIG_SQL = (
     f"tag BETWEEN {SECRET_CONFIG_TAGS.start} AND {SECRET_CONFIG_TAGS.stop - 1}"
 )
@@ -160,22 +161,30 @@ def _check_schema(current: int, migrations: Sequence[Migration], path: str) -> N
 
 
 def _unlock(conn: Any, path: str, key_path: str, *, sealed: bool) -> Unlocked:
-    """The key of a sealed database, checked against the one it records; for one not
-    sealed yet, the key file's key, created if missing. Never a new key over a sealed
-    database: its secrets would be lost (D-283)."""
+    """The master key of the database on ``conn`` (see :func:`unlock`)."""
+    recorded: dict[str, str] | None = None
+    if sealed:
+        recorded = dict(execute(
+            conn,
+            f"SELECT name, value FROM registry_meta WHERE name IN ('{KEY_CHECK}', '{KEY_CREATED}')",
+        ))
+    return unlock(path, key_path, recorded)
+
+
+def unlock(path: str, key_path: str, recorded: Mapping[str, str] | None) -> Unlocked:
+    """The key of a sealed database, checked against the ``recorded`` key records of its
+    ``registry_meta``; for one not sealed yet (``recorded`` None), the key file's key,
+    created if missing. Never a new key over a sealed database: its secrets would be
+    lost (D-283)."""
     key = read_key(key_path)
-    if not sealed:
+    if recorded is None:
         created = key is None
         key = create_key(key_path) if key is None else key
         return Unlocked(key, Vault(key.key), created)
-    recorded: dict[str, str] = dict(execute(
-        conn,
-        f"SELECT name, value FROM registry_meta WHERE name IN ('{_KEY_CHECK}', '{_KEY_CREATED}')",
-    ))
-    check = recorded.get(_KEY_CHECK)
+    check = recorded.get(KEY_CHECK)
     if check is None:
         raise VaultError(f"registry {path} is encrypted, but records no master key check value")
-    known = f"the registry's key has check value {check}, created {recorded.get(_KEY_CREATED)}"
+    known = f"the registry's key has check value {check}, created {recorded.get(KEY_CREATED)}"
     if key is None:
         raise VaultError(
             f"registry {path} is encrypted, but the master key file {key_path} is missing "
@@ -188,6 +197,12 @@ def _unlock(conn: Any, path: str, key_path: str, *, sealed: bool) -> Unlocked:
             f"match (its check value is {vault.check_value}; {known})"
         )
     return Unlocked(key, vault, False)
+
+
+def key_records(unlocked: Unlocked) -> list[tuple[str, str]]:
+    """The ``registry_meta`` rows recording which key seals a database's secrets."""
+    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlocked.key.created))
+    return [(KEY_CHECK, unlocked.vault.check_value), (KEY_CREATED, created)]
 
 
 def _rewrite(conn: Any) -> None:
@@ -223,11 +238,9 @@ def _seal_stored(conn: Any, unlocked: Unlocked) -> None:
             [(vault.seal(value, config_context(terminal_id, tag)), terminal_id, tag)
              for terminal_id, tag, value in config if not is_sealed(value)],
         )
-        created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unlocked.key.created))
         execute_many(
-            conn,
-            "INSERT OR REPLACE INTO registry_meta (name, value) VALUES (?, ?)",
-            [(_KEY_CHECK, vault.check_value), (_KEY_CREATED, created)],
+            conn, "INSERT OR REPLACE INTO registry_meta (name, value) VALUES (?, ?)",
+            key_records(unlocked),
         )
     finally:
         execute(conn, "PRAGMA secure_delete = OFF")

@@ -324,16 +324,18 @@ def states_sql(column: str, values: tuple[str, ...], *, negate: bool) -> str:
     return f"{column} {'NOT IN' if negate else 'IN'} ({listed})"
 
 
-def _prune_sql(history: History) -> str:
+def prune_sql(history: History, parameter: str = "?") -> str:
     """Delete the oldest ``LIMIT`` history rows, found through migration 006's indexes
-    (the ``live`` term matches the partial indexes' WHERE, so they apply)."""
+    (the ``live`` term matches the partial indexes' WHERE, so they apply); ``parameter``
+    is the dialect's placeholder (PostgreSQL's is ``%s``)."""
     finished = f"{states_sql('state', history.live, negate=True)} AND " if history.live else ""
     table, key, age = history.table.name, history.key, history.age
     return (
         f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} "
-        f"WHERE {finished}{age} < ? ORDER BY {age} LIMIT ?) RETURNING {key}"
+        f"WHERE {finished}{age} < {parameter} ORDER BY {age} LIMIT {parameter}) "
+        f"RETURNING {key}"
     )
 
 
 #: The pruning statement of each history table.
-PRUNE_SQL = {name: _prune_sql(history) for name, history in HISTORY.items()}
+PRUNE_SQL = {name: prune_sql(history) for name, history in HISTORY.items()}
