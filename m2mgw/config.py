@@ -344,6 +344,13 @@ def _postgres_url(raw: str) -> str:
     return raw
 
 
+def _node_name(raw: str) -> str:
+    """Empty, or a node name: 1-48 of A-Z a-z 0-9 _ . - (part of a NOTIFY channel)."""
+    if raw and not re.fullmatch(r"[A-Za-z0-9_.-]{1,48}", raw):
+        raise _Invalid("empty, or 1-48 of A-Z a-z 0-9 _ . -")
+    return raw
+
+
 def derive_public_url(listen: str | None) -> str:
     """The file-service base URL implied by ``[http] listen`` ('' when HTTP is off)."""
     if listen is None:
@@ -393,6 +400,10 @@ class RegistryConfig:
     database: str = _setting("m2mgw.db", _text(allow_empty=False))
     #: PostgreSQL instead of the SQLite ``database``, for several nodes (issue #13).
     url: str = _setting("", _postgres_url)
+    #: This gateway's name among the nodes sharing ``url``; empty: the host name.
+    node: str = _setting("", _node_name)
+    #: How long a node's hold on its terminals outlives its last renewal (D-362).
+    node_lease: float = _setting(30.0, _duration(1.0, 3600))
     #: The key secrets are sealed under (D-280); empty: :attr:`master_key_path`.
     master_key_file: str = _setting("", _text(allow_empty=True))
     serial_prefix: str = _setting("A9720300", _fixed_length(8))

@@ -38,12 +38,16 @@ from m2mgw.app.endpoint import SoapEndpoint, SoapSessions
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
+from m2mgw.app.shared_outbox import SharedOutbox
 from m2mgw.app.uplink import AppUplink
 from m2mgw.config import GatewayConfig
+from m2mgw.core.cluster.node import ClusterNode
+from m2mgw.core.cluster.registry import NodeRegistry
 from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
+from m2mgw.core.postgres.connection import Database
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
 from m2mgw.core.registry.sqlite import SqliteRegistry
@@ -157,12 +161,24 @@ class GatewayService(service.MultiService):
         #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
         self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
+        settings = config.registry
+        #: Several nodes on one PostgreSQL database (issue #13): the database the
+        #: cluster's lease, claims and wake-ups use; None on SQLite.
+        self.cluster_db: Database | None = None
+        if registry is None and settings.url:
+            registry = NodeRegistry(
+                settings.url, reactor, master_key_file=settings.master_key_path,
+                node=settings.node or None, watermarks=settings.write_watermarks,
+                row_watermarks=settings.row_watermarks,
+            )
+            self.cluster_db = Database(reactor, settings.url, connections=1,
+                                       application_name=f"m2mgw {registry.node} cluster")
         self.registry = registry or SqliteRegistry(
-            config.registry.database,
+            settings.database,
             reactor,
-            watermarks=config.registry.write_watermarks,
-            row_watermarks=config.registry.row_watermarks,
-            master_key_file=config.registry.master_key_path,
+            watermarks=settings.write_watermarks,
+            row_watermarks=settings.row_watermarks,
+            master_key_file=settings.master_key_path,
         )
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
@@ -173,7 +189,11 @@ class GatewayService(service.MultiService):
         # outbox and its channels, then the uplink chain in front of the message log.
         soap_sessions = SoapSessions(clock, config.app)
         callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
-        self.outbox = Outbox(self.registry, callbacks, clock, config.app)
+        if self.cluster_db is not None:
+            self.outbox: Outbox = SharedOutbox(self.registry, callbacks, clock, config.app,
+                                               db=self.cluster_db, node=registry.node)
+        else:
+            self.outbox = Outbox(self.registry, callbacks, clock, config.app)
         self.outbox.setServiceParent(self)
         self.uplink = AppUplink(
             self.registry, self.outbox, StoredUplink(self.registry, clock.seconds), clock
@@ -214,6 +234,14 @@ class GatewayService(service.MultiService):
             self.registry, self.router, self.engine, files, self.outbox, clock, config.app
         )
         self.router.result_observers.append(self.apps.on_result)
+        #: This node among those sharing the database; None on SQLite.
+        self.cluster: ClusterNode | None = None
+        if self.cluster_db is not None:
+            assert isinstance(self.registry, NodeRegistry)
+            self.cluster = ClusterNode(reactor, settings.url, self.cluster_db, self.registry,
+                                       engine=self.engine, router=self.router,
+                                       lease_timeout=settings.node_lease)
+            self.cluster.outbox_observers.append(self.outbox.pump)
         self.engine.state_observers.append(self.uplink.terminal_changed)
 
         # The terminal bearers.
@@ -354,7 +382,17 @@ class GatewayService(service.MultiService):
             yield self.registry.close()
             self._registry_open = False
             raise self._startup_failed(str(exc)) from None
-        self.engine.restore_sessions()
+        if self.cluster is not None:
+            try:
+                yield self._join()
+            except Exception as exc:
+                yield self.registry.close()
+                self._registry_open = False
+                raise self._startup_failed(f"cannot join the cluster: {exc}") from None
+        else:
+            # A node of several holds no session after a restart: its terminals log in
+            # again, wherever the load balancer sends them.
+            self.engine.restore_sessions()
         for child in self:
             child.startService()
         outcomes = yield DeferredList(
@@ -374,6 +412,17 @@ class GatewayService(service.MultiService):
         for terminal in self.registry.terminals():
             if self.registry.queued(terminal.serial or ""):
                 self.router.kick(terminal)
+
+    @inlineCallbacks
+    def _join(self):  # type: ignore[no-untyped-def]
+        """Take this node's lease and listen, before any terminal is accepted."""
+        assert self.cluster is not None and self.cluster_db is not None
+        try:
+            yield self.cluster_db.open()
+            yield self.cluster.start()
+        except Exception:
+            self.cluster_db.close()
+            raise
 
     def _startup_failed(self, problem: str) -> StartupError:
         """The one line that ends a failed start-up, also shown by ``systemctl status``."""
@@ -402,8 +451,12 @@ class GatewayService(service.MultiService):
         self.engine.refusals.flush()
         if self.tcp_factory is not None:
             self.tcp_factory.close_all()
+        if self.cluster is not None and self.cluster.running:
+            yield DeferredList([self.cluster.stop()])
         yield self.registry.close()
         self._registry_open = False
+        if self.cluster_db is not None:
+            self.cluster_db.close()
 
     @property
     def udp_port(self) -> int | None:
@@ -424,6 +477,8 @@ class GatewayService(service.MultiService):
             for listener in self.listeners()
             if listener.port is None
         ]
+        if self.cluster is not None and self._registry_open and not self.cluster.lease.live:
+            found.append(f"cluster: node {self.cluster.node} holds no lease")
         if self.sms is not None and (modem := self._modem_problem()):
             found.append(f"modem: {modem}")
         return found

@@ -13,11 +13,11 @@ gives a claim back, wakes every node (``outbox``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -26,29 +26,38 @@ from m2mgw.app.outbox import Outbox
 from m2mgw.config import AppConfig
 from m2mgw.core.model import AppNotification
 from m2mgw.core.postgres import outbox as sql
-from m2mgw.core.postgres.connection import Database
+from m2mgw.core.postgres.connection import Cursor, Database
 from m2mgw.core.registry import Registry
 
 log = Logger()
 
 
 class SharedOutbox(Outbox):
-    """:class:`Outbox` on the database's table, for ``node`` among several; ``wake``
-    tells every node that an application has notifications to claim."""
+    """:class:`Outbox` on the database's table, for ``node`` among several, through
+    ``db`` (a :class:`Database` of one connection: its transactions keep their order)."""
 
     def __init__(self, registry: Registry, callbacks: CallbackChannel, clock: IReactorTime,
-                 config: AppConfig, *, db: Database, node: str,
-                 wake: Callable[[str], None]) -> None:
+                 config: AppConfig, *, db: Database, node: str) -> None:
         super().__init__(registry, callbacks, clock, config)
         self.db = db
         self.node = node
-        self._wake_all = wake
         #: Applications with a claim in flight: True when it is to be claimed again.
         self._claiming: dict[str, bool] = {}
+        #: Applications whose new notifications every node hears of at the turn's end.
+        self._stored_for: set[str] = set()
+        self._turn: IDelayedCall | None = None
 
     def _stored(self, entry: AppNotification) -> AppNotification:
-        self._wake_all(entry.app_id)
+        self._stored_for.add(entry.app_id)
+        if self._turn is None:
+            self._turn = self.clock.callLater(0, self._wake_nodes)
         return super()._stored(entry)
+
+    def _wake_nodes(self) -> None:
+        """Every node hears, in one transaction, which applications have new ones."""
+        self._turn = None
+        apps, self._stored_for = sorted(self._stored_for), set()
+        self.db.transaction(_wake_all, apps).addErrback(self._logged, "wake the other nodes")
 
     def pump(self, app_id: str) -> None:
         """Claim as many of the application's due notifications as its channel here
@@ -143,3 +152,8 @@ class SharedOutbox(Outbox):
 
     def _logged(self, failure: Failure, what: str) -> None:
         log.warn("Outbox: cannot {what}: {why}", what=what, why=failure.getErrorMessage())
+
+
+def _wake_all(cursor: Cursor, app_ids: list[str]) -> None:
+    for app_id in app_ids:
+        sql.wake_outbox(cursor, app_id)

@@ -150,8 +150,11 @@ class ClusterNode:
         self.running = True
         d = self.lease.start()
         d.addCallback(lambda _: self.listener.start())
-        d.addCallback(lambda _: self._upkeep.start(self.lease.timeout, now=False))
-        return d.addCallback(lambda _: None)
+        return d.addCallback(self._started)
+
+    def _started(self, _: object) -> None:
+        # Its Deferred fires when the loop stops: not waited for.
+        self._upkeep.start(self.lease.timeout, now=False)
 
     def stop(self) -> Deferred[None]:
         """Stop listening and leave: the terminals of this node are released at once."""

@@ -250,7 +250,8 @@ class SharedRegistry(CachedRegistry):
                     app = cached
                 self._index_application(app)
 
-        return self._query(Query(APPLICATIONS, by_id, _MANY)).addCallback(loaded)
+        query = Query(APPLICATIONS, by_id, _MANY, order="app_id")
+        return self._query(query).addCallback(loaded)
 
     # --- the queues of the terminals whose sessions this node holds --------------------------
 
