@@ -11,6 +11,7 @@ runs no reactor; every wait has a deadline.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.error
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from m2mgw.protocol import terminal as role
 from m2mgw.protocol.constants import ACK_BIT, Command
 from m2mgw.protocol.framing import StreamFramer
 from tests.e2e.support import client_for, provisioned, provisioning
-from tests.twistd import Gateway, free_port, local
+from tests.twistd import Gateway, free_port, gateway_argv, local, wait_until
 
 APP_ID = "EC0001"
 APP_PASSWORD = "s3cretPW"
@@ -46,6 +47,15 @@ class Node(Gateway):
         protocol = {"sync_trap_wait": "1s", **sections.pop("protocol", {})}
         app = {"listen": local(self.app_port), **sections.pop("app", {})}
         super().__init__(home, registry=registry, protocol=protocol, app=app, **sections)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (:meth:`ready` waits)."""
+        self.proc = subprocess.Popen(gateway_argv(self.ini, self.log), cwd=self.tmp)
+
+    def ready(self) -> None:
+        assert self.proc is not None
+        wait_until(lambda: self.call("GET", "/health")["status"] == "ok", self.proc, self.log,
+                   timeout=30)
 
     def provision(self, index: int) -> str:
         """Provision test terminal ``index`` through this node's admin API; its serial."""
@@ -71,6 +81,17 @@ class Node(Gateway):
 
     def terminal(self, serial: str) -> dict[str, Any]:
         return self.call("GET", f"/terminals/{serial}")
+
+
+def start_all(nodes: list[Node]) -> None:
+    """Start the first node (it creates the schema and the master key), then the
+    others at once."""
+    first, *others = nodes
+    first.start()
+    for node in others:
+        node.launch()
+    for node in others:
+        node.ready()
 
 
 def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
@@ -180,7 +201,7 @@ class LongConnection:
         self.notifications: list[Any] = []
         self.session.login(time.time(), heartbeat_interval=60)
         self._flush()
-        eventually(lambda: self._run() or self.session.state is lc.State.ACTIVE,
+        eventually(lambda: self.run() or self.session.state is lc.State.ACTIVE,
                    what="the application's login")
 
     def _flush(self) -> None:
@@ -188,7 +209,8 @@ class LongConnection:
         if data:
             self.sock.sendall(data)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Take what arrived, answer it, send what is due."""
         try:
             data = self.sock.recv(65536)
         except TimeoutError:
@@ -203,17 +225,15 @@ class LongConnection:
                 self.session.answer(event.sequence_id, response(), now)
         self._flush()
 
-    def wait_for(self, count: int, timeout: float = 20.0) -> list[Any]:
-        """Run until ``count`` notifications arrived; all of them."""
-        eventually(lambda: self._run() or len(self.notifications) >= count, timeout,
-                   what=f"{count} notifications")
-        return self.notifications
+    def of(self, kind: type) -> list[Any]:
+        """The notifications of one kind (``ops.DeliverData``...) received so far."""
+        return [n for n in self.notifications if isinstance(n, kind)]
 
     def settle(self, seconds: float) -> None:
         """Keep answering for ``seconds`` more (a repeat would arrive meanwhile)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self._run()
+            self.run()
 
     def close(self) -> None:
         self.sock.close()
