@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -344,11 +345,20 @@ def _postgres_url(raw: str) -> str:
     return raw
 
 
+_NODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,48}")
+
+
 def _node_name(raw: str) -> str:
-    """Empty, or a node name: 1-48 of A-Z a-z 0-9 _ . - (part of a NOTIFY channel)."""
-    if raw and not re.fullmatch(r"[A-Za-z0-9_.-]{1,48}", raw):
+    """Empty (the host name), or a node name: it appears in channel names and logs."""
+    if raw and not _NODE_RE.fullmatch(raw):
         raise _Invalid("empty, or 1-48 of A-Z a-z 0-9 _ . -")
     return raw
+
+
+def default_node() -> str:
+    """This node's name when ``[registry] node`` is empty: the short host name."""
+    name = "".join(c for c in socket.gethostname().split(".")[0] if _NODE_RE.fullmatch(c))
+    return name[:48] or "m2mgw"
 
 
 def derive_public_url(listen: str | None) -> str:
@@ -400,7 +410,7 @@ class RegistryConfig:
     database: str = _setting("m2mgw.db", _text(allow_empty=False))
     #: PostgreSQL instead of the SQLite ``database``, for several nodes (issue #13).
     url: str = _setting("", _postgres_url)
-    #: This gateway's name among the nodes sharing ``url``; empty: the host name.
+    #: This gateway's name among the nodes sharing ``url``; empty: :func:`default_node`.
     node: str = _setting("", _node_name)
     #: How long a node's hold on its terminals outlives its last renewal (D-362).
     node_lease: float = _setting(30.0, _duration(1.0, 3600))

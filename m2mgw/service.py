@@ -40,14 +40,14 @@ from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
 from m2mgw.app.shared_outbox import SharedOutbox
 from m2mgw.app.uplink import AppUplink
-from m2mgw.config import GatewayConfig
+from m2mgw.config import GatewayConfig, RegistryConfig
 from m2mgw.core.cluster.node import ClusterNode
 from m2mgw.core.cluster.registry import NodeRegistry
 from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
-from m2mgw.core.postgres.connection import Database
+from m2mgw.core.postgres.connection import Database, redact
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
 from m2mgw.core.registry.sqlite import SqliteRegistry
@@ -139,6 +139,21 @@ class ListeningService(service.Service):
         return maybeDeferred(port.stopListening)
 
 
+def _registry(config: RegistryConfig, reactor: Any) -> Registry:
+    """The registry ``[registry]`` names: PostgreSQL given a ``url`` (one node of
+    several, D-386), else the SQLite ``database``."""
+    tuning: dict[str, Any] = {"watermarks": config.write_watermarks,
+                              "row_watermarks": config.row_watermarks,
+                              "master_key_file": config.master_key_path}
+    if config.url:
+        return NodeRegistry(config.url, reactor, node=config.node or None, **tuning)
+    return SqliteRegistry(config.database, reactor, **tuning)
+
+
+def _registry_location(config: RegistryConfig) -> str:
+    return redact(config.url) if config.url else config.database
+
+
 class GatewayService(service.MultiService):
     """The whole gateway: registry, engine, router, transports, HTTP services.
 
@@ -161,25 +176,14 @@ class GatewayService(service.MultiService):
         #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
         self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
+        self.registry = registry or _registry(config.registry, reactor)
         settings = config.registry
         #: Several nodes on one PostgreSQL database (issue #13): the database the
-        #: cluster's lease, claims and wake-ups use; None on SQLite.
+        #: cluster's lease, claims and wake-ups use; None for a single gateway.
         self.cluster_db: Database | None = None
-        if registry is None and settings.url:
-            registry = NodeRegistry(
-                settings.url, reactor, master_key_file=settings.master_key_path,
-                node=settings.node or None, watermarks=settings.write_watermarks,
-                row_watermarks=settings.row_watermarks,
-            )
+        if isinstance(self.registry, NodeRegistry):
             self.cluster_db = Database(reactor, settings.url, connections=1,
-                                       application_name=f"m2mgw {registry.node} cluster")
-        self.registry = registry or SqliteRegistry(
-            settings.database,
-            reactor,
-            watermarks=settings.write_watermarks,
-            row_watermarks=settings.row_watermarks,
-            master_key_file=settings.master_key_path,
-        )
+                                       application_name=f"m2mgw {self.registry.node} cluster")
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
         #: The admin API's tokens (D-190); the file is created at start-up if missing.
@@ -190,8 +194,9 @@ class GatewayService(service.MultiService):
         soap_sessions = SoapSessions(clock, config.app)
         callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
         if self.cluster_db is not None:
+            assert isinstance(self.registry, NodeRegistry)
             self.outbox: Outbox = SharedOutbox(self.registry, callbacks, clock, config.app,
-                                               db=self.cluster_db, node=registry.node)
+                                               db=self.cluster_db, node=self.registry.node)
         else:
             self.outbox = Outbox(self.registry, callbacks, clock, config.app)
         self.outbox.setServiceParent(self)
@@ -471,7 +476,7 @@ class GatewayService(service.MultiService):
         elif self.ready is None or not self.ready.called:
             found.append("gateway: starting")
         if not self._registry_open:
-            found.append(f"registry: not open ({self.config.registry.database})")
+            found.append(f"registry: not open ({_registry_location(self.config.registry)})")
         found += [
             f"{listener.name}: not listening on {listener.description}"
             for listener in self.listeners()

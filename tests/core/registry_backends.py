@@ -212,8 +212,10 @@ class PostgresBackend(RegistryContract):
                                 master_key_file=self.key_path, **kw)
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
+        """One statement on a connection of its own, as another process would."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            return conn.execute(query).fetchall()
+            cursor = conn.execute(query)
+            return cursor.fetchall() if cursor.description else []
 
     def stored(self, table: str, *columns: str, order: str | None = None) -> list[tuple[Any, ...]]:
         by = order or ", ".join(_KEYS[table])

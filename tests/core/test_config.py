@@ -143,6 +143,8 @@ def test_booleans(text: str, value: bool) -> None:
         ("[registry]\nurl = mysql://db/m2mgw", "[registry] url: expected empty, or a URL"),
         ("[registry]\nurl = postgresql://db:port/m2mgw", "[registry] url: expected empty"),
         ("[registry]\nurl = m2mgw.db", "[registry] url: expected empty, or a URL"),
+        ("[registry]\nnode = node a", "[registry] node: expected empty, or 1-48 of"),
+        ("[registry]\nnode = " + "n" * 49, "[registry] node: expected empty, or 1-48 of"),
         ("[tcp]\nlisten = bogus:1", "[tcp] listen: expected 'none' or a server endpoint"),
         ("[tcp]\nlisten = tcp:http", "[tcp] listen: expected"),
         ("[tcp]\nlisten = tcp:5236:iface=1.2.3.4", "[tcp] listen: expected"),

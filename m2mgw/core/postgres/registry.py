@@ -14,18 +14,18 @@ blocks of ids, which must not wait behind a long queue of writes.
 
 from __future__ import annotations
 
-import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from m2mgw.config import ROW_WATERMARKS, WRITE_WATERMARKS
-from m2mgw.core.postgres.connection import Cursor, Database, redact
+from m2mgw.config import ROW_WATERMARKS, WRITE_WATERMARKS, default_node
+from m2mgw.core.postgres.connection import Cursor, Database, PostgresError, one_line, redact
+from m2mgw.core.postgres.ids import IdBlocks, give_back, take_blocks
 from m2mgw.core.postgres.migrations import migrate
-from m2mgw.core.postgres.store import PostgresStore, allocate_blocks, give_back
+from m2mgw.core.postgres.store import PostgresStore
 from m2mgw.core.registry.cached import CachedRegistry
 from m2mgw.core.registry.interfaces import RegistryError, RegistryIdentity
 from m2mgw.core.registry.migrations import (
@@ -43,24 +43,6 @@ if TYPE_CHECKING:
     from m2mgw.core.registry.interfaces import Registry
 
 _log = Logger()
-
-#: Another block is taken once a table's current one is down to this share.
-REFILL_SHARE = 0.5
-
-
-def default_node() -> str:
-    """This node's name when ``[registry] node`` does not give one: the host name."""
-    return socket.gethostname().split(".")[0] or "m2mgw"
-
-
-@dataclass(slots=True)
-class _Blocks:
-    """One table's ids at hand: the current block (the cache's ``_next_id`` counts
-    through it) and the next one, once taken."""
-
-    current: range
-    spare: range | None = None
-    taking: bool = False
 
 
 def _unlock(cursor: Cursor, url: str, key_path: str) -> Unlocked:
@@ -115,7 +97,7 @@ class PostgresRegistry(CachedRegistry):
         self._db: Database | None = None
         self._ids_db: Database | None = None
         self._store: PostgresStore | None = None
-        self._blocks: dict[str, _Blocks] = {}
+        self._ids: IdBlocks | None = None
         self._shutdown_trigger: Any = None
 
     @property
@@ -170,17 +152,16 @@ class PostgresRegistry(CachedRegistry):
         ids_db = self._ids_db
         assert ids_db is not None
 
-        def taken(blocks: dict[str, range]) -> None:
-            self._blocks = {name: _Blocks(block) for name, block in blocks.items()}
+        def taken(blocks: dict[str, list[range]]) -> None:
+            self._ids = IdBlocks(self._reactor, ids_db, self._url, self._name, blocks)
 
-        names = [table.name for table in NUMBERED_TABLES]
-        d: Deferred[dict[str, range]] = ids_db.open().addCallback(
-            lambda _: ids_db.transaction(allocate_blocks, names))
+        wanted = {table.name: 1 for table in NUMBERED_TABLES}
+        d: Deferred[dict[str, list[range]]] = ids_db.open().addCallback(
+            lambda _: ids_db.transaction(take_blocks, wanted))
         return d.addCallback(taken)
 
     def _install_store(self, snapshot: Snapshot, store: PostgresStore) -> None:
-        # The cache numbers each table's rows from where its block starts.
-        snapshot.sequences = {name: b.current.start - 1 for name, b in self._blocks.items()}
+        # No sequences: ids come from the blocks (_id_for), not from the cache's count.
         self._start(store, snapshot, RegistryIdentity("postgresql", self._name,
                                                       snapshot.instance_id))
         self._shutdown_trigger = self._reactor.addSystemEventTrigger(
@@ -192,14 +173,18 @@ class PostgresRegistry(CachedRegistry):
     def _open_failed(self, failure: Failure) -> Failure:
         self._vault = None
         self._close_databases()
+        if isinstance(failure.value, psycopg.Error):  # SQL refused (a privilege...)
+            raise PostgresError(f"registry {self._name}: cannot open: {one_line(failure.value)}")
         return failure
 
     def _close_databases(self) -> None:
+        if self._ids is not None:
+            self._ids.close()
+            self._ids = None
         for db in (self._db, self._ids_db):
             if db is not None:
                 db.close()
         self._db = self._ids_db = self._store = None
-        self._blocks = {}
 
     def close(self) -> Deferred[None]:
         db, ids_db = self._db, self._ids_db
@@ -222,58 +207,24 @@ class PostgresRegistry(CachedRegistry):
 
     # --- ids --------------------------------------------------------------------------
 
+    @property
+    def ids(self) -> IdBlocks:
+        """The open registry's blocks of ids."""
+        if self._ids is None:
+            raise RegistryError(f"{self._name}: registry is not open")
+        return self._ids
+
     def _id_for(self, table: Table) -> int:
-        next_id = self._next_id[table.name]
-        if next_id not in self._blocks[table.name].current:
-            raise RegistryError(f"{self._name}: no {table.name} id at hand: the next block "
-                                "of ids has not come from the database yet")
-        return next_id
+        return self.ids.peek(table.name)
 
     def _id_used(self, table: Table) -> None:
-        super()._id_used(table)
-        blocks = self._blocks[table.name]
-        next_id = self._next_id[table.name]
-        if next_id == blocks.current.stop and blocks.spare is not None:
-            blocks.current, blocks.spare = blocks.spare, None
-            self._next_id[table.name] = next_id = blocks.current.start
-        left = blocks.current.stop - next_id
-        if blocks.spare is None and left <= len(blocks.current) * REFILL_SHARE:
-            self._take_block(table.name, blocks)
-
-    def _take_block(self, name: str, blocks: _Blocks) -> None:
-        """Take the next block of ``name``'s ids, unless one is being taken."""
-        if blocks.taking or self._ids_db is None:
-            return
-        blocks.taking = True
-
-        def taken(block: dict[str, range]) -> None:
-            blocks.taking = False
-            if self._blocks.get(name) is not blocks:  # closed meanwhile
-                return
-            blocks.spare = block[name]
-            if self._next_id[name] == blocks.current.stop:  # ran out while waiting
-                blocks.current, blocks.spare = blocks.spare, None
-                self._next_id[name] = blocks.current.start
-
-        def failed(failure: Failure) -> None:
-            blocks.taking = False  # the next id taken tries again
-            _log.warn("registry {url}: cannot take a block of {table} ids: {why}",
-                      url=self._name, table=name, why=failure.getErrorMessage())
-
-        self._ids_db.transaction(allocate_blocks, [name]).addCallbacks(taken, failed)
+        self.ids.used(table.name)
 
     def _give_back(self, ids_db: Database) -> Deferred[None]:
         """Return the ids this node took and did not use, where nobody took a block
         after them, so that a node restarting goes on where it stopped."""
-        unused = {}
-        for name, blocks in self._blocks.items():
-            first = self._next_id[name]
-            newest = blocks.current.start
-            if blocks.spare is not None:
-                newest = blocks.spare.start
-                if blocks.current.stop != blocks.spare.start:  # another node's block between
-                    first = blocks.spare.start
-            unused[name] = (first, newest)
+        unused = self.ids.unused()
+        self.ids.close()
 
         def failed(failure: Failure) -> None:
             _log.warn("registry {url}: unused ids not given back: {why}", url=self._name,

@@ -10,17 +10,14 @@ one thread takes transactions in submission order, so a write commits after ever
 write submitted before it and a read (on the same connection) sees them all, as on the
 SQLite registry's one connection.
 
-Ids (D-380): the registry numbers new rows of the :data:`~.tables.NUMBERED_TABLES` in
-memory, from blocks of ids that :func:`allocate_blocks` takes from the tables' identity
-sequences (``INCREMENT BY 1000``, migration 003); :func:`give_back` returns a block's
-unused tail at close when no other node took a block since.
+The ids of new rows come from blocks of the tables' sequences (:mod:`.ids`).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from twisted.internet.defer import Deferred
@@ -46,11 +43,6 @@ from m2mgw.core.registry.tables import (
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-#: The advisory lock (two-key form, after the migrations' and the outboxes') that
-#: taking a block of ids and giving one back take turns on.
-ID_BLOCK_LOCK = (0x6D326F, 0)
-
 
 def _names(columns: Sequence[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
@@ -101,9 +93,24 @@ _PENDING = states_sql("state", (SmsState.PENDING.value,), negate=False)
 # --- in the connection's thread ----------------------------------------------------------
 
 
+#: What a NUL in text becomes: PostgreSQL's text cannot hold one (SQLite's can), and a
+#: value it refuses would fail its whole batch (D-381).
+NUL_REPLACEMENT = "\ufffd"
+
+
+def _storable(rows: list[Row]) -> list[Row]:
+    """``rows`` with every NUL in their text replaced (in the rare rows that have one)."""
+    return [
+        tuple(v.replace("\x00", NUL_REPLACEMENT) if type(v) is str else v for v in row)
+        if any(type(v) is str and "\x00" in v for v in row) else row
+        for row in rows
+    ]
+
+
 def _apply(cursor: Cursor, batch: Batch) -> None:
     for op, table, rows in batch:
         sql = statements(table)
+        rows = _storable(rows)
         if op is Op.INSERT:
             cursor.executemany(sql.insert, rows)
         elif op is Op.UPDATE:
@@ -173,49 +180,6 @@ def _load(cursor: Cursor, now: float, finished: int, app_messages: int) -> Snaps
 
 def _nothing(cursor: Cursor) -> None:
     """A transaction that does nothing: once it is done, every earlier one is."""
-
-
-# --- ids ---------------------------------------------------------------------------------
-
-
-def _sequence(table: str) -> str:
-    return f"pg_get_serial_sequence('{table}', 'id')"
-
-
-def allocate_blocks(cursor: Cursor, tables: Sequence[str]) -> dict[str, range]:
-    """A new block of ids for each of ``tables``: nextval of its identity sequence and
-    the sequence's increment after it."""
-    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", ID_BLOCK_LOCK)
-    blocks = {}
-    for table in tables:
-        cursor.execute(
-            f"SELECT nextval({_sequence(table)}), seqincrement FROM pg_sequence "
-            f"WHERE seqrelid = {_sequence(table)}::regclass"
-        )
-        start, increment = cursor.fetchone()
-        blocks[table] = range(start, start + increment)
-    return blocks
-
-
-def give_back(cursor: Cursor, unused: Mapping[str, tuple[int, int]]) -> list[str]:
-    """Return unused ids: for each table, ``(first, newest)`` says that every id from
-    ``first`` to the end of the block that starts at ``newest`` is this node's and
-    unused. Its sequence restarts at ``first`` if ``newest`` is still the last block
-    it handed out (nobody took one since); the tables whose ids were given back.
-
-    Inserts into the tables wait meanwhile (an insert leaving the id to its default
-    takes a block too), and block allocations take turns on the same lock."""
-    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", ID_BLOCK_LOCK)
-    returned = []
-    for table, (first, newest) in sorted(unused.items()):
-        cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
-        cursor.execute(f"SELECT {_sequence(table)}")
-        cursor.execute(f"SELECT last_value, is_called FROM {cursor.fetchone()[0]}")
-        last, called = cursor.fetchone()
-        if called and last == newest:
-            cursor.execute(f"SELECT setval({_sequence(table)}, %s, false)", (first,))
-            returned.append(table)
-    return returned
 
 
 # --- the store -------------------------------------------------------------------------
