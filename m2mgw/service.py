@@ -389,14 +389,15 @@ class GatewayService(service.MultiService):
             raise self._startup_failed(str(exc)) from None
         if self.cluster is not None:
             try:
-                yield self._join()
+                held = yield self._join()
+                # Of several nodes, this one resumes the sessions it held (D-410).
+                self.engine.restore_sessions(set(held))
+                yield self.cluster.resume()
             except Exception as exc:
                 yield self.registry.close()
                 self._registry_open = False
                 raise self._startup_failed(f"cannot join the cluster: {exc}") from None
         else:
-            # A node of several holds no session after a restart: its terminals log in
-            # again, wherever the load balancer sends them.
             self.engine.restore_sessions()
         for child in self:
             child.startService()
@@ -420,14 +421,16 @@ class GatewayService(service.MultiService):
 
     @inlineCallbacks
     def _join(self):  # type: ignore[no-untyped-def]
-        """Take this node's lease and listen, before any terminal is accepted."""
+        """Take this node's lease and listen, before any terminal is accepted; the
+        terminals this node held when it stopped."""
         assert self.cluster is not None and self.cluster_db is not None
         try:
             yield self.cluster_db.open()
-            yield self.cluster.start()
+            held = yield self.cluster.start()
         except Exception:
             self.cluster_db.close()
             raise
+        return held
 
     def _startup_failed(self, problem: str) -> StartupError:
         """The one line that ends a failed start-up, also shown by ``systemctl status``."""

@@ -47,8 +47,10 @@ from m2mgw.core.postgres.leases import (
     LeaseLost,
     NodeLease,
     claim_terminal,
+    held_by,
     owner,
     release_terminal,
+    resume_terminals,
 )
 from m2mgw.core.postgres.notify import (
     BACKOFF,
@@ -145,16 +147,42 @@ class ClusterNode:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> Deferred[None]:
-        """Hold the lease, then listen; fires once both are done."""
+    def start(self) -> Deferred[list[str]]:
+        """Hold the lease, then listen; fires once both are done, with the terminals
+        this node held when it stopped: the engine may resume their sessions, and
+        :meth:`resume` claims them again (D-410)."""
         self.running = True
-        d = self.lease.start()
-        d.addCallback(lambda _: self.listener.start())
-        return d.addCallback(self._started)
+        d = self.db.transaction(held_by, self.node)
 
-    def _started(self, _: object) -> None:
+        def held(serials: list[str]) -> Deferred[list[str]]:
+            joined = self.lease.start()
+            joined.addCallback(lambda _: self.listener.start())
+            return joined.addCallback(self._started, serials)
+
+        return d.addCallback(held)
+
+    def _started(self, _: object, held: list[str]) -> list[str]:
         # Its Deferred fires when the loop stops: not waited for.
         self._upkeep.start(self.lease.timeout, now=False)
+        return held
+
+    def resume(self) -> Deferred[None]:
+        """Claim the sessions the engine resumed; those another node took meanwhile
+        are dropped here."""
+        serials = sorted(self.sessions)
+
+        def claimed(epochs: dict[str, int]) -> None:
+            self._epochs.update(epochs)
+            for serial in serials:
+                if serial in epochs:
+                    self._refresh_queue(serial)
+                else:
+                    self.drop(serial, "another node holds it since")
+            if serials:
+                log.info("{count} sessions of this node's last run resumed",
+                         count=len(epochs))
+
+        return self.db.transaction(resume_terminals, self.node, serials).addCallback(claimed)
 
     def stop(self) -> Deferred[None]:
         """Stop listening and leave: the terminals of this node are released at once."""
@@ -167,7 +195,9 @@ class ClusterNode:
         self._turn = self._rejoin = None
         self.listener.stop()
         announced = self._announce()
-        return announced.addBoth(lambda _: self.lease.stop())
+        # Lapsed, not left: restarting before another node reaps it, this node resumes
+        # its sessions (D-410).
+        return announced.addBoth(lambda _: self.lease.stop(leave=False))
 
     # --- engine events -------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ sets, :mod:`.frames` builds what is sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -440,12 +440,15 @@ class PlatformEngine:
         if terminal is not None:
             self.events.publish(BearerLost(terminal, bearer))
 
-    def restore_sessions(self) -> None:
-        """After a restart, resume the sessions the registry says are open (9.1)."""
+    def restore_sessions(self, only: Container[str] | None = None) -> None:
+        """After a restart, resume the sessions the registry says are open (9.1); of
+        several nodes, those ``only`` names, which this one held (D-410)."""
         ctx = self._ctx
         now = self.clock.seconds()
         for terminal in self.registry.terminals():
             if terminal.state != TerminalState.LOGGED_IN or terminal.session_timestamp is None:
+                continue
+            if only is not None and terminal.serial not in only:
                 continue
             try:
                 session = Session.start(

@@ -106,6 +106,34 @@ def leave_node(cursor: Cursor, node: str) -> None:
     cursor.execute("DELETE FROM nodes WHERE node = %s", (node,))
 
 
+def lapse_node(cursor: Cursor, node: str) -> None:
+    """A clean stop that may be a restart (D-410): the lease ends now, so its terminals
+    belong to nobody at once (:func:`owner`), but their rows stay until a live node
+    reaps them; a node restarting before that resumes those sessions
+    (:func:`held_by`, :func:`resume_terminals`)."""
+    cursor.execute("UPDATE nodes SET expires_at = now() - interval '1 millisecond' "
+                   "WHERE node = %s", (node,))
+
+
+def held_by(cursor: Cursor, node: str) -> list[str]:
+    """The terminals whose rows name ``node``, its lease live or not."""
+    cursor.execute("SELECT serial FROM terminal_owners WHERE node = %s ORDER BY serial",
+                   (node,))
+    return [row[0] for row in cursor.fetchall()]
+
+
+def resume_terminals(cursor: Cursor, node: str, serials: list[str]) -> dict[str, int]:
+    """Claim those of ``serials`` that nobody holds (a restarted node resuming the
+    sessions it held); their epochs. One another node took meanwhile stays its own."""
+    cursor.execute(
+        "INSERT INTO terminal_owners (serial, node, epoch, previous_node, claimed_at) "
+        "SELECT s, %s, nextval('terminal_owner_epochs'), NULL, now() FROM unnest(%s::text[]) s "
+        "ON CONFLICT (serial) DO NOTHING RETURNING serial, epoch",
+        (node, serials),
+    )
+    return {row[0]: row[1] for row in cursor.fetchall()}
+
+
 _CLAIM = (
     "INSERT INTO terminal_owners AS o (serial, node, epoch, previous_node, claimed_at) "
     "SELECT %(serial)s, %(node)s, nextval('terminal_owner_epochs'), NULL, now() "
@@ -191,14 +219,15 @@ class NodeLease:
         return self.db.transaction(register_node, self.node, self.timeout).addCallback(
             registered)
 
-    def stop(self) -> Deferred[None]:
-        """Stop renewing and leave: this node's terminals are released at once."""
+    def stop(self, *, leave: bool = True) -> Deferred[None]:
+        """Stop renewing and leave: this node's terminals are released at once; with
+        ``leave`` False the lease only lapses now (:func:`lapse_node`)."""
         if self._loop.running:
             self._loop.stop()
         was_live, self.live = self.live, False
         if not was_live:
             return succeed(None)
-        return self.db.transaction(leave_node, self.node)
+        return self.db.transaction(leave_node if leave else lapse_node, self.node)
 
     def renew(self) -> Deferred[None]:
         """Renew now (the loop does every ``interval``); fires when done, never fails."""
