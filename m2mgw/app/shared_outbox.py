@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +46,14 @@ class SharedOutbox(Outbox):
         #: Applications whose new notifications every node hears of at the turn's end.
         self._stored_for: set[str] = set()
         self._turn: IDelayedCall | None = None
+
+    def stopService(self) -> Deferred[None]:
+        """As a single gateway, and this node's claims are given back: another node
+        with a channel to the application offers them now."""
+        released: Deferred[Any] = self.db.transaction(sql.release_claims, [self.node])
+        released.addErrback(self._logged, "give back this node's claims")
+        waits: list[Deferred[Any]] = [super().stopService(), released]
+        return gatherResults(waits).addCallback(lambda _: None)
 
     def _stored(self, entry: AppNotification) -> AppNotification:
         self._stored_for.add(entry.app_id)

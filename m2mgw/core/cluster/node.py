@@ -339,11 +339,15 @@ class ClusterNode:
         def read(result: Any) -> None:
             if isinstance(result, Failure):
                 _warn(result, "cannot read the queue of {serial}", serial=serial)
-            if self._reading.pop(serial, False):
+            again = self._reading.pop(serial, False)
+            if serial not in self.sessions:  # dropped meanwhile: the queue is not ours
+                self.registry.forget_queue(serial)
+                return
+            if again:
                 self._refresh_queue(serial)
                 return
             terminal = self.registry.get(serial)
-            if terminal is not None and serial in self.sessions:
+            if terminal is not None:
                 self.router.kick(terminal)
 
         self.registry.reload_queue(serial).addBoth(read)
@@ -403,10 +407,20 @@ class ClusterNode:
         d.addCallbacks(self._caught_up, _warn, errbackArgs=("cannot read the registry again",))
 
     def _caught_up(self, _: object) -> None:
-        for serial in list(self.sessions):
-            self._refresh_queue(serial)
         for app in self.registry.applications():
             self._wake_local(app.app_id)
+        self.db.transaction(held_by, self.node).addCallbacks(
+            self._still_held, _warn, errbackArgs=("cannot read this node's terminals",))
+
+    def _still_held(self, held: list[str]) -> None:
+        """A takeover may have gone unheard: the sessions whose claims another node
+        superseded are dropped, the others' queues read again."""
+        mine = set(held)
+        for serial in list(self.sessions):
+            if serial in self._epochs and serial not in mine:
+                self.drop(serial, "another node took it over meanwhile")
+            else:
+                self._refresh_queue(serial)
 
     # --- the end of each turn -----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from m2mgw.core.postgres.connection import Cursor, Database, PostgresError
 from m2mgw.core.postgres.notify import event, node_channel, notify
+from m2mgw.core.postgres.outbox import release_claims
 
 _log = Logger()
 
@@ -96,9 +97,13 @@ def renew_node(cursor: Cursor, node: str, timeout: float = LEASE_TIMEOUT) -> boo
 
 
 def expire_nodes(cursor: Cursor) -> list[str]:
-    """Delete the nodes whose lease lapsed, releasing their terminals; their names."""
+    """Delete the nodes whose lease lapsed, releasing their terminals and their claims
+    of notifications (every node is woken to those applications); their names."""
     cursor.execute("DELETE FROM nodes WHERE expires_at < now() RETURNING node")
-    return sorted(row[0] for row in cursor.fetchall())
+    dead = sorted(row[0] for row in cursor.fetchall())
+    if dead:
+        release_claims(cursor, dead)
+    return dead
 
 
 def leave_node(cursor: Cursor, node: str) -> None:

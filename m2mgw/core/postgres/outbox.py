@@ -96,6 +96,18 @@ def release_notifications(cursor: Cursor, node: str, ids: Sequence[int]) -> list
     return sorted(row[0] for row in rows)
 
 
+def release_claims(cursor: Cursor, nodes: Sequence[str]) -> list[str]:
+    """Give back every claim of ``nodes`` (stopped or dead), waking every node to the
+    applications concerned; those applications."""
+    cursor.execute(
+        "UPDATE app_notifications SET claimed_by = NULL, claimed_until = NULL "
+        "WHERE claimed_by = ANY(%s) RETURNING app_id", (list(nodes),))
+    apps = sorted({row[0] for row in cursor.fetchall()})
+    for app_id in apps:
+        wake_outbox(cursor, app_id)
+    return apps
+
+
 def wake_outbox(cursor: Cursor, app_id: str) -> None:
     """Tell every node, once this transaction commits, that ``app_id`` has
     notifications to claim (a new one, or claims given back)."""
