@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -32,7 +33,7 @@ def pg_gateway(tmp_path: Path, postgres_cluster: PgCluster) -> Iterator[Gateway]
     gw.kill()
 
 
-def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+def rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
 
@@ -64,7 +65,7 @@ def test_a_gateway_on_postgresql_keeps_terminals_and_data_across_a_restart(
 
     # What the gateway left in the database, as another process sees it.
     [(current,)] = rows(url, f"SELECT \"current\" FROM terminals WHERE serial = '{SERIAL}'")
-    assert bytes(current).startswith(PREFIX)  # type: ignore[arg-type]
+    assert isinstance(current, bytes) and current.startswith(PREFIX)
     assert rows(url, "SELECT detail FROM messages WHERE event = 'uplink-data'") == [
         (f"to=EC0001 data={b'meter 42'.hex()}",)]
 

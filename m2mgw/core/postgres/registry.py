@@ -120,8 +120,7 @@ class PostgresRegistry(CachedRegistry):
                                 application_name=f"{name} ids")
         store = self._store = PostgresStore(db)
         d: Deferred[Any] = db.open()
-        d.addCallback(lambda _: migrate(db, self._migrations))
-        d.addCallback(self._migrated)
+        d.addCallback(lambda _: migrate(db, self._migrations))  # it logs what it applies
         d.addCallback(lambda _: db.transaction(_unlock, self._name, self._key_path))
         d.addCallback(self._unlocked)
         d.addCallback(lambda _: self._take_first_blocks())
@@ -129,11 +128,6 @@ class PostgresRegistry(CachedRegistry):
         d.addCallback(self._install_store, store)
         d.addErrback(self._open_failed)
         return d
-
-    def _migrated(self, applied: list[str]) -> None:
-        for migration in applied:
-            _log.info("registry {url}: applied schema migration {name}", url=self._name,
-                      name=migration)
 
     def _unlocked(self, unlocked: Unlocked) -> None:
         self._vault = unlocked.vault

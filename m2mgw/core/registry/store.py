@@ -5,8 +5,8 @@ hands every change to its ordered writer (:mod:`.writer`) as a :data:`Batch` of
 logical writes on the tables of :mod:`.tables`, already encoded and sealed; a
 :class:`Store` carries them out. Only the store knows its dialect, its connection and
 its migrations: SQLite is one (:mod:`.sqlite`), plain dictionaries another
-(:mod:`.memory`), and PostgreSQL (issue #13) would be a third, reusing the cache, the
-writer and the table mapping unchanged.
+(:mod:`.memory`), and PostgreSQL a third (:mod:`m2mgw.core.postgres.store`), reusing the
+cache, the writer and the table mapping unchanged.
 
 What every store promises:
 

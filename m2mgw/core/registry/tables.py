@@ -4,8 +4,9 @@ A :class:`Table` maps a dataclass (or a plain tuple) to a table: columns are the
 dataclass fields in order, values are encoded by per-column codecs (JSON for sets and
 credentials, integers for booleans) and secret columns are sealed by the vault
 (D-281). The mapping is the same for every store; the SQL text at the end of this
-module (:class:`SqliteStatements`, :data:`PRUNE_SQL`) is SQLite's dialect, which a
-PostgreSQL store would write its own of.
+module (:class:`SqliteStatements`, :data:`PRUNE_SQL`) is SQLite's dialect; the
+PostgreSQL store renders its own from the same definitions
+(:mod:`m2mgw.core.postgres.store`).
 """
 
 from __future__ import annotations
