@@ -320,11 +320,11 @@ class ClusterNode:
 
     def _queued(self, request: Request) -> None:
         """A request committed here: its terminal's queue is the holder's business."""
-        serial = request.serial
-        if serial in self.sessions:
+        if request.serial in self.sessions:
             return
-        self.registry.forget_queue(serial)
-        self._routes.append((serial, request.id or 0))
+        # Forgotten at the turn's end: the router looks at the queue first, and may
+        # wake the terminal by SMS.
+        self._routes.append((request.serial, request.id or 0))
         self._next_turn()
 
     def _refresh_queue(self, serial: str) -> None:
@@ -438,6 +438,9 @@ class ClusterNode:
                 _warn, "cannot read {count} changed terminals", count=len(stale))
         if self._routes:
             routes, self._routes = self._routes, []
+            for serial, _ in routes:
+                if serial not in self.sessions:
+                    self.registry.forget_queue(serial)
             # On the registry's connection: after every write submitted before (the
             # msgId's request id...), so the holder reads all of it.
             d = self.registry.store.transaction(_route, self.node, routes)
