@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -38,16 +38,12 @@ from m2mgw.app.endpoint import SoapEndpoint, SoapSessions
 from m2mgw.app.gateway import ApplicationService
 from m2mgw.app.outbox import Outbox
 from m2mgw.app.server import AppFactory
-from m2mgw.app.shared_outbox import SharedOutbox
 from m2mgw.app.uplink import AppUplink
 from m2mgw.config import GatewayConfig, RegistryConfig
-from m2mgw.core.cluster.node import ClusterNode
-from m2mgw.core.cluster.registry import NodeRegistry
 from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
-from m2mgw.core.postgres.connection import Database, redact
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
 from m2mgw.core.registry.sqlite import SqliteRegistry
@@ -74,6 +70,10 @@ from m2mgw.web import views
 from m2mgw.web.admin import AdminContext, AdminResource
 from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
+
+if TYPE_CHECKING:
+    from m2mgw.core.cluster.node import ClusterNode
+    from m2mgw.core.postgres.connection import Database
 
 log = Logger()
 
@@ -146,12 +146,19 @@ def _registry(config: RegistryConfig, reactor: Any) -> Registry:
                               "row_watermarks": config.row_watermarks,
                               "master_key_file": config.master_key_path}
     if config.url:
+        # PostgreSQL needs the postgres extra (psycopg): imported only when used.
+        from m2mgw.core.cluster.registry import NodeRegistry
+
         return NodeRegistry(config.url, reactor, node=config.node or None, **tuning)
     return SqliteRegistry(config.database, reactor, **tuning)
 
 
 def _registry_location(config: RegistryConfig) -> str:
-    return redact(config.url) if config.url else config.database
+    if not config.url:
+        return config.database
+    from m2mgw.core.postgres.connection import redact
+
+    return redact(config.url)
 
 
 class GatewayService(service.MultiService):
@@ -176,14 +183,22 @@ class GatewayService(service.MultiService):
         #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
         self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
-        self.registry = registry or _registry(config.registry, reactor)
         settings = config.registry
         #: Several nodes on one PostgreSQL database (issue #13): the database the
         #: cluster's lease, claims and wake-ups use; None for a single gateway.
         self.cluster_db: Database | None = None
-        if isinstance(self.registry, NodeRegistry):
+        shared = registry is None and bool(settings.url)
+        self.registry = registry or _registry(settings, reactor)
+        if shared:
+            from m2mgw.app.shared_outbox import SharedOutbox
+            from m2mgw.core.cluster.node import ClusterNode
+            from m2mgw.core.cluster.registry import NodeRegistry
+            from m2mgw.core.postgres.connection import Database
+
+            assert isinstance(self.registry, NodeRegistry)
+            node = self.registry.node
             self.cluster_db = Database(reactor, settings.url, connections=1,
-                                       application_name=f"m2mgw {self.registry.node} cluster")
+                                       application_name=f"m2mgw {node} cluster")
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
         #: The admin API's tokens (D-190); the file is created at start-up if missing.
@@ -194,9 +209,8 @@ class GatewayService(service.MultiService):
         soap_sessions = SoapSessions(clock, config.app)
         callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
         if self.cluster_db is not None:
-            assert isinstance(self.registry, NodeRegistry)
             self.outbox: Outbox = SharedOutbox(self.registry, callbacks, clock, config.app,
-                                               db=self.cluster_db, node=self.registry.node)
+                                               db=self.cluster_db, node=node)
         else:
             self.outbox = Outbox(self.registry, callbacks, clock, config.app)
         self.outbox.setServiceParent(self)
