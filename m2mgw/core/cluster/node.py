@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -185,7 +185,9 @@ class ClusterNode:
         return self.db.transaction(resume_terminals, self.node, serials).addCallback(claimed)
 
     def stop(self) -> Deferred[None]:
-        """Stop listening and leave: the terminals of this node are released at once."""
+        """Stop listening, finish this turn's routes and announcements, and let the
+        lease lapse: the terminals of this node are nobody's at once; restarted before
+        another node reaps it, this node resumes their sessions (D-410)."""
         self.running = False
         if self._upkeep.running:
             self._upkeep.stop()
@@ -194,10 +196,8 @@ class ClusterNode:
                 call.cancel()
         self._turn = self._rejoin = None
         self.listener.stop()
-        announced = self._announce()
-        # Lapsed, not left: restarting before another node reaps it, this node resumes
-        # its sessions (D-410).
-        return announced.addBoth(lambda _: self.lease.stop(leave=False))
+        finished = self._end_of_turn()
+        return finished.addBoth(lambda _: self.lease.stop(leave=False))
 
     # --- engine events -------------------------------------------------------------------
 
@@ -428,8 +428,11 @@ class ClusterNode:
         if self._turn is None:
             self._turn = self.reactor.callLater(0, self._end_of_turn)
 
-    def _end_of_turn(self) -> None:
+    def _end_of_turn(self) -> Deferred[Any]:
+        """Read what is stale, route what was queued and announce what changed; fires
+        once the routes and announcements are sent."""
         self._turn = None
+        sent: list[Deferred[Any]] = []
         if self._gating:
             self._read_gated()
         if self._stale:
@@ -444,8 +447,10 @@ class ClusterNode:
             # On the registry's connection: after every write submitted before (the
             # msgId's request id...), so the holder reads all of it.
             d = self.registry.store.transaction(_route, self.node, routes)
-            d.addCallbacks(self._routed, _warn, errbackArgs=("cannot route requests",))
-        self._announce()
+            sent.append(d.addCallbacks(self._routed, _warn,
+                                       errbackArgs=("cannot route requests",)))
+        sent.append(self._announce())
+        return gatherResults(sent)
 
     def _routed(self, here: list[str]) -> None:
         for serial in here:
