@@ -199,6 +199,7 @@ class LongConnection:
         self.sock.settimeout(0.05)
         self.framer = StreamFramer()
         self.notifications: list[Any] = []
+        self.answers: dict[int, Any] = {}
         self.session.login(time.time(), heartbeat_interval=60)
         self._flush()
         eventually(lambda: self.run() or self.session.state is lc.State.ACTIVE,
@@ -223,7 +224,16 @@ class LongConnection:
                 self.notifications.append(event.payload)
                 response = ops.OPERATIONS[type(event.payload).__name__].response
                 self.session.answer(event.sequence_id, response(), now)
+            elif isinstance(event, lc.AnswerReceived):
+                self.answers[event.sequence_id] = event.response
         self._flush()
+
+    def call(self, request: object, timeout: float = 10.0) -> Any:
+        """One operation (SendData...) on the long connection; its response."""
+        seq = self.session.send_request(request, time.time())
+        self._flush()
+        eventually(lambda: self.run() or seq in self.answers, timeout, what=f"{request}")
+        return self.answers.pop(seq)
 
     def of(self, kind: type) -> list[Any]:
         """The notifications of one kind (``ops.DeliverData``...) received so far."""

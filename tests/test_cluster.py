@@ -3,7 +3,8 @@
 (a) a terminal on node A gets a request submitted on node B; (b) a terminal moves from
 A to B and its queued requests follow; (c) node A is SIGKILLed and its terminals log in
 on B with nothing lost; (d) an application connected to B receives the uplink of
-terminals on A and C exactly once per notifyId. Each test has a schema of its own on
+terminals on A and C exactly once per notifyId; (e) its SendData through B reaches a
+terminal on A, and the outcome comes back to it on B. Each test has a schema of its own on
 the session's cluster and nodes with a 3 s lease; every process is killed at the end.
 """
 
@@ -160,4 +161,28 @@ def test_an_application_on_b_gets_uplink_from_a_and_c_once_per_notify_id(
     for terminal in terminals:
         mine = [n.data for n in received if n.terminal_id == terminal.serial]
         assert mine == [f"{terminal.serial[-4:]}-{r:02d}".encode() for r in range(per_terminal)]
+    app.close()
+
+
+def test_an_application_on_b_sends_to_a_terminal_on_a_and_hears_the_outcome(
+    nodes: list[Node],
+) -> None:
+    a, b, _ = nodes
+    serial = a.provision(0)
+    a.provision_app([serial])
+    eventually(lambda: b.call("GET", "/apps")["items"], what="the application on B")
+    terminal = Terminal(0)
+    terminal.log_in(a)
+    terminal.pump(lambda e: isinstance(e, role.Answer))
+    app = LongConnection(b)
+    sent = app.call(ops.SendData(terminal_id=serial, data=b"open valve", biz_seq="b-1"))
+    assert sent.result_code in (ops.ResultCode.OK, ops.ResultCode.TERMINAL_OFFLINE), sent
+    terminal.pump(lambda e: terminal.received_data() == [b"open valve"])
+    eventually(lambda: app.run() or app.of(ops.NotifyResult), what="the NotifyResult on B")
+    app.settle(1.0)
+    [result] = app.of(ops.NotifyResult)
+    assert (result.msg_id, result.terminal_id, result.state, result.biz_seq) == (
+        sent.msg_id, serial, "ACKED", "b-1")
+    status = app.call(ops.QueryMessageStatus(msg_id=sent.msg_id))
+    assert status.state == "ACKED", status
     app.close()
