@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from m2mgw.app import longconn as lc
 from m2mgw.app import operations as ops
 from m2mgw.protocol import messages as m
@@ -41,6 +43,7 @@ class Node(Gateway):
         home = root / name
         home.mkdir()
         self.name = name
+        self.url = url
         self.app_port = free_port()
         registry = {"url": url, "node": name, "node_lease": f"{LEASE}s",
                     "master_key_file": str(root / "m2mgw.key"), **sections.pop("registry", {})}
@@ -81,6 +84,13 @@ class Node(Gateway):
 
     def terminal(self, serial: str) -> dict[str, Any]:
         return self.call("GET", f"/terminals/{serial}")
+
+    def owner(self, serial: str) -> str | None:
+        """The node the database says holds ``serial``'s session, live or not."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute("SELECT node FROM terminal_owners WHERE serial = %s",
+                               (serial,)).fetchone()
+        return None if row is None else str(row[0])
 
 
 def start_all(nodes: list[Node]) -> None:

@@ -59,8 +59,13 @@ def test_a_terminal_on_a_gets_a_request_submitted_on_b(nodes: list[Node]) -> Non
     states = eventually(lambda: all(s == "succeeded" for s in b.requests(serial).values())
                         and b.requests(serial))
     assert sorted(states) == ids
-    assert "Request" in a.logtext() and f"Request {ids[0]} (TRANSPARENT_DATA) sent" in a.logtext()
+    assert f"Request {ids[0]} (TRANSPARENT_DATA) sent" in a.logtext()
     assert f"Request {ids[0]} (TRANSPARENT_DATA) sent" not in b.logtext()
+    # The session is A's in the database until the terminal logs out.
+    assert a.owner(serial) == "a"
+    terminal.send(terminal.client.logout())
+    terminal.pump(lambda e: isinstance(e, role.LoggedOut))
+    eventually(lambda: a.owner(serial) is None, what="the claim released")
 
 
 def test_a_terminal_moves_from_a_to_b_and_its_queued_requests_follow(nodes: list[Node]) -> None:
