@@ -9,9 +9,11 @@ PostgreSQL cluster (``tests/pgcluster.py``, a fresh database each time):
    registry, in a child process);
 2. the node processes (``twistd -n m2mgw``) start, each with its own ini and port;
    node ``k`` of ``N`` gets the ``k``-th share of the terminals and a load client
-   (``load_client.py`` of ``gateway.py``) that logs them in on that node;
+   (``load_client.py``, through ``harness.py`` as ``gateway.py`` uses them) that logs
+   them in on that node;
 3. the clients keep ``--window`` requests in flight in all (HEART_BEAT and signed
-   TRANSPARENT_DATA in turn), for a warm-up and ``--duration`` measured seconds.
+   TRANSPARENT_DATA in turn, ``closed`` loop), for a warm-up and ``--duration``
+   measured seconds.
 
 It prints the aggregate terminal answers/s, latency, each node's CPU and the
 database server's, and answers per node CPU-second and per CPU-second of nodes and
@@ -36,26 +38,26 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import (
+from harness import (
     BENCH,
+    CLOCK_TICKS,
     PYTHON,
     STOP_GRACE,
     TWISTD,
+    Cpu,
+    Lines,
     Processes,
     bench_terminal,
-    cpu_seconds,
     free_port,
     log,
     percentile,
     provision,
-    read_json_lines,
+    send,
     split,
     wait_listening,
 )
 
 from tests.pgcluster import PgCluster
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_ini(path: Path, port: int, connections: int, registry: dict[str, str]) -> None:
@@ -152,7 +154,7 @@ class Bench:
         ini = run / "m2mgw.ini"
         port = free_port()
         write_ini(ini, port, self.args.terminals + 64, {"database": str(run / "m2mgw.db")})
-        provision(ini, self.args.terminals)
+        provision(ini, [bench_terminal(i) for i in range(self.args.terminals)])
         return self._measure(Run("sqlite", 1, self.args.terminals), [(ini, port)], None)
 
     def postgres(self, cluster: PgCluster, count: int) -> Run:
@@ -198,20 +200,18 @@ class Bench:
                         str(window), "--login"]  # fmt: skip
                 clients.append(self.processes.start(argv, stdin=True))
                 first += share
-            ready = read_json_lines(clients, "ready", args.login_timeout)
+            lines = Lines()
+            ready = lines.wait(clients, "ready", args.login_timeout)
             result.connected = sum(r["ok"] for r in ready)
             time.sleep(1.0)
-            for client in clients:
-                assert client.stdin is not None
-                client.stdin.write(f"go {args.warmup} {args.duration}\n".encode())
-                client.stdin.flush()
+            send(clients, f"closed {args.warmup} {args.duration}")
             time.sleep(args.warmup)
-            started = [cpu_seconds(s.pid) for s in servers]
+            started = [Cpu.of(s.pid) for s in servers]
             db_started = postgres_cpu(cluster) if cluster is not None else 0.0
             wall = time.monotonic()
-            results = read_json_lines(clients, "result", args.duration + 60)
+            results = lines.wait(clients, "result", args.duration + 60)
             elapsed = time.monotonic() - wall
-            result.node_cpu = [(cpu_seconds(s.pid) - c) / elapsed
+            result.node_cpu = [(Cpu.of(s.pid) - c).total / elapsed
                                for s, c in zip(servers, started, strict=True)]
             if cluster is not None:
                 result.db_cpu = (postgres_cpu(cluster) - db_started) / elapsed
@@ -219,8 +219,8 @@ class Bench:
             result.rate = sum(r["answers"] / r["seconds"] for r in results)
             result.errors = sum(r["errors"] + r["strays"] + r["lost"] for r in results)
             if latencies:
-                result.p50_ms = percentile(latencies, 0.50)
-                result.p99_ms = percentile(latencies, 0.99)
+                result.p50_ms = percentile(latencies, 0.50) / 1000
+                result.p99_ms = percentile(latencies, 0.99) / 1000
         finally:
             for client in clients:
                 self.processes.stop(client, exiting=STOP_GRACE)

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import bench_terminal
+from harness import bench_terminal
 
 from tests.pgcluster import PgCluster
 
