@@ -425,6 +425,8 @@ class RegistryConfig:
     url: str = _setting("", _postgres_url)
     #: This gateway's name among the nodes sharing ``url``; empty: :func:`default_node`.
     node: str = _setting("", _node_name)
+    #: How long a node's hold on its terminals outlives its last renewal (D-362).
+    node_lease: float = _setting(30.0, _duration(1.0, 3600))
     #: The key secrets are sealed under (D-280); empty: :attr:`master_key_path`.
     master_key_file: str = _setting("", _text(allow_empty=True))
     serial_prefix: str = _setting("A9720300", _fixed_length(8))

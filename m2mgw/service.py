@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -44,8 +44,6 @@ from m2mgw.core.engine.dispatch import PlatformEngine
 from m2mgw.core.engine.events import EngineEvents
 from m2mgw.core.engine.frames import FrameBuilder
 from m2mgw.core.files import DiskFiles
-from m2mgw.core.postgres.connection import redact
-from m2mgw.core.postgres.registry import PostgresRegistry
 from m2mgw.core.refusals import Refusals
 from m2mgw.core.registry import Registry
 from m2mgw.core.registry.sqlite import SqliteRegistry
@@ -72,6 +70,10 @@ from m2mgw.web import views
 from m2mgw.web.admin import AdminContext, AdminResource
 from m2mgw.web.auth import AuthSetupError, TokenFile
 from m2mgw.web.files import FileService
+
+if TYPE_CHECKING:
+    from m2mgw.core.cluster.node import ClusterNode
+    from m2mgw.core.postgres.connection import Database
 
 log = Logger()
 
@@ -142,18 +144,25 @@ class ListeningService(service.Service):
 
 
 def _registry(config: RegistryConfig, reactor: Any) -> Registry:
-    """The registry ``[registry]`` names: PostgreSQL given a ``url``, else the SQLite
-    ``database``."""
+    """The registry ``[registry]`` names: PostgreSQL given a ``url`` (one node of
+    several, D-386), else the SQLite ``database``."""
     tuning: dict[str, Any] = {"watermarks": config.write_watermarks,
                               "row_watermarks": config.row_watermarks,
                               "master_key_file": config.master_key_path}
     if config.url:
-        return PostgresRegistry(config.url, reactor, node=config.node or None, **tuning)
+        # PostgreSQL needs the postgres extra (psycopg): imported only when used.
+        from m2mgw.core.cluster.registry import NodeRegistry
+
+        return NodeRegistry(config.url, reactor, node=config.node or None, **tuning)
     return SqliteRegistry(config.database, reactor, **tuning)
 
 
 def _registry_location(config: RegistryConfig) -> str:
-    return redact(config.url) if config.url else config.database
+    if not config.url:
+        return config.database
+    from m2mgw.core.postgres.connection import redact
+
+    return redact(config.url)
 
 
 class GatewayService(service.MultiService):
@@ -178,7 +187,22 @@ class GatewayService(service.MultiService):
         #: systemd's ``$NOTIFY_SOCKET`` under ``twistd``; disabled by default (tests).
         self.notifier = notifier or Notifier()
         clock: IReactorTime = reactor
-        self.registry = registry or _registry(config.registry, reactor)
+        settings = config.registry
+        #: Several nodes on one PostgreSQL database (issue #13): the database the
+        #: cluster's lease, claims and wake-ups use; None for a single gateway.
+        self.cluster_db: Database | None = None
+        shared = registry is None and bool(settings.url)
+        self.registry = registry or _registry(settings, reactor)
+        if shared:
+            from m2mgw.app.shared_outbox import SharedOutbox
+            from m2mgw.core.cluster.node import ClusterNode
+            from m2mgw.core.cluster.registry import NodeRegistry
+            from m2mgw.core.postgres.connection import Database
+
+            assert isinstance(self.registry, NodeRegistry)
+            node = self.registry.node
+            self.cluster_db = Database(reactor, settings.url, connections=1,
+                                       application_name=f"m2mgw {node} cluster")
         #: When the service started (``uptime`` in ``GET /stats``).
         self.started_at: float | None = None
         #: The admin API's tokens (D-190); the file is created at start-up if missing.
@@ -188,7 +212,11 @@ class GatewayService(service.MultiService):
         # outbox and its channels, then the uplink chain in front of the message log.
         soap_sessions = SoapSessions(clock, config.app)
         callbacks = CallbackChannel(clock, config.app, soap_sessions.notify_session)
-        self.outbox = Outbox(self.registry, callbacks, clock, config.app)
+        if self.cluster_db is not None:
+            self.outbox: Outbox = SharedOutbox(self.registry, callbacks, clock, config.app,
+                                               db=self.cluster_db, node=node)
+        else:
+            self.outbox = Outbox(self.registry, callbacks, clock, config.app)
         self.outbox.setServiceParent(self)
         self.uplink = AppUplink(
             self.registry, self.outbox, StoredUplink(self.registry, clock.seconds), clock
@@ -229,6 +257,14 @@ class GatewayService(service.MultiService):
             self.registry, self.router, self.engine, files, self.outbox, clock, config.app
         )
         self.router.result_observers.append(self.apps.on_result)
+        #: This node among those sharing the database; None on SQLite.
+        self.cluster: ClusterNode | None = None
+        if self.cluster_db is not None:
+            assert isinstance(self.registry, NodeRegistry)
+            self.cluster = ClusterNode(reactor, settings.url, self.cluster_db, self.registry,
+                                       engine=self.engine, router=self.router,
+                                       lease_timeout=settings.node_lease)
+            self.cluster.outbox_observers.append(self.outbox.pump)
         self.engine.state_observers.append(self.uplink.terminal_changed)
 
         # The terminal bearers.
@@ -373,7 +409,18 @@ class GatewayService(service.MultiService):
             yield self.registry.close()
             self._registry_open = False
             raise self._startup_failed(str(exc)) from None
-        self.engine.restore_sessions()
+        if self.cluster is not None:
+            try:
+                held = yield self._join()
+                # Of several nodes, this one resumes the sessions it held (D-410).
+                self.engine.restore_sessions(set(held))
+                yield self.cluster.resume()
+            except Exception as exc:
+                yield self.registry.close()
+                self._registry_open = False
+                raise self._startup_failed(f"cannot join the cluster: {exc}") from None
+        else:
+            self.engine.restore_sessions()
         for child in self:
             child.startService()
         outcomes = yield DeferredList(
@@ -393,6 +440,19 @@ class GatewayService(service.MultiService):
         for terminal in self.registry.terminals():
             if self.registry.queued(terminal.serial or ""):
                 self.router.kick(terminal)
+
+    @inlineCallbacks
+    def _join(self):  # type: ignore[no-untyped-def]
+        """Take this node's lease and listen, before any terminal is accepted; the
+        terminals this node held when it stopped."""
+        assert self.cluster is not None and self.cluster_db is not None
+        try:
+            yield self.cluster_db.open()
+            held = yield self.cluster.start()
+        except Exception:
+            self.cluster_db.close()
+            raise
+        return held
 
     def _startup_failed(self, problem: str) -> StartupError:
         """The one line that ends a failed start-up, also shown by ``systemctl status``."""
@@ -421,8 +481,12 @@ class GatewayService(service.MultiService):
         self.engine.refusals.flush()
         if self.tcp_factory is not None:
             self.tcp_factory.close_all()
+        if self.cluster is not None and self.cluster.running:
+            yield DeferredList([self.cluster.stop()])
         yield self.registry.close()
         self._registry_open = False
+        if self.cluster_db is not None:
+            self.cluster_db.close()
 
     @property
     def udp_port(self) -> int | None:
@@ -443,6 +507,8 @@ class GatewayService(service.MultiService):
             for listener in self.listeners()
             if listener.port is None
         ]
+        if self.cluster is not None and self._registry_open and not self.cluster.lease.live:
+            found.append(f"cluster: node {self.cluster.node} holds no lease")
         if self.sms is not None and (modem := self._modem_problem()):
             found.append(f"modem: {modem}")
         return found

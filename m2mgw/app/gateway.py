@@ -27,6 +27,7 @@ from m2mgw.core import requests as build
 from m2mgw.core.model import (
     Application,
     AppMessage,
+    AppNotification,
     FileTransaction,
     Request,
     RequestState,
@@ -472,19 +473,21 @@ class ApplicationService:
         """Kept and unsent notifications, oldest first, leased for ``fetch_lease`` (3.2.14)."""
         if not 1 <= request.max_count <= policy.MAX_FETCH:
             return respond(ops.FetchMessagesResponse, R.BAD_PARAMETER, "maxCount 1-500")
-        batch, remaining = self.outbox.lease(app.app_id, request.max_count)
-        return ops.FetchMessagesResponse(
-            result_desc="OK", remaining=remaining,
-            messages=[ops.NotificationItem(create_time=int(n.created_at),
-                                           notification=decode_notification(n)) for n in batch],
-        )
+        def leased(leased: tuple[list[AppNotification], int]) -> Any:
+            batch, remaining = leased
+            return ops.FetchMessagesResponse(
+                result_desc="OK", remaining=remaining,
+                messages=[ops.NotificationItem(create_time=int(n.created_at),
+                                               notification=decode_notification(n))
+                          for n in batch],
+            )
+
+        return self.outbox.lease(app.app_id, request.max_count).addCallback(leased)
 
     def _ack_messages(self, app: Application, request: ops.AckMessages) -> Any:
         if not 1 <= len(request.notify_ids) <= policy.MAX_FETCH:
             return respond(ops.AckMessagesResponse, R.BAD_PARAMETER, "1-500 notifyIds")
-        entries = (self.registry.notification(i) for i in set(request.notify_ids))
-        mine = [n.id or 0 for n in entries if n is not None and n.app_id == app.app_id]
-        return self.registry.delete_notifications(mine).addCallback(
+        return self.outbox.ack(app.app_id, request.notify_ids).addCallback(
             lambda _: ops.AckMessagesResponse(result_desc="OK"))
 
 

@@ -10,6 +10,7 @@ Entries older than ``notify_retention`` are discarded.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -175,14 +176,10 @@ class Outbox(service.Service):
         leased there, then as many entries as the channel has room for.
         """
         app = self.registry.application(app_id)
-        if app is None or not app.enabled or not self.running:
+        channel = self._channel(app)
+        if app is None or channel is None:
             return
         state = self._state(app_id)
-        channel: Channel | None = self._live(app_id)
-        if channel is None and app.callback_url:
-            channel = self.callbacks
-        if channel is None:
-            return
         now = self.clock.seconds()
         room = channel.capacity(app_id)
         batch: list[AppNotification] = []
@@ -204,6 +201,16 @@ class Outbox(service.Service):
                 state.inflight.difference_update(e.id or 0 for e in batch[done:])
                 return
             self._offer(app, entry, channel)
+
+    def _channel(self, app: Application | None) -> Channel | None:
+        """Where ``app``'s notifications go now: its live long connection, else its
+        callback URL; None while there is neither, or it is disabled or we stop."""
+        if app is None or not app.enabled or not self.running:
+            return None
+        channel: Channel | None = self._live(app.app_id)
+        if channel is None and app.callback_url:
+            channel = self.callbacks
+        return channel
 
     def _wake(self, app_id: str, delay: float) -> None:
         state = self._state(app_id)
@@ -232,28 +239,37 @@ class Outbox(service.Service):
                             app_id=app.app_id)
                 ok = False
             (self.delivered if ok else self.delivery_failures)[counted] += 1
-            # An entry acknowledged meanwhile (AckMessages) is simply gone.
-            stored = self.registry.notification(entry.id or 0) is entry
-            if stored and ok:
-                self.registry.delete_notifications([entry.id or 0])
-            elif stored:
-                self._failed(entry)
+            self._settle(entry, bool(ok))
             self.pump(app.app_id)
 
         d.addBoth(done)
+
+    def _settle(self, entry: AppNotification, delivered: bool) -> None:
+        """An offer's outcome: delivered, the entry goes; else it waits for its retry.
+        An entry acknowledged meanwhile (AckMessages) is simply gone."""
+        if self.registry.notification(entry.id or 0) is not entry:
+            return
+        if delivered:
+            self.registry.delete_notifications([entry.id or 0])
+        else:
+            self._retry_later(entry)
+            self.registry.update_notification(entry)
 
     def _set_aside(self, entry: AppNotification, reason: str) -> None:
         """Out of the line for good, never retried (D-254): FetchMessages still has it."""
         if self.registry.notification(entry.id or 0) is not entry:
             return  # acknowledged meanwhile
+        self._unencodable(entry, reason)
+        self.registry.update_notification(entry)
+
+    def _unencodable(self, entry: AppNotification, reason: str) -> None:
         entry.state = NotificationState.UNENCODABLE
         self.unencodable[entry.app_id] += 1
         log.warn("Notification {id} ({kind}) to {app_id} cannot be sent on the long "
                  "connection: {reason}; set aside for FetchMessages", id=entry.id,
                  kind=entry.kind, app_id=entry.app_id, reason=reason)
-        self.registry.update_notification(entry)
 
-    def _failed(self, entry: AppNotification) -> None:
+    def _retry_later(self, entry: AppNotification) -> None:
         """AD-09: retry on the schedule, each delay capped; then keep it."""
         schedule = self.config.notify_retry_schedule
         entry.attempts += 1
@@ -264,9 +280,9 @@ class Outbox(service.Service):
         else:
             delay = min(schedule[entry.attempts - 1], self.config.callback_retry_max)
             entry.next_attempt = self.clock.seconds() + delay
-        self.registry.update_notification(entry)
+        entry.updated_at = self.clock.seconds()
 
-    def lease(self, app_id: str, count: int) -> tuple[list[AppNotification], int]:
+    def lease(self, app_id: str, count: int) -> Deferred[tuple[list[AppNotification], int]]:
         """``FetchMessages`` (3.2.14): up to ``count`` kept and unsent entries, oldest
         first, leased for ``fetch_lease``; and how many more are free."""
         now = self.clock.seconds()
@@ -277,7 +293,13 @@ class Outbox(service.Service):
         for entry in batch:
             entry.leased_until = now + self.config.fetch_lease
             self.registry.update_notification(entry)
-        return batch, len(free) - len(batch)
+        return succeed((batch, len(free) - len(batch)))
+
+    def ack(self, app_id: str, notify_ids: Iterable[int]) -> Deferred[None]:
+        """``AckMessages`` (3.2.15): ``app_id``'s notifications among ``notify_ids`` go."""
+        entries = (self.registry.notification(i) for i in set(notify_ids))
+        mine = [n.id or 0 for n in entries if n is not None and n.app_id == app_id]
+        return self.registry.delete_notifications(mine)
 
     # --- long connections -----------------------------------------------------------
 

@@ -27,7 +27,7 @@ from m2mgw.core.model import CredentialSet, Request, RequestState, Terminal
 from m2mgw.core.refusals import Reason, TerminalKeys
 from m2mgw.core.registry import Registry
 from m2mgw.core.session import Bearer
-from m2mgw.core.sessions import Outstanding, SessionTable, Traffic
+from m2mgw.core.sessions import Outstanding, Runtime, SessionTable, Traffic
 from m2mgw.protocol import messages as m
 from m2mgw.protocol import tags
 from m2mgw.protocol.compat import ProfileRefused
@@ -652,15 +652,28 @@ class Router:
         """Cancel every timer; outstanding requests stay ``sent`` in the registry and
         are sent again after the terminal's next login (D-16)."""
         for record in self.sessions.records():
-            for timer in record.confirm_timers.values():
-                if timer.active():
-                    timer.cancel()
-            record.confirm_timers.clear()
-            out = record.outstanding
-            if out is not None and out.timer is not None and out.timer.active():
-                out.timer.cancel()
-            record.outstanding = None
+            self._cancel(record)
             self.sessions.prune(record.serial)
+
+    def forget(self, serial: str) -> None:
+        """Another gateway node holds the terminal's session now (D-387): its timers
+        are cancelled and its memory dropped, as at a stop; the request in flight stays
+        ``sent`` and that node sends it again."""
+        record = self.sessions.find(serial)
+        if record is not None:
+            self._cancel(record)
+            record.traffic = Traffic()
+            self.sessions.prune(serial)
+
+    def _cancel(self, record: Runtime) -> None:
+        for timer in record.confirm_timers.values():
+            if timer.active():
+                timer.cancel()
+        record.confirm_timers.clear()
+        out = record.outstanding
+        if out is not None and out.timer is not None and out.timer.active():
+            out.timer.cancel()
+        record.outstanding = None
 
     def outstanding(self, serial: str) -> Request | None:
         out = self._outstanding(serial)

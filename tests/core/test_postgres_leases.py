@@ -17,11 +17,14 @@ from m2mgw.core.postgres.leases import (
     check_node,
     claim_terminal,
     expire_nodes,
+    held_by,
+    lapse_node,
     leave_node,
     owner,
     register_node,
     release_terminal,
     renew_node,
+    resume_terminals,
 )
 from m2mgw.core.postgres.notify import Listener, node_channel, parse_event
 from tests.core.postgres_support import PostgresTestCase, eventually
@@ -124,6 +127,20 @@ class LeaseTests(PostgresTestCase):
         await db.transaction(claim_terminal, S2, "b")
         await db.transaction(leave_node, "a")
         self.assertEqual(self.sql("SELECT serial, node FROM terminal_owners"), [(S2, "b")])
+
+    async def test_a_node_that_lapses_resumes_what_nobody_took_since(self) -> None:
+        db = await self.nodes("a", "b")
+        await db.transaction(claim_many, [S1, S2], "a")
+        await db.transaction(lapse_node, "a")
+        self.assertIsNone(await db.transaction(owner, S1))  # nobody's at once
+        self.assertEqual(await db.transaction(held_by, "a"), [S1, S2])
+        await db.transaction(claim_terminal, S2, "b")  # its next login, on b
+        held = await db.transaction(held_by, "a")
+        await db.transaction(register_node, "a")  # the restart
+        resumed = await db.transaction(resume_terminals, "a", held)
+        self.assertEqual(list(resumed), [S1])
+        self.assertEqual(await db.transaction(owner, S1), "a")
+        self.assertEqual(await db.transaction(owner, S2), "b")
 
     async def test_two_nodes_contending_for_one_terminal_see_every_takeover(self) -> None:
         node_a = await self.nodes("a", "b")

@@ -9,12 +9,18 @@ from twisted.internet.defer import gatherResults
 
 from m2mgw.core.model import AppNotification, NotificationState
 from m2mgw.core.postgres.connection import Database
-from m2mgw.core.postgres.leases import register_node
+from m2mgw.core.postgres.leases import expire_nodes, register_node
 from m2mgw.core.postgres.notify import BROADCAST, Listener, parse_event
 from m2mgw.core.postgres.outbox import (
+    ack_notifications,
+    claim_due,
     claim_notifications,
+    expire_notifications,
     finish_notifications,
+    lease_notifications,
     release_notifications,
+    reset_notifications,
+    retry_notification,
 )
 from tests.core.postgres_support import PostgresTestCase, eventually
 
@@ -152,4 +158,37 @@ class OutboxTests(PostgresTestCase):
                              claimed)
             delivered += claimed
         self.assertEqual(delivered, ids)
+        self.assertEqual(self.sql("SELECT count(*) FROM app_notifications"), [(0,)])
+
+    async def test_a_dead_node_reaped_gives_back_its_claims(self) -> None:
+        a = await self.migrated()
+        await a.transaction(register_node, "dead", 0.2)
+        await a.transaction(register_node, "b")
+        ids = self.store(2)
+        await a.transaction(claim_notifications, "app1", "dead", NOW, 10)
+        await task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(await a.transaction(expire_nodes), ["dead"])
+        taken = await a.transaction(claim_notifications, "app1", "b", NOW, 10)
+        self.assertEqual([n.id for n in taken], ids)
+
+    async def test_the_outbox_of_several_nodes_in_sql(self) -> None:
+        """What SharedOutbox does besides claiming: retries, fetches, acks, expiry."""
+        a, _ = await self.two_nodes()
+        first, second, third = self.store(3)
+        claimed, due = await a.transaction(claim_due, "app1", "a", NOW, 1)
+        self.assertEqual(([n.id for n in claimed], due), ([first], None))
+        entry = claimed[0]
+        entry.attempts, entry.next_attempt, entry.updated_at = 1, NOW + 10, NOW
+        self.assertTrue(await a.transaction(retry_notification, "a", entry))
+        self.assertFalse(await a.transaction(retry_notification, "a", entry))  # not claimed
+        # The retry holds back those after it (D-255), and says when it is due.
+        self.assertEqual(await a.transaction(claim_due, "app1", "a", NOW, 5), ([], NOW + 10))
+        leased, free = await a.transaction(lease_notifications, "app1", NOW, 2, NOW + 60)
+        self.assertEqual(([n.id for n in leased], free), ([first, second], 1))
+        self.assertEqual(await a.transaction(ack_notifications, "app1", [first, 999]), [first])
+        self.assertEqual(await a.transaction(ack_notifications, "app2", [second]), [])
+        self.assertEqual(await a.transaction(reset_notifications, "app1", NOW), 0)
+        self.sql("UPDATE app_notifications SET state = 'kept' WHERE id = %s", (third,))
+        self.assertEqual(await a.transaction(reset_notifications, "app1", NOW), 1)
+        self.assertEqual(await a.transaction(expire_notifications, NOW + 1), {"app1": 2})
         self.assertEqual(self.sql("SELECT count(*) FROM app_notifications"), [(0,)])

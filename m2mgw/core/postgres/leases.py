@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 
 from m2mgw.core.postgres.connection import Cursor, Database, PostgresError
 from m2mgw.core.postgres.notify import event, node_channel, notify
+from m2mgw.core.postgres.outbox import release_claims
 
 _log = Logger()
 
@@ -96,14 +97,46 @@ def renew_node(cursor: Cursor, node: str, timeout: float = LEASE_TIMEOUT) -> boo
 
 
 def expire_nodes(cursor: Cursor) -> list[str]:
-    """Delete the nodes whose lease lapsed, releasing their terminals; their names."""
+    """Delete the nodes whose lease lapsed, releasing their terminals and their claims
+    of notifications (every node is woken to those applications); their names."""
     cursor.execute("DELETE FROM nodes WHERE expires_at < now() RETURNING node")
-    return sorted(row[0] for row in cursor.fetchall())
+    dead = sorted(row[0] for row in cursor.fetchall())
+    if dead:
+        release_claims(cursor, dead)
+    return dead
 
 
 def leave_node(cursor: Cursor, node: str) -> None:
     """A clean stop: ``node`` releases its terminals at once instead of at lapse."""
     cursor.execute("DELETE FROM nodes WHERE node = %s", (node,))
+
+
+def lapse_node(cursor: Cursor, node: str) -> None:
+    """A clean stop that may be a restart (D-410): the lease ends now, so its terminals
+    belong to nobody at once (:func:`owner`), but their rows stay until a live node
+    reaps them; a node restarting before that resumes those sessions
+    (:func:`held_by`, :func:`resume_terminals`)."""
+    cursor.execute("UPDATE nodes SET expires_at = now() - interval '1 millisecond' "
+                   "WHERE node = %s", (node,))
+
+
+def held_by(cursor: Cursor, node: str) -> list[str]:
+    """The terminals whose rows name ``node``, its lease live or not."""
+    cursor.execute("SELECT serial FROM terminal_owners WHERE node = %s ORDER BY serial",
+                   (node,))
+    return [row[0] for row in cursor.fetchall()]
+
+
+def resume_terminals(cursor: Cursor, node: str, serials: list[str]) -> dict[str, int]:
+    """Claim those of ``serials`` that nobody holds (a restarted node resuming the
+    sessions it held); their epochs. One another node took meanwhile stays its own."""
+    cursor.execute(
+        "INSERT INTO terminal_owners (serial, node, epoch, previous_node, claimed_at) "
+        "SELECT s, %s, nextval('terminal_owner_epochs'), NULL, now() FROM unnest(%s::text[]) s "
+        "ON CONFLICT (serial) DO NOTHING RETURNING serial, epoch",
+        (node, serials),
+    )
+    return {row[0]: row[1] for row in cursor.fetchall()}
 
 
 _CLAIM = (
@@ -191,14 +224,15 @@ class NodeLease:
         return self.db.transaction(register_node, self.node, self.timeout).addCallback(
             registered)
 
-    def stop(self) -> Deferred[None]:
-        """Stop renewing and leave: this node's terminals are released at once."""
+    def stop(self, *, leave: bool = True) -> Deferred[None]:
+        """Stop renewing and leave: this node's terminals are released at once; with
+        ``leave`` False the lease only lapses now (:func:`lapse_node`)."""
         if self._loop.running:
             self._loop.stop()
         was_live, self.live = self.live, False
         if not was_live:
             return succeed(None)
-        return self.db.transaction(leave_node, self.node)
+        return self.db.transaction(leave_node if leave else lapse_node, self.node)
 
     def renew(self) -> Deferred[None]:
         """Renew now (the loop does every ``interval``); fires when done, never fails."""

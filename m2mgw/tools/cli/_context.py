@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 from m2mgw.config import GatewayConfig
-from m2mgw.core.postgres.connection import redact
 from m2mgw.core.registry import RegistryError
 from m2mgw.core.registry.sqlite import SqliteRegistry, lock_holder, stored_instance_id
 from m2mgw.tools.cli._admin_client import (
@@ -38,7 +37,7 @@ class Context:
         self.config = config
         self.database = os.path.abspath(config.registry.database)
         #: The PostgreSQL registry's URL without its password; None for SQLite.
-        self.url = redact(config.registry.url) if config.registry.url else None
+        self.url = _redacted(config.registry.url) if config.registry.url else None
         self.api = admin_client(config)
         self._route: tuple[AdminClient | None, str | None] | None = None
 
@@ -149,3 +148,10 @@ def _same_file(served: Any, database: str) -> bool | None:
         return isinstance(served, str) and os.path.samefile(served, database)
     except OSError:
         return None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password; psycopg (the postgres extra) only when there is one."""
+    from m2mgw.core.postgres.connection import redact
+
+    return redact(url)
