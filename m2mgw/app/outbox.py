@@ -178,8 +178,10 @@ class Outbox(service.Service):
 
     def _live(self, app_id: str) -> Any:
         """The most recently logged-in live long connection of the app (6.6), or None."""
-        live = [c for c in self._state(app_id).connections if c.capacity(app_id) >= 0]
-        return live[-1] if live else None
+        for connection in reversed(self._state(app_id).connections):
+            if connection.capacity(app_id) >= 0:
+                return connection
+        return None
 
     def pump(self, app_id: str) -> None:
         """Offer the app's due notifications, oldest first, on its best channel.
