@@ -586,6 +586,7 @@ class AppConfig:
 
     listen: str | None = _setting(None, _endpoint)
     callback_timeout: float = _setting(30.0, _duration(0.1, 3600))
+    callback_concurrency: int = _setting(4, _integer(1, 64))
     callback_retry_max: float = _setting(3600.0, _duration(0.1, _DAY))
     notify_retry_schedule: tuple[float, ...] = _setting(
         (10.0, 60.0, 300.0), _duration_list(0.01, _DAY)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar, dataclass_transform
 
 from m2mgw.protocol.errors import ProtocolError
@@ -171,14 +171,28 @@ _CST = timezone(timedelta(hours=8))
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+# The time conversions below run for every message, mostly on the current second:
+# their cached forms answer those at once.
+
+
 def format_soap_timestamp(unix: float) -> str:
     """``MsgHeader/timestamp``: ``yyyyMMddHHmmss`` in UTC+8."""
-    return datetime.fromtimestamp(int(unix), _CST).strftime("%Y%m%d%H%M%S")
+    return _soap_timestamp(int(unix))
+
+
+@lru_cache(maxsize=64)
+def _soap_timestamp(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, _CST).strftime("%Y%m%d%H%M%S")
 
 
 def parse_soap_timestamp(text: str) -> int:
     if not isinstance(text, str) or len(text) != 14 or not text.isdigit():
         raise ProtocolError(f"bad MsgHeader timestamp {text!r}", ResultCode.BAD_PARAMETER)
+    return _soap_seconds(text)
+
+
+@lru_cache(maxsize=64)
+def _soap_seconds(text: str) -> int:
     try:
         moment = datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=_CST)
     except ValueError:
@@ -188,7 +202,12 @@ def parse_soap_timestamp(text: str) -> int:
 
 def format_datetime(unix: int) -> str:
     """Body times: ``xs:dateTime`` in UTC with ``Z``."""
-    return datetime.fromtimestamp(int(unix), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _datetime(int(unix))
+
+
+@lru_cache(maxsize=64)
+def _datetime(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_datetime(text: str) -> int:

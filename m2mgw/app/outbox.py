@@ -31,6 +31,9 @@ from m2mgw.core.registry import Registry
 log = Logger()
 
 EXPIRY_INTERVAL = 60.0
+#: Payloads of notifications stored by this process and not offered yet, kept at most
+#: this many, so that a first offer need not parse the stored body again (D-401).
+FRESH_PAYLOADS = 10_000
 
 
 class Channel(Protocol):
@@ -47,7 +50,9 @@ class Channel(Protocol):
 
 def encode_notification(payload: object) -> bytes:
     """The outbox form of a notification: its element, notifyId left for the store to set."""
-    return etree.tostring(soap.to_element(replace(payload, notify_id=0)))  # type: ignore[type-var]
+    if getattr(payload, "notify_id", 0):
+        payload = replace(payload, notify_id=0)  # type: ignore[type-var]
+    return etree.tostring(soap.to_element(payload))
 
 
 def decode_notification(entry: AppNotification) -> Any:
@@ -78,6 +83,8 @@ class Outbox(service.Service):
         self.clock = clock
         self.config = config
         self._apps: dict[str, _AppState] = {}
+        #: Payloads not offered yet by notifyId (D-401): what decoding the entry gives.
+        self._fresh: dict[int, Any] = {}
         self._expiry: IDelayedCall | None = None
         #: Since start-up, for the metrics: notifications the application accepted and
         #: offers that failed, by (app id, channel), and those discarded unsent by app id.
@@ -124,6 +131,9 @@ class Outbox(service.Service):
                          count=len(old), app_id=app.app_id)
                 self.discarded[app.app_id] += len(old)
                 self.registry.delete_notifications(old)
+        # Entries acknowledged or expired before their first offer.
+        for notify_id in [i for i in self._fresh if self.registry.notification(i) is None]:
+            del self._fresh[notify_id]
         self._schedule_expiry()
 
     def _state(self, app_id: str) -> _AppState:
@@ -153,9 +163,13 @@ class Outbox(service.Service):
         entry = AppNotification(app_id=app.app_id, kind=kind, body=body, next_attempt=now,
                                 created_at=now)
         # Offered once committed, never before: its notifyId is then never reused (D-277).
-        return self.registry.enqueue_notification(entry).addCallback(self._stored)
+        d = self.registry.enqueue_notification(entry)
+        return d.addCallback(self._stored, payload if self.reachable(app) else None)
 
-    def _stored(self, entry: AppNotification) -> AppNotification:
+    def _stored(self, entry: AppNotification, payload: object | None) -> AppNotification:
+        if payload is not None and len(self._fresh) < FRESH_PAYLOADS:
+            # A copy: one payload may be stored for several applications.
+            self._fresh[entry.id or 0] = replace(payload, notify_id=entry.id)  # type: ignore[type-var]
         self.pump(entry.app_id)
         return entry
 
@@ -166,8 +180,10 @@ class Outbox(service.Service):
 
     def _live(self, app_id: str) -> Any:
         """The most recently logged-in live long connection of the app (6.6), or None."""
-        live = [c for c in self._state(app_id).connections if c.capacity(app_id) >= 0]
-        return live[-1] if live else None
+        for connection in reversed(self._state(app_id).connections):
+            if connection.capacity(app_id) >= 0:
+                return connection
+        return None
 
     def pump(self, app_id: str) -> None:
         """Offer the app's due notifications, oldest first, on its best channel.
@@ -223,7 +239,10 @@ class Outbox(service.Service):
     def _offer(self, app: Application, entry: AppNotification, channel: Channel) -> None:
         state = self._state(app.app_id)
         assert entry.id is not None
-        d = maybeDeferred(channel.offer, app, decode_notification(entry))
+        payload = self._fresh.pop(entry.id, None)
+        if payload is None:
+            payload = decode_notification(entry)
+        d = maybeDeferred(channel.offer, app, payload)
         counted = (app.app_id, "callback" if channel is self.callbacks else "long_connection")
 
         def done(ok: bool | Failure) -> None:

@@ -42,6 +42,10 @@ class AppConnection(Protocol):
         self.replaced = False
         self.login_type = 0
         self._timer: IDelayedCall | None = None
+        #: The session deadline ``_timer`` is armed for.
+        self._deadline: float | None = None
+        #: Inside :meth:`_after`'s events: offers made there are written after them.
+        self._acting = False
         self._offers: dict[int, Deferred[bool]] = {}
         #: The (next Base Key, effective time) last announced on this connection.
         self._announced: tuple[str, int] | None = None
@@ -97,24 +101,37 @@ class AppConnection(Protocol):
             return fail(ops.Unencodable(exc.reason))
         d: Deferred[bool] = Deferred()
         self._offers[seq] = d
-        self._after([])
+        if not self._acting:
+            self._after([])
         return d
 
     # --- events -----------------------------------------------------------------------
 
     def _after(self, events: list[Any]) -> None:
-        """Act on session events, then write its output and re-arm its timer."""
-        for event in events:
-            self._on_event(event)
+        """Act on session events, then write its output and re-arm its timer.
+
+        The notifications that answers to earlier ones let the outbox offer go out in
+        the same write (D-402); the timer is moved only when the deadline changed.
+        """
+        acting, self._acting = self._acting, True
+        try:
+            for event in events:
+                self._on_event(event)
+        finally:
+            self._acting = acting
         session = self.session
         if session is None or self.transport is None:
             return
         data = session.data_to_send()
         if data:
             self.transport.write(data)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
         deadline = session.next_deadline()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if deadline == self._deadline:
+                return
+            timer.cancel()
+        self._deadline = deadline
         if deadline is not None:
             delay = max(0.0, deadline - self.clock.seconds())
             self._timer = self.clock.callLater(delay, self._tick)

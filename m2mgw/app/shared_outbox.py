@@ -55,11 +55,13 @@ class SharedOutbox(Outbox):
         waits: list[Deferred[Any]] = [super().stopService(), released]
         return gatherResults(waits).addCallback(lambda _: None)
 
-    def _stored(self, entry: AppNotification) -> AppNotification:
+    def _stored(self, entry: AppNotification, payload: object | None) -> AppNotification:
         self._stored_for.add(entry.app_id)
         if self._turn is None:
             self._turn = self.clock.callLater(0, self._wake_nodes)
-        return super()._stored(entry)
+        # No fresh payload kept (D-401): another node may be the one to offer it, and
+        # then nothing here would ever take it out again.
+        return super()._stored(entry, None)
 
     def _wake_nodes(self) -> None:
         """Every node hears, in one transaction, which applications have new ones."""

@@ -63,7 +63,9 @@ def site(endpoint: SoapEndpoint, root: Resource) -> server.Site:
         node = child
     node.putChild(SERVICE_PATH[-1], PlatformServiceResource(endpoint))
     bounded = type("BoundedRequest", (BoundedRequest,), {"max_body": endpoint.max_size})
-    http_site = server.Site(root, requestFactory=bounded)
+    # A SOAP body is no form: Twisted would parse its Content-Type with the email
+    # package for every POST to find out (D-406).
+    http_site = server.Site(root, requestFactory=bounded, parsePOSTFormSubmission=False)
     http_site.displayTracebacks = False
     return http_site
 

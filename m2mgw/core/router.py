@@ -49,6 +49,7 @@ log = Logger()
 ASYNC_COMMANDS = frozenset({Command.CONFIG_SET, Command.REMOTE_CTRL, Command.DOWNLOAD_INFO})
 ORIGIN_PLATFORM = "platform"
 ORIGIN_REGISTRATION = "registration"
+_COMMANDS = frozenset(c.value for c in Command)
 
 
 class Router:
@@ -122,7 +123,7 @@ class Router:
         terminal = self.registry.get(serial)
         if terminal is None:
             raise LookupError(f"unknown terminal {serial}")
-        if command & ACK_BIT or command not in {c.value for c in Command}:
+        if command & ACK_BIT or command not in _COMMANDS:
             raise ValueError(f"0x{command:04X} is not a request Command_ID")
         self.frames.check_deliverable(terminal, command, body)
         now = self.clock.seconds()
@@ -269,7 +270,7 @@ class Router:
         request.attempts += 1
         request.updated_at = self.clock.seconds()
         self.registry.update_request(request)
-        self.registry.save(terminal)
+        self.registry.save_counters(terminal)  # only they changed (D-405)
         out = Outstanding(request, frames, bearer, sender=sender)
         record = self.sessions.record(serial)
         record.outstanding = out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from dataclasses import dataclass
+from functools import cache, cached_property
 from typing import Any
 
 from m2mgw.app import keys
@@ -81,7 +82,7 @@ class Layout:
     rules: tuple[Rule, ...] = ()
     items: str | None = None
 
-    @property
+    @cached_property
     def claimed(self) -> frozenset[int]:
         return frozenset(rule.tag for rule in self.rules)
 
@@ -268,6 +269,7 @@ def _get(obj: object, path: str) -> Any:
     return obj
 
 
+@cache  # a few (class, field) pairs, asked for every optional TLV encoded
 def _default(cls: type, path: str) -> Any:
     """The dataclass default of a top-level field; optional TLVs equal to it are omitted."""
     if "." in path:

@@ -106,6 +106,8 @@ class RegistryCache:
         self._config: dict[int, dict[int, bytes]] = {}
         self._active: dict[int, Request] = {}
         self._queues: dict[str, dict[int, Request]] = {}
+        #: Serials whose queue got an entry older than its last: sorted at next read.
+        self._unsorted_queues: set[str] = set()
         self._finished: OrderedDict[int, Request] = OrderedDict()
         self._files_by_token: dict[str, FileTransaction] = {}
         self._files_by_trans_id: dict[int, FileTransaction] = {}
@@ -190,7 +192,15 @@ class RegistryCache:
     # --- requests -------------------------------------------------------------------
 
     def queued(self, serial: str) -> list[Request]:
-        return sorted(self._queues.get(serial, {}).values(), key=lambda r: r.id or 0)
+        """The terminal's active requests by id: requests enter its queue in id order
+        (enqueue, load), so only one filed again out of order costs a sort, once."""
+        queue = self._queues.get(serial)
+        if queue is None:
+            return []
+        if serial in self._unsorted_queues:
+            self._unsorted_queues.discard(serial)
+            queue = self._queues[serial] = dict(sorted(queue.items()))
+        return list(queue.values())
 
     def active_requests(self) -> list[Request]:
         return sorted(self._active.values(), key=lambda r: r.id or 0)
@@ -210,6 +220,8 @@ class RegistryCache:
         queue = self._queues.setdefault(request.serial, {})
         if request.active:
             self._finished.pop(request_id, None)
+            if request_id not in queue and queue and next(reversed(queue)) > request_id:
+                self._unsorted_queues.add(request.serial)
             self._active[request_id] = queue[request_id] = request
             return
         if self._active.pop(request_id, None) is not None:
@@ -218,6 +230,7 @@ class RegistryCache:
         queue.pop(request_id, None)
         if not queue:
             del self._queues[request.serial]
+            self._unsorted_queues.discard(request.serial)
         self._finished[request_id] = request
         self._finished.move_to_end(request_id)
         if len(self._finished) > FINISHED_CACHE_SIZE:

@@ -61,6 +61,7 @@ from m2mgw.core.registry.tables import (
     SMS_REFERENCES,
     STATISTICS,
     TERMINAL_CONFIG,
+    TERMINAL_COUNTERS,
     TERMINALS,
     TOUCHES,
     Row,
@@ -194,6 +195,13 @@ class CachedRegistry(RegistryCache):
         self._reindex(terminal, keys)
         self._touched.discard(terminal_id)
         return self._write([Write(Op.UPDATE, TERMINALS, [row])])
+
+    def save_counters(self, terminal: Terminal) -> Deferred[None]:
+        if terminal.id is None or self._terminals.get(terminal.id) is not terminal:
+            raise RegistryError(f"terminal IMEI {terminal.imei} is not in the registry")
+        terminal.updated_at = self._clock.seconds()
+        return self._write([Write(Op.UPDATE, TERMINAL_COUNTERS,
+                                  [TERMINAL_COUNTERS.row(terminal)])])
 
     def touch(self, serial: str, now: float, bearer: str | None, address: str | None) -> None:
         terminal = self._index["serial"].get(serial)

@@ -193,6 +193,13 @@ class Terminals(Protocol):
         Raises RegistryError synchronously on an unknown terminal or a taken key.
         """
 
+    def save_counters(self, terminal: Terminal) -> Deferred[None]:
+        """Persist ``terminal``'s Sequence_ID and TransID counters (and ``updated_at``)
+        only: what sending a platform request changes (D-405).
+
+        Raises RegistryError synchronously on an unknown terminal.
+        """
+
     def touch(self, serial: str, now: float, bearer: str | None, address: str | None) -> None:
         """Record traffic: set last_seen/bearer/address in the cache at once.
 

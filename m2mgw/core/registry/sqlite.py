@@ -11,6 +11,13 @@ give "database is locked"). adbapi queues interactions FIFO on that thread, so w
 are committed in submission order, and a read sees every write submitted before it:
 the order :mod:`.store` asks for. Rows reach the pool thread already encoded.
 
+Group commit. Write batches that arrive while earlier ones are still in the pool share
+one transaction, each batch inside its own SAVEPOINT: a batch that fails is rolled
+back alone and fails alone, as if it had been its own transaction, and every batch's
+Deferred fires only after the shared COMMIT. An idle store commits a batch at once;
+a busy one commits what gathered meanwhile in one go, one thread hop and one commit
+for many (D-400).
+
 Retention. ``prune`` deletes history (the message log, finished requests...) in small
 batches, each its own transaction on the one writer, so writes submitted meanwhile
 commit between two batches instead of waiting behind one large DELETE (D-202).
@@ -93,9 +100,30 @@ def _configure_read_only(conn: sqlite3.Connection) -> None:
 # --- the store: interactions in the pool thread ---------------------------------------
 
 
-def _apply(txn: Any, batch: Batch) -> None:
-    """Run one write batch as a single transaction (adbapi commits after it)."""
+def _apply(txn: Any, batches: list[Batch]) -> list[Failure | None]:
+    """Run write batches in one transaction (adbapi commits after it), each batch
+    atomic on its own: the failure of each, or None."""
     txn.execute("BEGIN IMMEDIATE")
+    if len(batches) == 1:
+        _write(txn, batches[0])  # a failure rolls back the transaction: the batch's own
+        return [None]
+    outcomes: list[Failure | None] = []
+    for batch in batches:
+        txn.execute("SAVEPOINT batch")
+        try:
+            _write(txn, batch)
+        except Exception:
+            failure = Failure()
+            failure.cleanFailure()
+            outcomes.append(failure)
+            txn.execute("ROLLBACK TO batch")
+        else:
+            outcomes.append(None)
+        txn.execute("RELEASE batch")
+    return outcomes
+
+
+def _write(txn: Any, batch: Batch) -> None:
     for op, table, rows in batch:
         sql = statements(table)
         if op is Op.INSERT:
@@ -175,26 +203,67 @@ def _load_all(txn: Any, now: float, finished: int, app_messages: int) -> Snapsho
     )
 
 
+#: Write transactions in the pool at once; batches arriving meanwhile wait to share
+#: the next one. Two keep the pool thread busy while the reactor fires the last.
+APPLYING = 2
+
+
 class SqliteStore:
-    """A :class:`~.store.Store` on an adbapi pool of one connection to one file."""
+    """A :class:`~.store.Store` on an adbapi pool of one connection to one file.
+
+    Writes are group-committed (module docstring): ``_waiting`` holds the batches
+    that arrived while ``APPLYING`` write transactions were in the pool. Every other
+    call submits them first, so that the pool still runs everything in call order.
+    """
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
+        self._waiting: list[tuple[Batch, Deferred[None]]] = []
+        self._applying = 0
 
     def load(self, now: float, finished: int, app_messages: int) -> Deferred[Snapshot]:
+        self._submit_waiting()
         return self._pool.runInteraction(_load_all, now, finished, app_messages)
 
     def apply(self, batch: Batch) -> Deferred[None]:
-        return self._pool.runInteraction(_apply, batch)
+        d: Deferred[None] = Deferred()
+        self._waiting.append((batch, d))
+        if self._applying < APPLYING:
+            self._submit_waiting()
+        return d
+
+    def _submit_waiting(self) -> None:
+        """One write transaction for the batches waiting, if any."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return
+        self._applying += 1
+        d = self._pool.runInteraction(_apply, [batch for batch, _ in waiting])
+        d.addBoth(self._applied, [done for _, done in waiting])
+
+    def _applied(self, outcome: list[Failure | None] | Failure,
+                 waiters: list[Deferred[None]]) -> None:
+        self._applying -= 1
+        if self._waiting and self._applying < APPLYING:
+            self._submit_waiting()
+        for i, waiter in enumerate(waiters):
+            failure = outcome if isinstance(outcome, Failure) else outcome[i]
+            if failure is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(failure)
 
     def prune(self, table: str, before: float, limit: int) -> Deferred[list[Any]]:
+        self._submit_waiting()
         return self._pool.runInteraction(_prune, PRUNE_SQL[table], before, limit)
 
     def read(self, query: Query) -> Deferred[list[Row]]:
+        self._submit_waiting()
         sql, params = _select(query)
         return self._pool.runQuery(sql, params)
 
     def barrier(self) -> Deferred[None]:
+        self._submit_waiting()
         return self._pool.runInteraction(_barrier)
 
 

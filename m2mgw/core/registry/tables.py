@@ -192,6 +192,9 @@ TERMINALS = Table(
 )
 #: The columns ``touch`` changes, written coalesced.
 TOUCHES = Table("terminals", key="id", columns=("id", "last_seen", "bearer", "address"))
+#: The counters a platform request advances, written alone at every send (D-405).
+TERMINAL_COUNTERS = Table("terminals", key="id",
+                          columns=("id", "seq_counter", "trans_counter", "updated_at"))
 TERMINAL_CONFIG = Table(
     "terminal_config", key=("terminal_id", "tag"),
     columns=("terminal_id", "tag", "value", "source", "updated_at"),
