@@ -208,7 +208,12 @@ class CallbackDeliveryTest(CallbackTestCase):
         self.receiver_port = reactor.listenTCP(port, self.site, interface="127.0.0.1")
         second = yield self.receiver.inbox.wait(
             lambda n: isinstance(n, ops.DeliverData) and n.data == b"\x42")
-        first = self.receiver.inbox.of("DeliverData")[0]
+        yield self.receiver.inbox.wait(
+            lambda n: isinstance(n, ops.DeliverData) and n.data == b"\x41")
+        # In seqId order; with one call at a time also in arrival order.
+        first = next(n for n in self.receiver.by_seq_id() if isinstance(n, ops.DeliverData))
+        if self.arrival_ordered:
+            self.assertIs(self.receiver.inbox.of("DeliverData")[0], first)
         self.assertEqual((first.data, first.notify_id < second.notify_id), (b"\x41", True))
         self.assert_creation_order()
 
