@@ -126,7 +126,7 @@ class Reports:
         if isinstance(msg, m.TransparentData) and not self._crc_ok(ex, terminal, msg):
             ctx.answer(ex, ack(TransparentResult.CRC_MISMATCH))  # type: ignore[call-arg]
             return
-        result = self.route_transparent(terminal, msg)
+        result = self.route_transparent(ex, terminal, msg)
         if isinstance(result, Deferred):
             # Answer once the message is stored; duplicates meanwhile are ignored (8.2).
             cache = ctx.cache
@@ -160,9 +160,12 @@ class Reports:
         return False
 
     def route_transparent(
-        self, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
+        self, ex: Exchange, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
     ) -> int | Deferred[int]:
-        """Deliver uplink data to an application or another terminal; the ACK result."""
+        """Deliver uplink data to an application or another terminal; the ACK result.
+
+        Data for an application is logged by the sink (its ``uplink`` row, which keeps
+        the data), and that row is the exchange's (D-391)."""
         ctx = self.ctx
         destination = msg.destination
         if destination is None:
@@ -177,7 +180,10 @@ class Reports:
                 return TransparentResult.UNKNOWN_DESTINATION
             if target not in terminal.apps and target != terminal.default_app:
                 return TransparentResult.REJECTED
-            return uplink.deliver(target, serial, msg)
+            ex.logged = True
+            return uplink.deliver(
+                target, serial, msg, sequence_id=ex.header.sequence_id, bearer=ex.bearer.kind
+            )
         other = ctx.registry.get(target)
         if other is None:
             return TransparentResult.UNKNOWN_DESTINATION
