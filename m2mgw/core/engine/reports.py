@@ -235,19 +235,27 @@ class Reports:
         changed = False
         if values:
             registry.store_config(serial, values, "reported")
+        # The record is saved only for a value that differs: a sync trap after every
+        # LOGIN repeats what the record holds.
         if tags.SYNC_LIST in values:
-            terminal.sync_tags = tags.decode_value(tags.SYNC_LIST, values[tags.SYNC_LIST])
-            changed = True
+            sync_tags = tags.decode_value(tags.SYNC_LIST, values[tags.SYNC_LIST])
+            if sync_tags != terminal.sync_tags:
+                terminal.sync_tags = sync_tags
+                changed = True
         for tag in (tags.HEARTBEAT, tags.PERIOD_CTRL):
             if tag in values and len(values[tag]) in (1, 2, 4):
-                terminal.heartbeat_interval = tags.decode_int(values[tag]) or None
+                interval = tags.decode_int(values[tag]) or None
+                if interval == terminal.heartbeat_interval:
+                    continue
+                terminal.heartbeat_interval = interval
                 if session is not None:
                     session.interval = ctx.interval(terminal)
                     ctx.watch(session, terminal)
                 changed = True
         if tags.CONNECT_MODE in values and len(values[tags.CONNECT_MODE]) == 1:
-            terminal.connect_mode = values[tags.CONNECT_MODE][0]
-            changed = True
+            if terminal.connect_mode != values[tags.CONNECT_MODE][0]:
+                terminal.connect_mode = values[tags.CONNECT_MODE][0]
+                changed = True
         if tags.CURRENT_VERSION in values:
             version = values[tags.CURRENT_VERSION].decode("latin-1")
             ctx.events.publish(VersionReported(terminal, version))
