@@ -95,7 +95,7 @@ class StoredUplink:
         del terminal, values, bearer
 
 
-_UPLINK_EVENTS = {
+_UPLINK_EVENTS: dict[int, str] = {
     Command.TRANSPARENT_DATA: "uplink-data",
     Command.TRANSPARENT_CMD: "uplink-command",
 }

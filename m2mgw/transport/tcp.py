@@ -307,8 +307,7 @@ def _nothing_waits(transport: tcp.Connection) -> bool:
     return (
         transport.offset == len(transport.dataBuffer)
         and not transport._tempDataLen
-        and transport.connected
-        and not (transport.disconnecting or transport._aborting)
+        and not (transport.disconnecting or transport._aborting or not transport.connected)
     )
 
 
