@@ -520,14 +520,20 @@ class Admission:
         except LookupError:
             ctx.refuse(ex, Reason.AUTH_FAILED, "no credential set to verify the digest")
             return False
-        frame, name = ex.frame, ex.header.command_name
-        profile = ctx.frames.profile_of(terminal)
+        frame = ex.frame
         signed = frame if frame.digest is not None else unflagged_digest(frame)
-        if signed is not None and verify_frame(signed, timestamp, up):
-            if signed is frame or profile.digest_without_flag:
-                ex.frame, ex.key, ex.timestamp = signed, down, timestamp
-                ex.authenticated = True
-                return True
+        verified = signed is not None and verify_frame(signed, timestamp, up)
+        if (
+            signed is not None
+            and verified
+            and (signed is frame or ctx.frames.profile_of(terminal).digest_without_flag)
+        ):
+            ex.frame, ex.key, ex.timestamp = signed, down, timestamp
+            ex.authenticated = True
+            return True
+        # Refused from here on: the name and the profile are for saying why.
+        name, profile = ex.header.command_name, ctx.frames.profile_of(terminal)
+        if verified:
             ctx.refuse(
                 ex,
                 Reason.MISSING_DIGEST,
