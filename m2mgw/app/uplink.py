@@ -45,10 +45,12 @@ class AppUplink:
         return self.registry.application_by_ec(app_id) is not None or self.stored.exists(app_id)
 
     def deliver(
-        self, app_id: str, serial: str, message: m.TransparentData | m.TransparentCmd
+        self, app_id: str, serial: str, message: m.TransparentData | m.TransparentCmd, *,
+        sequence_id: int, bearer: str,
     ) -> int | Deferred[int]:
         """DeliverData (3.3.1, AD-16): durable first; result 0 when a channel exists."""
-        kept = self.stored.deliver(app_id, serial, message)
+        kept = self.stored.deliver(app_id, serial, message, sequence_id=sequence_id,
+                                   bearer=bearer)
         app = self.registry.application_by_ec(app_id)
         if app is None:
             return kept

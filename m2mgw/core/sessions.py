@@ -102,6 +102,8 @@ class Opening:
     session_key_expiry: int | None = None
     digest: bytes | None = None
     answer: bytes = b""
+    #: The LOGIN made the pending credential set current: the record is saved whole.
+    credentials_committed: bool = False
 
 
 @dataclass(slots=True, eq=False)

@@ -28,9 +28,13 @@ class UplinkSink(Protocol):
         ...
 
     def deliver(
-        self, app_id: str, serial: str, message: TransparentData | TransparentCmd
+        self, app_id: str, serial: str, message: TransparentData | TransparentCmd, *,
+        sequence_id: int, bearer: str,
     ) -> int | Deferred[int]:
-        """Hand uplink data to an application: 0 delivered/connected, 1 queued (5.4)."""
+        """Hand uplink data to an application: 0 delivered/connected, 1 queued (5.4).
+
+        ``sequence_id`` and ``bearer`` are the message's: its message-log row is the
+        exchange's only one (D-391)."""
         ...
 
     def notify_trap(self, terminal: Terminal, values: dict[int, bytes], bearer: str) -> None:
@@ -43,7 +47,8 @@ class StoredUplink:
     """Applications are the EC codes terminals are bound to; data waits in the log.
 
     Each delivery is a durable ``uplink`` log entry, so the answer is result 1
-    ("queued") only after the registry committed it.
+    ("queued") only after the registry committed it; the entry is the exchange's row
+    in the message log (D-391).
     """
 
     def __init__(self, registry: Registry, clock_seconds: Callable[[], float]) -> None:
@@ -70,16 +75,18 @@ class StoredUplink:
         return False
 
     def deliver(
-        self, app_id: str, serial: str, message: TransparentData | TransparentCmd
+        self, app_id: str, serial: str, message: TransparentData | TransparentCmd, *,
+        sequence_id: int, bearer: str,
     ) -> int | Deferred[int]:
-        kind = "data" if message.COMMAND == Command.TRANSPARENT_DATA else "command"
         committed = self.registry.log_committed(
             LogEntry(
                 time=self._seconds(),
                 serial=serial,
                 direction="in",
+                bearer=bearer,
                 command_id=message.COMMAND,
-                event=f"uplink-{kind}",
+                sequence_id=sequence_id,
+                event=_UPLINK_EVENTS[message.COMMAND],
                 detail=f"to={app_id} data={message.user_data.hex()}",
             )
         )
@@ -87,6 +94,12 @@ class StoredUplink:
 
     def notify_trap(self, terminal: Terminal, values: dict[int, bytes], bearer: str) -> None:
         del terminal, values, bearer
+
+
+_UPLINK_EVENTS: dict[int, str] = {
+    Command.TRANSPARENT_DATA: "uplink-data",
+    Command.TRANSPARENT_CMD: "uplink-command",
+}
 
 
 def _bound(terminal: Terminal, app_id: str) -> bool:

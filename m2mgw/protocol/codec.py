@@ -18,11 +18,12 @@ from m2mgw.protocol.constants import (
     DEFAULT_ACCEPTED_VERSIONS,
     DIGEST_TLV_SIZE,
     HEADER_SIZE,
+    KNOWN_COMMAND_IDS,
     MAX_LENGTH,
     Flag,
 )
 from m2mgw.protocol.errors import BodyError, DigestError, HeaderError, ProtocolError
-from m2mgw.protocol.header import Header, check_header, pack_header
+from m2mgw.protocol.header import HEADER, Header, check_header, pack_header
 from m2mgw.protocol.security import (
     Cipher,
     DigestKey,
@@ -43,6 +44,8 @@ _CONTAINER = int(Flag.CONTAINER)
 _ENCRYPTED_FLAG = int(ENCRYPTED_FLAG)
 _PREFIX_AT = -DIGEST_TLV_SIZE
 _DIGEST_AT = -DIGEST_TLV_SIZE + len(DIGEST_PREFIX)
+_MIN_SIGNED = HEADER_SIZE + DIGEST_TLV_SIZE
+_unpack_header = HEADER.unpack_from
 _new_tuple = tuple.__new__
 
 
@@ -77,8 +80,26 @@ def parse_frame(
     """Apply receiver checks 1-4 of spec 2.2 (the digest's form, not its value)."""
     if type(raw) is not bytes:
         raw = bytes(raw)
-    header = Header.unpack(raw)
-    check_header(header, len(raw), accepted_versions)
+    # Run per message received: one test of everything a valid header satisfies builds
+    # it at once; any other goes through the checks one by one, for the error they name.
+    size = len(raw)
+    header = None
+    if size >= HEADER_SIZE:
+        length, command_id, sequence_id, version, flag, reserved, serial = _unpack_header(raw)
+        if (
+            length == size
+            and version in accepted_versions
+            and command_id in KNOWN_COMMAND_IDS
+            and serial.isascii()
+            and (length >= _MIN_SIGNED or not flag & _DIGEST)
+        ):
+            header = _new_tuple(
+                Header,
+                (length, command_id, sequence_id, version, flag, serial.decode("ascii"), reserved),
+            )
+    if header is None:
+        header = Header.unpack(raw)
+        check_header(header, size, accepted_versions)
     if header.flag & _DIGEST:
         if raw[_PREFIX_AT:_DIGEST_AT] != DIGEST_PREFIX:
             raise DigestError("digest flag set but the message does not end with TLV E021")
@@ -118,11 +139,11 @@ def open_body(frame: Frame, cipher: Cipher | None) -> tuple[bytes, bool]:
 
 def decode_frame(frame: Frame, cipher: Cipher | None = None) -> messages.Message:
     """Typed message of a complete (unfragmented) frame."""
-    if frame.header.flag & _CONTAINER:
+    header = frame.header
+    if header.flag & _CONTAINER:
         body, padded = open_body(frame, cipher)
-    else:
-        body, padded = frame.body, False
-    return messages.decode_message(frame.header.command_id, body, padded=padded)
+        return messages.decode_message(header.command_id, body, padded=padded)
+    return messages.decode_message(header.command_id, frame.body)
 
 
 def build_frame(

@@ -7,6 +7,7 @@ encryption and fragments are the codec's business (:mod:`m2mgw.protocol.codec`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
 
@@ -561,9 +562,15 @@ MESSAGE_NAMES: dict[int, str] = {
 }
 
 
+#: Each type's ``decode_body``, bound once: a classmethod is bound anew on every access.
+_DECODERS: dict[int, Callable[..., Message]] = {
+    command: cls.decode_body for command, cls in MESSAGE_TYPES.items()
+}
+
+
 def decode_message(command_id: int, body: bytes, *, padded: bool = False) -> Message:
     """Typed message of a plaintext body (containers already opened)."""
-    cls = MESSAGE_TYPES.get(command_id)
-    if cls is None:
+    decode = _DECODERS.get(command_id)
+    if decode is None:
         raise BodyError(f"no message type for Command_ID 0x{command_id:04X}")
-    return cls.decode_body(body, padded=padded)
+    return decode(body, padded=True) if padded else decode(body)

@@ -77,6 +77,8 @@ _TAG_SESSION_KEY, _TAG_SESSION_KEY_EXPIRY = 0xE03B, 0xE03D
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+_pack_u32 = _U32.pack
+_md5 = hashlib.md5
 _TLV_HEAD = struct.Struct(">HH")
 _TLV_U32 = struct.Struct(">HHI")
 _DIGEST_HEAD = _TLV_HEAD.pack(_TAG_DIGEST, 16)
@@ -172,9 +174,16 @@ class DigestKey:
 
 
 def compute_digest(m: bytes | bytearray, timestamp: int, key: DigestKey) -> bytes:
-    """MD5(M ‖ TS u32 ‖ IMEI ‖ IMSI ‖ PW) (spec 6.2, PD-04)."""
-    digest = hashlib.md5(m)
-    digest.update(_u32(timestamp, "timestamp") + key.suffix)
+    """MD5(M ‖ TS u32 ‖ IMEI ‖ IMSI ‖ PW) (spec 6.2, PD-04).
+
+    Once per message signed or verified: ``struct`` checks the timestamp as it packs it.
+    """
+    try:
+        tail = _pack_u32(timestamp) + key.suffix
+    except struct.error:
+        raise ProtocolError(f"timestamp is not a u32: {timestamp!r}") from None
+    digest = _md5(m)
+    digest.update(tail)
     return digest.digest()
 
 

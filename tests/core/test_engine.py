@@ -118,6 +118,13 @@ class EngineTest(unittest.TestCase):
         entries = yield self.fx.registry.messages(SERIAL)
         [stored] = [e.detail for e in entries if e.event == "uplink-data"]
         self.assertIn("data=01020304", stored)
+        # D-391: the uplink row is the exchange's only one, with its bearer and sequence;
+        # the LOGIN_ACK's row shows plain values, its result by name.
+        [row] = [e for e in entries if e.sequence_id == 3]
+        self.assertEqual((row.event, row.bearer, row.command_id),
+                         ("uplink-data", "udp", Command.TRANSPARENT_DATA))
+        [login] = [e for e in entries if e.command_id == Command.LOGIN | 0x8000]
+        self.assertEqual(login.detail, f"result=OK, timestamp={TS_11_3}")
         bad = m.TransparentData(0x1234, tlvs=[Tlv(0x4007, b"\x01")])
         self.fx.engine.receive(terminal_message(bad, 4, timestamp=TS_11_3), bearer)
         self.assertEqual(bearer.take()[0].result, 4)

@@ -28,6 +28,7 @@ from m2mgw.core.model import (
 from m2mgw.core.registry import Registry, RegistryError
 from m2mgw.core.registry.migrations import Migration, load_migrations, prepare
 from m2mgw.core.registry.sqlite import SqliteRegistry, _configure
+from m2mgw.core.vault import is_sealed
 from tests.core.registry_backends import (
     MemoryBackend,
     PostgresBackend,
@@ -213,6 +214,62 @@ class RegistryTests(RegistryContract):
         self.assertEqual(
             (reopened.get(SERIAL).last_seen, reopened.get(SERIAL).bearer), (200.0, "udp")
         )
+
+    async def test_a_session_save_is_coalesced_and_commits_with_a_durable_write(self) -> None:
+        """D-392: what a LOGIN changes waits for the next flush, written narrowly, and a
+        committed log entry (a stored uplink) carries it in its transaction."""
+        registry = await self.open()
+        old = CredentialSet(uplink_password="11111111", downlink_password="22222222",
+                            base_key="1" * 24)
+        terminal = await registry.add(make_terminal(serial=SERIAL, imsi="460000000000001",
+                                                    current=old))
+        [(stored_credentials,)] = self.stored("terminals", "current")
+        terminal.state = TerminalState.LOGGED_IN
+        terminal.session_timestamp, terminal.last_session_timestamp = 5000, 4000
+        terminal.session_key, terminal.session_key_expiry = "0123456789ABCDEF", 9000
+        terminal.protocol_version, terminal.software_version = 0x0300, "1.01"
+        registry.touch(SERIAL, 123.0, "tcp", "127.0.0.1:40000")
+        # Not a session column: only a whole save writes the credential sets.
+        terminal.current = CredentialSet(uplink_password="33333333",
+                                         downlink_password="44444444", base_key="3" * 24)
+        registry.save_session(terminal)
+        self.assertRaises(RegistryError, registry.save_session, make_terminal("860000000000009"))
+        self.assertEqual(self.stored("terminals", "state", "session_timestamp"),
+                         [("UNREGISTERED", None)])
+        await registry.log_committed(LogEntry(time=1.0, serial=SERIAL, direction="in",
+                                              event="uplink-data"))
+        self.assertEqual(
+            self.stored("terminals", "state", "session_timestamp", "last_session_timestamp",
+                        "session_key_expiry", "protocol_version", "software_version",
+                        "last_seen", "address"),
+            [("LOGGED_IN", 5000, 4000, 9000, 0x0300, "1.01", 123.0, "127.0.0.1:40000")],
+        )
+        self.assertEqual(self.stored("terminals", "current"), [(stored_credentials,)])
+        [(narrow,)] = self.stored("terminals", "session_key")
+        terminal.current = old
+        await registry.save(terminal)
+        [(whole,)] = self.stored("terminals", "session_key")
+        self.assertEqual(is_sealed(narrow), is_sealed(whole), "sealed as a whole save seals it")
+        reopened = (await self.reopen(registry)).get(SERIAL)
+        self.assertEqual((reopened.state, reopened.session_key, reopened.session_timestamp),
+                         (TerminalState.LOGGED_IN, "0123456789ABCDEF", 5000))
+
+    async def test_a_whole_save_or_a_removal_takes_a_waiting_session_save(self) -> None:
+        registry = await self.open()
+        terminal = await registry.add(make_terminal(serial=SERIAL))
+        other = await registry.add(make_terminal("860000000000002", serial="A972030000000002"))
+        terminal.state = TerminalState.LOGGED_IN
+        registry.save_session(terminal)
+        terminal.msisdn = "8613800138000"
+        await registry.save(terminal)  # everything, the session columns too
+        other.state = TerminalState.LOGGED_IN
+        registry.save_session(other)
+        await registry.remove(other.serial)
+        terminal.state = TerminalState.OFFLINE  # in memory only: nothing waits to be written
+        reopened = await self.reopen(registry)  # close flushes
+        self.assertEqual((reopened.get(SERIAL).state, reopened.get(SERIAL).msisdn),
+                         (TerminalState.LOGGED_IN, "8613800138000"))
+        self.assertEqual(reopened.get("A972030000000002"), None)
 
     # --- configuration, alarms, statistics, log -------------------------------------
 

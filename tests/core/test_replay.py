@@ -37,7 +37,9 @@ class CountingUplink:
     def exists(self, app_id: str) -> bool:
         return True
 
-    def deliver(self, app_id: str, serial: str, message: Any) -> Any:
+    def deliver(
+        self, app_id: str, serial: str, message: Any, *, sequence_id: int, bearer: str
+    ) -> Any:
         if self.fail_next:
             self.fail_next = False
             return defer.fail(RuntimeError("disk full"))

@@ -287,7 +287,8 @@ class Admission:
                 ctx.refuse(ex, Reason.AUTH_FAILED, "LOGIN base key proof differs")
                 ctx.answer(ex, m.LoginAck(LoginResult.AUTH_FAILED, 0))
                 return
-        if creds is terminal.pending:
+        committed = creds is terminal.pending
+        if committed:
             terminal.current, terminal.pending = terminal.pending, None
             log.info("Credential set of {serial} committed", **ex.log_keys)
         result = (
@@ -307,6 +308,7 @@ class Admission:
             Session.start(terminal, timestamp, header.version, ctx.interval(terminal), ex.now),
             msg.software_version,
             ex.now,
+            credentials_committed=committed,
         )
         opening.session.cipher = None
         opening.session.login_result = result
@@ -422,7 +424,9 @@ class Admission:
 
     def _begin(self, terminal: Terminal, opening: Opening, ex: Exchange) -> Session:
         """Step 8 of 4.4: replace any session, bind the bearer ``ex`` came on, persist
-        (PD-19); cached answers of earlier sessions are dropped (8.2)."""
+        (PD-19: the session columns with the next flush, the whole record when the
+        LOGIN committed a credential set); cached answers of earlier sessions are
+        dropped (8.2)."""
         ctx = self.ctx
         serial = terminal.serial or ""
         old = ctx.sessions.detach(serial)
@@ -442,7 +446,10 @@ class Admission:
         terminal.last_seen = ex.now
         ctx.cache.clear_terminal(serial)
         ctx.set_state(terminal, TerminalState.LOGGED_IN)
-        ctx.registry.save(terminal)
+        if opening.credentials_committed:
+            ctx.registry.save(terminal)
+        else:
+            ctx.registry.save_session(terminal)  # coalesced, no credentials (D-392)
         log.info(
             "Terminal {serial} logged in over {bearer} from {peer}",
             event="login",
@@ -513,14 +520,20 @@ class Admission:
         except LookupError:
             ctx.refuse(ex, Reason.AUTH_FAILED, "no credential set to verify the digest")
             return False
-        frame, name = ex.frame, ex.header.command_name
-        profile = ctx.frames.profile_of(terminal)
+        frame = ex.frame
         signed = frame if frame.digest is not None else unflagged_digest(frame)
-        if signed is not None and verify_frame(signed, timestamp, up):
-            if signed is frame or profile.digest_without_flag:
-                ex.frame, ex.key, ex.timestamp = signed, down, timestamp
-                ex.authenticated = True
-                return True
+        verified = signed is not None and verify_frame(signed, timestamp, up)
+        if (
+            signed is not None
+            and verified
+            and (signed is frame or ctx.frames.profile_of(terminal).digest_without_flag)
+        ):
+            ex.frame, ex.key, ex.timestamp = signed, down, timestamp
+            ex.authenticated = True
+            return True
+        # Refused from here on: the name and the profile are for saying why.
+        name, profile = ex.header.command_name, ctx.frames.profile_of(terminal)
+        if verified:
             ctx.refuse(
                 ex,
                 Reason.MISSING_DIGEST,

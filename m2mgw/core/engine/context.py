@@ -85,8 +85,9 @@ class Context:
         """Send the answer on the request's bearer, signed and encrypted per 6.1-6.4, and
         as the terminal's profile reads it (C6, C7); the frame sent, if any.
 
-        The exchange is written to the message log unless ``row`` is False or the
-        request was refused without being authenticated (D-303)."""
+        The exchange is written to the message log unless ``row`` is False, the uplink
+        sink wrote its row (D-391) or the request was refused without being
+        authenticated (D-303)."""
         frame = self.frames.answer(ex, message, flag, encrypt)
         if frame is None:
             self._oversized_answer(ex, message)
@@ -99,7 +100,7 @@ class Context:
             stats.logins[message.result] += 1
         if ex.cache_key is not None:
             self.cache.store(ex.cache_key, ex.frame.raw, [frame], ex.now)
-        if not row or (ex.refused and not (ex.authenticated or ex.sms)):
+        if not row or ex.logged or (ex.refused and not (ex.authenticated or ex.sms)):
             return frame
         if ex.request is not None:
             event, direction, command = "request", "in", header.command_id

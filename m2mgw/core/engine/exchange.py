@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import cast
 
 from m2mgw.core.model import Terminal
@@ -39,6 +40,9 @@ class Exchange:
     #: message-log row: its refusal is counted instead (D-303).
     authenticated: bool = False
     refused: bool = False
+    #: The uplink sink wrote the exchange's message-log row (its ``uplink`` row, with
+    #: the data): the answer writes none of its own (D-391).
+    logged: bool = False
 
     @property
     def header(self) -> Header:
@@ -85,6 +89,22 @@ def single_tlv(body: bytes, tag: int) -> bytes:
 
 
 def summary(message: m.Message) -> str:
-    fields = ", ".join(f"{k}={v!r}" for k, v in message.fields_dict().items())
-    names = ", ".join(t.name for t in message.tlvs[:8])
-    return f"{fields}; {names}" if names else fields
+    """A message as its message-log row shows it: the fixed fields as plain values (a
+    result by its name, a block of bytes by its size), then the names of its first
+    TLVs (D-391)."""
+    fields = ", ".join([f"{k}={_plain(v)}" for k, v in message.fields_dict().items()])
+    tlvs = message.tlvs
+    if not tlvs:
+        return fields
+    return f"{fields}; {', '.join([t.name for t in tlvs[:8]])}"
+
+
+def _plain(value: object) -> object:
+    """A field's value for the log: an enum's repr costs a microsecond and says less."""
+    if type(value) is int or value is None:
+        return value
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes"
+    return value

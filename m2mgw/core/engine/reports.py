@@ -128,7 +128,7 @@ class Reports:
         if isinstance(msg, m.TransparentData) and not self._crc_ok(ex, terminal, msg):
             ctx.answer(ex, ack(TransparentResult.CRC_MISMATCH))
             return
-        result = self.route_transparent(terminal, msg)
+        result = self.route_transparent(ex, terminal, msg)
         if isinstance(result, Deferred):
             # Answer once the message is stored; duplicates meanwhile are ignored (8.2).
             cache = ctx.cache
@@ -162,9 +162,12 @@ class Reports:
         return False
 
     def route_transparent(
-        self, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
+        self, ex: Exchange, terminal: Terminal, msg: m.TransparentData | m.TransparentCmd
     ) -> int | Deferred[int]:
-        """Deliver uplink data to an application or another terminal; the ACK result."""
+        """Deliver uplink data to an application or another terminal; the ACK result.
+
+        Data for an application is logged by the sink (its ``uplink`` row, which keeps
+        the data), and that row is the exchange's (D-391)."""
         ctx = self.ctx
         destination = msg.destination
         if destination is None:
@@ -179,7 +182,10 @@ class Reports:
                 return TransparentResult.UNKNOWN_DESTINATION
             if target not in terminal.apps and target != terminal.default_app:
                 return TransparentResult.REJECTED
-            return uplink.deliver(target, serial, msg)
+            ex.logged = True
+            return uplink.deliver(
+                target, serial, msg, sequence_id=ex.header.sequence_id, bearer=ex.bearer.kind
+            )
         other = ctx.registry.get(target)
         if other is None:
             return TransparentResult.UNKNOWN_DESTINATION
@@ -231,19 +237,27 @@ class Reports:
         changed = False
         if values:
             registry.store_config(serial, values, "reported")
+        # The record is saved only for a value that differs: a sync trap after every
+        # LOGIN repeats what the record holds.
         if tags.SYNC_LIST in values:
-            terminal.sync_tags = tags.decode_value(tags.SYNC_LIST, values[tags.SYNC_LIST])
-            changed = True
+            sync_tags = tags.decode_value(tags.SYNC_LIST, values[tags.SYNC_LIST])
+            if sync_tags != terminal.sync_tags:
+                terminal.sync_tags = sync_tags
+                changed = True
         for tag in (tags.HEARTBEAT, tags.PERIOD_CTRL):
             if tag in values and len(values[tag]) in (1, 2, 4):
-                terminal.heartbeat_interval = tags.decode_int(values[tag]) or None
+                interval = tags.decode_int(values[tag]) or None
+                if interval == terminal.heartbeat_interval:
+                    continue
+                terminal.heartbeat_interval = interval
                 if session is not None:
                     session.interval = ctx.interval(terminal)
                     ctx.watch(session, terminal)
                 changed = True
         if tags.CONNECT_MODE in values and len(values[tags.CONNECT_MODE]) == 1:
-            terminal.connect_mode = values[tags.CONNECT_MODE][0]
-            changed = True
+            if terminal.connect_mode != values[tags.CONNECT_MODE][0]:
+                terminal.connect_mode = values[tags.CONNECT_MODE][0]
+                changed = True
         if tags.CURRENT_VERSION in values:
             version = values[tags.CURRENT_VERSION].decode("latin-1")
             ctx.events.publish(VersionReported(terminal, version))

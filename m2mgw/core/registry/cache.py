@@ -114,6 +114,8 @@ class RegistryCache:
         self._counters: dict[str, int] = {}
         self._next_id: dict[str, int] = {}
         self._touched: set[int] = set()
+        #: Terminals whose session columns wait for the next flush (``save_session``).
+        self._sessions_saved: set[int] = set()
         self._sms_pending: dict[int, OutgoingSms] = {}
         self._sms_references: dict[str, int] = {}
         self._apps: dict[str, Application] = {}

@@ -57,6 +57,7 @@ from m2mgw.core.registry.tables import (
     MESSAGES,
     NOTIFICATIONS,
     REQUESTS,
+    SESSIONS,
     SMS_OUTBOX,
     SMS_REFERENCES,
     STATISTICS,
@@ -194,6 +195,7 @@ class CachedRegistry(RegistryCache):
         self._terminals[terminal_id] = terminal
         self._reindex(terminal, keys)
         self._touched.discard(terminal_id)
+        self._sessions_saved.discard(terminal_id)
         return self._write([Write(Op.UPDATE, TERMINALS, [row])])
 
     def save_counters(self, terminal: Terminal) -> Deferred[None]:
@@ -203,6 +205,13 @@ class CachedRegistry(RegistryCache):
         return self._write([Write(Op.UPDATE, TERMINAL_COUNTERS,
                                   [TERMINAL_COUNTERS.row(terminal)])])
 
+    def save_session(self, terminal: Terminal) -> None:
+        terminal_id = terminal.id
+        if terminal_id is None or self._terminals.get(terminal_id) is not terminal:
+            raise RegistryError(f"terminal IMEI {terminal.imei} is not in the registry")
+        terminal.updated_at = self._clock.seconds()
+        self._sessions_saved.add(terminal_id)
+
     def touch(self, serial: str, now: float, bearer: str | None, address: str | None) -> None:
         terminal = self._index["serial"].get(serial)
         if terminal is None:
@@ -211,13 +220,22 @@ class CachedRegistry(RegistryCache):
         self._touched.add(terminal.id or 0)
 
     def _touches(self) -> Batch:
-        """The coalesced ``touch`` updates, taken for the writer's next flush."""
-        if not self._touched:
-            return []
-        touched = [self._terminals[i] for i in sorted(self._touched)]
-        self._touched.clear()
-        rows = [(t.id, t.last_seen, t.bearer, t.address) for t in touched]
-        return [Write(Op.UPDATE, TOUCHES, rows)]
+        """The coalesced ``save_session`` and ``touch`` updates, taken for the writer's
+        next flush (a session's row has the touched columns too)."""
+        batch: Batch = []
+        if self._sessions_saved:
+            saved = sorted(self._sessions_saved)
+            self._sessions_saved.clear()
+            self._touched.difference_update(saved)
+            vault = self._vault
+            rows = [SESSIONS.row(self._terminals[i], vault) for i in saved]
+            batch.append(Write(Op.UPDATE, SESSIONS, rows))
+        if self._touched:
+            touched = [self._terminals[i] for i in sorted(self._touched)]
+            self._touched.clear()
+            rows = [(t.id, t.last_seen, t.bearer, t.address) for t in touched]
+            batch.append(Write(Op.UPDATE, TOUCHES, rows))
+        return batch
 
     def allocate_serial(self, prefix: str) -> str:
         if len(prefix) != 8:
@@ -243,6 +261,7 @@ class CachedRegistry(RegistryCache):
         del self._indexed[terminal_id]
         self._config.pop(terminal_id, None)
         self._touched.discard(terminal_id)
+        self._sessions_saved.discard(terminal_id)
         cancelled = self.queued(terminal.serial) if terminal.serial else []
         for request in cancelled:
             request.state = RequestState.CANCELLED

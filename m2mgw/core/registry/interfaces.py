@@ -200,6 +200,17 @@ class Terminals(Protocol):
         Raises RegistryError synchronously on an unknown terminal.
         """
 
+    def save_session(self, terminal: Terminal) -> None:
+        """Persist the session columns of ``terminal`` (state, session timestamps and
+        key, protocol and software version, last_seen/bearer/address) with the next
+        flush, coalesced as ``touch`` is: what a LOGIN changes (D-392).
+
+        A ``save`` meanwhile writes them too; a durable write (``log_committed``, the
+        group commit of stored uplinks) commits them in its transaction, so nothing
+        acknowledged durably can be on disk without the session it came in.
+        Raises RegistryError synchronously on an unknown terminal.
+        """
+
     def touch(self, serial: str, now: float, bearer: str | None, address: str | None) -> None:
         """Record traffic: set last_seen/bearer/address in the cache at once.
 

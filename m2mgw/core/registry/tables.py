@@ -195,6 +195,18 @@ TOUCHES = Table("terminals", key="id", columns=("id", "last_seen", "bearer", "ad
 #: The counters a platform request advances, written alone at every send (D-405).
 TERMINAL_COUNTERS = Table("terminals", key="id",
                           columns=("id", "seq_counter", "trans_counter", "updated_at"))
+#: The columns a LOGIN changes, written coalesced like the touches (D-392): the
+#: session, its key (sealed, under the same context as in TERMINALS), the state and
+#: the traffic; no credential set, so no JSON.
+SESSIONS = Table(
+    "terminals",
+    key="id",
+    columns=("id", "state", "session_timestamp", "last_session_timestamp", "session_key",
+             "session_key_expiry", "protocol_version", "software_version", "last_seen",
+             "bearer", "address", "updated_at"),
+    codecs={"state": _enum(TerminalState)},
+    sealed={"session_key": str},
+)
 TERMINAL_CONFIG = Table(
     "terminal_config", key=("terminal_id", "tag"),
     columns=("terminal_id", "tag", "value", "source", "updated_at"),
