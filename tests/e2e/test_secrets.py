@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -54,6 +55,16 @@ def login(port: int) -> role.TerminalClient:
     return client
 
 
+def stored_state(database: Path, serial: str | None) -> str | None:
+    """The terminal's state as committed to the file, read as another process would."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute("SELECT state FROM terminals WHERE serial = ?", (serial,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
 def start(ini: Path, log: Path, admin: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(gateway_argv(ini, log), cwd=ini.parent)
     wait_until(lambda: health(admin)[0] == 200, proc, log)
@@ -84,9 +95,11 @@ def test_secrets_stay_sealed_and_a_restarted_gateway_still_verifies(
     status, shown = admin_call(admin, "GET", f"/terminals/{TERMINAL.serial}", ini=ini)
     assert (status, shown["state"]) == (200, "LOGGED_IN"), shown
     # ... but none of the secrets is on disk in plaintext, database or WAL. The session
-    # is written behind the LOGIN_ACK (D-02): wait for its commit before looking, and
-    # before the SIGKILL below, which would otherwise lose it by design.
+    # is written behind the LOGIN_ACK, with the next flush (D-02, D-392): wait until it
+    # is in the file before looking, and before the SIGKILL below, which would
+    # otherwise lose it by design.
     wait_until(lambda: database.with_name("m2mgw.db-wal").exists(), proc, log)
+    wait_until(lambda: stored_state(database, TERMINAL.serial) == "LOGGED_IN", proc, log)
     wait_until(
         lambda: admin_call(admin, "GET", "/stats", ini=ini)[1]["registry"]["pending_writes"] == 0,
         proc, log,
